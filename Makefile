@@ -1,0 +1,41 @@
+# make demo: install + SoftCon demo pretraining on the synthetic data + linear probe + export.
+# make test: install (incl. torch/timm, and tensorflow-cpu in its own venv) + the whole test suite.
+PYTHON ?= python3
+VENV ?= .venv
+TF_VENV ?= .venv-tf
+PY := $(VENV)/bin/python
+WORKDIR ?= workdirs/softcon_demo
+CONFIG ?= configs/softcon_vit_s.py:demo
+
+.PHONY: demo test install install-test tf-env clean
+
+$(VENV)/.core:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.core
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+$(TF_VENV)/.tf:
+	$(PYTHON) -m venv $(TF_VENV)
+	$(TF_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TF_VENV)/bin/python -m pip install -q tensorflow-cpu
+	touch $@
+
+install: $(VENV)/.core
+install-test: $(VENV)/.test
+tf-env: $(TF_VENV)/.tf
+
+demo: $(VENV)/.core
+	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR)
+	$(PY) -m geossl.eval.linear_probe --workdir=$(WORKDIR) --compare_random
+
+test: $(VENV)/.test $(TF_VENV)/.tf
+	GEOSSL_TF_PYTHON=$(abspath $(TF_VENV))/bin/python $(PY) -m pytest -n 2 -q -rs
+
+clean:
+	rm -rf $(VENV) $(TF_VENV) workdirs

@@ -1,0 +1,79 @@
+"""SoftCon configs shared by softcon_vit_s.py, softcon_vit_b.py and softcon_rn50.py.
+
+Paper-scale defaults: SSL4EO-S12 (250k locations, 4 seasons), 224 px, 100 epochs, 10 warmup,
+EMA momentum 0.99 → 1 (cosine). Choices the paper leaves open are fields with REFERENCE §1's
+defaults: temperature 0.2, soft_weight 1.0, soft_loss "ce", mask_ratio 0.5.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+VARIANTS = ("demo", "sar")
+
+
+def softcon(model: str, arg: str | None, *, optim: str, lr: float) -> ml_collections.ConfigDict:
+    variants = common.parse_arg(arg, VARIANTS)
+    c = common.base()
+    vit = model.startswith("vit")
+    c.model = ml_collections.ConfigDict(dict(name=model, img_size=224, in_chans=13, dtype="float32"))
+    if vit:
+        c.model.drop_path_rate = 0.0
+    c.objective = ml_collections.ConfigDict(dict(
+        name="softcon",
+        temperature=0.2,       # tau of P_ij = z_i . z'_j / tau
+        soft_weight=1.0,       # lambda of the label-similarity term
+        soft_loss="ce",        # "ce" (row-normalised soft target) or "mse"
+        mask_ratio=0.5,        # Siamese masking: fraction of student patches dropped
+        mask_patch_size=32,    # ResNet: masked square size in pixels (ViT: its patch size)
+        proj_hidden=4096, proj_dim=256, proj_layers=3 if vit else 2,
+        pred_hidden=4096, pred_layers=2,
+    ))
+    c.teacher = ml_collections.ConfigDict(dict(name="cosine", base=0.99, final=1.0))
+    c.data.crop_scale = (0.08, 1.0)
+    c.global_batch = 4096
+    c.epochs = 100
+    c.total_steps = common.steps_for(c.epochs, common.SSL4EO_LOCATIONS, c.global_batch)
+    warmup = common.steps_for(10, common.SSL4EO_LOCATIONS, c.global_batch)
+    if optim == "lars":  # SSL4EO-S12 MoCo-v3 ResNet recipe (REFERENCE §1)
+        c.optim = ml_collections.ConfigDict(dict(name="lars", weight_decay=1e-6, momentum=0.9))
+    else:  # MoCo-v3 ViT recipe (AdamW); not confirmed for SoftCon
+        c.optim = ml_collections.ConfigDict(dict(name="adamw", weight_decay=0.1, b1=0.9, b2=0.95))
+    c.optim.clip_norm = 0.0
+    c.lr = ml_collections.ConfigDict(dict(name="warmup_cosine", base=lr, warmup_steps=warmup,
+                                          final=0.0))
+    c.checkpoint_every = 1000
+    c.log_every = 50
+    # Continual pretraining from DINOv2 (ViT) / DINO (ResNet-50) weights: set the path.
+    c.init.torch_checkpoint = ""
+    if "sar" in variants:
+        c.model.in_chans = 2
+        c.data.bands = common.S1_BANDS
+    if "demo" in variants:
+        demo(c, vit)
+    return c
+
+
+def demo(c, vit: bool) -> None:
+    """A few hundred steps on the CPU in minutes, on the synthetic demo data (32 px scenes)."""
+    c.model.img_size = 32
+    if vit:
+        c.model.update(dict(name="vit_tiny_patch16", patch_size=8, depth=4, drop_path_rate=0.0))
+        c.objective.mask_patch_size = 8
+    else:
+        c.model.name = "resnet18"
+        c.objective.mask_patch_size = 8
+    c.objective.update(dict(proj_hidden=512, proj_dim=128, pred_hidden=512))
+    c.data.crop_scale = (0.5, 1.0)
+    c.global_batch = 64
+    c.total_steps = 300
+    c.optim = ml_collections.ConfigDict(dict(name="adamw", weight_decay=0.05, b1=0.9, b2=0.95,
+                                             clip_norm=1.0))
+    c.lr = ml_collections.ConfigDict(dict(name="warmup_cosine", base=1e-3, warmup_steps=30,
+                                          final=1e-5))
+    c.teacher.base = 0.98
+    c.checkpoint_every = 100
+    c.log_every = 10
+    c.probe.every = 100

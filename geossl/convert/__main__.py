@@ -1,0 +1,95 @@
+"""PyTorch interchange from the command line.
+
+  python -m geossl.convert export --workdir DIR --output model.safetensors|model.pth [--step N]
+  python -m geossl.convert import --arch NAME --input model.pth|.safetensors --output DIR
+      [--in_chans C] [--img_size S] [--first_layer keep|reinit|repeat] [--seed N] [--key NAME]
+      [--strip_prefixes module. backbone.] [--drop_prefixes head. fc.]
+
+``export`` writes the backbone of a geossl workdir (training or backbone-only) in the reference
+layout; ``import`` writes a backbone-only workdir that training (``config.init.workdir``),
+evaluation and ``export`` read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from geossl.convert import FIRST_LAYER_MODES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m geossl.convert", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    exp = sub.add_parser("export", help="geossl workdir → .safetensors / .pth")
+    exp.add_argument("--workdir", required=True, help="geossl workdir (training or backbone-only)")
+    exp.add_argument("--output", required=True, help="model.safetensors or model.pth")
+    exp.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+
+    imp = sub.add_parser("import", help=".pth / .safetensors → backbone-only geossl workdir")
+    imp.add_argument("--arch", required=True, help="model name, e.g. vit_small_patch14, resnet50")
+    imp.add_argument("--input", required=True, help="state dict: .pth/.pt or .safetensors")
+    imp.add_argument("--output", required=True, help="directory to write")
+    imp.add_argument("--in_chans", type=int, default=None, help="default: the checkpoint's")
+    imp.add_argument("--img_size", type=int, default=None, help="ViT only; default: the checkpoint's")
+    imp.add_argument("--first_layer", choices=FIRST_LAYER_MODES, default="keep",
+                     help="a first layer with another channel count: keep (error), reinit, repeat")
+    imp.add_argument("--seed", type=int, default=0, help="seed of a re-initialised first layer")
+    imp.add_argument("--key", default=None, help="entry of the checkpoint holding the state dict")
+    imp.add_argument("--strip_prefixes", nargs="*", default=["module.", "backbone."])
+    imp.add_argument("--drop_prefixes", nargs="*", default=["head.", "fc."])
+    imp.add_argument("--non_strict", action="store_true", help="keep what matches, log the rest")
+    return parser
+
+
+def export(workdir: str, output: str, step: int | None = None) -> dict:
+    """Writes the backbone of ``workdir`` to ``output``; returns the state dict written."""
+    from geossl import convert
+    from geossl.models.from_config import model_kwargs
+    from geossl.train.checkpoint import load_backbone, load_config
+
+    arch, variables = load_backbone(workdir, step)
+    kw = {k: v for k, v in model_kwargs(load_config(workdir).model).items() if k != "dtype"}
+    state_dict = convert.to_torch(variables, arch, **kw)
+    convert.save_state_dict(state_dict, output)
+    logging.info("wrote %d tensors of %s to %s", len(state_dict), arch, output)
+    return state_dict
+
+
+def import_(arch: str, input_path: str, output: str, *, in_chans: int | None = None,
+            img_size: int | None = None, first_layer: str = "keep", seed: int = 0,
+            key: str | None = None, strip_prefixes=("module.", "backbone."),
+            drop_prefixes=("head.", "fc."), strict: bool = True) -> dict:
+    """Converts ``input_path`` and writes a backbone-only workdir ``output``; returns the variables."""
+    from geossl import convert, models
+    from geossl.train.checkpoint import save_backbone
+
+    sd = convert.load_state_dict(input_path, key=key, strip_prefixes=tuple(strip_prefixes))
+    kw = convert.resolve_model_kwargs(sd, arch, in_chans=in_chans, img_size=img_size)
+    variables, report = convert.from_torch(
+        sd, arch, strict=strict, first_layer=first_layer, rng=seed,
+        drop_prefixes=tuple(drop_prefixes), return_report=True, **kw)
+    logging.info("%s", report)
+    if not models.is_vit(arch):
+        kw.pop("img_size", None)
+    save_backbone(variables, arch, output, **kw)
+    return variables
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.command == "export":
+        export(args.workdir, args.output, args.step)
+    else:
+        import_(args.arch, args.input, args.output, in_chans=args.in_chans, img_size=args.img_size,
+                first_layer=args.first_layer, seed=args.seed, key=args.key,
+                strip_prefixes=args.strip_prefixes, drop_prefixes=args.drop_prefixes,
+                strict=not args.non_strict)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

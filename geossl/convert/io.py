@@ -1,0 +1,130 @@
+"""Reading and writing PyTorch state dicts: ``.pth``/``.pt`` (torch) and ``.safetensors``.
+
+Values come back as numpy arrays (bfloat16 through ``ml_dtypes``). ``.pth`` files are loaded with
+``torch.load(weights_only=True)``: no pickled code runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Any, Mapping
+
+import numpy as np
+
+#: Containers that training scripts wrap a state dict in, tried in this order.
+CONTAINER_KEYS = ("state_dict", "model", "teacher", "module", "student")
+_TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """A torch tensor, jax array or array-like → numpy array (bfloat16 kept as ml_dtypes)."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor, without importing torch
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            import ml_dtypes
+            import torch
+            return value.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return value.numpy()
+    return np.asarray(value)
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, np.ndarray) or (hasattr(value, "shape") and hasattr(value, "dtype"))
+
+
+def _unwrap(obj: Any, key: str | None, path: str) -> Mapping[str, Any]:
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path}: expected a state dict (a mapping of names to tensors), "
+                         f"found {type(obj).__name__}")
+    if key is not None:
+        if key not in obj:
+            raise KeyError(f"{path}: no entry {key!r}; top-level keys are {sorted(map(str, obj))[:20]}")
+        return _unwrap(obj[key], None, f"{path}[{key!r}]")
+    if obj and all(_is_array(v) for v in obj.values()):
+        return obj
+    for name in CONTAINER_KEYS:
+        if isinstance(obj.get(name), Mapping):
+            logging.info("%s: using the state dict stored under %r", path, name)
+            return _unwrap(obj[name], None, f"{path}[{name!r}]")
+    kinds = {str(k): type(v).__name__ for k, v in list(obj.items())[:20]}
+    raise ValueError(f"{path}: not a state dict and no known container ({', '.join(CONTAINER_KEYS)}) "
+                     f"inside; top-level entries: {kinds}. Pass key=... to pick one.")
+
+
+def load_state_dict(path: str, *, key: str | None = None,
+                    strip_prefixes: tuple[str, ...] = ("module.", "backbone.")) -> dict[str, np.ndarray]:
+    """``{torch key: numpy array}`` from a ``.pth``/``.pt`` or ``.safetensors`` file.
+
+    Checkpoints wrapping the weights (``{"state_dict": ...}``, ``{"model": ...}``,
+    ``{"teacher": ...}``, ...) are unwrapped, or ``key`` names the entry. Each key loses the
+    first of ``strip_prefixes`` it starts with (DDP's ``module.``, DINO's ``backbone.``);
+    pass ``()`` to keep keys as stored. Non-tensor entries of the state dict are skipped.
+    """
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+        sd: Mapping[str, Any] = load_file(path)
+        if key is not None:
+            raise ValueError(f"{path}: key={key!r} given, but a .safetensors file is a flat state dict")
+    elif path.endswith(_TORCH_SUFFIXES):
+        try:
+            import torch
+        except ImportError as e:
+            raise ImportError(f"{path}: reading a PyTorch checkpoint needs torch; "
+                              "install it or convert the file to .safetensors") from e
+        sd = _unwrap(torch.load(path, map_location="cpu", weights_only=True), key, path)
+    else:
+        raise ValueError(f"{path}: expected a .safetensors or {'/'.join(_TORCH_SUFFIXES)} file")
+    out = {}
+    for name, value in sd.items():
+        if not _is_array(value):
+            logging.info("%s: skipping non-tensor entry %r (%s)", path, name, type(value).__name__)
+            continue
+        for prefix in strip_prefixes:
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+                break
+        if name in out:
+            raise ValueError(f"{path}: two entries map to {name!r} after stripping {strip_prefixes}")
+        out[name] = to_numpy(value)
+    return out
+
+
+def save_state_dict(state_dict: Mapping[str, Any], path: str) -> None:
+    """Writes ``{key: array}`` atomically (temp file + ``os.replace``) as ``.safetensors`` or, when
+    torch is installed, ``.pth``/``.pt`` (a plain dict of tensors, loadable with weights_only)."""
+    arrays = {k: np.ascontiguousarray(to_numpy(v)) for k, v in state_dict.items()}
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import save_file
+
+        def write(tmp):
+            save_file(arrays, tmp)
+    elif path.endswith(_TORCH_SUFFIXES):
+        try:
+            import torch
+        except ImportError as e:
+            raise ImportError(f"{path}: writing a .pth file needs torch, which is not installed; "
+                              "write .safetensors instead") from e
+
+        def write(tmp):
+            torch.save({k: _to_tensor(torch, v) for k, v in arrays.items()}, tmp)
+    else:
+        raise ValueError(f"{path}: expected a .safetensors or {'/'.join(_TORCH_SUFFIXES)} file")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _to_tensor(torch, array: np.ndarray):
+    if array.dtype.name == "bfloat16":
+        return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(array.copy())

@@ -1,0 +1,529 @@
+"""Labelled evaluation data: geossl shard folders or TFDS builders, read as (images, labels).
+
+``open_split(dataset, split)``:
+- a folder of geossl shards: the records of ``{folder}/{split}-*.tfrecord[.gz]``;
+- ``"synthetic"``: the demo data of the trainer (``$GEOSSL_DATA``, generated when missing);
+- ``"tfds:NAME"`` (e.g. ``tfds:eurosat/all``, ``tfds:bigearthnet/all``): a TFDS builder, only where
+  ``tensorflow_datasets`` is importable and the data are prepared.
+
+``probe_splits`` picks the probe-train and probe-test examples: the labelled train split trains
+the probe and the eval split (default ``heldout``) tests it. When the train split is missing,
+unlabelled or the same as the eval split (a folder holding only ``heldout-*`` shards; a TFDS builder
+with one split, ``--train_split train --eval_split train``), the eval split is divided
+deterministically: a permutation of its indices seeded with ``split_seed`` (default 0), the first
+``round(holdout_train_fraction · N)`` (default half) train the probe, the rest test it.
+A ``label_fraction`` subset of the probe-train indices is then drawn with ``seed`` (10 % by default
+on the command line, the lab's BigEarthNet-10% protocol).
+
+Labels of multi-acquisition records are those of the acquisition read (``acq_labels``, T·K
+multi-hot, where present; else ``labels``).
+
+Images are prepared on the host as the backbone was trained (``Preprocess``): one acquisition
+(``acquisition``, default 0) of (T, H, W, C), the bands named by the training config
+(``config.data.bands``) picked by name (B10, absent from L2A products, is a zero band as in
+REFERENCE §2), then ``config.data.norm``; resizing to the model's input size happens on the
+device (``features.extract_features``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import re
+from typing import Iterator, Sequence
+
+import numpy as np
+
+#: label_set → (number of classes, multi-label).
+LABEL_SETS = {
+    "dynamic_world_9": (9, True),
+    "bigearthnet_19": (19, True),
+    "bigearthnet_43": (43, True),
+    "eurosat_10": (10, False),
+}
+
+# EuroSAT's 13-band GeoTIFFs (read unchanged by tfds eurosat/all) keep B8A last
+# (as in the Copernicus-Bench EuroSAT loader; torchgeo lists B8A after B8).
+_EUROSAT_BANDS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11", "B12", "B8A")
+_BIGEARTHNET_BANDS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B11", "B12")
+
+
+def canonical_band(name: str) -> str:
+    """"B01" → "B1", "b8a" → "B8A", "B08A" → "B8A"; other names upper-cased as they are."""
+    name = str(name).strip().upper()
+    m = re.fullmatch(r"B0*(\d+)(A?)", name)
+    return f"B{int(m.group(1))}{m.group(2)}" if m else name
+
+
+def select_bands(image: np.ndarray, have: Sequence[str], want: Sequence[str] | None,
+                 where: str = "") -> np.ndarray:
+    """(..., C_have) → (..., C_want) by band name; a missing B10 becomes zeros (L2A → L1C)."""
+    if want is None:
+        return image
+    index = {canonical_band(b): i for i, b in enumerate(have)}
+    parts = []
+    for band in want:
+        i = index.get(canonical_band(band))
+        if i is not None:
+            parts.append(image[..., i])
+        elif canonical_band(band) == "B10":
+            parts.append(np.zeros(image.shape[:-1], image.dtype))
+        else:
+            raise ValueError(f"{where}band {band} (config.data.bands) is not among the data's "
+                             f"bands {list(have)}")
+    return np.stack(parts, axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+    """Host-side preparation of one record image (T, H, W, C) or (H, W, C) → (H, W, C') float32."""
+
+    bands: tuple[str, ...] | None = None  # model input bands in order; None: as stored
+    norm: str = "softcon"                 # geossl.data.bands.normalize mode, or "none"
+    acquisition: int = 0
+
+    @classmethod
+    def from_config(cls, config, **overrides) -> "Preprocess":
+        data = config.get("data", None) if hasattr(config, "get") else None
+        kw = {}
+        if data is not None:
+            if data.get("bands", None):
+                kw["bands"] = tuple(data.get("bands"))
+            if data.get("norm", None):
+                kw["norm"] = str(data.get("norm"))
+        kw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**kw)
+
+    def __call__(self, image: np.ndarray, bands: Sequence[str], where: str = "") -> np.ndarray:
+        image = np.asarray(image)
+        if image.ndim == 4:
+            if not -image.shape[0] <= self.acquisition < image.shape[0]:
+                raise ValueError(f"{where}acquisition {self.acquisition} of an image with "
+                                 f"{image.shape[0]} acquisitions")
+            image = image[self.acquisition]
+        if image.ndim != 3:
+            raise ValueError(f"{where}expected an image (T, H, W, C) or (H, W, C), found {image.shape}")
+        image = select_bands(image.astype(np.float32), bands, self.bands, where)
+        names = list(self.bands) if self.bands is not None else list(bands)
+        if self.norm and self.norm != "none":
+            from geossl.data import bands as bands_lib
+            image = bands_lib.normalize(image, names, mode=self.norm)
+        return np.asarray(image, np.float32)
+
+
+class LabelledSplit:
+    """A labelled split: ``len()``, ``num_classes``, ``multilabel`` and ``read(indices)``."""
+
+    name: str
+    num_classes: int
+    multilabel: bool
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def is_labelled(self) -> bool:
+        return True
+
+    def read(self, indices: Sequence[int], preprocess: Preprocess, chunk: int = 64
+             ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yields (images (b, H, W, C) float32, labels) in ``indices`` order; labels are multi-hot
+        (b, K) float32 for multi-label data, class ids (b,) int32 otherwise."""
+        raise NotImplementedError
+
+    def encode_labels(self, label_lists: Sequence[np.ndarray]) -> np.ndarray:
+        if self.multilabel:
+            out = np.zeros((len(label_lists), self.num_classes), np.float32)
+            for row, labels in enumerate(label_lists):
+                labels = np.asarray(labels, np.int64)
+                if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
+                    raise ValueError(f"{self.name}: label {labels.tolist()} outside "
+                                     f"[0, {self.num_classes})")
+                out[row, labels] = 1.0
+            return out
+        out = np.empty((len(label_lists),), np.int32)
+        for row, labels in enumerate(label_lists):
+            labels = np.asarray(labels).reshape(-1)
+            if labels.size != 1:
+                raise ValueError(f"{self.name}: single-label data with {labels.size} labels "
+                                 f"in example {row}")
+            out[row] = int(labels[0])
+        return out
+
+
+class RecordSplit(LabelledSplit):
+    """Records in geossl's dict layout: a ``ShardSource`` or any sequence of record dicts."""
+
+    def __init__(self, records, name: str = "records", *, num_classes: int | None = None,
+                 multilabel: bool | None = None):
+        self.records = records
+        self.name = name
+        if len(records) == 0:
+            raise ValueError(f"{name}: no records")
+        first = records[0]
+        label_set = first.get("label_set", "") or ""
+        if isinstance(label_set, bytes):
+            label_set = label_set.decode()
+        self.label_set = label_set
+        known = LABEL_SETS.get(label_set)
+        if num_classes is None and known:
+            num_classes = known[0]
+        if num_classes is None and "num_classes" in first:
+            num_classes = int(np.asarray(first["num_classes"]).reshape(-1)[0])
+        if multilabel is None and known:
+            multilabel = known[1]
+        if num_classes is None or multilabel is None:  # unknown nomenclature: look at all labels
+            label_lists = [np.asarray(records[i]["labels"]) for i in range(len(records))]
+            if num_classes is None:
+                num_classes = 1 + max((int(l.max()) for l in label_lists if l.size), default=0)
+            if multilabel is None:
+                multilabel = not all(l.size == 1 for l in label_lists)
+        self.num_classes = int(num_classes)
+        self.multilabel = bool(multilabel)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def is_labelled(self) -> bool:
+        """True when one of the first 64 records has a label."""
+        return any(np.asarray(self.records[i]["labels"]).size
+                   for i in range(min(64, len(self.records))))
+
+    def record_labels(self, record, acquisition: int) -> np.ndarray:
+        """Class ids of the acquisition that is read: from ``acq_labels`` (T·K multi-hot, one row
+        per acquisition) where present, else the record's ``labels``."""
+        acq = record.get("acq_labels")
+        image = record["image"]
+        seasons = np.shape(image)[0] if np.ndim(image) == 4 else 1
+        if acq is not None and np.size(acq) == seasons * self.num_classes:
+            rows = np.asarray(acq).reshape(seasons, self.num_classes)
+            return np.flatnonzero(rows[acquisition]).astype(np.int64)
+        return np.asarray(record["labels"])
+
+    def read(self, indices, preprocess, chunk=64):
+        images, labels = [], []
+        for i in indices:
+            record = self.records[int(i)]
+            images.append(preprocess(record["image"], record["bands"],
+                                     where=f"{self.name} record {int(i)}: "))
+            labels.append(self.record_labels(record, preprocess.acquisition))
+            if len(images) == chunk:
+                yield np.stack(images), self.encode_labels(labels)
+                images, labels = [], []
+        if images:
+            yield np.stack(images), self.encode_labels(labels)
+
+
+class TfdsSplit(LabelledSplit):
+    """A TFDS split (``eurosat/all``, ``eurosat/rgb``, ``bigearthnet/all``, ``bigearthnet/rgb``,
+    or another builder with an ``image`` and a ``label``/``labels`` feature), read in order."""
+
+    def __init__(self, name: str, split: str, data_dir: str | None = None):
+        try:
+            import tensorflow_datasets as tfds
+        except ImportError as e:
+            raise ImportError(
+                f"dataset 'tfds:{name}' needs tensorflow_datasets (and tensorflow), which are not "
+                f"importable here ({e}); pip install tensorflow tensorflow-datasets, or convert the "
+                f"data to geossl shards with data_prep and pass the shard folder") from None
+        self.tfds = tfds
+        self.builder = tfds.builder(name, data_dir=data_dir)
+        self.name = f"tfds:{name}[{split}]"
+        self.split = split
+        info = self.builder.info
+        try:  # also accepts sub-splits such as "train[:80%]"
+            self.num_examples = int(info.splits[split].num_examples)
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"{self.name}: no split {split!r} ({e}); the builder has "
+                             f"{list(info.splits)} (one split only: pass the same name as "
+                             f"--train_split and --eval_split to divide it)") from None
+        features = info.features
+        self.base = name.split("/")[0].split(":")[0]
+        if "labels" in features:
+            self.label_key, self.multilabel = "labels", True
+            self.num_classes = features["labels"].feature.num_classes
+        elif "label" in features:
+            self.label_key, self.multilabel = "label", False
+            self.num_classes = features["label"].num_classes
+        else:
+            raise ValueError(f"{self.name}: no 'label' or 'labels' feature in {list(features)}")
+
+    def __len__(self) -> int:
+        return int(self.num_examples)
+
+    def _image(self, example) -> tuple[np.ndarray, tuple[str, ...]]:
+        if "sentinel2" in example:  # eurosat/all
+            return np.asarray(example["sentinel2"]), _EUROSAT_BANDS
+        if self.base == "bigearthnet" and "B02" in example:  # bigearthnet/all: bands at 10/20/60 m
+            size = np.asarray(example["B02"]).shape[0]
+            bands = []
+            for band in _BIGEARTHNET_BANDS:
+                key = band if band == "B8A" else f"B{int(band[1:]):02d}"  # tfds: B01 … B12, B8A
+                array = np.asarray(example[key])
+                factor = size // array.shape[0]
+                bands.append(np.repeat(np.repeat(array, factor, 0), factor, 1))
+            return np.stack(bands, -1), _BIGEARTHNET_BANDS
+        if "image" in example:  # rgb configs
+            return np.asarray(example["image"]), ("B4", "B3", "B2")
+        raise ValueError(f"{self.name}: no image feature in {sorted(example)}")
+
+    def read(self, indices, preprocess, chunk=64):
+        wanted = np.asarray(sorted(set(int(i) for i in indices)))
+        order = {int(i): k for k, i in enumerate(indices)}
+        if len(order) != len(indices):
+            raise ValueError(f"{self.name}: repeated indices")
+        ds = self.tfds.as_numpy(self.builder.as_dataset(split=self.split, shuffle_files=False))
+        images, labels, position, pointer = [], [], [], 0
+        for i, example in enumerate(ds):
+            if pointer == len(wanted):
+                break
+            if i != wanted[pointer]:
+                continue
+            pointer += 1
+            image, bands = self._image(example)
+            images.append(preprocess(image, bands, where=f"{self.name} example {i}: "))
+            labels.append(np.asarray(example[self.label_key]))
+            position.append(order[i])
+        if pointer != len(wanted):
+            raise ValueError(f"{self.name}: only {pointer} of {len(wanted)} wanted examples found")
+        # Back to the order of ``indices``.
+        perm = np.argsort(position)
+        for start in range(0, len(perm), chunk):
+            part = perm[start:start + chunk]
+            yield (np.stack([images[k] for k in part]),
+                   self.encode_labels([labels[k] for k in part]))
+
+
+def _shard_files(folder: str, split: str) -> list[str]:
+    files = glob.glob(os.path.join(folder, f"{split}-*.tfrecord")) + glob.glob(
+        os.path.join(folder, f"{split}-*.tfrecord.gz"))
+    return sorted(files)
+
+
+def resolve_dataset(dataset: str) -> str:
+    """"synthetic" → the trainer's demo data folder (generated when missing); else unchanged."""
+    if dataset == "synthetic":
+        import ml_collections
+
+        from geossl.train import loop
+        files = loop.resolve_train_files(ml_collections.ConfigDict({"data": {"train": ""}}))
+        return os.path.dirname(files[0])
+    return dataset
+
+
+def open_split(dataset: str, split: str, **kw) -> LabelledSplit | None:
+    """The split ``split`` of ``dataset`` (see the module docstring); None when a shard folder has
+    no ``{split}-*`` shards."""
+    if dataset.startswith("tfds:"):
+        return TfdsSplit(dataset[len("tfds:"):], split, **kw)
+    folder = resolve_dataset(dataset)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--dataset {dataset!r}: not a folder of shards, 'synthetic' or "
+                                f"'tfds:NAME'")
+    files = _shard_files(folder, split)
+    if not files:
+        return None
+    from geossl.data import ShardSource
+    return RecordSplit(ShardSource(files), name=f"{folder}/{split}", **kw)
+
+
+@dataclasses.dataclass
+class ProbeData:
+    train: LabelledSplit
+    train_indices: np.ndarray
+    test: LabelledSplit
+    test_indices: np.ndarray
+    note: str = ""
+
+
+def subsample(indices: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A seeded ``fraction`` of ``indices`` (at least one), sorted."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"label_fraction must be in (0, 1], found {fraction}")
+    indices = np.asarray(indices)
+    if fraction == 1:
+        return indices
+    count = max(1, int(round(fraction * len(indices))))
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(indices, size=count, replace=False))
+
+
+def split_indices(n: int, train_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic disjoint (train, test) index sets covering range(n), each sorted."""
+    if n < 2:
+        raise ValueError(f"cannot split {n} example(s) into probe-train and probe-test")
+    perm = np.random.default_rng(seed).permutation(n)
+    cut = min(n - 1, max(1, int(round(train_fraction * n))))
+    return np.sort(perm[:cut]), np.sort(perm[cut:])
+
+
+def probe_splits(dataset: str, train_split: str = "train", eval_split: str = "heldout", *,
+                 label_fraction: float = 1.0, seed: int = 0, holdout_train_fraction: float = 0.5,
+                 split_seed: int = 0) -> ProbeData:
+    """Probe-train / probe-test examples of ``dataset`` (see the module docstring)."""
+    test = open_split(dataset, eval_split)
+    if test is None:
+        raise FileNotFoundError(f"--dataset {dataset}: no labelled split {eval_split!r} "
+                                f"({eval_split}-*.tfrecord)")
+    train = open_split(dataset, train_split) if train_split and train_split != eval_split else None
+    if train is not None and train.is_labelled():
+        note = f"probe-train = {train_split}, probe-test = {eval_split}"
+        train_idx, test_idx = np.arange(len(train)), np.arange(len(test))
+    else:
+        reason = ("has no labels" if train is not None else
+                  "is the eval split" if train_split == eval_split else "does not exist")
+        train = test
+        train_idx, test_idx = split_indices(len(test), holdout_train_fraction, split_seed)
+        note = (f"split {train_split!r} {reason}: {eval_split!r} divided by seed {split_seed} into "
+                f"{len(train_idx)} probe-train / {len(test_idx)} probe-test examples")
+    train_idx = subsample(train_idx, label_fraction, seed)
+    if (train.num_classes, train.multilabel) != (test.num_classes, test.multilabel):
+        raise ValueError(f"{train.name} ({train.num_classes} classes, multilabel={train.multilabel}) "
+                         f"and {test.name} ({test.num_classes}, {test.multilabel}) differ")
+    return ProbeData(train, train_idx, test, test_idx, note)
+
+
+def features_and_labels(model, variables, split: LabelledSplit, indices, preprocess: Preprocess,
+                        *, mode: str = "cls", batch_size: int = 256, img_size: int | None = None,
+                        devices=None) -> tuple[np.ndarray, np.ndarray]:
+    """Frozen features (N, F) and labels of ``split[indices]``."""
+    from geossl.eval.features import extract_features
+    labels = []
+
+    def images():
+        for chunk, chunk_labels in split.read(indices, preprocess, chunk=min(batch_size, 256)):
+            labels.append(chunk_labels)
+            yield chunk
+
+    feats = extract_features(model, variables, images(), mode=mode, batch_size=batch_size,
+                             img_size=img_size, devices=devices)
+    return feats, np.concatenate(labels)
+
+
+# ----- command-line pieces shared by linear_probe and knn ------------------------------------------
+def add_common_flags(parser) -> None:
+    parser.add_argument("--workdir", required=True,
+                        help="training workdir or backbone-only workdir (save_backbone / convert import)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    parser.add_argument("--dataset", required=True,
+                        help="folder of geossl shards, 'synthetic' or 'tfds:NAME' (e.g. tfds:eurosat/all)")
+    parser.add_argument("--train_split", default="train")
+    parser.add_argument("--eval_split", default="heldout")
+    parser.add_argument("--label_fraction", type=float, default=0.1,
+                        help="seeded fraction of the probe-train examples used (lab: 10%%)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the label subset and the probe")
+    parser.add_argument("--holdout_train_fraction", type=float, default=0.5,
+                        help="share of the eval split that trains the probe when the train split "
+                             "is missing or unlabelled")
+    parser.add_argument("--mode", default="cls",
+                        help="features: cls | avgpool | cls+avgpool | dinov2_4layer | "
+                             "dinov2_4layer+avgpool")
+    parser.add_argument("--feature_batch", type=int, default=256,
+                        help="images per forward pass (split over the devices)")
+    parser.add_argument("--bands", default=None,
+                        help="comma-separated input bands (default: config.data.bands)")
+    parser.add_argument("--norm", default=None, help="band normalisation (default: config.data.norm)")
+    parser.add_argument("--acquisition", type=int, default=0, help="which of the T acquisitions")
+    parser.add_argument("--img_size", type=int, default=None,
+                        help="model input size (default: config.model.img_size)")
+    parser.add_argument("--random_init", action="store_true",
+                        help="probe a randomly initialised encoder of the same architecture")
+    parser.add_argument("--output", default=None, help="JSON report path")
+
+
+def load_model(workdir: str, step: int | None = None, *, random_init: bool = False, seed: int = 0,
+               img_size: int | None = None, in_chans: int | None = None):
+    """``(model, variables, config)`` from a workdir; with ``random_init`` the same architecture
+    freshly initialised (seeded), its variable shapes checked against the checkpoint's."""
+    from geossl.train.checkpoint import load_encoder
+    model, variables, config = load_encoder(workdir, step)
+    if random_init:
+        import jax
+        import jax.numpy as jnp
+        size = int(img_size or config.model.get("img_size", 224))
+        chans = int(in_chans or config.model.get("in_chans", 3))
+        fresh = model.init(jax.random.key(seed), jnp.zeros((1, size, size, chans)), train=False)
+        shapes = lambda tree: jax.tree_util.tree_map(lambda a: tuple(np.shape(a)), tree)
+        if shapes(dict(fresh)) != shapes(dict(variables)):
+            raise ValueError(f"--random_init: a fresh {config.model.name} does not have the "
+                             f"variables of the checkpoint in {workdir}")
+        variables = jax.device_get(dict(fresh))
+    return model, variables, config
+
+
+@dataclasses.dataclass
+class ProbeFeatures:
+    train_features: np.ndarray
+    train_labels: np.ndarray
+    test_features: np.ndarray
+    test_labels: np.ndarray
+    num_classes: int
+    multilabel: bool
+    info: dict
+
+    def report(self, task: str, result: dict, **extra) -> dict:
+        return {"task": task, **self.info, "metrics": result, **extra}
+
+
+def probe_features_from_args(args) -> ProbeFeatures:
+    """Loads the encoder and the data named by the common flags and extracts both feature sets."""
+    import time
+    t0 = time.perf_counter()
+    data = probe_splits(args.dataset, args.train_split, args.eval_split,
+                        label_fraction=args.label_fraction, seed=args.seed,
+                        holdout_train_fraction=args.holdout_train_fraction)
+    overrides = {"norm": args.norm, "acquisition": args.acquisition}
+    if args.bands:
+        overrides["bands"] = tuple(b.strip() for b in args.bands.split(",") if b.strip())
+    model, variables, config = load_model(
+        args.workdir, args.step, random_init=args.random_init, seed=args.seed,
+        img_size=args.img_size,
+        in_chans=len(overrides["bands"]) if "bands" in overrides else None)
+    preprocess = Preprocess.from_config(config, **overrides)
+    img_size = args.img_size or config.model.get("img_size", None)
+    kw = dict(mode=args.mode, batch_size=args.feature_batch, img_size=img_size)
+    train_x, train_y = features_and_labels(model, variables, data.train, data.train_indices,
+                                           preprocess, **kw)
+    test_x, test_y = features_and_labels(model, variables, data.test, data.test_indices,
+                                         preprocess, **kw)
+    info = {
+        "workdir": os.path.abspath(args.workdir), "step": args.step, "arch": config.model.name,
+        "random_init": bool(args.random_init), "dataset": args.dataset, "splits": data.note,
+        "train_split": data.train.name, "test_split": data.test.name,
+        "num_train": int(len(train_x)), "num_test": int(len(test_x)),
+        "num_classes": data.test.num_classes, "multilabel": data.test.multilabel,
+        "label_fraction": args.label_fraction, "seed": args.seed, "mode": args.mode,
+        "feature_dim": int(train_x.shape[1]), "img_size": img_size,
+        "bands": list(preprocess.bands) if preprocess.bands else None, "norm": preprocess.norm,
+        "feature_time_s": time.perf_counter() - t0,
+    }
+    return ProbeFeatures(train_x, train_y, test_x, test_y, data.test.num_classes,
+                         data.test.multilabel, info)
+
+
+def format_table(report: dict) -> str:
+    kind = "random init" if report.get("random_init") else "pretrained"
+    lines = [f"{report['task']}: {report['arch']} ({kind}) on {report['dataset']}",
+             f"  {report['splits']}",
+             f"  train {report['num_train']}  test {report['num_test']}  classes "
+             f"{report['num_classes']} ({'multi-label' if report['multilabel'] else 'single-label'})"
+             f"  features {report['feature_dim']} ({report['mode']})"]
+    width = max([len(k) for k in report["metrics"]] + [8])
+    for name, value in report["metrics"].items():
+        if isinstance(value, float):
+            lines.append(f"  {name:<{width}}  {value:.4f}")
+        elif isinstance(value, dict):
+            for sub, v in value.items():
+                lines.append(f"  {name + ' ' + str(sub):<{width}}  {v:.4f}")
+    return "\n".join(lines)
+
+
+def finish(report: dict, path: str) -> None:
+    """Prints the table and writes the JSON report."""
+    import json
+    print(format_table(report))
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2, default=float)
+    print(f"wrote {path}")

@@ -1,0 +1,157 @@
+"""Frozen-backbone feature extraction: jitted, batched, batch-sharded over the local devices.
+
+Feature modes (the linear heads of DINOv2's linear evaluation):
+- ``"cls"``: ``out["embedding"]`` — final-norm CLS token (ViT) or global-average pool (ResNet).
+- ``"avgpool"``: mean of the final-normed patch tokens (ViT).
+- ``"cls+avgpool"``: [CLS, mean patch token] of the last block (2·D).
+- ``"dinov2_4layer"``: CLS tokens of the last 4 blocks, each final-normed, concatenated (4·D).
+- ``"dinov2_4layer+avgpool"``: the same plus the mean patch token of the last block (5·D).
+Only ``"cls"`` applies to backbones without tokens (ResNets).
+
+Images are resized to the model's input size as the lab's eval transform does ("resize 256 +
+centre crop 224"): shorter side to ``round(img_size / crop_ratio)``, then the central
+``img_size × img_size``; images already ``img_size`` square pass untouched.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MODES = ("cls", "avgpool", "cls+avgpool", "dinov2_4layer", "dinov2_4layer+avgpool")
+#: 224 / 256: the eval transform resize-then-crop ratio.
+CROP_RATIO = 0.875
+
+
+def resize_center_crop(images: jax.Array, img_size: int | None, crop_ratio: float = CROP_RATIO):
+    """(B, H, W, C) → (B, img_size, img_size, C); bilinear (antialiased) resize + centre crop."""
+    if img_size is None:
+        return images
+    b, h, w, c = images.shape
+    if (h, w) == (img_size, img_size):
+        return images
+    short = max(img_size, int(round(img_size / crop_ratio)))
+    scale = short / min(h, w)
+    nh, nw = max(img_size, int(round(h * scale))), max(img_size, int(round(w * scale)))
+    images = jax.image.resize(images, (b, nh, nw, c), method="bilinear", antialias=True)
+    top, left = (nh - img_size) // 2, (nw - img_size) // 2
+    return images[:, top:top + img_size, left:left + img_size, :]
+
+
+def _num_blocks(model) -> int:
+    depth = getattr(model, "depth", None)
+    if depth is None:
+        raise ValueError(f"feature mode needs the block count of the model, but "
+                         f"{type(model).__name__} has no 'depth' attribute")
+    return int(depth)
+
+
+def feature_dim(model, mode: str) -> int:
+    """Width of the features ``mode`` gives for ``model`` (``model.num_features`` = D)."""
+    d = int(model.num_features)
+    return {"cls": d, "avgpool": d, "cls+avgpool": 2 * d, "dinov2_4layer": 4 * d,
+            "dinov2_4layer+avgpool": 5 * d}[mode]
+
+
+def apply_features(model, variables, images, mode: str = "cls"):
+    """Features (B, F) float32 of a batch (B, H, W, C) at the model's input size; traceable."""
+    if mode not in MODES:
+        raise ValueError(f"feature mode: expected one of {MODES}, found {mode!r}")
+    if mode == "cls":
+        return model.apply(variables, images, train=False)["embedding"].astype(jnp.float32)
+    layers = ()
+    if mode.startswith("dinov2_4layer"):
+        depth = _num_blocks(model)
+        if depth < 4:
+            raise ValueError(f"mode {mode!r} needs at least 4 blocks; the model has {depth}")
+        layers = tuple(range(depth - 4, depth))
+    try:
+        out = model.apply(variables, images, train=False,
+                          **({"return_layers": layers} if layers else {}))
+    except TypeError as e:  # a backbone without intermediate-layer outputs
+        raise ValueError(f"feature mode {mode!r} needs a ViT; {type(model).__name__}: {e}") from e
+    if "patch_tokens" not in out or (layers and len(out.get("intermediates", ())) != len(layers)):
+        raise ValueError(f"feature mode {mode!r} needs a ViT (patch tokens); "
+                         f"{type(model).__name__} only gives {sorted(out)}: use mode='cls'")
+    parts = []
+    if mode == "cls+avgpool":
+        parts.append(out["embedding"])
+    if layers:
+        parts.extend(tokens[:, 0] for tokens in out["intermediates"])
+    if mode.endswith("avgpool"):
+        parts.append(out["patch_tokens"].mean(axis=1))
+    return jnp.concatenate(parts, axis=-1).astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _forward(model, mode, img_size, crop_ratio, variables, images):
+    images = resize_center_crop(images.astype(jnp.float32), img_size, crop_ratio)
+    return apply_features(model, variables, images, mode)
+
+
+def _batches(images_iter, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
+    """Re-chunks arrays (b, H, W, C) of any b into (batch_size, H, W, C) zero-padded batches;
+    yields (batch, number of real rows)."""
+    if isinstance(images_iter, np.ndarray) or isinstance(images_iter, jax.Array):
+        images_iter = [np.asarray(images_iter)]
+    buffer, filled = [], 0
+    for chunk in images_iter:
+        chunk = np.asarray(chunk)
+        if chunk.ndim == 3:
+            chunk = chunk[None]
+        while len(chunk):
+            take = min(batch_size - filled, len(chunk))
+            buffer.append(chunk[:take])
+            filled += take
+            chunk = chunk[take:]
+            if filled == batch_size:
+                yield np.concatenate(buffer), batch_size
+                buffer, filled = [], 0
+    if filled:
+        batch = np.concatenate(buffer)
+        pad = np.zeros((batch_size - filled,) + batch.shape[1:], batch.dtype)
+        yield np.concatenate([batch, pad]), filled
+
+
+def extract_features(model, variables, images_iter: Iterable | np.ndarray, *, mode: str = "cls",
+                     batch_size: int = 256, img_size: int | None = None,
+                     crop_ratio: float = CROP_RATIO, devices=None) -> np.ndarray:
+    """Features (N, F) float32 of all images, in order.
+
+    ``images_iter``: an array (N, H, W, C) or an iterable of arrays (b, H, W, C) (any b, last one
+    ragged), already band-selected and normalised. Each batch is split over ``devices`` (default:
+    this process's devices) along the batch axis; ``batch_size`` is rounded up to a multiple of the
+    device count and the last batch zero-padded, so one program serves every batch.
+    ``img_size``: the model's input size (None: images are fed as they are)."""
+    from geossl.parallel import mesh as mesh_lib
+    devices = list(jax.local_devices() if devices is None else devices)
+    mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "model": 1}, devices)
+    n_dev = len(devices)
+    batch_size = -(-max(1, int(batch_size)) // n_dev) * n_dev
+    if any(isinstance(x, jax.Array) and not x.is_fully_addressable
+           for x in jax.tree_util.tree_leaves(variables)):
+        # Multi-host training state (fsdp over processes): every process gathers a full copy.
+        from jax.experimental import multihost_utils
+        variables = multihost_utils.process_allgather(variables, tiled=True)
+    variables = jax.device_put(variables, mesh_lib.replicated(mesh))
+    outputs, pending = [], None
+
+    def collect(item):
+        array, real = item
+        outputs.append(np.asarray(array)[:real])
+
+    for batch, real in _batches(images_iter, batch_size):
+        x = jax.device_put(batch, mesh_lib.batch_sharding(mesh, batch.ndim))
+        features = _forward(model, mode, img_size, float(crop_ratio), variables, x)
+        if pending is not None:  # fetch the previous batch while this one runs
+            collect(pending)
+        pending = (features, real)
+    if pending is not None:
+        collect(pending)
+    if not outputs:
+        raise ValueError("extract_features: the image iterator was empty")
+    return np.concatenate(outputs).astype(np.float32)

@@ -1,0 +1,38 @@
+"""Backbones by name: ``models.create("vit_small_patch14", in_chans=13, img_size=224)``.
+
+Every model is a ``flax.linen.Module`` with a ``num_features`` attribute and
+``__call__(x, *, train=False, ...) -> dict`` holding at least ``"embedding"`` (B, num_features).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+
+_VIT_NAMES = ("vit_tiny_patch16", "vit_small_patch14", "vit_base_patch14", "vit_large_patch14")
+_RESNET_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+def names() -> list[str]:
+    """All model names ``create`` accepts."""
+    return list(_VIT_NAMES + _RESNET_NAMES)
+
+
+def is_vit(name: str) -> bool:
+    """True for the ViT names (token models), False for ResNets; unknown names raise."""
+    _check(name)
+    return name in _VIT_NAMES
+
+
+def create(name: str, **kw) -> nn.Module:
+    """The model ``name`` with its configuration overridden by ``kw`` (e.g. ``in_chans=13``)."""
+    _check(name)
+    if name in _VIT_NAMES:
+        from geossl.models.vit import vit
+        return vit(name, **kw)
+    from geossl.models.resnet import resnet
+    return resnet(name, **kw)
+
+
+def _check(name: str) -> None:
+    if name not in _VIT_NAMES + _RESNET_NAMES:
+        raise ValueError(f"unknown model {name!r}: expected one of {', '.join(names())}")

@@ -1,0 +1,22 @@
+"""Builds a backbone from a ``config.model`` section: ``name`` plus keyword arguments."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def model_kwargs(model_cfg) -> dict:
+    """``config.model`` without ``name``; dtype strings become jnp dtypes."""
+    kw = {k: v for k, v in dict(model_cfg).items() if k != "name"}
+    if isinstance(kw.get("dtype"), str):
+        if kw["dtype"] not in _DTYPES:
+            raise ValueError(f"config.model.dtype: expected one of {sorted(_DTYPES)}, found {kw['dtype']!r}")
+        kw["dtype"] = _DTYPES[kw["dtype"]]
+    return kw
+
+
+def create_from_config(model_cfg):
+    from geossl import models
+    return models.create(model_cfg["name"], **model_kwargs(model_cfg))

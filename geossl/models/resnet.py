@@ -1,0 +1,206 @@
+"""ResNet in the torchvision v1.5 layout (stride in the 3x3 conv of the bottleneck).
+
+Parameter names mirror torchvision's state-dict keys (``layer2.0.downsample.1`` → ``layer2_0/
+downsample_1``), so :mod:`geossl.convert.resnet_keys` is a plain table. Padding follows torch
+exactly: conv1 7x7/2 pad 3, max-pool 3x3/2 pad 1 (padded with -inf), 3x3 convs pad 1.
+
+BatchNorm keeps ``batch_stats`` ``{mean, var}`` and, in train mode, normalises with the statistics
+of the whole batch it sees: under ``jax.jit`` with a batch sharded over devices that is the global
+batch (like torch's SyncBatchNorm), no axis name needed. The running variance is updated with the
+*unbiased* batch variance, as torch does, so exported running stats follow torch's semantics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"), an untruncated normal.
+_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+BLOCKS = ("basic", "bottleneck")
+
+
+class BatchNorm(nn.Module):
+    """torch-style BatchNorm over the last axis: x (..., C) → (..., C).
+
+    ``momentum`` uses the flax convention (running = momentum·running + (1−momentum)·batch), so
+    torch's momentum 0.1 is 0.9 here. Train mode normalises with the biased batch variance and
+    updates the running variance with the unbiased one (n/(n−1)), exactly like torch.
+    Statistics are computed in float32; the output has ``dtype`` (default: the input's).
+    """
+
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    use_scale: bool = True
+    use_bias: bool = True
+    scale_init: Any = nn.initializers.ones
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        c = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        xf = x.astype(jnp.float32)
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.mean(xf, axes)
+            var = jnp.mean(jnp.square(xf - mean), axes)
+            n = x.size // c
+            if not self.is_initializing():
+                unbiased = var * (n / max(n - 1, 1))
+                ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * unbiased
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        mul = jax.lax.rsqrt(var + self.epsilon)
+        if self.use_scale:
+            mul = mul * self.param("scale", self.scale_init, (c,), jnp.float32)
+        y = (xf - mean) * mul
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        return y.astype(self.dtype or x.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+    """One residual block of the plan: its name, width, stride and whether it has a downsample."""
+
+    name: str
+    planes: int
+    stride: int
+    downsample: bool
+
+
+def stage_plan(stage_sizes: Sequence[int], block: str, width: int = 64) -> list[BlockSpec]:
+    """The blocks of a ResNet in torchvision order (shared by the model and its key table)."""
+    if block not in BLOCKS:
+        raise ValueError(f"ResNet block: expected one of {BLOCKS}, found {block!r}")
+    expansion = 4 if block == "bottleneck" else 1
+    inplanes, plan = width, []
+    for s, n in enumerate(stage_sizes):
+        planes = width * 2**s
+        for j in range(n):
+            stride = 2 if (s > 0 and j == 0) else 1
+            down = j == 0 and (stride != 1 or inplanes != planes * expansion)
+            plan.append(BlockSpec(f"layer{s + 1}_{j}", planes, stride, down))
+            inplanes = planes * expansion
+    return plan
+
+
+class _Block(nn.Module):
+    """Shared fields of the residual blocks."""
+
+    planes: int
+    stride: int
+    downsample: bool
+    dtype: Any = jnp.float32
+    bn_momentum: float = 0.9
+    bn_eps: float = 1e-5
+    zero_init_last_bn: bool = False
+
+    def conv(self, features, kernel, stride, name):
+        pad = (kernel - 1) // 2
+        return nn.Conv(features, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
+                       use_bias=False, dtype=self.dtype, kernel_init=_CONV_INIT, name=name)
+
+    def norm(self, name, last=False):
+        init = nn.initializers.zeros if (last and self.zero_init_last_bn) else nn.initializers.ones
+        return BatchNorm(momentum=self.bn_momentum, epsilon=self.bn_eps, scale_init=init,
+                         dtype=self.dtype, name=name)
+
+    def shortcut(self, x, out_features, train):
+        if not self.downsample:
+            return x
+        y = self.conv(out_features, 1, self.stride, "downsample_0")(x)
+        return self.norm("downsample_1")(y, train=train)
+
+
+class BasicBlock(_Block):
+    """3x3 → 3x3, expansion 1 (resnet18/34)."""
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        y = nn.relu(self.norm("bn1")(self.conv(self.planes, 3, self.stride, "conv1")(x), train=train))
+        y = self.norm("bn2", last=True)(self.conv(self.planes, 3, 1, "conv2")(y), train=train)
+        return nn.relu(y + self.shortcut(x, self.planes, train))
+
+
+class Bottleneck(_Block):
+    """1x1 → 3x3 (strided, v1.5) → 1x1, expansion 4 (resnet50/101)."""
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        y = nn.relu(self.norm("bn1")(self.conv(self.planes, 1, 1, "conv1")(x), train=train))
+        y = nn.relu(self.norm("bn2")(self.conv(self.planes, 3, self.stride, "conv2")(y), train=train))
+        y = self.norm("bn3", last=True)(self.conv(4 * self.planes, 1, 1, "conv3")(y), train=train)
+        return nn.relu(y + self.shortcut(x, 4 * self.planes, train))
+
+
+class ResNet(nn.Module):
+    """torchvision ResNet without ``fc``: images (B,H,W,C) → dict.
+
+    Output: ``"embedding"`` (B,F) global average pool (torch's ``avgpool`` flattened, float32),
+    ``"features"`` the 4 stage maps [(B,H/4,W/4,c1), …, (B,H/32,W/32,F)], ``"feature_map"`` the last.
+    ``dtype`` is the compute dtype; parameters and batch statistics are float32.
+    """
+
+    stage_sizes: Sequence[int]
+    block: str = "bottleneck"
+    in_chans: int = 3
+    width: int = 64
+    dtype: Any = jnp.float32
+    bn_momentum: float = 0.9
+    bn_eps: float = 1e-5
+    zero_init_last_bn: bool = False
+    remat: bool = False
+
+    @property
+    def num_features(self) -> int:
+        return self.width * 2 ** (len(self.stage_sizes) - 1) * (4 if self.block == "bottleneck" else 1)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> dict:
+        if x.ndim != 4 or x.shape[-1] != self.in_chans:
+            raise ValueError(f"ResNet input: expected (B,H,W,{self.in_chans}) NHWC, found {x.shape}")
+        x = x.astype(self.dtype)
+        x = nn.Conv(self.width, (7, 7), strides=2, padding=((3, 3), (3, 3)), use_bias=False,
+                    dtype=self.dtype, kernel_init=_CONV_INIT, name="conv1")(x)
+        x = BatchNorm(momentum=self.bn_momentum, epsilon=self.bn_eps, dtype=self.dtype, name="bn1")(
+            x, train=train)
+        x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        cls = Bottleneck if self.block == "bottleneck" else BasicBlock
+        if self.remat:
+            cls = nn.remat(cls, static_argnums=(2,))
+        make = functools.partial(cls, dtype=self.dtype, bn_momentum=self.bn_momentum,
+                                 bn_eps=self.bn_eps, zero_init_last_bn=self.zero_init_last_bn)
+        features, stage = [], "layer1"
+        for spec in stage_plan(self.stage_sizes, self.block, self.width):
+            if not spec.name.startswith(stage + "_"):
+                features.append(x)
+                stage = spec.name.split("_")[0]
+            x = make(spec.planes, spec.stride, spec.downsample, name=spec.name)(x, train)
+        features.append(x)
+        embedding = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        return {"embedding": embedding, "features": features, "feature_map": x}
+
+
+RESNET_CONFIGS: dict[str, dict] = {
+    "resnet18": dict(stage_sizes=(2, 2, 2, 2), block="basic"),
+    "resnet34": dict(stage_sizes=(3, 4, 6, 3), block="basic"),
+    "resnet50": dict(stage_sizes=(3, 4, 6, 3), block="bottleneck"),
+    "resnet101": dict(stage_sizes=(3, 4, 23, 3), block="bottleneck"),
+}
+
+
+def resnet(name: str, **overrides) -> ResNet:
+    """``resnet("resnet50", in_chans=13)``: a named configuration with field overrides."""
+    if name not in RESNET_CONFIGS:
+        raise ValueError(f"unknown ResNet {name!r}: expected one of {sorted(RESNET_CONFIGS)}")
+    return ResNet(**{**RESNET_CONFIGS[name], **overrides})

@@ -1,0 +1,172 @@
+"""SoftCon: multi-label guided soft contrastive continual pretraining (Wang et al., TGRS 2024).
+
+Student (backbone → projector → predictor) sees a Siamese-masked view of one season; the EMA
+teacher (backbone → projector) sees the unmasked view of another season. The loss is
+``losses.soft_contrastive_loss`` (instance contrast + λ · label-similarity soft target) over the
+global batch, symmetrised over the two views. Config: ``config.objective`` (see configs/softcon_*.py).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from geossl import losses, masking
+from geossl.models import is_vit
+from geossl.models.from_config import create_from_config
+from geossl.models.heads import MLPHead
+from geossl.objectives import pretrained
+from geossl.objectives.base import Objective, Variables, register
+
+
+class SoftConNet(nn.Module):
+    """Backbone + MoCo-v3 projector (+ predictor on the student path)."""
+
+    backbone: nn.Module
+    vit: bool
+    proj_hidden: int = 4096
+    proj_dim: int = 256
+    proj_layers: int = 3
+    pred_hidden: int = 4096
+    pred_layers: int = 2
+
+    def setup(self):
+        self.projector = MLPHead(self.proj_hidden, self.proj_dim, self.proj_layers, use_bn=True,
+                                 last_bn=True)
+        self.predictor = MLPHead(self.pred_hidden, self.proj_dim, self.pred_layers, use_bn=True,
+                                 last_bn=False)
+
+    def __call__(self, x, *, keep_idx=None, train: bool = True, predict: bool = True):
+        """x (B,H,W,C) → (B, proj_dim); keep_idx (B,K) patch subset for a ViT student."""
+        kw = {"keep_idx": keep_idx} if (self.vit and keep_idx is not None) else {}
+        z = self.projector(self.backbone(x, train=train, **kw)["embedding"], train=train)
+        return self.predictor(z, train=train) if predict else z
+
+
+def zero_masked_patches(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """x (B,H,W,C), mask (B,gh,gw) bool (True = dropped) → x with dropped patches zeroed."""
+    b, h, w, _ = x.shape
+    fh, fw = h // mask.shape[1], w // mask.shape[2]
+    pixel = jnp.repeat(jnp.repeat(mask, fh, axis=1), fw, axis=2)
+    return jnp.where(pixel[..., None], jnp.zeros((), x.dtype), x)
+
+
+@register("softcon")
+class SoftCon(Objective):
+    teacher_mode = "ema"
+
+    def __init__(self, config):
+        super().__init__(config)
+        o = config.objective
+        self.vit = is_vit(config.model.name)
+        self.backbone = create_from_config(config.model)
+        self.net = SoftConNet(
+            backbone=self.backbone, vit=self.vit,
+            proj_hidden=o.get("proj_hidden", 4096), proj_dim=o.get("proj_dim", 256),
+            proj_layers=o.get("proj_layers", 3 if self.vit else 2),
+            pred_hidden=o.get("pred_hidden", 4096), pred_layers=o.get("pred_layers", 2))
+        self.view_config = _view_config(config)
+
+    # ----- host ------------------------------------------------------------------------------
+    def make_views(self, record, rng: np.random.Generator):
+        from geossl.data.augment import two_view_sample
+        return two_view_sample(record, rng, self.view_config)
+
+    # ----- device ----------------------------------------------------------------------------
+    def init(self, rng, batch) -> Variables:
+        variables = self.net.init({"params": rng, "dropout": rng}, jnp.asarray(batch["view1"]),
+                                  train=False)
+        bs = variables.get("batch_stats", {})
+        teacher_bs = {k: v for k, v in bs.items() if k != "predictor"}
+        return Variables(params=variables["params"], teacher=None,
+                         extra={"batch_stats": bs, "teacher_batch_stats": teacher_bs})
+
+    def teacher_source(self, params):
+        return {k: v for k, v in params.items() if k != "predictor"}
+
+    def _student(self, params, batch_stats, x, rng):
+        """Masked student forward: (B,H,W,C) → (B,proj_dim), new batch stats."""
+        o = self.config.objective
+        ratio = float(o.get("mask_ratio", 0.5))
+        mask_rng, drop_rng = jax.random.split(rng)
+        keep_idx = None
+        if ratio > 0:
+            if self.vit:
+                n = (x.shape[1] // self.backbone.patch_size) * (x.shape[2] // self.backbone.patch_size)
+                keep_idx, _ = masking.keep_mask_indices(mask_rng, x.shape[0], n, ratio)
+            else:
+                p = int(o.get("mask_patch_size", 32))
+                grid = (x.shape[1] // p, x.shape[2] // p)
+                keep, _ = masking.keep_mask_indices(mask_rng, x.shape[0], grid[0] * grid[1], ratio)
+                kept = masking.indices_to_mask(keep, grid[0] * grid[1]).reshape(-1, *grid)
+                x = zero_masked_patches(x, ~kept)
+        out, state = self.net.apply({"params": params, "batch_stats": batch_stats}, x,
+                                    keep_idx=keep_idx, train=True, predict=True,
+                                    rngs={"dropout": drop_rng}, mutable=["batch_stats"])
+        return out, state["batch_stats"]
+
+    def _teacher(self, teacher, batch_stats, x):
+        out, state = self.net.apply({"params": teacher, "batch_stats": batch_stats}, x, train=True,
+                                    predict=False, mutable=["batch_stats"])
+        return jax.lax.stop_gradient(out), state["batch_stats"]
+
+    def loss(self, params, teacher, extra, batch, rng, step):
+        o = self.config.objective
+        r1, r2 = jax.random.split(rng)
+        x1, x2 = batch["view1"], batch["view2"]
+        y1, y2 = batch["labels1"], batch["labels2"]
+        bs = extra["batch_stats"]
+        q1, bs = self._student(params, bs, x1, r1)
+        q2, bs = self._student(params, bs, x2, r2)
+        tbs = extra["teacher_batch_stats"]
+        k1, tbs = self._teacher(teacher, tbs, x1)
+        k2, tbs = self._teacher(teacher, tbs, x2)
+        kw = dict(temperature=float(o.get("temperature", 0.2)), soft_loss=o.get("soft_loss", "ce"))
+        lam = float(o.get("soft_weight", 1.0))
+
+        def sym(weight):
+            return 0.5 * (losses.soft_contrastive_loss(q1, k2, y1, y2, soft_weight=weight, **kw)
+                          + losses.soft_contrastive_loss(q2, k1, y2, y1, soft_weight=weight, **kw))
+
+        total = sym(lam)
+        instance = jax.lax.stop_gradient(sym(0.0))
+        soft = (jax.lax.stop_gradient(total) - instance) / lam if lam else jnp.zeros(())
+        metrics = {"loss_instance": instance, "loss_soft": soft}
+        return total, {"metrics": metrics, "extra": {"batch_stats": bs, "teacher_batch_stats": tbs}}
+
+    # ----- init / export ---------------------------------------------------------------------
+    def load_pretrained(self, variables: Variables) -> Variables:
+        loaded = pretrained.load_backbone_init(self.config, variables.params["backbone"],
+                                               variables.extra["batch_stats"].get("backbone"))
+        if loaded is None:
+            return variables
+        params = dict(variables.params, backbone=loaded["params"])
+        extra = dict(variables.extra)
+        if "batch_stats" in loaded:
+            extra["batch_stats"] = dict(extra["batch_stats"], backbone=loaded["batch_stats"])
+            extra["teacher_batch_stats"] = dict(extra["teacher_batch_stats"],
+                                                backbone=loaded["batch_stats"])
+        return Variables(params=params, teacher=variables.teacher, extra=extra)
+
+    def backbone_variables(self, variables: Variables) -> dict:
+        use_teacher = self.config.get("export", {}).get("teacher", False)
+        params = variables.teacher if use_teacher else variables.params
+        stats = variables.extra["teacher_batch_stats" if use_teacher else "batch_stats"]
+        out = {"params": params["backbone"]}
+        if stats.get("backbone"):
+            out["batch_stats"] = stats["backbone"]
+        return out
+
+
+def _view_config(config):
+    from geossl.data.augment import ViewConfig
+    d = config.data
+    kw = dict(img_size=config.model.img_size, bands=tuple(d.bands), norm=d.get("norm", "softcon"),
+              num_classes=d.num_classes)
+    for key in ("crop_scale", "brightness", "contrast", "jitter_p", "gray_p", "blur_p", "flip"):
+        if key in d:
+            value = d[key]
+            kw[key] = tuple(value) if isinstance(value, (list, tuple)) else value
+    return ViewConfig(**kw)

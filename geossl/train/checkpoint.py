@@ -1,0 +1,165 @@
+"""Checkpoints: orbax CheckpointManager with the train state, the grain iterator and a meta record.
+
+Layout of a workdir::
+
+    config.json              the run's config
+    metrics.jsonl            one object per step (process 0)
+    checkpoints/<step>/{state,data,meta}
+    export/                  PyTorch exports of the backbone
+    backbone/ + config.json  instead of checkpoints/: a backbone imported from PyTorch
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from geossl.parallel.sharding import path_str
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint in the workdir does not fit the configured run."""
+
+
+def shape_summary(tree) -> dict[str, list[int]]:
+    """{"params/blocks_0/attn/qkv/kernel": [384, 1152], ...} of a pytree of arrays/structs."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {path_str(p): list(getattr(x, "shape", ())) for p, x in flat}
+
+
+def make_meta(config, state) -> dict:
+    return {"model": config.model.name, "objective": config.objective.name,
+            "params": shape_summary(state.params)}
+
+
+def check_meta(saved: dict, expected: dict, directory: str) -> None:
+    """Raises CheckpointMismatchError naming every difference between two meta records."""
+    problems = []
+    for key in ("model", "objective"):
+        if saved.get(key) != expected[key]:
+            problems.append(f"{key}: checkpoint has {saved.get(key)!r}, config asks {expected[key]!r}")
+    got, want = saved.get("params", {}), expected["params"]
+    for name in sorted(set(got) | set(want)):
+        if name not in got:
+            problems.append(f"parameter {name} {want[name]} is missing from the checkpoint")
+        elif name not in want:
+            problems.append(f"checkpoint parameter {name} {got[name]} is not in the configured model")
+        elif list(got[name]) != list(want[name]):
+            problems.append(f"parameter {name}: checkpoint shape {got[name]}, configured {want[name]}")
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise CheckpointMismatchError(
+            f"checkpoint in {directory} does not match the config:\n  {shown}{more}")
+
+
+class Checkpointer:
+    """Saves/restores (state, data iterator, meta) at a step; async, keeps the last ``keep``."""
+
+    def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                               enable_async_checkpointing=async_save)
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "data", "meta"),
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "data": grain.checkpoint.CheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()})
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, data_iter, meta: dict) -> None:
+        args = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+        if data_iter is not None:
+            args["data"] = grain.checkpoint.CheckpointSave(data_iter)
+        self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+
+    def restore(self, step: int, abstract_state, data_iter, expected_meta: dict):
+        """Restores onto ``abstract_state``'s shardings (ShapeDtypeStructs with .sharding);
+        ``data_iter`` is restored in place."""
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        check_meta(meta, expected_meta, os.path.join(self.directory, str(step)))
+        args = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iter is not None:
+            args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+        return self.manager.restore(step, args=ocp.args.Composite(**args))["state"]
+
+    def restore_raw(self, step: int | None = None) -> dict:
+        """The saved state as nested dicts of numpy arrays (no target needed)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        item = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        return jax.tree_util.tree_map(np.asarray, item["state"])
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+# ----- config files ---------------------------------------------------------------------------
+def write_config(workdir: str, config) -> None:
+    if jax.process_index() != 0:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "config.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: is {workdir} a geossl workdir?")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+# ----- backbones --------------------------------------------------------------------------------
+def save_backbone(variables: dict, arch: str, directory: str, **model_kwargs) -> None:
+    """Writes a backbone-only workdir (``backbone/`` orbax pytree + ``config.json``)."""
+    config = ml_collections.ConfigDict({"model": {"name": arch, **model_kwargs},
+                                        "objective": {"name": "backbone"}})
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(os.path.abspath(directory), "backbone")
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(path, jax.tree_util.tree_map(np.asarray, variables), force=True)
+    write_config(directory, config)
+
+
+def load_backbone(workdir: str, step: int | None = None) -> tuple[str, dict]:
+    """``(arch, variables)`` of the backbone in a training or backbone-only workdir."""
+    config = load_config(workdir)
+    path = os.path.join(os.path.abspath(workdir), "backbone")
+    if os.path.isdir(path):
+        with ocp.StandardCheckpointer() as ckpt:
+            variables = jax.tree_util.tree_map(np.asarray, ckpt.restore(path))
+        return config.model.name, variables
+    from geossl import objectives
+    raw = Checkpointer(workdir, async_save=False).restore_raw(step)
+    objective = objectives.create(config)
+    variables = objectives.Variables(params=raw["params"], teacher=raw.get("teacher"),
+                                     extra=raw.get("extra", {}))
+    return objective.backbone_name, objective.backbone_variables(variables)
+
+
+def load_encoder(workdir: str, step: int | None = None):
+    """``(model, variables, config)``: a ready-to-apply backbone from a workdir."""
+    from geossl.models.from_config import create_from_config
+    arch, variables = load_backbone(workdir, step)
+    config = load_config(workdir)
+    model_cfg = dict(config.model)
+    model_cfg["name"] = arch
+    return create_from_config(model_cfg), variables, config

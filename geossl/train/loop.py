@@ -1,0 +1,220 @@
+"""The shared training loop: ``run(config, workdir)`` for every objective."""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from geossl import objectives
+from geossl.parallel import mesh as mesh_lib
+from geossl.parallel import multihost
+from geossl.parallel.sharding import tree_shardings
+from geossl.train import checkpoint as ckpt_lib
+from geossl.train import metrics as metrics_lib
+from geossl.train.optim import make_optimizer
+from geossl.train.step import make_state, make_train_step
+
+
+# ----- data -----------------------------------------------------------------------------------
+def default_data_dir() -> str:
+    return os.path.expanduser(os.environ.get("GEOSSL_DATA", "~/.cache/geossl/synthetic-v1"))
+
+
+def resolve_train_files(config) -> list[str]:
+    """``config.data.train`` (glob or list); empty → the synthetic demo data, generated once."""
+    pattern = config.data.get("train", "")
+    if not pattern:
+        directory = default_data_dir()
+        if not glob.glob(os.path.join(directory, "train-*.tfrecord")):
+            _generate_demo_data(directory)
+        pattern = os.path.join(directory, "train-*.tfrecord")
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    files = sorted(f for p in patterns for f in glob.glob(os.path.expanduser(p)))
+    if not files:
+        raise FileNotFoundError(f"config.data.train={pattern!r} matches no file")
+    return files
+
+
+def _generate_demo_data(directory: str) -> None:
+    """Runs data_prep.synthetic into a temporary folder renamed into place (no partial data)."""
+    import shutil
+    import tempfile
+    from data_prep import synthetic
+    logging.info("no data configured: generating the synthetic demo data in %s", directory)
+    parent = os.path.dirname(directory.rstrip("/")) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
+    try:
+        synthetic.generate(tmp)
+        try:
+            os.rename(tmp, directory)
+        except OSError:  # another process finished first, or an empty folder is in the way
+            if glob.glob(os.path.join(directory, "train-*.tfrecord")):
+                return
+            os.rmdir(directory)
+            os.rename(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def make_data_iterator(config, objective, process_index: int, process_count: int):
+    from geossl.data import ShardSource
+    from geossl.data.pipeline import make_dataset
+    source = ShardSource(resolve_train_files(config))
+    if config.global_batch % process_count:
+        raise ValueError(f"global_batch {config.global_batch} not divisible by {process_count} processes")
+    ds = make_dataset(source, objective.make_views, seed=config.seed, shuffle=True,
+                      process_index=process_index, process_count=process_count,
+                      local_batch_size=config.global_batch // process_count,
+                      num_workers=config.data.get("num_workers", 0))
+    return source, iter(ds)
+
+
+def example_batch(objective, source, size: int = 2) -> dict:
+    """A tiny host batch (from record 0) used only for shapes at init."""
+    sample = objective.make_views(source[0], np.random.default_rng(0))
+    return {k: np.stack([v] * size) for k, v in sample.items()}
+
+
+# ----- trainer ----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Trainer:
+    """The compiled-to-be pieces of a run: abstract sharded state, step and initialiser."""
+
+    objective: objectives.Objective
+    abstract_state: object        # TrainState of ShapeDtypeStructs carrying their shardings
+    shardings: object             # TrainState of NamedShardings
+    meta: dict                    # what a checkpoint must match
+    train_step: object            # jitted step(state, batch) -> (state, metrics)
+    init_state: object            # () -> sharded initial TrainState (continual init applied)
+
+
+def build_trainer(config, objective, mesh, batch0) -> Trainer:
+    """Optimiser, sharding rules and the jitted step for ``objective`` on ``mesh``.
+    ``batch0``: a small host batch of samples, used for shapes only."""
+    init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    abstract_vars = jax.eval_shape(lambda r: objective.init(r, batch0), init_rng)
+    tx, lr_fn = make_optimizer(config, abstract_vars.params)
+
+    def build(variables):
+        return make_state(objective, tx, variables, state_rng)
+
+    abstract_state = jax.eval_shape(build, abstract_vars)
+    shardings = tree_shardings(abstract_state, [tuple(r) for r in config.sharding_rules], mesh)
+    abstract_state = jax.tree_util.tree_map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_state, shardings)
+
+    def init_state():
+        variables = jax.jit(objective.init)(init_rng, batch0)
+        variables = objective.load_pretrained(jax.device_get(variables))
+        return jax.jit(build, out_shardings=shardings)(variables)
+
+    return Trainer(objective, abstract_state, shardings, ckpt_lib.make_meta(config, abstract_state),
+                   make_train_step(objective, tx, lr_fn, config, mesh, shardings), init_state)
+
+
+# ----- run --------------------------------------------------------------------------------------
+def run(config, workdir: str, devices=None) -> dict:
+    """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) on all (or the
+    given) devices. Returns a summary: workdir, final_step, last_metrics, export, state."""
+    workdir = os.path.abspath(workdir)
+    mesh = mesh_lib.make_mesh(config.mesh, devices)
+    if config.global_batch % mesh_lib.batch_divisor(mesh):
+        raise ValueError(f"global_batch {config.global_batch} is not divisible by data×fsdp = "
+                         f"{mesh_lib.batch_divisor(mesh)} devices")
+    ckpt_lib.write_config(workdir, config)
+    objective = objectives.create(config)
+    source, data_iter = make_data_iterator(config, objective, jax.process_index(), jax.process_count())
+    trainer = build_trainer(config, objective, mesh, example_batch(objective, source))
+    abstract_state, shardings, meta = trainer.abstract_state, trainer.shardings, trainer.meta
+
+    checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.get("keep_checkpoints", 3),
+                                         async_save=config.get("async_checkpoints", True))
+    writer = metrics_lib.MetricsWriter(workdir, config.total_steps)
+    start = checkpointer.latest_step()
+    if start is not None:
+        logging.info("resuming from %s/%d", checkpointer.directory, start)
+        state = checkpointer.restore(start, abstract_state, data_iter, meta)
+        writer.truncate_after(start)
+    else:
+        start = 0
+        state = trainer.init_state()
+    summary = _loop(config, state, start, trainer.train_step, data_iter, mesh, checkpointer,
+                    writer, meta)
+    summary["export"] = _export(config, objective, checkpointer, workdir)
+    checkpointer.close()
+    writer.close()
+    summary["workdir"] = workdir
+    return summary
+
+
+def _loop(config, state, start, train_step, data_iter, mesh, checkpointer, writer, meta) -> dict:
+    total, every = int(config.total_steps), int(config.checkpoint_every)
+    log_every = max(1, int(config.get("log_every", 10)))
+    pending: list[tuple[int, dict, float, float]] = []
+    t_start = time.perf_counter()
+    last_row = None
+
+    def flush():
+        nonlocal last_row
+        if not pending:
+            return
+        rows = []
+        fetched = jax.device_get([m for _, m, _, _ in pending])
+        for (step, _, wait, dt), values in zip(pending, fetched):
+            row = {"step": step, **{k: float(v) for k, v in values.items()}}
+            row.update(step_time_s=dt, data_wait_s=wait, data_wait_frac=wait / max(dt, 1e-9),
+                       images_per_s=config.global_batch / max(dt, 1e-9))
+            metrics_lib.check_finite(step, row)
+            rows.append(row)
+        writer.write(rows)
+        last_row = rows[-1]
+        writer.log(last_row, time.perf_counter() - t_start, last_row["step"] - start)
+        pending.clear()
+
+    t_prev = time.perf_counter()
+    for step in range(start + 1, total + 1):
+        t0 = time.perf_counter()
+        local = next(data_iter)
+        wait = time.perf_counter() - t0
+        batch = multihost.global_batch(local, mesh)
+        state, metrics = train_step(state, batch)
+        now = time.perf_counter()
+        pending.append((step, metrics, wait, now - t_prev))
+        t_prev = now
+        if step % log_every == 0 or step % every == 0 or step == total:
+            flush()  # raises on a non-finite loss before anything is saved
+        if step % every == 0 or step == total:
+            checkpointer.save(step, state, data_iter, meta)
+    flush()
+    checkpointer.wait()
+    return {"final_step": total, "last_metrics": last_row, "state": state}
+
+
+def _export(config, objective, checkpointer, workdir) -> str | None:
+    """Writes the backbone as a PyTorch state dict (safetensors) into workdir/export."""
+    if not config.get("export", {}).get("torch", True) or jax.process_index() != 0:
+        return None
+    from geossl import convert
+    from geossl.convert.io import save_state_dict
+    raw = checkpointer.restore_raw()
+    variables = objective.backbone_variables(
+        objectives.Variables(params=raw["params"], teacher=raw.get("teacher"), extra=raw.get("extra", {})))
+    sd = convert.to_torch(variables, objective.backbone_name,
+                          **_conversion_kwargs(config))
+    path = os.path.join(workdir, "export", f"{objective.backbone_name}.safetensors")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_state_dict(sd, path)
+    return path
+
+
+def _conversion_kwargs(config) -> dict:
+    """Architecture arguments of config.model (not compute options)."""
+    return {k: v for k, v in dict(config.model).items()
+            if k not in ("name", "dtype", "remat", "drop_path_rate")}

@@ -1,0 +1,82 @@
+"""Per-step metrics: process-0 JSONL, absl log lines with throughput/ETA, TensorBoard events."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+from absl import logging
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or infinite."""
+
+
+def check_finite(step: int, metrics: dict) -> None:
+    """Raises NonFiniteLossError naming the step and the first non-finite loss term."""
+    for name in ["loss"] + sorted(k for k in metrics if k != "loss"):
+        value = metrics.get(name)
+        if value is not None and not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"non-finite {name}={value} at step {step}; stopping (the last checkpoint is kept)")
+
+
+class MetricsWriter:
+    """Appends one JSON object per step to ``workdir/metrics.jsonl`` (process 0 only)."""
+
+    def __init__(self, workdir: str, total_steps: int):
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.total_steps = total_steps
+        self._tb = None
+        if self.enabled:
+            os.makedirs(workdir, exist_ok=True)
+            try:
+                from tensorboardX import SummaryWriter
+                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            except ImportError:
+                self._tb = None
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop lines of steps > ``step`` (they are recomputed), atomically."""
+        if not self.enabled or not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= step]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(lines)
+        os.replace(tmp, self.path)
+
+    def write(self, rows: list[dict]) -> None:
+        if not self.enabled or not rows:
+            return
+        with open(self.path, "a") as f:
+            for row in rows:
+                f.write(json.dumps(row, sort_keys=True) + "\n")
+        if self._tb is not None:
+            for row in rows:
+                for k, v in row.items():
+                    if k != "step" and isinstance(v, (int, float)):
+                        self._tb.add_scalar(k, v, row["step"])
+            self._tb.flush()
+
+    def log(self, row: dict, elapsed_s: float, steps_done: int) -> None:
+        """absl line with loss, images/s and ETA."""
+        rate = steps_done / max(elapsed_s, 1e-9)
+        eta = (self.total_steps - row["step"]) / max(rate, 1e-9)
+        terms = " ".join(f"{k}={row[k]:.4g}" for k in sorted(row) if k.startswith("loss"))
+        logging.info("step %d/%d %s | %.1f img/s | data wait %.1f%% | ETA %s", row["step"],
+                     self.total_steps, terms, row.get("images_per_s", 0.0),
+                     100 * row.get("data_wait_frac", 0.0), _hms(eta))
+
+    def close(self):
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

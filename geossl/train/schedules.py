@@ -1,0 +1,154 @@
+"""Step schedules for learning rate, weight decay, EMA momentum and teacher temperature.
+
+Every schedule is a pure function of the step, traceable under jit (``step`` may be a Python int
+or an int32 array) and returns a float32 scalar; after its last step it stays at its final value.
+:func:`make_schedule` builds one from a config dict, and its result is a valid optax schedule.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["constant", "warmup_cosine", "cosine", "linear", "make_schedule"]
+
+Schedule = Callable[[jax.typing.ArrayLike], jax.Array]
+
+
+def _step(step) -> jax.Array:
+    return jnp.asarray(step).astype(jnp.float32)
+
+
+def constant(step, *, base) -> jax.Array:
+    """``base`` at every step."""
+    return jnp.full(jnp.shape(step), base, dtype=jnp.float32)
+
+
+def warmup_cosine(step, *, base, total_steps, warmup_steps=0, final=0.0,
+                  warmup_init=0.0) -> jax.Array:
+    """Linear warmup then cosine decay.
+
+    For s < W = warmup_steps: warmup_init + (base − warmup_init) · s / W.
+    For W <= s <= T = total_steps: final + (base − final) · ½(1 + cos(π (s − W) / (T − W))).
+    For s > T: final. (Same values as ``optax.warmup_cosine_decay_schedule`` with
+    decay_steps = T.) With T = W the value is base at s = W and final after it.
+    """
+    _check_steps(total_steps, warmup_steps)
+    s = _step(step)
+    warm = warmup_init + (base - warmup_init) * s / max(warmup_steps, 1)
+    progress = jnp.clip((s - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
+    # written as a blend so the ends are exact: base at progress 0, final at progress 1
+    w = 0.5 * (1.0 + jnp.cos(math.pi * progress))
+    decay = base * w + final * (1.0 - w)
+    return jnp.where(s < warmup_steps, warm, decay).astype(jnp.float32)
+
+
+def cosine(step, *, base, final, total_steps) -> jax.Array:
+    """Cosine from ``base`` at step 0 to ``final`` at ``total_steps``, then ``final``.
+
+    Used for EMA momentum (0.99 → 1.0) and weight decay (0.04 → 0.2) as in DINO.
+    """
+    return warmup_cosine(step, base=base, final=final, total_steps=total_steps, warmup_steps=0)
+
+
+def linear(step, *, start, end, steps) -> jax.Array:
+    """``start`` + (``end`` − ``start``) · min(s / steps, 1): linear ramp, then constant ``end``.
+
+    Used for the DINO teacher-temperature warmup (0.04 → 0.07 over 30 epochs). steps = 0 gives end.
+    """
+    if not isinstance(steps, numbers.Integral) or steps < 0:
+        raise ValueError(f"linear: steps must be an int >= 0, found {steps!r}")
+    s = _step(step)
+    if steps == 0:
+        return jnp.full(jnp.shape(s), end, dtype=jnp.float32)
+    frac = jnp.clip(s / steps, 0.0, 1.0)
+    return (start + (end - start) * frac).astype(jnp.float32)
+
+
+def _check_steps(total_steps, warmup_steps) -> None:
+    for name, v in (("total_steps", total_steps), ("warmup_steps", warmup_steps)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+            raise ValueError(f"{name} must be an int >= 0, found {v!r}")
+    if warmup_steps > total_steps:
+        raise ValueError(f"warmup_steps={warmup_steps} is larger than total_steps={total_steps}")
+
+
+# name → (function, required keys, optional keys). "total_steps" is accepted by every schedule
+# because the trainer fills it in for all of them (ignored where unused).
+_SCHEDULES = {
+    "constant": (constant, ("base",), ()),
+    "warmup_cosine": (warmup_cosine, ("base", "total_steps"),
+                      ("warmup_steps", "final", "warmup_init")),
+    "cosine": (cosine, ("base", "final", "total_steps"), ()),
+    "linear": (linear, ("start", "end", "steps"), ()),
+}
+# Keys that hold step counts (converted to int); the rest are values (converted to float).
+_STEP_KEYS = ("total_steps", "warmup_steps", "steps")
+# The uniform config spelling (name/base/final) is also accepted for "linear".
+_LINEAR_ALIASES = {"base": "start", "final": "end"}
+
+
+def make_schedule(cfg: Mapping) -> Schedule:
+    """Builds ``fn(step) -> float32`` from a dict-like config.
+
+    ``cfg["name"]`` picks the schedule, the other keys are its keyword arguments:
+
+    - constant: base
+    - warmup_cosine: base, total_steps [, warmup_steps=0, final=0.0, warmup_init=0.0]
+    - cosine: base, final, total_steps
+    - linear: start (or base), end (or final) [, steps, defaulting to total_steps]
+
+    ``total_steps`` is accepted (and ignored where unused) by every schedule. Unknown or missing
+    keys raise ValueError naming the schedule and the keys it takes.
+    """
+    if not hasattr(cfg, "items"):
+        raise ValueError(f"make_schedule: expected a dict-like config, found {type(cfg).__name__}")
+    cfg = dict(cfg.items())
+    name = cfg.pop("name", None)
+    if name not in _SCHEDULES:
+        raise ValueError(f"make_schedule: unknown schedule name {name!r}; expected one of "
+                         f"{sorted(_SCHEDULES)}")
+    fn, required, optional = _SCHEDULES[name]
+    if name == "linear":
+        for alias, key in _LINEAR_ALIASES.items():
+            if alias in cfg:
+                if key in cfg:
+                    raise ValueError(f"schedule 'linear': give {key!r} or {alias!r}, not both")
+                cfg[key] = cfg.pop(alias)
+        if "steps" not in cfg and "total_steps" in cfg:
+            cfg["steps"] = cfg["total_steps"]
+    accepted = set(required) | set(optional) | {"total_steps"}
+    unknown = sorted(set(cfg) - accepted)
+    if unknown:
+        raise ValueError(f"schedule {name!r}: unknown keys {unknown}; it takes {list(required)} "
+                         f"and optionally {list(optional)}")
+    missing = [k for k in required if k not in cfg]
+    if missing:
+        raise ValueError(f"schedule {name!r}: missing keys {missing} (it takes {list(required)} "
+                         f"and optionally {list(optional)})")
+    kwargs = {}
+    for k, v in cfg.items():
+        if k not in required and k not in optional:
+            continue
+        kwargs[k] = _as_int(name, k, v) if k in _STEP_KEYS else float(v)
+    if name == "warmup_cosine":
+        _check_steps(kwargs["total_steps"], kwargs.get("warmup_steps", 0))
+    if name == "linear" and kwargs["steps"] < 0:
+        raise ValueError(f"schedule 'linear': steps must be >= 0, found {kwargs['steps']}")
+
+    def schedule(step) -> jax.Array:
+        return fn(step, **kwargs)
+
+    schedule.__name__ = f"{name}_schedule"
+    schedule.config = dict(name=name, **kwargs)
+    return schedule
+
+
+def _as_int(name: str, key: str, v) -> int:
+    if isinstance(v, bool) or float(v) != int(v):
+        raise ValueError(f"schedule {name!r}: {key} must be a whole number of steps, found {v!r}")
+    return int(v)

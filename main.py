@@ -1,0 +1,38 @@
+"""Pretraining entry point: ``python main.py --config=configs/NAME.py[:variant] --workdir=DIR``.
+
+Any config field can be overridden with ``--config.a.b=value``. Resumes from DIR automatically.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/softcon_vit_s.py:demo.")
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and exports go (resumed from).")
+flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-host runs).")
+flags.DEFINE_integer("num_processes", 0, "Number of processes (multi-host runs).")
+flags.DEFINE_integer("process_id", -1, "This process's index (multi-host runs).")
+flags.DEFINE_bool("auto_distributed", True, "Initialise jax.distributed when a TPU pod / SLURM "
+                  "/ MPI environment is detected.")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    from geossl.parallel import multihost
+    multihost.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                         auto=FLAGS.auto_distributed)
+    from geossl.train import loop
+    summary = loop.run(FLAGS.config, FLAGS.workdir)
+    logging.info("done: %s", {k: v for k, v in summary.items() if k != "state"})
+    import jax
+    if jax.process_index() == 0:
+        print(f"workdir:     {summary['workdir']}")
+        print(f"checkpoints: {summary['workdir']}/checkpoints")
+        print(f"metrics:     {summary['workdir']}/metrics.jsonl")
+        if summary.get("export"):
+            print(f"export:      {summary['export']}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,21 @@
+"""Test setup: 8 simulated CPU devices so every run exercises sharding (set before jax imports)."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import absl.flags  # noqa: E402
+
+# grain worker processes read absl flags; under pytest nobody parses them.
+absl.flags.FLAGS.mark_as_parsed()
+
+import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long-running (real-size models); run with -m slow")
+    config.addinivalue_line("markers", "multiprocess: spawns several jax processes")

@@ -1,0 +1,168 @@
+"""End-to-end trainer runs on a tiny SoftCon ViT: outputs, 1 vs 8 devices, SIGKILL + resume,
+2 processes vs 1, checkpoint mismatch, non-finite loss."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import softcon_vit_s
+from geossl.train import checkpoint as ckpt_lib
+from geossl.train import loop
+from geossl.train.metrics import NonFiniteLossError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: --config.* overrides that shrink the demo config to a few-second run (also used by subprocesses).
+TINY = {
+    "model.depth": 1, "model.img_size": 16, "model.patch_size": 8,
+    "objective.proj_hidden": 32, "objective.proj_dim": 16, "objective.pred_hidden": 32,
+    "global_batch": 16, "total_steps": 6, "checkpoint_every": 2, "log_every": 1,
+    "lr.warmup_steps": 2, "probe.every": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    from data_prep import synthetic
+    out = str(tmp_path_factory.mktemp("synthetic"))
+    synthetic.generate(out, num_locations=64, heldout=16, size=16, seasons=2, num_shards=2)
+    return os.path.join(out, "train-*.tfrecord")
+
+
+def tiny_config(shards, **overrides):
+    c = softcon_vit_s.get_config("demo")
+    values = dict(TINY, **{"data.train": shards}, **overrides)
+    for key, value in values.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def read_metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _flags(shards, workdir, **extra):
+    values = dict(TINY, **{"data.train": shards}, **extra)
+    return [sys.executable, os.path.join(ROOT, "main.py"), "--config",
+            os.path.join(ROOT, "configs/softcon_vit_s.py") + ":demo", "--workdir", workdir,
+            "--auto_distributed=false"] + [f"--config.{k}={v}" for k, v in values.items()]
+
+
+def _env(devices):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = ROOT
+    return env
+
+
+def test_run_writes_metrics_checkpoints_and_export(shards, tmp_path):
+    workdir = str(tmp_path / "run")
+    summary = loop.run(tiny_config(shards), workdir)
+    rows = read_metrics(workdir)
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    for key in ("loss", "loss_instance", "loss_soft", "lr", "momentum", "grad_norm",
+                "step_time_s", "data_wait_s", "images_per_s"):
+        assert all(np.isfinite(r[key]) for r in rows), key
+    assert sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
+                  if d.isdigit()) == [2, 4, 6]
+    from safetensors.numpy import load_file
+    from geossl import convert
+    exported = load_file(summary["export"])
+    arch, variables = ckpt_lib.load_backbone(workdir)
+    expected = convert.to_torch(variables, arch, img_size=16, in_chans=13, patch_size=8, depth=1)
+    assert sorted(exported) == sorted(expected)
+    for k in expected:
+        np.testing.assert_array_equal(exported[k], expected[k])
+    # The exported backbone is the student's, as trained.
+    np.testing.assert_array_equal(
+        variables["params"]["norm"]["scale"],
+        np.asarray(summary["state"].params["backbone"]["norm"]["scale"]))
+
+
+def test_one_device_and_eight_devices_log_equal_losses(shards, tmp_path):
+    one = loop.run(tiny_config(shards, total_steps=5, **{"mesh.data": 1}), str(tmp_path / "one"),
+                   devices=jax.devices()[:1])
+    eight = loop.run(tiny_config(shards, total_steps=5, **{"mesh.data": 4, "mesh.fsdp": 2}),
+                     str(tmp_path / "eight"))
+    a = [r["loss"] for r in read_metrics(one["workdir"])]
+    b = [r["loss"] for r in read_metrics(eight["workdir"])]
+    assert len(a) == len(b) == 5
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
+
+
+def test_sigkill_and_resume_is_bit_identical(shards, tmp_path):
+    full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
+    subprocess.run(_flags(shards, full), env=_env(8), check=True, capture_output=True)
+    proc = subprocess.Popen(_flags(shards, killed), env=_env(8), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    first = os.path.join(killed, "checkpoints", "2")
+    deadline = time.time() + 300
+    while not os.path.isdir(first) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # somewhere after the first checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    subprocess.run(_flags(shards, killed), env=_env(8), check=True, capture_output=True)
+    a, b = read_metrics(full), read_metrics(killed)
+    assert [r["step"] for r in b] == list(range(1, 7))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    ra = ckpt_lib.Checkpointer(full, async_save=False).restore_raw()
+    rb = ckpt_lib.Checkpointer(killed, async_save=False).restore_raw()
+    la, lb = jax.tree_util.tree_leaves(ra), jax.tree_util.tree_leaves(rb)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.multiprocess
+def test_two_processes_match_one_process(shards, tmp_path):
+    import portpicker
+    port = portpicker.pick_unused_port()
+    single = str(tmp_path / "single")
+    subprocess.run(_flags(shards, single, total_steps=4), env=_env(8), check=True,
+                   capture_output=True)
+    multi = str(tmp_path / "multi")
+    procs = [subprocess.Popen(
+        _flags(shards, multi, total_steps=4) + [f"--coordinator_address=127.0.0.1:{port}",
+                                                "--num_processes=2", f"--process_id={i}"],
+        env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    a = [r["loss"] for r in read_metrics(single)]
+    b = [r["loss"] for r in read_metrics(multi)]
+    assert len(a) == len(b) == 4
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_checkpoint_of_another_model_is_refused(shards, tmp_path):
+    workdir = str(tmp_path / "w")
+    loop.run(tiny_config(shards, total_steps=2), workdir)
+    with pytest.raises(ckpt_lib.CheckpointMismatchError, match="projector.*16.*24|24.*16"):
+        loop.run(tiny_config(shards, total_steps=4, **{"objective.proj_dim": 24}), workdir)
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(shards, tmp_path):
+    workdir = str(tmp_path / "nan")
+    loop.run(tiny_config(shards, total_steps=2), workdir)
+    before = ckpt_lib.Checkpointer(workdir, async_save=False).restore_raw(2)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss.*at step [3-6]"):
+        loop.run(tiny_config(shards, **{"lr.base": 1e30, "lr.warmup_steps": 0,
+                                        "optim.clip_norm": 0.0}), workdir)
+    checkpointer = ckpt_lib.Checkpointer(workdir, async_save=False)
+    assert checkpointer.latest_step() == 2
+    after = checkpointer.restore_raw(2)
+    for x, y in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(after)):
+        np.testing.assert_array_equal(x, y)

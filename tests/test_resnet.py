@@ -1,0 +1,152 @@
+"""ResNet: torchvision-exact forward (eval and train-mode BatchNorm), layout, registry, sharding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from geossl import convert, models
+from geossl.models.resnet import BatchNorm, ResNet, stage_plan
+
+
+def _torch_resnet18(in_chans: int, seed: int = 0):
+    """torchvision resnet18 with a ``in_chans`` conv1, no fc, random affine BN and running stats."""
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(seed)
+    net = torchvision.models.resnet18()
+    net.conv1 = torch.nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False)
+    net.fc = torch.nn.Identity()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return net
+
+
+def _nchw(x):
+    import torch
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def test_layout_and_num_features():
+    for name, feats, blocks in [("resnet18", 512, 8), ("resnet50", 2048, 16), ("resnet101", 2048, 33)]:
+        model = models.create(name, in_chans=13)
+        assert model.num_features == feats
+        assert len(stage_plan(model.stage_sizes, model.block, model.width)) == blocks
+    model = models.create("resnet50", in_chans=13)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 13)))
+    p, s = shapes["params"], shapes["batch_stats"]
+    assert p["conv1"]["kernel"].shape == (7, 7, 13, 64)
+    assert p["layer1_0"]["downsample_0"]["kernel"].shape == (1, 1, 64, 256)
+    assert p["layer2_0"]["conv2"]["kernel"].shape == (3, 3, 128, 128)  # v1.5: stride in the 3x3
+    assert "downsample_0" not in p["layer1_1"]
+    assert s["layer4_2"]["bn3"]["var"].shape == (2048,)
+    r18 = jax.eval_shape(models.create("resnet18").init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    assert "downsample_0" not in r18["params"]["layer1_0"] and "conv3" not in r18["params"]["layer2_0"]
+
+
+def test_registry():
+    assert {"resnet18", "resnet50", "vit_small_patch14", "vit_base_patch14"} <= set(models.names())
+    assert models.is_vit("vit_tiny_patch16") and not models.is_vit("resnet50")
+    with pytest.raises(ValueError, match="expected one of .*resnet18"):
+        models.create("resnet51")
+    with pytest.raises(ValueError, match="expected one of"):
+        ResNet(stage_sizes=(1, 1, 1, 1), block="wide").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+def test_eval_matches_torchvision_all_stages():
+    torch = pytest.importorskip("torch")
+    net = _torch_resnet18(5).eval()
+    x = np.random.default_rng(0).normal(size=(2, 64, 48, 5)).astype(np.float32)
+    stages = []
+    hooks = [getattr(net, f"layer{i}").register_forward_hook(lambda m, i, o: stages.append(o))
+             for i in range(1, 5)]
+    with torch.no_grad():
+        ref = net(_nchw(x)).numpy()
+    for h in hooks:
+        h.remove()
+    variables = convert.from_torch(net.state_dict(), "resnet18")
+    out = jax.jit(models.create("resnet18", in_chans=5).apply)(variables, jnp.asarray(x))
+    np.testing.assert_allclose(out["embedding"], ref, atol=1e-4, rtol=1e-4)
+    for ours, theirs in zip(out["features"], stages):
+        np.testing.assert_allclose(ours, theirs.numpy().transpose(0, 2, 3, 1), atol=1e-4, rtol=1e-4)
+    assert out["feature_map"].shape == (2, 2, 2, 512)
+
+
+def test_train_mode_bn_matches_torch():
+    """One train-mode forward: same outputs and same running mean / (unbiased) var as torch."""
+    torch = pytest.importorskip("torch")
+    net = _torch_resnet18(3, seed=1)
+    variables = convert.from_torch(net.state_dict(), "resnet18")
+    x = np.random.default_rng(1).normal(size=(4, 64, 64, 3)).astype(np.float32)
+    net.train()
+    with torch.no_grad():
+        ref = net(_nchw(x)).numpy()
+    apply = jax.jit(lambda v, x: models.create("resnet18").apply(v, x, train=True,
+                                                                 mutable=["batch_stats"]))
+    out, state = apply(variables, jnp.asarray(x))
+    np.testing.assert_allclose(out["embedding"], ref, atol=1e-4, rtol=1e-4)
+    expected = convert.from_torch(net.state_dict(), "resnet18")["batch_stats"]
+    for (path, ours), theirs in zip(jax.tree_util.tree_leaves_with_path(state["batch_stats"]),
+                                    jax.tree_util.tree_leaves(expected)):
+        np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=1e-5, err_msg=jax.tree_util.keystr(path))
+
+
+def test_batchnorm_unbiased_running_var_and_init():
+    x = np.random.default_rng(2).normal(size=(6, 3)).astype(np.float32)
+    bn = BatchNorm(momentum=0.9)
+    v = bn.init(jax.random.key(0), x, train=True)
+    assert float(v["batch_stats"]["var"][0]) == 1.0  # init does not update statistics
+    y, state = bn.apply(v, x, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(state["batch_stats"]["var"], 0.9 + 0.1 * x.var(0, ddof=1), rtol=1e-6)
+    np.testing.assert_allclose(state["batch_stats"]["mean"], 0.1 * x.mean(0), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(y, (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5), atol=1e-5)
+
+
+def test_global_batch_statistics_under_sharding():
+    """jit over a batch sharded on 8 devices normalises with the statistics of the global batch."""
+    model = ResNet(stage_sizes=(1, 1, 1, 1), block="basic", width=8, in_chans=3)
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(8, 32, 32, 3)), jnp.float32)
+    variables = jax.jit(model.init)(jax.random.key(0), x[:1])
+    step = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+    whole = step(variables, x)
+    mesh = jax.make_mesh((8,), ("data",))
+    sharded_x = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+    split = step(variables, sharded_x)
+    assert len(sharded_x.addressable_shards) == 8
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(split)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_remat_gradients_and_bf16():
+    kw = dict(stage_sizes=(1, 1, 1, 1), block="basic", width=8, in_chans=2)
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 32, 32, 2)), jnp.float32)
+    plain, remat = ResNet(**kw), ResNet(**kw, remat=True)
+    variables = jax.jit(plain.init)(jax.random.key(0), x)
+
+    def loss(model, params):
+        out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                             train=True, mutable=["batch_stats"])
+        return jnp.sum(out["embedding"] ** 2)
+
+    g1 = jax.jit(jax.grad(lambda p: loss(plain, p)))(variables["params"])
+    g2 = jax.jit(jax.grad(lambda p: loss(remat, p)))(variables["params"])
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+
+    half = ResNet(**kw, dtype=jnp.bfloat16)
+    out = jax.eval_shape(half.apply, variables, x)
+    assert out["features"][0].dtype == jnp.bfloat16 and out["embedding"].dtype == jnp.float32
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(jax.eval_shape(half.init, jax.random.key(0), x)))
+
+
+def test_zero_init_last_bn():
+    from geossl.models.resnet import BasicBlock, Bottleneck
+    x = jnp.zeros((1, 8, 8, 16))
+    for cls, last in [(Bottleneck, "bn3"), (BasicBlock, "bn2")]:
+        params = cls(4, 1, True, zero_init_last_bn=True).init(jax.random.key(0), x, False)["params"]
+        assert float(jnp.abs(params[last]["scale"]).max()) == 0.0
+        assert float(params["bn1"]["scale"].min()) == 1.0
