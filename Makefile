@@ -32,7 +32,8 @@ tf-env: $(TF_VENV)/.tf
 
 demo: $(VENV)/.core
 	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR)
-	$(PY) -m geossl.eval.linear_probe --workdir=$(WORKDIR) --compare_random
+	$(PY) -m geossl.eval.linear_probe --workdir=$(WORKDIR) --dataset=synthetic
+	$(PY) -m geossl.eval.linear_probe --workdir=$(WORKDIR) --dataset=synthetic --random_init
 
 test: $(VENV)/.test $(TF_VENV)/.tf
 	GEOSSL_TF_PYTHON=$(abspath $(TF_VENV))/bin/python $(PY) -m pytest -n 2 -q -rs

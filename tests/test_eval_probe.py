@@ -86,12 +86,13 @@ def test_resize_center_crop():
 def test_resnet_style_backbone_only_supports_cls():
     class Pool(nn.Module):
         num_features: int = 4
+        stage_sizes: list | None = None  # a list field: the module is not hashable
 
         @nn.compact
         def __call__(self, x, *, train=False):
             return {"embedding": nn.Dense(self.num_features)(x.mean(axis=(1, 2)))}
 
-    model = Pool()
+    model = Pool(stage_sizes=[2, 2])
     variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
     out = features.extract_features(model, variables, np.ones((3, 8, 8, 3), np.float32), batch_size=8)
     assert out.shape == (3, 4)
@@ -315,20 +316,26 @@ def test_cli_end_to_end_with_a_stub_encoder(tmp_path, monkeypatch):
     assert report["metrics"]["map_micro"] != rand["metrics"]["map_micro"]
 
 
-def test_cli_end_to_end_on_a_saved_backbone(tmp_path):
+@pytest.mark.parametrize("arch,kw,mode", [
+    ("resnet18", dict(in_chans=4), "cls"),
+    ("vit_tiny_patch16", dict(img_size=8, in_chans=4, patch_size=4, depth=4), "dinov2_4layer"),
+])
+def test_cli_end_to_end_on_a_saved_backbone(tmp_path, arch, kw, mode):
+    """save_backbone → load_encoder → CLI, with geossl's own models."""
     models = pytest.importorskip("geossl.models")
     from geossl.train.checkpoint import save_backbone
-    kw = dict(img_size=8, in_chans=4, patch_size=4, depth=4)
     try:
-        model = models.create("vit_tiny_patch16", **kw)
+        model = models.create(arch, **kw)
     except (ImportError, AttributeError) as e:
         pytest.skip(f"geossl.models not complete yet: {e}")
     variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 4)))
     workdir = str(tmp_path / "backbone")
-    save_backbone(jax.device_get(variables), "vit_tiny_patch16", workdir, **kw)
+    save_backbone(jax.device_get(variables), arch, workdir, **kw)
     data = str(tmp_path / "data")
     _write_split(data, "heldout", _records(40, 3))
-    _run_clis(tmp_path, workdir, data, "dinov2_4layer", 4 * model.num_features, full=False)
+    width = model.num_features * (4 if mode == "dinov2_4layer" else 1)
+    _run_clis(tmp_path, workdir, data, mode, width, full=False)
+
 
 
 def test_labels_follow_the_acquisition_read():

@@ -51,6 +51,7 @@ def test_layout_and_num_features():
 def test_registry():
     assert {"resnet18", "resnet50", "vit_small_patch14", "vit_base_patch14"} <= set(models.names())
     assert models.is_vit("vit_tiny_patch16") and not models.is_vit("resnet50")
+    assert models.create("resnet18", img_size=32, in_chans=2).in_chans == 2  # img_size: any, ignored
     with pytest.raises(ValueError, match="expected one of .*resnet18"):
         models.create("resnet51")
     with pytest.raises(ValueError, match="expected one of"):
@@ -108,17 +109,18 @@ def test_batchnorm_unbiased_running_var_and_init():
 
 def test_global_batch_statistics_under_sharding():
     """jit over a batch sharded on 8 devices normalises with the statistics of the global batch."""
-    model = ResNet(stage_sizes=(1, 1, 1, 1), block="basic", width=8, in_chans=3)
-    x = jnp.asarray(np.random.default_rng(3).normal(size=(8, 32, 32, 3)), jnp.float32)
-    variables = jax.jit(model.init)(jax.random.key(0), x[:1])
-    step = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
-    whole = step(variables, x)
-    mesh = jax.make_mesh((8,), ("data",))
-    sharded_x = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
-    split = step(variables, sharded_x)
-    assert len(sharded_x.addressable_shards) == 8
-    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(split)):
-        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    scale = np.arange(1, 9, dtype=np.float32)[:, None, None, None]  # every shard differs
+    x = np.random.default_rng(3).normal(size=(8, 4, 4, 3)).astype(np.float32) * scale
+    bn = BatchNorm()
+    variables = bn.init(jax.random.key(0), x, train=True)
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    sharded = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+    assert len(sharded.addressable_shards) == 8
+    step = jax.jit(lambda v, x: bn.apply(v, x, train=True, mutable=["batch_stats"]))
+    y, state = step(variables, sharded)
+    axes = (0, 1, 2)
+    np.testing.assert_allclose(y, (x - x.mean(axes)) / np.sqrt(x.var(axes) + 1e-5), atol=1e-5)
+    np.testing.assert_allclose(state["batch_stats"]["var"], 0.9 + 0.1 * x.var(axes, ddof=1), rtol=1e-5)
 
 
 def test_remat_gradients_and_bf16():
@@ -140,13 +142,15 @@ def test_remat_gradients_and_bf16():
     half = ResNet(**kw, dtype=jnp.bfloat16)
     out = jax.eval_shape(half.apply, variables, x)
     assert out["features"][0].dtype == jnp.bfloat16 and out["embedding"].dtype == jnp.float32
-    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(jax.eval_shape(half.init, jax.random.key(0), x)))
+    shapes = jax.eval_shape(half.init, jax.random.key(0), x)
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(shapes))
 
 
 def test_zero_init_last_bn():
     from geossl.models.resnet import BasicBlock, Bottleneck
     x = jnp.zeros((1, 8, 8, 16))
     for cls, last in [(Bottleneck, "bn3"), (BasicBlock, "bn2")]:
-        params = cls(4, 1, True, zero_init_last_bn=True).init(jax.random.key(0), x, False)["params"]
+        block = cls(4, 1, True, zero_init_last_bn=True)
+        params = jax.jit(block.init, static_argnums=2)(jax.random.key(0), x, False)["params"]
         assert float(jnp.abs(params[last]["scale"]).max()) == 0.0
         assert float(params["bn1"]["scale"].min()) == 1.0

@@ -157,3 +157,12 @@ def test_decay_mask_skips_vectors_and_token_tables():
 def test_unknown_optimizer_is_named():
     with pytest.raises(ValueError, match="expected adamw, lars or sgd, found 'adam'"):
         make_optimizer(_config(optim=dict(name="adam", weight_decay=0.0)), {"w": jnp.zeros((2, 2))})
+
+
+def test_non_finite_check_names_the_loss_term_and_step():
+    from geossl.train.metrics import NonFiniteLossError, check_finite
+    check_finite(3, {"loss": 1.0, "loss_soft": 0.5, "grad_norm": 2.0})
+    with pytest.raises(NonFiniteLossError, match="non-finite loss_soft=nan at step 7"):
+        check_finite(7, {"loss": 1.0, "loss_soft": float("nan"), "grad_norm": float("inf")})
+    with pytest.raises(NonFiniteLossError, match="non-finite loss=inf at step 2"):
+        check_finite(2, {"loss": float("inf"), "loss_instance": float("nan")})

@@ -38,7 +38,7 @@ class ConversionReport:
 
     arch: str
     matched: list[str] = dataclasses.field(default_factory=list)
-    missing: list[tuple[str, tuple]] = dataclasses.field(default_factory=list)  # (key, expected)
+    missing: list[tuple[str, tuple | None]] = dataclasses.field(default_factory=list)  # (key, expected)
     unexpected: list[tuple[str, tuple]] = dataclasses.field(default_factory=list)  # (key, found)
     mismatched: list[tuple[str, tuple, tuple]] = dataclasses.field(default_factory=list)
     adapted: list[str] = dataclasses.field(default_factory=list)
@@ -51,7 +51,8 @@ class ConversionReport:
     def __str__(self) -> str:
         lines = [f"{self.arch}: {len(self.matched)} matched, {len(self.missing)} missing, "
                  f"{len(self.unexpected)} unexpected, {len(self.mismatched)} wrong shape"]
-        lines += [f"  missing: {k} (expected {list(s)})" for k, s in self.missing]
+        lines += [f"  missing: {k}" + ("" if s is None else f" (expected {list(s)})")
+                  for k, s in self.missing]
         lines += [f"  unexpected: {k} (found {list(s)})" for k, s in self.unexpected]
         lines += [f"  wrong shape: {k}: expected {list(e)}, found {list(f)}"
                   for k, e, f in self.mismatched]
@@ -97,7 +98,7 @@ def to_torch(variables: Mapping, arch: str, **model_kw) -> dict[str, np.ndarray]
             used.add(e.flax_path)
             report.matched.append(e.torch_key)
         else:
-            report.missing.append(("/".join(e.flax_path), ()))
+            report.missing.append((f"{'/'.join(e.flax_path)} (for {e.torch_key})", None))
     report.unexpected = [("/".join(p), np.shape(v)) for p, v in flat.items() if p not in used]
     if not report.ok:
         raise ConversionError(report, "hint: keys above are flax variable paths; are the variables "
@@ -161,7 +162,7 @@ def from_torch(state_dict: Mapping[str, Any], arch: str, *, strict: bool = True,
     sd = {str(k): to_numpy(v) for k, v in state_dict.items()}
     report = ConversionReport(arch)
     report.dropped = [k for k in sd if k.startswith(tuple(drop_prefixes))]
-    sd = {k: v for k, v in sd.items() if k not in set(report.dropped)}
+    sd = {k: v for k, v in sd.items() if not k.startswith(tuple(drop_prefixes))}
 
     kw = resolve_model_kwargs(sd, arch, in_chans=in_chans, img_size=img_size, **model_kw)
     model = models.create(arch, **kw)
@@ -178,7 +179,7 @@ def from_torch(state_dict: Mapping[str, Any], arch: str, *, strict: bool = True,
         found = sd[first_key].shape[1]
         if first_layer == "repeat":
             from geossl.convert.adapters import adapt_input_channels
-            sd[first_key] = adapt_input_channels(sd[first_key], kw["in_chans"], "repeat")
+            sd[first_key] = np.asarray(adapt_input_channels(sd[first_key], kw["in_chans"], "repeat"))
             report.adapted.append(f"{first_key}: {found} → {kw['in_chans']} channels, repeat and scale")
         elif first_layer == "reinit":
             module = next(e.flax_path[:-1] for e in table if e.torch_key == first_key)

@@ -94,7 +94,7 @@ def load_state_dict(path: str, *, key: str | None = None,
 def save_state_dict(state_dict: Mapping[str, Any], path: str) -> None:
     """Writes ``{key: array}`` atomically (temp file + ``os.replace``) as ``.safetensors`` or, when
     torch is installed, ``.pth``/``.pt`` (a plain dict of tensors, loadable with weights_only)."""
-    arrays = {k: np.ascontiguousarray(to_numpy(v)) for k, v in state_dict.items()}
+    arrays = {k: np.require(to_numpy(v), requirements="C") for k, v in state_dict.items()}  # keeps 0-d
     if path.endswith(".safetensors"):
         from safetensors.numpy import save_file
 

@@ -395,6 +395,7 @@ def features_and_labels(model, variables, split: LabelledSplit, indices, preproc
             labels.append(chunk_labels)
             yield chunk
 
+    batch_size = max(1, min(int(batch_size), len(indices)))  # no padding beyond the data
     feats = extract_features(model, variables, images(), mode=mode, batch_size=batch_size,
                              img_size=img_size, devices=devices)
     return feats, np.concatenate(labels)
@@ -443,7 +444,10 @@ def load_model(workdir: str, step: int | None = None, *, random_init: bool = Fal
         size = int(img_size or config.model.get("img_size", 224))
         chans = int(in_chans or config.model.get("in_chans", 3))
         fresh = model.init(jax.random.key(seed), jnp.zeros((1, size, size, chans)), train=False)
-        shapes = lambda tree: jax.tree_util.tree_map(lambda a: tuple(np.shape(a)), tree)
+        def shapes(tree):
+            flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+            return {jax.tree_util.keystr(path): np.shape(leaf) for path, leaf in flat}
+
         if shapes(dict(fresh)) != shapes(dict(variables)):
             raise ValueError(f"--random_init: a fresh {config.model.name} does not have the "
                              f"variables of the checkpoint in {workdir}")
@@ -503,6 +507,8 @@ def probe_features_from_args(args) -> ProbeFeatures:
 
 def format_table(report: dict) -> str:
     kind = "random init" if report.get("random_init") else "pretrained"
+    if report.get("step") is not None:
+        kind += f", step {report['step']}"
     lines = [f"{report['task']}: {report['arch']} ({kind}) on {report['dataset']}",
              f"  {report['splits']}",
              f"  train {report['num_train']}  test {report['num_test']}  classes "

@@ -87,8 +87,31 @@ def apply_features(model, variables, images, mode: str = "cls"):
     return jnp.concatenate(parts, axis=-1).astype(jnp.float32)
 
 
+class _ByIdentity:
+    """A jit-static stand-in for a module whose fields are not hashable (e.g. list-valued)."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __hash__(self):
+        return id(self.module)
+
+    def __eq__(self, other):
+        return isinstance(other, _ByIdentity) and other.module is self.module
+
+
+def _static(model):
+    try:
+        hash(model)
+        return model
+    except TypeError:
+        return _ByIdentity(model)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _forward(model, mode, img_size, crop_ratio, variables, images):
+    if isinstance(model, _ByIdentity):
+        model = model.module
     images = resize_center_crop(images.astype(jnp.float32), img_size, crop_ratio)
     return apply_features(model, variables, images, mode)
 
@@ -131,6 +154,8 @@ def extract_features(model, variables, images_iter: Iterable | np.ndarray, *, mo
     devices = list(jax.local_devices() if devices is None else devices)
     mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "model": 1}, devices)
     n_dev = len(devices)
+    if isinstance(images_iter, (np.ndarray, jax.Array)):  # no padding beyond the data
+        batch_size = min(int(batch_size), max(1, len(images_iter)))
     batch_size = -(-max(1, int(batch_size)) // n_dev) * n_dev
     if any(isinstance(x, jax.Array) and not x.is_fully_addressable
            for x in jax.tree_util.tree_leaves(variables)):
@@ -138,6 +163,7 @@ def extract_features(model, variables, images_iter: Iterable | np.ndarray, *, mo
         from jax.experimental import multihost_utils
         variables = multihost_utils.process_allgather(variables, tiled=True)
     variables = jax.device_put(variables, mesh_lib.replicated(mesh))
+    static_model = _static(model)
     outputs, pending = [], None
 
     def collect(item):
@@ -146,7 +172,7 @@ def extract_features(model, variables, images_iter: Iterable | np.ndarray, *, mo
 
     for batch, real in _batches(images_iter, batch_size):
         x = jax.device_put(batch, mesh_lib.batch_sharding(mesh, batch.ndim))
-        features = _forward(model, mode, img_size, float(crop_ratio), variables, x)
+        features = _forward(static_model, mode, img_size, float(crop_ratio), variables, x)
         if pending is not None:  # fetch the previous batch while this one runs
             collect(pending)
         pending = (features, real)

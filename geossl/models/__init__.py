@@ -24,12 +24,17 @@ def is_vit(name: str) -> bool:
 
 
 def create(name: str, **kw) -> nn.Module:
-    """The model ``name`` with its configuration overridden by ``kw`` (e.g. ``in_chans=13``)."""
+    """The model ``name`` with its configuration overridden by ``kw`` (e.g. ``in_chans=13``).
+
+    ResNets take any image size: an ``img_size`` keyword is accepted and ignored for them, so
+    one ``config.model`` serves both families.
+    """
     _check(name)
     if name in _VIT_NAMES:
         from geossl.models.vit import vit
         return vit(name, **kw)
     from geossl.models.resnet import resnet
+    kw.pop("img_size", None)
     return resnet(name, **kw)
 
 

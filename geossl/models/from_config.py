@@ -17,6 +17,14 @@ def model_kwargs(model_cfg) -> dict:
     return kw
 
 
+#: config.model fields that only ViTs take (ResNets read the input size from the data).
+VIT_ONLY = ("img_size", "patch_size", "depth", "num_heads", "embed_dim", "drop_path_rate",
+            "layerscale_init", "num_register_tokens", "mlp_ratio", "qkv_bias")
+
+
 def create_from_config(model_cfg):
     from geossl import models
-    return models.create(model_cfg["name"], **model_kwargs(model_cfg))
+    kw = model_kwargs(model_cfg)
+    if not models.is_vit(model_cfg["name"]):
+        kw = {k: v for k, v in kw.items() if k not in VIT_ONLY}
+    return models.create(model_cfg["name"], **kw)

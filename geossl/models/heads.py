@@ -48,7 +48,7 @@ class MLPHead(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         if self.num_layers < 1:
             raise ValueError(f"MLPHead.num_layers: expected >= 1, found {self.num_layers}")
         act = _activation(self.act)

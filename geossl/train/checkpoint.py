@@ -35,7 +35,7 @@ def shape_summary(tree) -> dict[str, list[int]]:
 
 def make_meta(config, state) -> dict:
     return {"model": config.model.name, "objective": config.objective.name,
-            "params": shape_summary(state.params)}
+            "params": shape_summary(state.params), "opt_state": shape_summary(state.opt_state)}
 
 
 def check_meta(saved: dict, expected: dict, directory: str) -> None:
@@ -44,14 +44,15 @@ def check_meta(saved: dict, expected: dict, directory: str) -> None:
     for key in ("model", "objective"):
         if saved.get(key) != expected[key]:
             problems.append(f"{key}: checkpoint has {saved.get(key)!r}, config asks {expected[key]!r}")
-    got, want = saved.get("params", {}), expected["params"]
-    for name in sorted(set(got) | set(want)):
-        if name not in got:
-            problems.append(f"parameter {name} {want[name]} is missing from the checkpoint")
-        elif name not in want:
-            problems.append(f"checkpoint parameter {name} {got[name]} is not in the configured model")
-        elif list(got[name]) != list(want[name]):
-            problems.append(f"parameter {name}: checkpoint shape {got[name]}, configured {want[name]}")
+    for group, what in (("params", "parameter"), ("opt_state", "optimiser state")):
+        got, want = saved.get(group, {}), expected[group]
+        for name in sorted(set(got) | set(want)):
+            if name not in got:
+                problems.append(f"{what} {name} {want[name]} is missing from the checkpoint")
+            elif name not in want:
+                problems.append(f"checkpoint {what} {name} {got[name]} is not in the configured run")
+            elif list(got[name]) != list(want[name]):
+                problems.append(f"{what} {name}: checkpoint shape {got[name]}, configured {want[name]}")
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""

@@ -145,19 +145,43 @@ def run(config, workdir: str, devices=None) -> dict:
     else:
         start = 0
         state = trainer.init_state()
+    probe = make_online_probe(config, objective)
     summary = _loop(config, state, start, trainer.train_step, data_iter, mesh, checkpointer,
-                    writer, meta)
+                    writer, meta, probe)
     summary["export"] = _export(config, objective, checkpointer, workdir)
+    if jax.process_count() > 1:  # nobody leaves while process 0 still exports
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("geossl:run:end")
     checkpointer.close()
     writer.close()
     summary["workdir"] = workdir
     return summary
 
 
-def _loop(config, state, start, train_step, data_iter, mesh, checkpointer, writer, meta) -> dict:
+def make_online_probe(config, objective):
+    """``probe(state) -> dict`` of kNN / linear-probe metrics on held-out records, or None."""
+    if not int(config.get("probe", {}).get("every", 0)):
+        return None
+    from geossl.eval.online import OnlineProbe, load_holdout_records
+    from geossl.models.from_config import create_from_config
+    online = OnlineProbe(config, load_holdout_records(config, resolve_train_files(config)))
+    model = create_from_config(config.model)
+
+    def probe(state):
+        variables = objective.backbone_variables(
+            objectives.Variables(params=state.params, teacher=state.teacher, extra=state.extra))
+        return online(model, variables)
+
+    return probe
+
+
+def _loop(config, state, start, train_step, data_iter, mesh, checkpointer, writer, meta,
+          probe=None) -> dict:
     total, every = int(config.total_steps), int(config.checkpoint_every)
     log_every = max(1, int(config.get("log_every", 10)))
+    probe_every = int(config.get("probe", {}).get("every", 0))
     pending: list[tuple[int, dict, float, float]] = []
+    probed: dict[int, dict] = {}
     t_start = time.perf_counter()
     last_row = None
 
@@ -172,6 +196,7 @@ def _loop(config, state, start, train_step, data_iter, mesh, checkpointer, write
             row.update(step_time_s=dt, data_wait_s=wait, data_wait_frac=wait / max(dt, 1e-9),
                        images_per_s=config.global_batch / max(dt, 1e-9))
             metrics_lib.check_finite(step, row)
+            row.update(probed.pop(step, {}))
             rows.append(row)
         writer.write(rows)
         last_row = rows[-1]
@@ -187,7 +212,10 @@ def _loop(config, state, start, train_step, data_iter, mesh, checkpointer, write
         state, metrics = train_step(state, batch)
         now = time.perf_counter()
         pending.append((step, metrics, wait, now - t_prev))
-        t_prev = now
+        if probe is not None and step % probe_every == 0:
+            probed[step] = probe(state)
+            logging.info("step %d probe: %s", step, probed[step])
+        t_prev = time.perf_counter()
         if step % log_every == 0 or step % every == 0 or step == total:
             flush()  # raises on a non-finite loss before anything is saved
         if step % every == 0 or step == total:
@@ -199,11 +227,13 @@ def _loop(config, state, start, train_step, data_iter, mesh, checkpointer, write
 
 def _export(config, objective, checkpointer, workdir) -> str | None:
     """Writes the backbone as a PyTorch state dict (safetensors) into workdir/export."""
-    if not config.get("export", {}).get("torch", True) or jax.process_index() != 0:
+    if not config.get("export", {}).get("torch", True):
         return None
     from geossl import convert
     from geossl.convert.io import save_state_dict
-    raw = checkpointer.restore_raw()
+    raw = checkpointer.restore_raw()  # collective: every process takes part
+    if jax.process_index() != 0:
+        return None
     variables = objective.backbone_variables(
         objectives.Variables(params=raw["params"], teacher=raw.get("teacher"), extra=raw.get("extra", {})))
     sd = convert.to_torch(variables, objective.backbone_name,

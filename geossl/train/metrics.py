@@ -15,8 +15,10 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def check_finite(step: int, metrics: dict) -> None:
-    """Raises NonFiniteLossError naming the step and the first non-finite loss term."""
-    for name in ["loss"] + sorted(k for k in metrics if k != "loss"):
+    """Raises NonFiniteLossError naming the step and the first non-finite loss term (the total,
+    then the terms, then the other metrics such as grad_norm)."""
+    order = sorted(metrics, key=lambda k: (k != "loss", not k.startswith("loss"), k))
+    for name in order:
         value = metrics.get(name)
         if value is not None and not math.isfinite(value):
             raise NonFiniteLossError(

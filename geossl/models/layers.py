@@ -1,0 +1,165 @@
+"""ViT building blocks (DINOv2 names) and the bicubic resampling matrices shared with the converter.
+
+The resampling reproduces PyTorch's ``F.interpolate(mode="bicubic", align_corners=False)`` as two
+small matrices (one per axis) computed in numpy at trace time, so a position table resized here
+equals the one timm resizes, both with ``antialias=True`` (timm's default) and without.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+LN_EPS = 1e-6
+dense_init = nn.initializers.truncated_normal(0.02)
+
+
+# ----- bicubic resampling (numpy, static shapes) ------------------------------------------------
+def _cubic(x: np.ndarray, a: float) -> np.ndarray:
+    """Keys' cubic convolution kernel with parameter ``a``."""
+    x = np.abs(x)
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return np.where(x <= 1, near, np.where(x < 2, far, 0.0))
+
+
+def bicubic_matrix(in_size: int, out_size: int, antialias: bool = True) -> np.ndarray:
+    """(out_size, in_size) float64 weights W with ``y = W @ x`` = PyTorch's 1-D bicubic resize.
+
+    antialias=False: ``upsample_bicubic2d`` (a=-0.75, source index clamped at the border).
+    antialias=True: ``_upsample_bicubic2d_aa`` (a=-0.5, support widened by in/out when
+    shrinking, weights renormalised over the in-range taps), which is what timm uses.
+    """
+    scale = in_size / out_size
+    w = np.zeros((out_size, in_size))
+    rows = np.arange(out_size)
+    if not antialias:
+        src = scale * (rows + 0.5) - 0.5
+        base = np.floor(src).astype(int)
+        t = src - base
+        for k in (-1, 0, 1, 2):
+            idx = np.clip(base + k, 0, in_size - 1)
+            np.add.at(w, (rows, idx), _cubic(t - k, -0.75))
+        return w
+    support = 2.0 * scale if scale >= 1.0 else 2.0
+    inv = 1.0 / scale if scale >= 1.0 else 1.0
+    for i in rows:
+        center = scale * (i + 0.5)
+        lo = max(int(center - support + 0.5), 0)  # int() truncates toward zero, as in C++
+        hi = min(int(center + support + 0.5), in_size)
+        taps = _cubic((np.arange(lo, hi) - center + 0.5) * inv, -0.5)
+        w[i, lo:hi] = taps / taps.sum()
+    return w
+
+
+def resize_grid(table, grid: tuple[int, int], antialias: bool = True):
+    """(g0h, g0w, D) → (gh, gw, D) bicubic; numpy in → numpy float64 math, jax in → float32 jax."""
+    (h0, w0), (gh, gw) = table.shape[:2], grid
+    if (h0, w0) == (gh, gw):
+        return table
+    mh, mw = bicubic_matrix(h0, gh, antialias), bicubic_matrix(w0, gw, antialias)
+    if isinstance(table, np.ndarray):
+        return np.einsum("ih,jw,hwd->ijd", mh, mw, table.astype(np.float64))
+    f32 = jnp.float32
+    out = jnp.einsum("jw,hwd->hjd", jnp.asarray(mw, f32), table.astype(f32),
+                     precision=jax.lax.Precision.HIGHEST)
+    return jnp.einsum("ih,hjd->ijd", jnp.asarray(mh, f32), out, precision=jax.lax.Precision.HIGHEST)
+
+
+# ----- transformer layers -----------------------------------------------------------------------
+class PatchEmbed(nn.Module):
+    """(B,H,W,C) → (B,H/p,W/p,D): a p×p stride-p conv named ``proj`` (DINOv2 ``patch_embed.proj``)."""
+
+    embed_dim: int
+    patch_size: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        p = self.patch_size
+        return nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                       kernel_init=nn.initializers.lecun_normal(), name="proj")(x.astype(self.dtype))
+
+
+class LayerScale(nn.Module):
+    """x * gamma, gamma (D,) initialised to ``init_value`` (CaiT / DINOv2 ``ls1``, ``ls2``)."""
+
+    init_value: float
+
+    @nn.compact
+    def __call__(self, x):
+        gamma = self.param("gamma", nn.initializers.constant(self.init_value), (x.shape[-1],))
+        return x * gamma.astype(x.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention (B,N,D) → (B,N,D); qkv output columns ordered [q | k | v]."""
+
+    num_heads: int
+    qkv_bias: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        b, n, d = x.shape
+        if d % self.num_heads:
+            raise ValueError(f"attention: embed_dim {d} is not a multiple of num_heads {self.num_heads}")
+        qkv = nn.Dense(3 * d, use_bias=self.qkv_bias, dtype=self.dtype, kernel_init=dense_init,
+                       name="qkv")(x)
+        qkv = qkv.reshape(b, n, 3, self.num_heads, d // self.num_heads)
+        # softmax in float32 inside jax.nn.dot_product_attention whatever the compute dtype
+        y = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+        return nn.Dense(d, dtype=self.dtype, kernel_init=dense_init, name="proj")(y.reshape(b, n, d))
+
+
+class Mlp(nn.Module):
+    """fc1 → exact (erf) GELU → fc2."""
+
+    hidden_dim: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        y = nn.Dense(self.hidden_dim, dtype=self.dtype, kernel_init=dense_init, name="fc1")(x)
+        y = nn.gelu(y, approximate=False)
+        return nn.Dense(x.shape[-1], dtype=self.dtype, kernel_init=dense_init, name="fc2")(y)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (B,N,D) → (B,N,D) with optional LayerScale and drop path.
+
+    ``train`` is a field (not a call argument) so ``nn.remat(Block)`` needs no static argnums.
+    Drop path (stochastic depth) drops a whole residual branch per sample, rescaling the kept ones
+    by 1/(1-rate), using the ``"dropout"`` rng.
+    """
+
+    num_heads: int
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    layerscale_init: float | None = 1e-5
+    drop_path: float = 0.0
+    train: bool = False
+    dtype: Any = jnp.float32
+
+    def _branch(self, y, name):
+        if self.layerscale_init is not None:
+            y = LayerScale(self.layerscale_init, name=name)(y)
+        if self.train and self.drop_path > 0.0:
+            keep = 1.0 - self.drop_path
+            alive = jax.random.bernoulli(self.make_rng("dropout"), keep, (y.shape[0],) + (1,) * (y.ndim - 1))
+            y = jnp.where(alive, y / jnp.asarray(keep, y.dtype), jnp.zeros((), y.dtype))
+        return y
+
+    @nn.compact
+    def __call__(self, x):
+        d = x.shape[-1]
+        y = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm1")(x)
+        y = Attention(self.num_heads, self.qkv_bias, self.dtype, name="attn")(y)
+        x = x + self._branch(y, "ls1")
+        y = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm2")(x)
+        y = Mlp(int(d * self.mlp_ratio), self.dtype, name="mlp")(y)
+        return x + self._branch(y, "ls2")

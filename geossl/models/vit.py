@@ -1,0 +1,157 @@
+"""Vision Transformer in the DINOv2 layout; parameter names mirror the PyTorch keys.
+
+Tokens are ``[cls, registers, patches]``; ``pos_embed`` (1, 1+G*G, D) covers cls and patches, not
+the registers (DINOv2). An input whose patch grid differs from ``img_size``'s is served by resizing
+the patch part of ``pos_embed`` at call time: bicubic with antialiasing, exactly timm's
+``resample_abs_pos_embed`` (``dynamic_img_size``). DINOv2's own ``interpolate_pos_encoding`` differs
+slightly: it resizes by ``scale_factor=(g+0.1)/G0`` and without antialiasing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from geossl.models.layers import LN_EPS, Block, PatchEmbed, resize_grid
+
+VIT_CONFIGS = {
+    # PerA-style small model: patch 16, no LayerScale (like timm vit_tiny_patch16_224)
+    "vit_tiny_patch16": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, layerscale_init=None),
+    # DINOv2 ViT-S/B/L/14: LayerScale 1e-5
+    "vit_small_patch14": dict(patch_size=14, embed_dim=384, depth=12, num_heads=6),
+    "vit_base_patch14": dict(patch_size=14, embed_dim=768, depth=12, num_heads=12),
+    "vit_large_patch14": dict(patch_size=14, embed_dim=1024, depth=24, num_heads=16),
+}
+
+
+def _pair(size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+class VisionTransformer(nn.Module):
+    """DINOv2-layout ViT.
+
+    ``__call__(x (B,H,W,C), *, train, keep_idx, mask, insert_idx, insert_at_block, return_layers)``
+    returns ``{"embedding" (B,D), "cls_token" (B,D) (same), "patch_tokens" (B,M,D)[, "intermediates"]}``,
+    all final-normed, in the compute ``dtype``; parameters are float32.
+    """
+
+    img_size: int | tuple[int, int] = 224
+    patch_size: int = 14
+    in_chans: int = 3
+    embed_dim: int = 384
+    depth: int = 12
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    layerscale_init: float | None = 1e-5  # None: no LayerScale
+    num_register_tokens: int = 0
+    drop_path_rate: float = 0.0
+    dtype: Any = jnp.float32
+    remat: bool = False
+
+    @property
+    def num_features(self) -> int:
+        return self.embed_dim
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patch grid of ``img_size``, which ``pos_embed`` covers."""
+        h, w = _pair(self.img_size)
+        return h // self.patch_size, w // self.patch_size
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1 + self.num_register_tokens
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False, keep_idx=None, mask=None, insert_idx=None,
+                 insert_at_block: int | None = None, return_layers: Sequence[int] = ()):
+        """x (B,H,W,C), H and W multiples of ``patch_size``; N = (H/p)(W/p) patch positions.
+
+        keep_idx (B,K) int: forward only these patch positions (gathered after ``pos_embed``).
+        mask (B,N) bool: masked patch embeddings become ``mask_token`` before ``pos_embed``.
+        insert_idx (B,L) int with insert_at_block=k: before block k, append L tokens
+            ``mask_token + pos_embed[position]``.
+        return_layers: block indices (negative allowed) whose final-normed outputs (B,1+R+M,D)
+            are returned, in that order, under "intermediates".
+        "patch_tokens" (B,M,D): M = N, or K (kept) followed by L (inserted).
+        """
+        d, p, r = self.embed_dim, self.patch_size, self.num_register_tokens
+        b, h, w, c = x.shape
+        if c != self.in_chans or h % p or w % p:
+            raise ValueError(f"ViT input: expected (B,H,W,{self.in_chans}) with H, W multiples of {p}, "
+                             f"found {tuple(x.shape)}")
+        grid = (h // p, w // p)
+        n = grid[0] * grid[1]
+        layers = self._check_options(b, n, keep_idx, mask, insert_idx, insert_at_block, return_layers)
+
+        g0 = self.grid_size
+        cls_token = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, d))
+        pos_embed = self.param("pos_embed", nn.initializers.truncated_normal(0.02),
+                               (1, 1 + g0[0] * g0[1], d))
+        mask_token = self.param("mask_token", nn.initializers.zeros, (1, d))
+
+        tokens = PatchEmbed(d, p, self.dtype, name="patch_embed")(x).reshape(b, n, d)
+        if mask is not None:
+            tokens = jnp.where(mask[..., None], mask_token.astype(tokens.dtype)[None], tokens)
+        patch_pos = pos_embed[0, 1:]
+        if grid != g0:
+            patch_pos = resize_grid(patch_pos.reshape(*g0, d), grid).reshape(n, d)
+        tokens = tokens + patch_pos.astype(tokens.dtype)
+        if keep_idx is not None:
+            tokens = jnp.take_along_axis(tokens, keep_idx[..., None].astype(jnp.int32), axis=1)
+
+        prefix = [jnp.broadcast_to(cls_token + pos_embed[:, :1], (b, 1, d))]
+        if r:
+            registers = self.param("register_tokens", nn.initializers.normal(1e-6), (1, r, d))
+            prefix.append(jnp.broadcast_to(registers, (b, r, d)))
+        x = jnp.concatenate([t.astype(tokens.dtype) for t in prefix] + [tokens], axis=1)
+
+        block = nn.remat(Block) if self.remat else Block
+        rates = np.linspace(0.0, self.drop_path_rate, self.depth)  # timm: linear in depth
+        norm = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm")
+        kept = {}
+        for i in range(self.depth):
+            if insert_idx is not None and i == insert_at_block:
+                pos = jnp.take(patch_pos, insert_idx.astype(jnp.int32), axis=0)  # (B,L,D)
+                x = jnp.concatenate([x, (mask_token + pos).astype(x.dtype)], axis=1)
+            x = block(self.num_heads, self.mlp_ratio, self.qkv_bias, self.layerscale_init,
+                      float(rates[i]), train, self.dtype, name=f"blocks_{i}")(x)
+            if i in layers:
+                kept[i] = norm(x)
+        x = norm(x)
+        out = {"embedding": x[:, 0], "cls_token": x[:, 0], "patch_tokens": x[:, 1 + r:]}
+        if layers:
+            out["intermediates"] = [kept[i] for i in layers]
+        return out
+
+    def _check_options(self, b, n, keep_idx, mask, insert_idx, insert_at_block, return_layers):
+        """Validates the call options; returns ``return_layers`` as non-negative block indices."""
+        if mask is not None and tuple(mask.shape) != (b, n):
+            raise ValueError(f"mask: expected shape {(b, n)} (batch, patches), found {tuple(mask.shape)}")
+        for name, idx in (("keep_idx", keep_idx), ("insert_idx", insert_idx)):
+            if idx is not None and (idx.ndim != 2 or idx.shape[0] != b):
+                raise ValueError(f"{name}: expected shape ({b}, K), found {tuple(idx.shape)}")
+        if (insert_idx is None) != (insert_at_block is None):
+            raise ValueError("insert_idx and insert_at_block go together; found only "
+                             + ("insert_idx" if insert_at_block is None else "insert_at_block"))
+        if insert_at_block is not None and not 0 <= insert_at_block < self.depth:
+            raise ValueError(f"insert_at_block: expected 0..{self.depth - 1}, found {insert_at_block}")
+        layers = []
+        for i in return_layers:
+            if not -self.depth <= i < self.depth:
+                raise ValueError(f"return_layers: expected indices in [-{self.depth}, {self.depth}), "
+                                 f"found {i}")
+            layers.append(i % self.depth)
+        return layers
+
+
+def vit(name: str, **overrides) -> VisionTransformer:
+    """The ViT ``name`` of :data:`VIT_CONFIGS`, any field overridden (in_chans, img_size, depth, ...)."""
+    if name not in VIT_CONFIGS:
+        raise ValueError(f"unknown ViT {name!r}: expected one of {', '.join(VIT_CONFIGS)}")
+    return VisionTransformer(**{**VIT_CONFIGS[name], **overrides})
