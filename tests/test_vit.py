@@ -14,8 +14,8 @@ from geossl.models.vit import VIT_CONFIGS, VisionTransformer, vit
 TINY = dict(img_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=2, num_heads=2)
 
 
-def _init(model, seed=0, size=None):
-    size = size or model.img_size
+def _init(model, seed=0):
+    size = model.img_size
     return jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, size, size, model.in_chans)))
 
 
@@ -25,10 +25,9 @@ def _images(b, size, c, seed=1):
 
 def _perturbed(variables, seed=2):
     """Random values everywhere (zero-initialised tokens and 1e-5 LayerScale would hide bugs)."""
-    leaves, tree = jax.tree.flatten(variables)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return jax.tree.unflatten(tree, [0.3 * jax.random.normal(k, x.shape) + (x.ndim == 1) for k, x in
-                                     zip(keys, leaves)])
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda v: jnp.asarray(0.3 * rng.normal(size=v.shape) + (v.ndim == 1), jnp.float32),
+                        variables)
 
 
 def _from_timm(net, model):
@@ -195,7 +194,7 @@ def test_bf16_remat_and_drop_path():
 
 def test_resample_pos_embed_matches_timm():
     torch = pytest.importorskip("torch")
-    timm = pytest.importorskip("timm")
+    pytest.importorskip("timm")
     from timm.layers import resample_abs_pos_embed
     pos = np.random.default_rng(0).normal(size=(1, 1 + 37 * 37, 24)).astype(np.float32)
     ours = resample_pos_embed(pos, (16, 16))
@@ -209,7 +208,11 @@ def test_resample_pos_embed_matches_timm():
     assert resample_pos_embed(pos, (37, 37)) is pos
     with pytest.raises(ValueError, match="square grid"):
         resample_pos_embed(pos[:, :20], (4, 4))
-    del timm
+    # without antialiasing: PyTorch's plain bicubic (a=-0.75, clamped border), DINOv2's default
+    table = torch.from_numpy(pos[:, 1:].reshape(1, 37, 37, 24)).permute(0, 3, 1, 2)
+    ref = torch.nn.functional.interpolate(table, size=(16, 16), mode="bicubic", antialias=False)
+    np.testing.assert_allclose(resample_pos_embed(pos, (16, 16), antialias=False)[0, 1:],
+                               ref.permute(0, 2, 3, 1).reshape(256, 24).numpy(), atol=1e-5)
 
 
 def test_adapt_input_channels_matches_timm():
