@@ -68,10 +68,10 @@ def demo(c, vit: bool) -> None:
     c.objective.update(dict(proj_hidden=512, proj_dim=128, pred_hidden=512))
     c.data.crop_scale = (0.5, 1.0)
     c.global_batch = 64
-    c.total_steps = 300
+    c.total_steps = 600
     c.optim = ml_collections.ConfigDict(dict(name="adamw", weight_decay=0.05, b1=0.9, b2=0.95,
                                              clip_norm=1.0))
-    c.lr = ml_collections.ConfigDict(dict(name="warmup_cosine", base=1e-3, warmup_steps=30,
+    c.lr = ml_collections.ConfigDict(dict(name="warmup_cosine", base=1e-3, warmup_steps=50,
                                           final=1e-5))
     c.teacher.base = 0.98
     c.checkpoint_every = 100

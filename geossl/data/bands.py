@@ -1,4 +1,12 @@
-"""Band names, SoftCon statistics (REFERENCE §2), band selection and normalisation."""
+"""Band names, SoftCon statistics (REFERENCE §2), band selection and normalisation.
+
+Images carry their bands on the last axis, (..., C), named by ``bands`` lists such as
+``("B1", ..., "B12")``. Names are compared in canonical form ("B02" == "B2", "b8a" == "B8A").
+
+No-data policy: NaN pixels, and pixels equal to an optional ``nodata`` value, are *invalid*. After
+normalisation an invalid pixel holds ``fill="zero"`` → 0, or ``fill="mean"`` → the normalised mean of
+the valid pixels of that band in the array being normalised (0 when the band has none).
+"""
 
 from __future__ import annotations
 
@@ -6,50 +14,68 @@ from typing import Sequence
 
 import numpy as np
 
+#: Sentinel-2 L1C, in the order of SSL4EO-S12 and the SoftCon checkpoints.
 S2_L1C = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12")
+#: Sentinel-2 L2A (no cirrus band B10).
 S2_L2A = tuple(b for b in S2_L1C if b != "B10")
+#: Sentinel-1 GRD, dB.
 S1 = ("VV", "VH")
+#: True-colour bands in R, G, B order (RGB teachers, GFM).
+S2_RGB = ("B4", "B3", "B2")
 
 _S2_MEAN = (1605.58, 1390.78, 1314.87, 1363.52, 1549.44, 2091.75, 2371.72, 2299.90, 2560.30,
             830.07, 22.10, 2177.07, 1524.07)
 _S2_STD = (786.79, 850.35, 875.06, 1138.85, 1122.18, 1161.59, 1274.39, 1248.43, 1345.53, 577.32,
            51.15, 1336.10, 1136.54)
+#: SoftCon / SSL4EO-S12 per-band statistics, by band name (S2 L1C digital numbers, S1 dB).
 MEAN = {**dict(zip(S2_L1C, _S2_MEAN)), "VV": -12.548, "VH": -20.192}
 STD = {**dict(zip(S2_L1C, _S2_STD)), "VV": 5.257, "VH": 5.912}
 
-#: Bands that may be absent from the data and are then filled with zeros (L2A has no B10).
+#: Bands that may be absent from the data and are then zeros in the stored units (L2A has no B10).
+#: The zeros are normalised like stored B10 values (and count as no-data when ``nodata == 0``).
 ZERO_FILL = ("B10",)
+
+NORM_MODES = ("softcon", "meanstd", "none")
+FILL_MODES = ("zero", "mean")
 
 
 def canonical(name: str) -> str:
     """"B02" → "B2", "b8a" → "B8A", "vv" → "VV"."""
-    n = name.strip().upper()
+    n = str(name).strip().upper()
     if n.startswith("B") and n[1:].isdigit():
         return f"B{int(n[1:])}"
     return n
 
 
-def band_indices(bands_in: Sequence[str], bands_out: Sequence[str], where: str = "") -> list[int]:
-    """Index of each wanted band in ``bands_in`` (-1: zero-filled B10). Clear error if missing."""
+def band_indices(bands_in: Sequence[str], bands_out: Sequence[str], where: str = "",
+                 zero_fill: Sequence[str] = ZERO_FILL) -> list[int]:
+    """Index of each of ``bands_out`` in ``bands_in``; -1 for a missing band of ``zero_fill``."""
     have = {canonical(b): i for i, b in enumerate(bands_in)}
+    fill = {canonical(b) for b in zero_fill}
     out = []
     for b in bands_out:
         c = canonical(b)
         if c in have:
             out.append(have[c])
-        elif c in ZERO_FILL:
+        elif c in fill:
             out.append(-1)
         else:
-            raise ValueError(f"{where or 'record'}: band {b!r} requested but the data has "
+            raise ValueError(f"{where or 'image'}: band {b!r} requested but the data has bands "
                              f"{list(bands_in)}")
     return out
 
 
 def select_bands(image: np.ndarray, bands_in: Sequence[str], bands_out: Sequence[str],
-                 where: str = "") -> np.ndarray:
-    """(..., C_in) → (..., C_out) by band name; a missing B10 (L2A data) becomes zeros."""
-    idx = band_indices(bands_in, bands_out, where)
-    if all(i >= 0 for i in idx):
+                 where: str = "", zero_fill: Sequence[str] = ZERO_FILL) -> np.ndarray:
+    """(..., C_in) → (..., C_out) by band name; a missing band of ``zero_fill`` becomes zeros.
+    Returns ``image`` itself when the bands already match."""
+    if image.shape[-1] != len(bands_in):
+        raise ValueError(f"{where or 'image'}: {len(bands_in)} band names {list(bands_in)} but "
+                         f"the image has {image.shape[-1]} channels (shape {image.shape})")
+    idx = band_indices(bands_in, bands_out, where, zero_fill)
+    if idx == list(range(image.shape[-1])):
+        return image
+    if min(idx, default=0) >= 0:
         return image[..., idx]
     out = np.zeros(image.shape[:-1] + (len(idx),), image.dtype)
     for j, i in enumerate(idx):
@@ -59,38 +85,84 @@ def select_bands(image: np.ndarray, bands_in: Sequence[str], bands_out: Sequence
 
 
 def l2a_to_l1c(image: np.ndarray, bands: Sequence[str] = S2_L2A) -> np.ndarray:
-    """12-band L2A (..., 12) → 13-band L1C order with a zero B10 at index 10."""
-    return select_bands(image, bands, S2_L1C)
+    """(..., 12) L2A → (..., 13) in L1C order, a zero B10 inserted at index 10."""
+    return select_bands(image, bands, S2_L1C, where="l2a_to_l1c")
 
 
 def norm_coefficients(bands: Sequence[str], mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """(scale, offset) per band so that normalised = x * scale + offset (before clipping)."""
+    """(scale, offset), each (C,) float32, so that normalised = x·scale + offset (before any clip).
+    softcon: (x − (μ − 2σ)) / (4σ); meanstd: (x − μ) / σ; none: x."""
     c = len(bands)
     if mode == "none":
         return np.ones(c, np.float32), np.zeros(c, np.float32)
+    if mode not in NORM_MODES:
+        raise ValueError(f"normalisation: expected one of {NORM_MODES}, found {mode!r}")
     missing = [b for b in bands if canonical(b) not in MEAN]
     if missing:
-        raise ValueError(f"no statistics for bands {missing}; known: {sorted(MEAN)}")
+        raise ValueError(f"normalisation {mode!r}: no statistics for bands {missing}; "
+                         f"known: {sorted(MEAN)}")
     mu = np.array([MEAN[canonical(b)] for b in bands], np.float64)
     sd = np.array([STD[canonical(b)] for b in bands], np.float64)
-    if mode == "softcon":  # (x - (mu - 2 sd)) / (4 sd), clipped to [0, 1]
-        return (1 / (4 * sd)).astype(np.float32), (-(mu - 2 * sd) / (4 * sd)).astype(np.float32)
-    if mode == "meanstd":
-        return (1 / sd).astype(np.float32), (-mu / sd).astype(np.float32)
-    raise ValueError(f"normalisation: expected 'softcon', 'meanstd' or 'none', found {mode!r}")
+    if mode == "softcon":
+        lo, width = mu - 2 * sd, 4 * sd
+        return (1 / width).astype(np.float32), (-lo / width).astype(np.float32)
+    return (1 / sd).astype(np.float32), (-mu / sd).astype(np.float32)
+
+
+def raw_clip_bounds(bands: Sequence[str], mode: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Bounds (lo, hi), each (C,) float32, in stored units that the normalised clip to [0, 1]
+    corresponds to (softcon: μ ∓ 2σ); None for modes without a clip."""
+    if mode != "softcon":
+        return None
+    mu = np.array([MEAN[canonical(b)] for b in bands], np.float64)
+    sd = np.array([STD[canonical(b)] for b in bands], np.float64)
+    return (mu - 2 * sd).astype(np.float32), (mu + 2 * sd).astype(np.float32)
+
+
+def invalid_mask(image: np.ndarray, nodata: float | None = None) -> np.ndarray | None:
+    """Boolean mask of NaN / ``nodata`` pixels (same shape as ``image``), or None if there are none."""
+    mask = None
+    if np.issubdtype(image.dtype, np.floating):
+        nan = np.isnan(image)
+        if nan.any():
+            mask = nan
+    if nodata is not None:
+        nd = image == nodata
+        if nd.any():
+            mask = nd if mask is None else mask | nd
+    return mask
+
+
+def fill_values(image: np.ndarray, mask: np.ndarray, fill: str, scale: np.ndarray,
+                offset: np.ndarray) -> np.ndarray:
+    """(C,) float32 values in stored units that invalid pixels take before normalisation so that
+    they normalise to the ``fill`` policy (see the module docstring)."""
+    if fill == "zero":
+        return (-offset / scale).astype(np.float32)
+    if fill != "mean":
+        raise ValueError(f"no-data fill: expected one of {FILL_MODES}, found {fill!r}")
+    flat = image.reshape(-1, image.shape[-1]).astype(np.float64)
+    valid = ~mask.reshape(flat.shape)
+    count = valid.sum(axis=0)
+    total = np.where(valid, flat, 0.0).sum(axis=0)
+    zero = -offset / scale
+    return np.where(count > 0, total / np.maximum(count, 1), zero).astype(np.float32)
 
 
 def normalize(image: np.ndarray, bands: Sequence[str], mode: str = "softcon",
-              nodata: float | None = None) -> np.ndarray:
-    """(..., C) → float32. NaN (and ``nodata`` values) become 0 after normalisation."""
-    x = np.asarray(image, np.float32)
-    invalid = np.isnan(x)
-    if nodata is not None:
-        invalid |= x == nodata
+              nodata: float | None = None, fill: str = "zero") -> np.ndarray:
+    """(..., C) any dtype → (..., C) float32 normalised per band (``mode``: softcon, meanstd, none);
+    softcon is clipped to [0, 1]. NaN / ``nodata`` pixels follow ``fill`` (module docstring)."""
+    if image.shape[-1] != len(bands):
+        raise ValueError(f"normalize: {len(bands)} band names but the image has "
+                         f"{image.shape[-1]} channels (shape {image.shape})")
     scale, offset = norm_coefficients(bands, mode)
-    y = x * scale + offset
+    x = np.array(image, np.float32)
+    mask = invalid_mask(image, nodata)
+    if mask is not None:
+        np.copyto(x, np.broadcast_to(fill_values(x, mask, fill, scale, offset), x.shape), where=mask)
+    x *= scale
+    x += offset
     if mode == "softcon":
-        y = np.clip(y, 0.0, 1.0)
-    if invalid.any():
-        y = np.where(invalid, 0.0, y).astype(np.float32)
-    return y
+        np.clip(x, 0.0, 1.0, out=x)
+    return x

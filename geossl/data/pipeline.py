@@ -1,14 +1,23 @@
 """The grain input pipeline shared by all objectives.
 
-Global stream: source → shuffle(seed, reshuffled each epoch) → repeat → random_map(view_fn)
-(the view's rng depends only on the seed and the global position, not on workers or processes).
-Global batch s holds stream rows [s·G, (s+1)·G); process p reads rows [s·G + p·b, s·G + (p+1)·b)
-(b = G / process_count), which is where ``jax.make_array_from_process_local_data`` puts them.
+Global stream (identical on every process):
+    source → shuffle(seed; a new permutation each epoch) → repeat(num_epochs)
+           → random_map(view_fn, seed)   # rng of row i depends only on (seed, i)
+Global batch layout: batch s holds stream rows [s·G, (s+1)·G), G = local_batch_size·process_count.
+Process p reads rows [s·G + p·b, s·G + (p+1)·b) (b = local_batch_size) — the rows that
+``jax.make_array_from_process_local_data`` assigns to it — so the process-local batches concatenated
+in process order are exactly the single-process global batch of the same seed.
+
+Each process-local batch (or ``worker_batch_size`` slice of it) is one element of a ``MapDataset``;
+the ``IterDataset`` on top reads elements with ``read_threads`` threads and, with ``num_workers > 0``,
+in worker processes (``mp_prefetch``, which keeps the element order), so neither changes the content
+or order of batches. The iterator's ``get_state()`` / ``set_state()`` resume exactly.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import glob
+from typing import Callable, Sequence
 
 import grain
 import numpy as np
@@ -34,26 +43,99 @@ class _ProcessRows(grain.MapDataset):
         return f"_ProcessRows(global_batch={self._g}, local_batch={self._b}, process={self._p})"
 
 
-def stack(samples) -> dict:
-    """A list of sample dicts → a dict of stacked arrays (B, ...)."""
-    return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+def stack(samples: Sequence[dict]) -> dict:
+    """A list of sample dicts → one dict of stacked arrays (B, ...)."""
+    keys = samples[0].keys()
+    for s in samples[1:]:
+        if s.keys() != keys:
+            raise ValueError(f"samples of one batch have different keys: {sorted(keys)} vs "
+                             f"{sorted(s.keys())}")
+    return {k: np.stack([s[k] for s in samples]) for k in keys}
+
+
+def concat(batches: Sequence[dict]) -> dict:
+    """A list of batch dicts → one dict concatenated along the batch axis."""
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
 
 def make_dataset(source, view_fn: Callable[[dict, np.random.Generator], dict], *, seed: int,
                  local_batch_size: int, process_index: int = 0, process_count: int = 1,
-                 shuffle: bool = True, num_epochs: int | None = None,
-                 num_workers: int = 0) -> grain.IterDataset:
-    """Batches of ``view_fn`` samples for this process (dicts of (b, ...) numpy arrays)."""
+                 shuffle: bool = True, num_epochs: int | None = None, drop_remainder: bool = True,
+                 num_workers: int = 0, worker_batch_size: int | None = None,
+                 read_threads: int = 1, prefetch_batches: int = 2) -> grain.IterDataset:
+    """Process-local batches of ``view_fn(record, rng)`` samples: dicts of (b, ...) arrays.
+
+    source: a random-access sequence of records (``ShardSource``, a list, ...).
+    num_epochs: None repeats forever. ``drop_remainder=False`` keeps a final partial batch (one
+    process only: equal process-local shapes need whole global batches).
+    worker_batch_size: a divisor of local_batch_size; workers build batches of this size, which
+    the main process concatenates (bounds the memory and latency of a worker). Default: whole.
+    read_threads / prefetch_batches: threads and buffer (in worker batches) of each reader.
+    """
     if len(source) == 0:
-        raise ValueError("the data source is empty")
+        raise ValueError("make_dataset: the data source is empty")
+    if local_batch_size <= 0:
+        raise ValueError(f"make_dataset: local_batch_size must be positive, found {local_batch_size}")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"make_dataset: process_index {process_index} outside "
+                         f"[0, process_count={process_count})")
+    unit = worker_batch_size or local_batch_size
+    if unit <= 0 or local_batch_size % unit:
+        raise ValueError(f"make_dataset: worker_batch_size {worker_batch_size} must divide "
+                         f"local_batch_size {local_batch_size}")
+    if not drop_remainder and process_count > 1:
+        raise ValueError("make_dataset: drop_remainder=False needs process_count == 1 (a partial "
+                         f"global batch cannot be split over {process_count} processes)")
     ds = grain.MapDataset.source(source)
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)
     ds = ds.random_map(view_fn, seed=seed)
-    ds = _ProcessRows(ds, local_batch_size * process_count, local_batch_size, process_index)
-    ds = ds.batch(local_batch_size, drop_remainder=True, batch_fn=stack)
-    it = ds.to_iter_dataset()
+    if process_count > 1:
+        ds = _ProcessRows(ds, local_batch_size * process_count, local_batch_size, process_index)
+    ds = ds.batch(unit, drop_remainder=drop_remainder, batch_fn=stack)
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                              prefetch_buffer_size=prefetch_batches))
     if num_workers > 0:
+        from absl import flags
+        if not flags.FLAGS.is_parsed():   # grain reads its absl flags; outside absl.app nobody
+            flags.FLAGS.mark_as_parsed()  # parsed them, so take their defaults
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    if unit != local_batch_size:
+        it = it.batch(local_batch_size // unit, drop_remainder=drop_remainder, batch_fn=concat)
     return it
+
+
+def train_files(pattern: str | Sequence[str]) -> list[str]:
+    """Sorted shard paths of a glob (or a list of globs); error if none match."""
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    files = sorted({f for p in patterns for f in glob.glob(p)})
+    files = [f for f in files if not f.endswith(".index")]
+    if not files:
+        raise FileNotFoundError(f"no training shards match {patterns}")
+    return files
+
+
+def make_train_iterator(config, view_fn, *, source=None, process_index: int | None = None,
+                        process_count: int | None = None):
+    """``iter(make_dataset(...))`` from a config: ``config.data.train`` (glob, unless ``source`` is
+    given), ``config.seed``, ``config.global_batch`` split over processes, and the optional
+    ``config.data`` fields num_workers, worker_batch_size, read_threads, prefetch_batches."""
+    if process_index is None or process_count is None:
+        import jax
+        process_index, process_count = jax.process_index(), jax.process_count()
+    if config.global_batch % process_count:
+        raise ValueError(f"global_batch {config.global_batch} is not divisible by "
+                         f"{process_count} processes")
+    if source is None:
+        from geossl.data.tfrecord import ShardSource
+        source = ShardSource(train_files(config.data.train))
+    data = config.data
+    ds = make_dataset(source, view_fn, seed=int(config.seed), shuffle=True,
+                      local_batch_size=config.global_batch // process_count,
+                      process_index=process_index, process_count=process_count,
+                      num_workers=int(data.get("num_workers", 0)),
+                      worker_batch_size=data.get("worker_batch_size") or None,
+                      read_threads=int(data.get("read_threads", 1)),
+                      prefetch_batches=int(data.get("prefetch_batches", 2)))
+    return iter(ds)
