@@ -24,7 +24,7 @@ TINY = {
     "model.depth": 1, "model.img_size": 16, "model.patch_size": 8,
     "objective.proj_hidden": 32, "objective.proj_dim": 16, "objective.pred_hidden": 32,
     "global_batch": 16, "total_steps": 6, "checkpoint_every": 2, "log_every": 1,
-    "lr.warmup_steps": 4, "lr.base": 1e-4, "probe.every": 0,
+    "lr.warmup_steps": 2, "lr.base": 1e-4, "probe.every": 0,
 }
 
 
