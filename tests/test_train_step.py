@@ -166,3 +166,10 @@ def test_non_finite_check_names_the_loss_term_and_step():
         check_finite(7, {"loss": 1.0, "loss_soft": float("nan"), "grad_norm": float("inf")})
     with pytest.raises(NonFiniteLossError, match="non-finite loss=inf at step 2"):
         check_finite(2, {"loss": float("inf"), "loss_instance": float("nan")})
+
+
+def test_warmup_longer_than_the_run_is_cut_to_the_run():
+    from geossl.train.optim import lr_schedule
+    lr = lr_schedule(_config(total_steps=2, lr=dict(name="warmup_cosine", base=1.0, warmup_steps=610,
+                                                    final=0.0)))
+    assert float(lr(0)) == 0.0 and float(lr(1)) == pytest.approx(0.5)

@@ -6,6 +6,7 @@ import re
 
 import jax
 import optax
+from absl import logging
 
 from geossl.parallel.sharding import path_str
 from geossl.train import schedules
@@ -28,6 +29,10 @@ def lr_schedule(config):
     """``config.lr`` (name, base, warmup_steps, final, ...) with ``config.total_steps`` filled in."""
     cfg = dict(config.lr)
     cfg.setdefault("total_steps", int(config.total_steps))
+    if cfg.get("warmup_steps", 0) > cfg["total_steps"]:  # e.g. --config.total_steps=2 smoke runs
+        logging.warning("lr warmup of %d steps cut to the run's %d steps", cfg["warmup_steps"],
+                        cfg["total_steps"])
+        cfg["warmup_steps"] = cfg["total_steps"]
     if cfg.get("scale_with_batch"):  # linear scaling rule: base · batch / reference
         cfg["base"] = cfg["base"] * config.global_batch / cfg.pop("scale_with_batch")
     else:
