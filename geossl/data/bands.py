@@ -10,6 +10,8 @@ the valid pixels of that band in the array being normalised (0 when the band has
 
 from __future__ import annotations
 
+import re
+
 from typing import Sequence
 
 import numpy as np
@@ -40,11 +42,10 @@ FILL_MODES = ("zero", "mean")
 
 
 def canonical(name: str) -> str:
-    """"B02" → "B2", "b8a" → "B8A", "vv" → "VV"."""
+    """"B02" → "B2", "b8a" / "B08A" → "B8A", "vv" → "VV"."""
     n = str(name).strip().upper()
-    if n.startswith("B") and n[1:].isdigit():
-        return f"B{int(n[1:])}"
-    return n
+    m = re.fullmatch(r"B0*(\d+)(A?)", n)
+    return f"B{int(m.group(1))}{m.group(2)}" if m else n
 
 
 def band_indices(bands_in: Sequence[str], bands_out: Sequence[str], where: str = "",

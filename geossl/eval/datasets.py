@@ -30,10 +30,11 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
-import re
 from typing import Iterator, Sequence
 
 import numpy as np
+
+from geossl.data import bands as bands_lib
 
 #: label_set → (number of classes, multi-label).
 LABEL_SETS = {
@@ -49,30 +50,13 @@ _EUROSAT_BANDS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "
 _BIGEARTHNET_BANDS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B11", "B12")
 
 
-def canonical_band(name: str) -> str:
-    """"B01" → "B1", "b8a" → "B8A", "B08A" → "B8A"; other names upper-cased as they are."""
-    name = str(name).strip().upper()
-    m = re.fullmatch(r"B0*(\d+)(A?)", name)
-    return f"B{int(m.group(1))}{m.group(2)}" if m else name
-
-
 def select_bands(image: np.ndarray, have: Sequence[str], want: Sequence[str] | None,
                  where: str = "") -> np.ndarray:
-    """(..., C_have) → (..., C_want) by band name; a missing B10 becomes zeros (L2A → L1C)."""
+    """(..., C_have) → (..., C_want) by band name (``geossl.data.bands.select_bands``: a missing
+    B10 becomes zeros); ``want=None`` keeps the image as it is."""
     if want is None:
         return image
-    index = {canonical_band(b): i for i, b in enumerate(have)}
-    parts = []
-    for band in want:
-        i = index.get(canonical_band(band))
-        if i is not None:
-            parts.append(image[..., i])
-        elif canonical_band(band) == "B10":
-            parts.append(np.zeros(image.shape[:-1], image.dtype))
-        else:
-            raise ValueError(f"{where}band {band} (config.data.bands) is not among the data's "
-                             f"bands {list(have)}")
-    return np.stack(parts, axis=-1)
+    return bands_lib.select_bands(image, have, want, where)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +91,6 @@ class Preprocess:
         image = select_bands(image.astype(np.float32), bands, self.bands, where)
         names = list(self.bands) if self.bands is not None else list(bands)
         if self.norm and self.norm != "none":
-            from geossl.data import bands as bands_lib
             image = bands_lib.normalize(image, names, mode=self.norm)
         return np.asarray(image, np.float32)
 

@@ -161,12 +161,13 @@ class SoftCon(Objective):
 
 
 def _view_config(config):
+    """ViewConfig from config.model.img_size and every ViewConfig field set in config.data."""
+    import dataclasses
     from geossl.data.augment import ViewConfig
     d = config.data
-    kw = dict(img_size=config.model.img_size, bands=tuple(d.bands), norm=d.get("norm", "softcon"),
-              num_classes=d.num_classes)
-    for key in ("crop_scale", "brightness", "contrast", "jitter_p", "gray_p", "blur_p", "flip"):
-        if key in d:
-            value = d[key]
-            kw[key] = tuple(value) if isinstance(value, (list, tuple)) else value
+    kw = {"img_size": config.model.img_size}
+    for field in dataclasses.fields(ViewConfig):
+        if field.name != "img_size" and field.name in d:
+            value = d[field.name]
+            kw[field.name] = tuple(value) if isinstance(value, (list, tuple)) else value
     return ViewConfig(**kw)

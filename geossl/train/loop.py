@@ -34,11 +34,9 @@ def resolve_train_files(config) -> list[str]:
         if not glob.glob(os.path.join(directory, "train-*.tfrecord")):
             _generate_demo_data(directory)
         pattern = os.path.join(directory, "train-*.tfrecord")
+    from geossl.data.pipeline import train_files
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
-    files = sorted(f for p in patterns for f in glob.glob(os.path.expanduser(p)))
-    if not files:
-        raise FileNotFoundError(f"config.data.train={pattern!r} matches no file")
-    return files
+    return train_files([os.path.expanduser(p) for p in patterns])
 
 
 def _generate_demo_data(directory: str) -> None:
@@ -64,16 +62,12 @@ def _generate_demo_data(directory: str) -> None:
 
 
 def make_data_iterator(config, objective, process_index: int, process_count: int):
+    """(source, iterator) of this process's batches of ``objective.make_views`` samples."""
     from geossl.data import ShardSource
-    from geossl.data.pipeline import make_dataset
+    from geossl.data.pipeline import make_train_iterator
     source = ShardSource(resolve_train_files(config))
-    if config.global_batch % process_count:
-        raise ValueError(f"global_batch {config.global_batch} not divisible by {process_count} processes")
-    ds = make_dataset(source, objective.make_views, seed=config.seed, shuffle=True,
-                      process_index=process_index, process_count=process_count,
-                      local_batch_size=config.global_batch // process_count,
-                      num_workers=config.data.get("num_workers", 0))
-    return source, iter(ds)
+    return source, make_train_iterator(config, objective.make_views, source=source,
+                                       process_index=process_index, process_count=process_count)
 
 
 def example_batch(objective, source, size: int = 2) -> dict:
