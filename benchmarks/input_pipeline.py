@@ -1,17 +1,24 @@
-"""Host input pipeline throughput: decode, SoftCon two-view samples, grain with N workers.
+"""Input pipeline throughput, host-rendered vs device-rendered views, and the step's appetite.
 
-    python benchmarks/input_pipeline.py --records 64 --seasons 4 --size 264 --img 224 --workers 0,1,2
+    python benchmarks/input_pipeline.py --records 64 --seasons 4 --size 264 --img 224 --workers 0,2
+    python benchmarks/input_pipeline.py ... --step_model vit_small_patch14   # '' skips the step
 
 Writes ``--records`` SSL4EO-like records (T seasons × 13 × size × size uint16) to a temporary shard
 (``ShardWriter``), then measures on this machine:
-  decode       ShardSource[i] (read, CRC32C, Example parse) — records/s;
-  geometry     crop box → band select → clip → bilinear resize (host-side resize, per view pair);
-  two-view     ``augment.two_view_sample`` with the SoftCon defaults (crop 0.08–1, jitter 0.8,
-               gray 0.2, blur 1.0 / 0.1), decode included;
-  grain N      ``pipeline.make_dataset`` batches (decode + views + stacking) with N worker processes.
-In-process rows divide by this process's CPU time (robust when other jobs share the cores); grain
-rows divide wall time by the cores they keep busy (max(1, N)). Target: >= 100 two-view samples/s
-per core.
+  decode            ShardSource[i] (read, CRC32C, Example parse) — records/s;
+  geometry x2       crop box → band select → clip → bilinear resize of both views (host);
+  two-view          ``augment.two_view_sample`` with the SoftCon defaults (crop 0.08–1, jitter
+                    0.8, gray 0.2, blur 1.0 / 0.1), without and with decode;
+  raw two-view      ``device_views.raw_two_view_sample`` + decode: the host's share when views are
+                    rendered in the step (config.data.views = "device");
+  grain N           ``pipeline.make_dataset`` batches (decode + views + stacking), N workers;
+  device render     the jitted ``device_views.render_views`` of both views (on the default
+                    backend), samples/s;
+  train step        the SoftCon step of ``--step_model`` at ``--batch`` samples, views given
+                    (host) or rendered inside the step (device): the rate the step consumes.
+"per core" divides by the CPU seconds spent (this process, its threads and its grain workers), so
+it holds when other jobs share the cores; items/s is wall-clock. Target: >= 100 two-view samples/s
+per core. The last lines give host cores needed to feed the step in each mode.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from geossl.data import augment, bands, pipeline  # noqa: E402
+from geossl.data import augment, bands, device_views, pipeline  # noqa: E402
 
 
 def write_records(folder: str, n: int, seasons: int, size: int) -> list:
@@ -77,19 +84,81 @@ def timed(fn, n: int) -> tuple[float, float]:
     return n / (time.perf_counter() - wall), n / max(time.process_time() - cpu, 1e-9)
 
 
-def grain_rate(source, view_fn, workers: int, batch: int, batches: int) -> float:
-    """Samples per wall second of the grain pipeline after a warm-up batch."""
+def cpu_seconds() -> float:
+    """CPU seconds of this process and its live children (grain workers), via psutil if present."""
+    total = time.process_time()
+    try:
+        import psutil
+    except ImportError:
+        return total
+    for child in psutil.Process().children(recursive=True):
+        try:
+            t = child.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def grain_rate(source, view_fn, workers: int, batch: int, batches: int) -> tuple[float, float]:
+    """(samples per wall second, per CPU second incl. workers) of the grain pipeline after a
+    warm-up batch."""
     it = iter(pipeline.make_dataset(Tiled(source, 1000), view_fn, seed=0,
                                     local_batch_size=batch, num_workers=workers))
     try:
         next(it)                                   # start-up (worker spawn) excluded
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), cpu_seconds()
         for _ in range(batches):
             next(it)
-        return batches * batch / (time.perf_counter() - start)
+        n = batches * batch
+        return n / (time.perf_counter() - wall), n / max(cpu_seconds() - cpu, 1e-9)
     finally:
         if hasattr(it, "close"):
             it.close()
+
+
+def render_rate(raw_batch: dict, cfg, repeats: int) -> tuple[float, float]:
+    """(samples/s wall, per CPU second) of the jitted device-side rendering of both views."""
+    import jax
+
+    @jax.jit
+    def render(b):
+        return [device_views.render_views(b[f"raw{v}"], b[f"view_params{v}"], cfg) for v in (1, 2)]
+
+    batch = jax.device_put(raw_batch)
+    jax.block_until_ready(render(batch))
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(repeats):
+        jax.block_until_ready(render(batch))
+    n = repeats * len(raw_batch["raw1"])
+    return n / (time.perf_counter() - wall), n / max(time.process_time() - cpu, 1e-9)
+
+
+def step_rate(args, views: str, batch: dict) -> tuple[float, float]:
+    """(samples/s wall, per CPU second) of the SoftCon train step (``geossl.train``) of ``args.step_model`` on one device
+    at ``args.batch`` samples, with views given (host) or rendered in the step (device)."""
+    import jax
+    from configs.softcon import softcon
+    from geossl import objectives
+    from geossl.parallel import mesh as mesh_lib
+    from geossl.train.loop import build_trainer
+    c = softcon(args.step_model, None, optim="adamw", lr=1e-4)
+    c.model.img_size = args.img
+    c.global_batch, c.total_steps, c.data.views = args.batch, 100, views
+    c.lr.warmup_steps = 1
+    devices = jax.devices()[:1]
+    mesh = mesh_lib.make_mesh(c.mesh, devices)
+    objective = objectives.create(c)
+    trainer = build_trainer(c, objective, mesh, {k: v[:2] for k, v in batch.items()})
+    state = trainer.init_state()
+    state, metrics = trainer.train_step(state, batch)          # compile
+    jax.block_until_ready(metrics)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(args.steps):
+        state, metrics = trainer.train_step(state, batch)
+    jax.block_until_ready(metrics)
+    n = args.steps * args.batch
+    return n / (time.perf_counter() - wall), n / max(time.process_time() - cpu, 1e-9)
 
 
 def main(argv=None) -> None:
@@ -102,6 +171,9 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--batches", type=int, default=8)
     p.add_argument("--samples", type=int, default=64, help="in-process samples per measurement")
+    p.add_argument("--steps", type=int, default=3, help="timed train steps / render repeats")
+    p.add_argument("--step_model", default="vit_small_patch14",
+                   help="model of the train-step rate ('' skips it)")
     args = p.parse_args(argv)
     workers = [int(w) for w in args.workers.split(",") if w.strip()]
 
@@ -130,19 +202,38 @@ def main(argv=None) -> None:
         rows.append(("two-view (no decode)", "-", wall, cpu))
         wall, cpu = timed(lambda i: view_fn(source[i % n], rng), args.samples)
         rows.append(("two-view + decode", "-", wall, cpu))
+        raw_fn = functools.partial(device_views.raw_two_view_sample, cfg=cfg)
+        wall, cpu = timed(lambda i: raw_fn(source[i % n], rng), args.samples)
+        rows.append(("raw two-view + decode", "-", wall, cpu))
         for w in workers:
-            rate = grain_rate(source, view_fn, w, args.batch, args.batches)
-            rows.append((f"grain, {w} workers", str(w), rate, rate / max(1, w)))
+            for mode, fn in (("host", view_fn), ("device", raw_fn)):
+                rows.append((f"grain {mode} views", str(w),
+                              *grain_rate(source, fn, w, args.batch, args.batches)))
+        raw_batch = pipeline.stack([raw_fn(recs[i % len(recs)], rng) for i in range(args.batch)])
+        rows.append(("device render (jit)", "-", *render_rate(raw_batch, cfg, args.steps)))
+        step = {}
+        if args.step_model:
+            host_batch = pipeline.stack([view_fn(recs[i % len(recs)], rng)
+                                         for i in range(args.batch)])
+            for mode, batch in (("host", host_batch), ("device", raw_batch)):
+                wall, cpu = step_rate(args, mode, batch)
+                step[mode] = wall
+                rows.append((f"train step, {mode} views", "-", wall, cpu))
 
     print(f"\n{args.records} records of {args.seasons}x{args.size}x{args.size}x13 uint16 -> two "
           f"views of {args.img}x{args.img}x13 float32; {os.cpu_count()} CPUs, load average "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    print(f"{'stage':<26}{'workers':>8}{'items/s':>11}{'per core':>11}")
-    for name, w, rate, per_core in rows:
-        print(f"{name:<26}{w:>8}{rate:>11.1f}{per_core:>11.1f}")
-    two_view = rows[3][3]
-    print(f"two-view samples/s per core (decode included): {two_view:.1f} "
-          f"({'meets' if two_view >= 100 else 'below'} the 100/s/core target)")
+    print(f"{'stage':<28}{'workers':>8}{'items/s':>11}{'per core':>11}")
+    for name, w, r, per_core in rows:
+        print(f"{name:<28}{w:>8}{r:>11.1f}{per_core:>11.1f}")
+    rate = {name: per_core for name, _, _, per_core in rows}
+    two_view, raw = rate["two-view + decode"], rate["raw two-view + decode"]
+    print(f"two-view samples/s per core (decode included): host views {two_view:.1f}, device "
+          f"views {raw:.1f} ({'meets' if two_view >= 100 else 'below'} the 100/s/core target)")
+    for mode, per_core in (("host", two_view), ("device", raw)):
+        if mode in step:
+            print(f"{mode} views: the step consumes {step[mode]:.1f} samples/s = "
+                  f"{step[mode] / per_core:.2f} host cores of input pipeline")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,9 @@ def base() -> ml_collections.ConfigDict:
         bands=S2_L1C_BANDS,  # model input bands, by name, in this order
         norm="softcon",      # per-band (x - (mu - 2 sigma)) / (4 sigma) clipped to [0, 1]
         num_classes=9,       # Dynamic World
+        views="auto",        # render augmented views on the "host" (grain workers) or "device"
+                             # (inside the step); auto: device on GPU/TPU, host on the CPU
+        raw_size=0,          # device views: pad acquisitions to raw_size² (mixed-size datasets)
     ))
     c.init = ml_collections.ConfigDict(dict(torch_checkpoint="", workdir="", first_layer="reinit"))
     c.export = ml_collections.ConfigDict(dict(torch=True, teacher=False))

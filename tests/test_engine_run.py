@@ -103,6 +103,16 @@ def test_one_device_and_eight_devices_log_equal_losses(shards, tmp_path):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
 
 
+def test_views_rendered_in_the_step_log_the_losses_of_host_views(shards, tmp_path):
+    """data.views="device": the sharded step renders the views from raw acquisitions."""
+    runs = {mode: loop.run(tiny_config(shards, total_steps=3, **{"data.views": mode,
+                                                                 "mesh.fsdp": 2}),
+                           str(tmp_path / mode)) for mode in ("host", "device")}
+    a, b = ([r["loss"] for r in read_metrics(runs[m]["workdir"])] for m in ("host", "device"))
+    assert len(a) == len(b) == 3
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
+
+
 def test_sigkill_and_resume_is_bit_identical(shards, tmp_path):
     full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
     subprocess.run(_flags(shards, full), env=_env(8), check=True, capture_output=True)

@@ -381,3 +381,60 @@ def test_tensorflow_reads_our_shards_and_we_read_theirs(tmp_path):
             assert (r["key"], r["sensor"], r["bands"]) == (f"tf-{i}", "s1_grd", ["VV", "VH"])
             assert r["labels"].tolist() == [i, 5] and r["weights"].tolist() == [0.5, 1.5]
         assert [d["key"] for d in read_records(path, decode=True)] == ["tf-0", "tf-1", "tf-2"]
+
+
+def _slow_values(data):
+    example = Example.FromString(bytes(data))
+    return {n: tfrecord._feature_values(f) for n, f in example.features.feature.items()}
+
+
+def _same_values(fast, slow):
+    assert sorted(fast) == sorted(slow)
+    for name in slow:
+        a, b = fast[name], slow[name]
+        if isinstance(b, list):
+            assert [bytes(v) for v in a] == b, name
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_zero_copy_walk_equals_protobuf_parse():
+    """The in-place walk gives the protobuf runtime's values, views for large bytes features,
+    and falls back to the full parse for what it does not handle."""
+    big = _record(2, shape=(2, 40, 40, 3))
+    big.update(long_ints=np.arange(3000), many=[b"x" * 3000, b"y" * 3000], note="n")
+    data = bytearray(encode_example(big))
+    fast = tfrecord._feature_dict(data)
+    _same_values(fast, _slow_values(data))
+    assert isinstance(fast["image"][0], memoryview) and fast["image"][0].obj is data
+    out = decode_example(data)
+    assert np.shares_memory(out["image"], np.frombuffer(data, np.uint8))
+    np.testing.assert_array_equal(out["image"], big["image"])
+    assert out["long_ints"].tolist() == list(range(3000)) and out["many"][1] == b"y" * 3000
+
+    # a repeated map key (last wins), an unknown top-level field: same answer as protobuf
+    ex = Example.FromString(encode_example(_record(4)))
+    dup = Example()
+    dup.features.feature["key"].bytes_list.value.append(b"first")
+    twice = dup.SerializeToString() + bytes(ex.SerializeToString())
+    _same_values(tfrecord._feature_dict(twice), _slow_values(twice))
+    assert decode_example(twice)["key"] == "loc-4"
+    unknown = bytes(encode_example(_record(5))) + b"\x10\x05"   # field 2, varint 5
+    _same_values(tfrecord._feature_dict(unknown), _slow_values(unknown))
+    assert decode_example(unknown)["key"] == "loc-5"
+    with pytest.raises(ExampleDecodeError, match="not a tf.train.Example"):
+        decode_example(bytearray(b"\x0a\xff\xff\xff\xff\x0f"))
+
+
+def test_source_image_is_a_writable_view(tmp_path):
+    path = str(tmp_path / "v-00000-of-00001.tfrecord")
+    records = [_record(i, shape=(2, 30, 30, 3)) for i in range(3)]
+    with ShardWriter(path) as w:
+        for r in records:
+            w.write(r)
+    src = ShardSource(path)
+    image = src[1]["image"]
+    assert image.flags.writeable and not image.flags.owndata
+    np.testing.assert_array_equal(image, records[1]["image"])
+    image[...] = 0                                   # the next read is not affected
+    np.testing.assert_array_equal(src[1]["image"], records[1]["image"])

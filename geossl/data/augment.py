@@ -432,6 +432,8 @@ class ViewConfig:
     bands: model input bands (a 12-band L2A record gets a zero B10 when ``zero_fill_b10``).
     norm: "softcon" | "meanstd" | "none"; nodata / nodata_fill: see ``geossl.data.bands``.
     blur_p, solarize_p: per view (view 1, view 2).
+    raw_size: device-side views only (``geossl.data.device_views``): acquisitions are zero-padded
+    to raw_size × raw_size so that records of different sizes batch together (0: unpadded).
     """
 
     img_size: int = 224
@@ -456,6 +458,7 @@ class ViewConfig:
     nodata: float | None = None
     nodata_fill: str = "zero"
     zero_fill_b10: bool = True
+    raw_size: int = 0
 
     def photometric(self, view: int) -> Photometric:
         return Photometric(jitter_p=self.jitter_p, brightness=self.brightness,

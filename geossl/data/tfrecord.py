@@ -41,7 +41,8 @@ import crc32c
 import numpy as np
 from google.protobuf import message as _pb_message
 
-from geossl.data.example_proto import Example
+from geossl.data import wire
+from geossl.data.example_proto import Example, Feature
 
 IMAGE_DTYPES = ("uint8", "uint16", "int16", "float32")
 REQUIRED = ("image", "bands", "sensor", "key")
@@ -187,8 +188,10 @@ def _decode_array(values: dict, name: str) -> np.ndarray:
         raise ExampleDecodeError(
             f"feature {name!r}: expected {expected} bytes for shape {shape.tolist()} dtype "
             f"{dtype_str}, found {len(buf[0])}")
-    little = np.frombuffer(buf[0], dtype=native.newbyteorder("<"))
-    return little.reshape(tuple(shape.tolist())).astype(native)  # writable native-order copy
+    little = np.frombuffer(buf[0], dtype=native.newbyteorder("<")).reshape(tuple(shape.tolist()))
+    if little.dtype == native and little.flags.writeable:   # a view of the record's buffer
+        return little
+    return little.astype(native)   # writable native-order copy
 
 
 def _text(values: dict, name: str, default=None) -> str:
@@ -202,13 +205,39 @@ def _text(values: dict, name: str, default=None) -> str:
     return value[0].decode("utf-8")
 
 
-def decode_example(data: bytes) -> dict:
-    """Parses tf.train.Example bytes into the record dict of docs/DESIGN.md."""
+_LARGE = 4096  # features above this many bytes are viewed in place when they are one bytes value
+
+
+def _feature_dict(data) -> dict:
+    """{name: values} of serialized Example bytes. Large single-value bytes features (the image)
+    are memoryviews into ``data``; every other feature is parsed by the protobuf runtime, and the
+    whole message is when the zero-copy walk meets anything unusual."""
     try:
-        example = Example.FromString(data)
+        views = wire.example_features(data)
+        values = {}
+        for name, view in views.items():
+            if len(view) > _LARGE:
+                try:
+                    values[name] = [wire.single_bytes_value(view)]
+                    continue
+                except wire.WireFormatError:
+                    pass
+            values[name] = _feature_values(Feature.FromString(bytes(view)))
+        return values
+    except (wire.WireFormatError, UnicodeDecodeError, _pb_message.DecodeError):
+        pass
+    try:
+        example = Example.FromString(bytes(data))
     except _pb_message.DecodeError as e:
         raise ExampleDecodeError(f"not a tf.train.Example protobuf ({e})") from None
-    values = {name: _feature_values(f) for name, f in example.features.feature.items()}
+    return {name: _feature_values(f) for name, f in example.features.feature.items()}
+
+
+def decode_example(data) -> dict:
+    """Parses tf.train.Example bytes (any buffer) into the record dict of docs/DESIGN.md. On
+    little-endian hosts the image (and other array features) is a view of ``data`` when ``data``
+    is a writable buffer (ShardSource reads into one), else a copy; arrays are always writable."""
+    values = _feature_dict(data)
     bands = values.get("bands")
     if not isinstance(bands, list):
         raise ExampleDecodeError(f"missing bytes feature 'bands'; found {sorted(values)}")
@@ -236,6 +265,7 @@ def decode_example(data: bytes) -> dict:
         if name in arrays:
             record[name] = _decode_array(values, name)
         elif isinstance(value, list):
+            value = [bytes(v) for v in value]
             record[name] = value[0] if len(value) == 1 else value
         else:
             record[name] = value
@@ -431,7 +461,7 @@ class _Shard:
     def __len__(self):
         return len(self.offsets) - 1
 
-    def _read_at(self, offset: int, n: int) -> bytes:
+    def _read_at(self, offset: int, n: int) -> memoryview:
         if self._pid != os.getpid():
             self._file = self._buf = None
             if self.compression:
@@ -440,11 +470,13 @@ class _Shard:
                 self._file = open(self.path, "rb", buffering=0)
             self._pid = os.getpid()
         if self._buf is not None:
-            return self._buf[offset:offset + n]
-        return os.pread(self._file.fileno(), n, offset)
+            return memoryview(bytearray(self._buf[offset:offset + n]))
+        out = np.empty(n, np.uint8)   # writable, not zero-filled: arrays decoded from it are views
+        got = os.preadv(self._file.fileno(), [out], offset)
+        return memoryview(out)[:got]
 
-    def read(self, index: int) -> bytes:
-        """Data of record ``index`` with both CRCs checked."""
+    def read(self, index: int) -> memoryview:
+        """Data of record ``index`` (a view of the bytes read) with both CRCs checked."""
         start, end = int(self.offsets[index]), int(self.offsets[index + 1])
         blob = self._read_at(start, end - start)
         where = _where(self.compression)
@@ -459,7 +491,7 @@ class _Shard:
                 f"{self.path}: record {index} at byte offset {start}{where}: length field says "
                 f"{length} bytes, index says {end - start - 16}; delete {index_path(self.path)} "
                 f"if the shard was rewritten")
-        data = blob[_HEADER.size:_HEADER.size + length]
+        data = blob[_HEADER.size:_HEADER.size + length]   # a view, no copy
         _check_data(data, blob[-_CRC.size:], self.path, index, start, self.compression)
         return data
 
@@ -517,7 +549,7 @@ class ShardSource:
     def read_raw(self, record_key) -> bytes:
         """Serialized tf.train.Example bytes of one record (CRC-checked)."""
         shard, j = self._locate(record_key)
-        return shard.read(j)
+        return bytes(shard.read(j))
 
     def __getitem__(self, record_key) -> dict:
         shard, j = self._locate(record_key)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from geossl import losses, masking
+from geossl.data import augment, device_views
 from geossl.models import is_vit
 from geossl.models.from_config import create_from_config
 from geossl.models.heads import MLPHead
@@ -68,16 +69,27 @@ class SoftCon(Objective):
             proj_layers=o.get("proj_layers", 3 if self.vit else 2),
             pred_hidden=o.get("pred_hidden", 4096), pred_layers=o.get("pred_layers", 2))
         self.view_config = _view_config(config)
+        self.views_on_device = device_views.views_on_device(config.data.get("views", "auto"))
 
     # ----- host ------------------------------------------------------------------------------
     def make_views(self, record, rng: np.random.Generator):
-        from geossl.data.augment import two_view_sample
-        return two_view_sample(record, rng, self.view_config)
+        """Rendered views (config.data.views "host"), or the raw acquisitions and view parameters
+        that ``_views`` renders inside the step ("device"; "auto" picks by backend)."""
+        if self.views_on_device:
+            return device_views.raw_two_view_sample(record, rng, self.view_config)
+        return augment.two_view_sample(record, rng, self.view_config)
+
+    def _view(self, batch, v: int) -> jax.Array:
+        """View v (1 or 2) as (B,S,S,C) float32, rendered here from raw acquisitions if needed."""
+        if f"raw{v}" not in batch:
+            return batch[f"view{v}"]
+        return device_views.render_views(batch[f"raw{v}"], batch[f"view_params{v}"],
+                                         self.view_config)
 
     # ----- device ----------------------------------------------------------------------------
     def init(self, rng, batch) -> Variables:
-        variables = self.net.init({"params": rng, "dropout": rng}, jnp.asarray(batch["view1"]),
-                                  train=False)
+        view1 = jnp.asarray(self._view(batch, 1))
+        variables = self.net.init({"params": rng, "dropout": rng}, view1, train=False)
         bs = variables.get("batch_stats", {})
         teacher_bs = {k: v for k, v in bs.items() if k != "predictor"}
         return Variables(params=variables["params"], teacher=None,
@@ -115,7 +127,7 @@ class SoftCon(Objective):
     def loss(self, params, teacher, extra, batch, rng, step):
         o = self.config.objective
         r1, r2 = jax.random.split(rng)
-        x1, x2 = batch["view1"], batch["view2"]
+        x1, x2 = self._view(batch, 1), self._view(batch, 2)
         y1, y2 = batch["labels1"], batch["labels2"]
         bs = extra["batch_stats"]
         q1, bs = self._student(params, bs, x1, r1)

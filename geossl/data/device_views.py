@@ -1,0 +1,190 @@
+"""SoftCon views rendered inside the jitted step: the host draws the parameters, the device resizes.
+
+Host (grain worker), per record: ``raw_two_view_sample`` picks the two acquisitions and draws each
+view's parameters exactly as ``augment.two_view_sample`` does (same rng order, so the same seed gives
+the same views), but returns the acquisitions in stored units instead of rendering them:
+
+    raw1, raw2          (R, R, C) stored dtype (float32 when ``nodata`` is set): the model bands,
+                        zero-padded at the bottom / right to ``raw_size`` when that is set
+    view_params1, 2     (PARAMS + 2·C,) float32, layout of ``pack_params``
+    labels1, labels2    (K,) float32
+
+Device: ``render_views(raw (B,R,R,C), params (B,P), cfg) → (B,S,S,C) float32`` does what
+``augment.render_view`` does on the host: softcon clip in stored units, the crop box and bilinear
+resize (align_corners=False, no antialias) with flips as row / column gathers, normalisation and
+brightness/contrast as one per-band affine map, clip, grayscale, a separable Gaussian blur with
+reflected borders (fixed taps up to the largest σ's radius, weights per sample), solarize; all in
+float32 elementwise arithmetic (no matrix units, so no reduced-precision matmul passes on TPU).
+Host-side cost drops to decoding plus copying two acquisitions (uint16: 2 bytes a pixel and band,
+smaller than a rendered float32 view); the device pays O(S²·C·taps) a view.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from geossl.data import augment
+from geossl.data import bands as bands_lib
+
+#: Fixed fields of a packed view: top, left, h, w, hflip, vflip, jitter, gray, blur σ, solarize.
+PARAMS = 10
+
+
+VIEWS = ("auto", "host", "device")
+
+
+def views_on_device(setting: str) -> bool:
+    """config.data.views → whether views are rendered in the step. "auto": on an accelerator
+    (the host's cores then only decode), on the host when JAX runs on the CPU (there numpy's
+    rendering costs fewer CPU seconds than XLA's; benchmarks/input_pipeline.py)."""
+    if setting not in VIEWS:
+        raise ValueError(f"config.data.views: expected one of {VIEWS}, found {setting!r}")
+    if setting == "auto":
+        return jax.default_backend() != "cpu"
+    return setting == "device"
+
+
+# ----- host --------------------------------------------------------------------------------------
+def pack_params(params: augment.ViewParams, channels: int) -> np.ndarray:
+    """ViewParams → (PARAMS + 2·C,) float32; brightness / contrast broadcast to C (1 when unset);
+    blur σ 0 means no blur."""
+    out = np.zeros(PARAMS + 2 * channels, np.float32)
+    out[:4] = params.box
+    out[4:PARAMS] = (params.hflip, params.vflip, params.brightness is not None, params.gray,
+                     params.blur_sigma or 0.0, params.solarize)
+    jitter = params.brightness is not None
+    out[PARAMS:PARAMS + channels] = params.brightness if jitter else 1.0
+    out[PARAMS + channels:] = params.contrast if jitter else 1.0
+    return out
+
+
+def prepare_raw(image: np.ndarray, plan: augment.BandPlan, params: augment.ViewParams,
+                cfg: augment.ViewConfig, key: str = "?") -> np.ndarray:
+    """One acquisition (H, W, C_in) → (R, R, C) model bands in stored units: no-data pixels of the
+    crop box filled as the host path fills them, zero-padded to ``cfg.raw_size`` (if set)."""
+    x = augment._select(image, plan.index)
+    if cfg.nodata is not None or np.issubdtype(x.dtype, np.floating):
+        top, left, h, w = params.box
+        region = x[top:top + h, left:left + w]
+        mask = bands_lib.invalid_mask(region, cfg.nodata)
+        x = x.astype(np.float32, copy=cfg.nodata is not None or mask is not None)
+        if mask is not None:
+            region = x[top:top + h, left:left + w]
+            fill = bands_lib.fill_values(region, mask, cfg.nodata_fill, plan.scale, plan.offset)
+            np.copyto(region, np.broadcast_to(fill, region.shape), where=mask)
+    size = cfg.raw_size
+    if size:
+        height, width = x.shape[:2]
+        if height > size or width > size:
+            raise ValueError(f"record {key}: acquisition of {height}x{width} pixels is larger "
+                             f"than data.raw_size={size} (device-side views pad to raw_size)")
+        if (height, width) != (size, size):
+            x = np.pad(x, ((0, size - height), (0, size - width), (0, 0)))
+    return x
+
+
+def raw_two_view_sample(record: dict, rng: np.random.Generator, cfg: augment.ViewConfig) -> dict:
+    """SoftCon sample for device-side rendering (module docstring); draws as two_view_sample."""
+    image = augment._image(record)
+    t1, t2 = augment.pick_two(rng, image.shape[0])
+    labels = augment.acquisition_labels(record, cfg.num_classes)
+    plan = augment._plan_for(record, cfg)
+    c = len(plan.bands_out)
+    key = record.get("key", "?")
+    out = {}
+    for view, t in enumerate((t1, t2)):
+        params = augment.sample_view_params(rng, image.shape[1], image.shape[2], c, cfg, view)
+        out[f"raw{view + 1}"] = prepare_raw(image[t], plan, params, cfg, key)
+        out[f"view_params{view + 1}"] = pack_params(params, c)
+    out["labels1"], out["labels2"] = labels[t1], labels[t2]
+    return out
+
+
+# ----- device ------------------------------------------------------------------------------------
+def resize_taps(start, length, out: int, flip) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Bilinear taps (i0, i1, frac), each (out,), of ``x[start:start+length]`` resized to ``out``
+    samples (align_corners=False, no antialias, edge-clamped): output j = x[i0] + frac·(x[i1] −
+    x[i0]); reversed when ``flip``. Indices are absolute (start added)."""
+    length = length.astype(jnp.float32)
+    j = jnp.arange(out, dtype=jnp.float32)
+    src = jnp.maximum((j + 0.5) * (length / out) - 0.5, 0.0)
+    i0 = jnp.minimum(jnp.floor(src), length - 1)
+    i1 = jnp.minimum(i0 + 1, length - 1)
+    frac = src - i0
+    start = start.astype(jnp.int32)
+    taps = (i0.astype(jnp.int32) + start, i1.astype(jnp.int32) + start, frac)
+    return tuple(jnp.where(flip > 0, t[::-1], t) for t in taps)
+
+
+def _lerp(x: jax.Array, taps, axis: int) -> jax.Array:
+    i0, i1, frac = taps
+    a = jnp.take(x, i0, axis=axis)
+    b = jnp.take(x, i1, axis=axis)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    return a + frac.reshape(shape) * (b - a)
+
+
+def blur_weights(sigma, truncate: float, max_sigma: float) -> jax.Array:
+    """(2·R + 1,) Gaussian taps, R = int(truncate·max_sigma + 0.5), zero beyond σ's own radius
+    int(truncate·σ + 0.5) (scipy's); [.., 1, ..] (the identity) for σ = 0."""
+    big = int(truncate * max_sigma + 0.5)
+    taps = jnp.arange(-big, big + 1, dtype=jnp.float32)
+    radius = jnp.floor(truncate * sigma + 0.5)
+    safe = jnp.where(sigma > 0, sigma, 1.0)
+    k = jnp.where(jnp.abs(taps) <= radius, jnp.exp(-0.5 * (taps / safe) ** 2), 0.0)
+    return k / k.sum()
+
+
+def _blur_axis(z: jax.Array, k: jax.Array, axis: int) -> jax.Array:
+    """Correlation of z with the symmetric taps k along ``axis``, reflected borders "dcba|abcd"
+    (a symmetric pad, then one static slice per tap)."""
+    n, big = z.shape[axis], (k.shape[0] - 1) // 2
+    if big >= n:   # reflections of reflections: gather the mirrored indices instead
+        q = np.mod(np.arange(n)[:, None] + np.arange(-big, big + 1)[None, :], 2 * n)
+        idx = np.where(q >= n, 2 * n - 1 - q, q)
+        return sum(k[t] * jnp.take(z, idx[:, t], axis=axis) for t in range(2 * big + 1))
+    pad = [(0, 0)] * z.ndim
+    pad[axis] = (big, big)
+    zp = jnp.pad(z, pad, mode="symmetric")
+    return sum(k[t] * jax.lax.slice_in_dim(zp, t, t + n, axis=axis) for t in range(2 * big + 1))
+
+
+def _render_one(raw, p, cfg: augment.ViewConfig, scale, offset, bounds) -> jax.Array:
+    """raw (R, R, C), p (P,) → (S, S, C) float32."""
+    s = cfg.img_size
+    c = raw.shape[-1]
+    x = raw.astype(jnp.float32)
+    if bounds is not None:
+        x = jnp.clip(x, bounds[0], bounds[1])
+    y = _lerp(x, resize_taps(p[0], p[2], s, p[5]), axis=0)
+    y = _lerp(y, resize_taps(p[1], p[3], s, p[4]), axis=1)
+    jitter, gray, sigma, solar = p[6] > 0, p[7] > 0, p[8], p[9] > 0
+    b, k = p[PARAMS:PARAMS + c], p[PARAMS + c:PARAMS + 2 * c]
+    mean_n = scale * y.mean(axis=(0, 1)) + offset
+    gain = jnp.where(jitter, k * b * scale, scale)
+    bias = jnp.where(jitter, k * b * offset + (1 - k) * b * mean_n, offset)
+    z = y * gain + bias
+    if cfg.jitter_clip:
+        z = jnp.where(jitter, jnp.clip(z, 0.0, 1.0), z)
+    z = jnp.where(gray, jnp.broadcast_to(z.mean(-1, keepdims=True), z.shape), z)
+    if max(cfg.blur_p) > 0:
+        w = blur_weights(sigma, cfg.blur_truncate, max(cfg.blur_sigma))
+        z = _blur_axis(_blur_axis(z, w, 0), w, 1)
+    if max(cfg.solarize_p) > 0:
+        z = jnp.where(solar & (z >= cfg.solarize_threshold), 1.0 - z, z)
+    return z
+
+
+def render_views(raw: jax.Array, params: jax.Array, cfg: augment.ViewConfig) -> jax.Array:
+    """raw (B, R, R, C) stored units, params (B, PARAMS + 2·C) → views (B, S, S, C) float32."""
+    c = raw.shape[-1]
+    if c != len(cfg.bands) or params.shape[-1] != PARAMS + 2 * c:
+        raise ValueError(f"render_views: expected raw (..., {len(cfg.bands)}) and params "
+                         f"(..., {PARAMS + 2 * len(cfg.bands)}) for bands {cfg.bands}, found "
+                         f"{raw.shape} and {params.shape}")
+    scale, offset = bands_lib.norm_coefficients(cfg.bands, cfg.norm)
+    bounds = bands_lib.raw_clip_bounds(cfg.bands, cfg.norm)
+    return jax.vmap(lambda r, p: _render_one(r, p, cfg, scale, offset, bounds))(raw, params)
