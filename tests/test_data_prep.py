@@ -293,3 +293,30 @@ def test_ssl4eo_bad_inputs_are_named_or_skipped(tmp_path, damage):
     assert where in summary["bad"][0]["error"]
     assert [r["key"] for r in map(ShardSource(str(tmp_path / "out")).__getitem__, [0])] == [
         "0000001"]
+
+
+def test_probe_clis_run_on_the_bigearthnet_sample_shards(ben_examples, tmp_path):
+    """linear_probe and knn on the six real S2 patches (12 L2A bands, B10 zero-filled for a
+    13-band encoder, 120 px resized to the model's 16 px)."""
+    import jax
+    import jax.numpy as jnp
+    from geossl import models
+    from geossl.eval import knn, linear_probe
+    from geossl.train.checkpoint import save_backbone
+    bigearthnet.convert(str(ben_examples / "BigEarthNet-S2-Example"), str(tmp_path / "ben"),
+                        num_shards=1, num_workers=1, verbose=False)
+    kw = dict(img_size=16, in_chans=13, patch_size=8, depth=2)
+    model = models.create("vit_tiny_patch16", **kw)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 13)))
+    workdir = str(tmp_path / "backbone")
+    save_backbone(jax.device_get(variables), "vit_tiny_patch16", workdir, **kw)
+    common = ["--workdir", workdir, "--dataset", str(tmp_path / "ben"), "--train_split",
+              "bigearthnet", "--eval_split", "bigearthnet", "--label_fraction", "1.0",
+              "--holdout_train_fraction", "0.5"]
+    report = linear_probe.main(common + ["--epochs", "10", "--output", str(tmp_path / "lp.json")])
+    assert (report["num_train"], report["num_test"], report["num_classes"]) == (3, 3, 19)
+    assert report["multilabel"] and 0 < report["metrics"]["map_micro"] <= 1
+    saved = json.loads((tmp_path / "lp.json").read_text())
+    assert saved["metrics"]["map_micro"] == pytest.approx(report["metrics"]["map_micro"])
+    nearest = knn.main(common + ["--k", "1,2"])
+    assert 0 < nearest["metrics"]["k1/map_micro"] <= 1

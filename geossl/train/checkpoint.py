@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from geossl.data import bands as bands_lib
 from geossl.parallel.sharding import path_str
 
 
@@ -129,10 +130,23 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 # ----- backbones --------------------------------------------------------------------------------
-def save_backbone(variables: dict, arch: str, directory: str, **model_kwargs) -> None:
-    """Writes a backbone-only workdir (``backbone/`` orbax pytree + ``config.json``)."""
+#: Input bands a backbone-only workdir records by default, by its number of input channels.
+DEFAULT_BANDS = {13: bands_lib.S2_L1C, 12: bands_lib.S2_L2A, 2: bands_lib.S1, 3: bands_lib.S2_RGB}
+
+
+def save_backbone(variables: dict, arch: str, directory: str, *, bands=None,
+                  **model_kwargs) -> None:
+    """Writes a backbone-only workdir (``backbone/`` orbax pytree + ``config.json``). ``bands``:
+    the model's input bands in order (default: ``DEFAULT_BANDS`` of ``in_chans`` when listed),
+    recorded as ``config.data.bands`` so that probes select and zero-fill bands by name."""
     config = ml_collections.ConfigDict({"model": {"name": arch, **model_kwargs},
                                         "objective": {"name": "backbone"}})
+    bands = bands or DEFAULT_BANDS.get(model_kwargs.get("in_chans"))
+    if bands:
+        if "in_chans" in model_kwargs and len(bands) != model_kwargs["in_chans"]:
+            raise ValueError(f"save_backbone: {len(bands)} bands {list(bands)} for a model with "
+                             f"in_chans={model_kwargs['in_chans']}")
+        config.data = {"bands": [str(b) for b in bands]}
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(os.path.abspath(directory), "backbone")
     with ocp.StandardCheckpointer() as ckpt:

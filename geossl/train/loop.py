@@ -49,7 +49,9 @@ def _generate_demo_data(directory: str) -> None:
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
     try:
-        synthetic.generate(tmp)
+        # In-process (a few seconds): worker processes would be spawned, which re-runs a user's
+        # script that lacks an ``if __name__ == "__main__"`` guard, endlessly.
+        synthetic.generate(tmp, num_workers=1)
         try:
             os.rename(tmp, directory)
         except OSError:  # another process finished first, or an empty folder is in the way
