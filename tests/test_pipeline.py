@@ -1,6 +1,8 @@
 """The grain pipeline: epochs, multi-process batch layout, exact resume (geossl.data.pipeline)."""
 
 import functools
+import platform
+import sys
 
 import ml_collections
 import numpy as np
@@ -143,3 +145,23 @@ def test_worker_batch_size_keeps_batches_and_must_divide():
 def test_stack_rejects_mismatched_samples():
     with pytest.raises(ValueError, match="different keys"):
         pipeline.stack([{"a": np.zeros(1)}, {"b": np.zeros(1)}])
+
+
+@pytest.mark.parametrize("worker_batch_size", [None, 2])
+def test_worker_processes_build_the_batches_of_no_workers(worker_batch_size):
+    records = _records(11)
+    reference = _take(iter(pipeline.make_dataset(records, _VIEWS, seed=3, local_batch_size=4)), 4)
+    it = iter(pipeline.make_dataset(records, _VIEWS, seed=3, local_batch_size=4, num_workers=2,
+                                    worker_batch_size=worker_batch_size))
+    try:
+        _assert_batches_equal(_take(it, 4), reference)
+    finally:
+        it.close()
+
+
+def test_malloc_settings_apply_once_per_process():
+    from geossl.data import malloc
+    first = malloc.reuse_freed_memory()
+    assert malloc.reuse_freed_memory() == first
+    if sys.platform.startswith("linux") and "glibc" in " ".join(platform.libc_ver()):
+        assert first

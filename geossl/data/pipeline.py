@@ -22,6 +22,8 @@ from typing import Callable, Sequence
 import grain
 import numpy as np
 
+from geossl.data import malloc
+
 
 class _ProcessRows(grain.MapDataset):
     """Element j of process p = stream element (j // b)·G + p·b + j % b."""
@@ -50,7 +52,19 @@ def stack(samples: Sequence[dict]) -> dict:
         if s.keys() != keys:
             raise ValueError(f"samples of one batch have different keys: {sorted(keys)} vs "
                              f"{sorted(s.keys())}")
-    return {k: np.stack([s[k] for s in samples]) for k in keys}
+    out = {}
+    for k in keys:
+        first = np.asarray(samples[0][k])
+        arr = np.empty((len(samples),) + first.shape, first.dtype)
+        for i, sample in enumerate(samples):
+            value = np.asarray(sample[k])
+            if value.shape != first.shape:
+                raise ValueError(f"samples of one batch have different shapes for {k!r}: "
+                                 f"{first.shape} vs {value.shape} (sample {i}); records of "
+                                 f"different sizes need a fixed crop, or data.raw_size")
+            arr[i] = value
+        out[k] = arr
+    return out
 
 
 def concat(batches: Sequence[dict]) -> dict:
@@ -58,11 +72,24 @@ def concat(batches: Sequence[dict]) -> dict:
     return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
 
+class _TunedViews:
+    """``view_fn`` that first applies ``malloc.reuse_freed_memory`` in the process it runs in
+    (the main process or a grain worker; picklable)."""
+
+    def __init__(self, view_fn):
+        self.view_fn = view_fn
+
+    def __call__(self, record, rng):
+        malloc.reuse_freed_memory()
+        return self.view_fn(record, rng)
+
+
 def make_dataset(source, view_fn: Callable[[dict, np.random.Generator], dict], *, seed: int,
                  local_batch_size: int, process_index: int = 0, process_count: int = 1,
                  shuffle: bool = True, num_epochs: int | None = None, drop_remainder: bool = True,
                  num_workers: int = 0, worker_batch_size: int | None = None,
-                 read_threads: int = 1, prefetch_batches: int = 2) -> grain.IterDataset:
+                 read_threads: int = 1, prefetch_batches: int = 2,
+                 tune_malloc: bool = True) -> grain.IterDataset:
     """Process-local batches of ``view_fn(record, rng)`` samples: dicts of (b, ...) arrays.
 
     source: a random-access sequence of records (``ShardSource``, a list, ...).
@@ -71,6 +98,7 @@ def make_dataset(source, view_fn: Callable[[dict, np.random.Generator], dict], *
     worker_batch_size: a divisor of local_batch_size; workers build batches of this size, which
     the main process concatenates (bounds the memory and latency of a worker). Default: whole.
     read_threads / prefetch_batches: threads and buffer (in worker batches) of each reader.
+    tune_malloc: apply ``malloc.reuse_freed_memory`` where views are built (see there).
     """
     if len(source) == 0:
         raise ValueError("make_dataset: the data source is empty")
@@ -90,7 +118,7 @@ def make_dataset(source, view_fn: Callable[[dict, np.random.Generator], dict], *
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)
-    ds = ds.random_map(view_fn, seed=seed)
+    ds = ds.random_map(_TunedViews(view_fn) if tune_malloc else view_fn, seed=seed)
     if process_count > 1:
         ds = _ProcessRows(ds, local_batch_size * process_count, local_batch_size, process_index)
     ds = ds.batch(unit, drop_remainder=drop_remainder, batch_fn=stack)
