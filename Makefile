@@ -20,22 +20,22 @@ $(VENV)/.test: $(VENV)/.core
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-$(TF_VENV)/.tf:
+$(TF_VENV)/.tf-tfds:
 	$(PYTHON) -m venv $(TF_VENV)
 	$(TF_VENV)/bin/python -m pip install -q --upgrade pip
-	$(TF_VENV)/bin/python -m pip install -q tensorflow-cpu
+	$(TF_VENV)/bin/python -m pip install -q tensorflow-cpu tensorflow-datasets crc32c
 	touch $@
 
 install: $(VENV)/.core
 install-test: $(VENV)/.test
-tf-env: $(TF_VENV)/.tf
+tf-env: $(TF_VENV)/.tf-tfds
 
 demo: $(VENV)/.core
 	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR)
 	$(PY) -m geossl.eval.linear_probe --workdir=$(WORKDIR) --dataset=synthetic
 	$(PY) -m geossl.eval.linear_probe --workdir=$(WORKDIR) --dataset=synthetic --random_init
 
-test: $(VENV)/.test $(TF_VENV)/.tf
+test: $(VENV)/.test $(TF_VENV)/.tf-tfds
 	GEOSSL_TF_PYTHON=$(abspath $(TF_VENV))/bin/python $(PY) -m pytest -n 2 -q -rs
 
 clean:

@@ -19,3 +19,18 @@ import pytest  # noqa: E402
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running (real-size models); run with -m slow")
     config.addinivalue_line("markers", "multiprocess: spawns several jax processes")
+
+
+@pytest.fixture
+def tf_python():
+    """An interpreter with TensorFlow: $GEOSSL_TF_PYTHON (``make test`` points it at .venv-tf),
+    else this one if it imports tensorflow; the test is skipped otherwise."""
+    import sys
+    explicit = os.environ.get("GEOSSL_TF_PYTHON")
+    if explicit:
+        return explicit
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        pytest.skip("TensorFlow interop: set GEOSSL_TF_PYTHON to a python with tensorflow")
+    return sys.executable

@@ -252,14 +252,28 @@ def test_probe_splits_divide_the_heldout_split_when_no_train_split(tmp_path):
     assert len(data.test_indices) == 20
 
 
-def test_tfds_dataset_needs_tensorflow_datasets():
-    try:
-        import tensorflow_datasets  # noqa: F401
-        pytest.skip("tensorflow_datasets is installed")
-    except ImportError:
-        pass
+def test_tfds_dataset_needs_tensorflow_datasets(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)   # import now fails
     with pytest.raises(ImportError, match="tensorflow_datasets"):
         datasets.open_split("tfds:eurosat/all", "train")
+
+
+def test_tfds_builders_are_read_in_order_with_bands_by_name(tmp_path, tf_python):
+    """TfdsSplit on two prepared TFDS datasets laid out like eurosat/all (B8A last) and
+    bigearthnet/all (bands at 10/20/60 m), in an interpreter with tensorflow-datasets."""
+    import subprocess
+    probe = subprocess.run([tf_python, "-c", "import tensorflow_datasets"], capture_output=True)
+    if probe.returncode:
+        pytest.skip(f"{tf_python} has no tensorflow_datasets")
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tfds_job.py")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", TFDS_DATA_DIR="")
+    done = subprocess.run([tf_python, script, str(tmp_path / "tfds")], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-4000:])
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    # the job asserts the values itself; its summary shows it read both datasets to the end
+    assert sorted(summary["eurosat_order"]) == sorted(summary["bigearthnet_order"]) == list(range(6))
 
 
 # ----- online probe ----------------------------------------------------------------------------

@@ -330,19 +330,8 @@ json.dump(read, open(sys.argv[2], "w"))
 """
 
 
-def _tf_python():
-    explicit = os.environ.get("GEOSSL_TF_PYTHON")
-    if explicit:
-        return explicit
-    try:
-        import tensorflow  # noqa: F401
-    except ImportError:
-        pytest.skip("TensorFlow interop: set GEOSSL_TF_PYTHON to a python with tensorflow")
-    return sys.executable
-
-
-def test_tensorflow_reads_our_shards_and_we_read_theirs(tmp_path):
-    python = _tf_python()
+def test_tensorflow_reads_our_shards_and_we_read_theirs(tmp_path, tf_python):
+    python = tf_python
     ours = []
     for k, suffix in enumerate([".tfrecord", ".tfrecord.gz"]):
         records = [_record(10 * k + i, dtype) for i, dtype in

@@ -237,7 +237,7 @@ class TfdsSplit(LabelledSplit):
     def _image(self, example) -> tuple[np.ndarray, tuple[str, ...]]:
         if "sentinel2" in example:  # eurosat/all
             return np.asarray(example["sentinel2"]), _EUROSAT_BANDS
-        if self.base == "bigearthnet" and "B02" in example:  # bigearthnet/all: bands at 10/20/60 m
+        if "B02" in example and "B8A" in example:  # bigearthnet/all: bands at 10/20/60 m
             size = np.asarray(example["B02"]).shape[0]
             bands = []
             for band in _BIGEARTHNET_BANDS:
