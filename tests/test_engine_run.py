@@ -86,6 +86,15 @@ def test_run_writes_metrics_checkpoints_and_export(shards, tmp_path):
     assert sorted(exported) == sorted(expected)
     for k in expected:
         np.testing.assert_array_equal(exported[k], expected[k])
+    meta = convert.read_metadata(summary["export"])   # enough to rebuild the model elsewhere
+    assert meta["geossl.arch"] == arch == "vit_tiny_patch16" and meta["geossl.norm"] == "softcon"
+    kwargs = json.loads(meta["geossl.model_kwargs"])
+    assert {k: kwargs[k] for k in ("img_size", "in_chans", "patch_size", "depth")} == dict(
+        img_size=16, in_chans=13, patch_size=8, depth=1)
+    assert len(json.loads(meta["geossl.bands"])) == 13
+    rebuilt = convert.from_torch(exported, meta["geossl.arch"], **kwargs)
+    np.testing.assert_array_equal(rebuilt["params"]["norm"]["scale"],
+                                  variables["params"]["norm"]["scale"])
     # The exported backbone is the student's, as trained.
     np.testing.assert_array_equal(
         variables["params"]["norm"]["scale"],

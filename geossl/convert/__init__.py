@@ -21,10 +21,10 @@ import numpy as np
 from flax import traverse_util
 
 from geossl import models
-from geossl.convert.io import load_state_dict, save_state_dict, to_numpy
+from geossl.convert.io import load_state_dict, read_metadata, save_state_dict, to_numpy
 from geossl.convert.keymap import TRANSFORMS, Entry
 
-__all__ = ["ConversionError", "ConversionReport", "entries", "from_torch", "load_state_dict",
+__all__ = ["ConversionError", "ConversionReport", "entries", "from_torch", "load_state_dict", "read_metadata",
            "resolve_model_kwargs", "save_state_dict", "to_torch"]
 
 FIRST_LAYER_MODES = ("keep", "reinit", "repeat")

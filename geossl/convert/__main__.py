@@ -50,10 +50,12 @@ def export(workdir: str, output: str, step: int | None = None) -> dict:
     from geossl.models.from_config import model_kwargs
     from geossl.train.checkpoint import load_backbone, load_config
 
+    from geossl.convert.io import export_metadata
     arch, variables = load_backbone(workdir, step)
-    kw = {k: v for k, v in model_kwargs(load_config(workdir).model).items() if k != "dtype"}
+    config = load_config(workdir)
+    kw = {k: v for k, v in model_kwargs(config.model).items() if k != "dtype"}
     state_dict = convert.to_torch(variables, arch, **kw)
-    convert.save_state_dict(state_dict, output)
+    convert.save_state_dict(state_dict, output, export_metadata(arch, kw, config))
     logging.info("wrote %d tensors of %s to %s", len(state_dict), arch, output)
     return state_dict
 

@@ -91,15 +91,17 @@ def load_state_dict(path: str, *, key: str | None = None,
     return out
 
 
-def save_state_dict(state_dict: Mapping[str, Any], path: str) -> None:
+def save_state_dict(state_dict: Mapping[str, Any], path: str,
+                    metadata: Mapping[str, str] | None = None) -> None:
     """Writes ``{key: array}`` atomically (temp file + ``os.replace``) as ``.safetensors`` or, when
-    torch is installed, ``.pth``/``.pt`` (a plain dict of tensors, loadable with weights_only)."""
+    torch is installed, ``.pth``/``.pt`` (a plain dict of tensors, loadable with weights_only).
+    ``metadata`` (str → str) goes into the safetensors header; .pth files have no place for it."""
     arrays = {k: np.require(to_numpy(v), requirements="C") for k, v in state_dict.items()}  # keeps 0-d
     if path.endswith(".safetensors"):
         from safetensors.numpy import save_file
 
         def write(tmp):
-            save_file(arrays, tmp)
+            save_file(arrays, tmp, metadata=dict(metadata) if metadata else None)
     elif path.endswith(_TORCH_SUFFIXES):
         try:
             import torch
@@ -128,3 +130,25 @@ def _to_tensor(torch, array: np.ndarray):
     if array.dtype.name == "bfloat16":
         return torch.from_numpy(array.view(np.int16).copy()).view(torch.bfloat16)
     return torch.from_numpy(array.copy())
+
+
+def read_metadata(path: str) -> dict[str, str]:
+    """The str → str metadata of a ``.safetensors`` header ({} when there is none)."""
+    from safetensors import safe_open
+    with safe_open(path, framework="numpy") as f:
+        return dict(f.metadata() or {})
+
+
+def export_metadata(arch: str, model_kwargs: Mapping[str, Any], config=None) -> dict[str, str]:
+    """What a geossl export records beside the weights: the architecture and its arguments (to
+    rebuild the model in timm / geossl without guessing) and the input bands and normalisation."""
+    import json
+    meta = {"format": "geossl", "geossl.arch": arch,
+            "geossl.model_kwargs": json.dumps(dict(model_kwargs), sort_keys=True)}
+    data = config.get("data", None) if config is not None and hasattr(config, "get") else None
+    if data is not None:
+        if data.get("bands", None):
+            meta["geossl.bands"] = json.dumps([str(b) for b in data.get("bands")])
+        if data.get("norm", None):
+            meta["geossl.norm"] = str(data.get("norm"))
+    return meta

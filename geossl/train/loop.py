@@ -226,17 +226,17 @@ def _export(config, objective, checkpointer, workdir) -> str | None:
     if not config.get("export", {}).get("torch", True):
         return None
     from geossl import convert
-    from geossl.convert.io import save_state_dict
+    from geossl.convert.io import export_metadata, save_state_dict
     raw = checkpointer.restore_raw()  # collective: every process takes part
     if jax.process_index() != 0:
         return None
     variables = objective.backbone_variables(
         objectives.Variables(params=raw["params"], teacher=raw.get("teacher"), extra=raw.get("extra", {})))
-    sd = convert.to_torch(variables, objective.backbone_name,
-                          **_conversion_kwargs(config))
+    kwargs = _conversion_kwargs(config)
+    sd = convert.to_torch(variables, objective.backbone_name, **kwargs)
     path = os.path.join(workdir, "export", f"{objective.backbone_name}.safetensors")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_state_dict(sd, path)
+    save_state_dict(sd, path, export_metadata(objective.backbone_name, kwargs, config))
     return path
 
 
