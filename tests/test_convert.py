@@ -9,22 +9,12 @@ import pytest
 
 from geossl import convert, models
 from geossl.convert import ConversionError, io
+from torch_refs import torch_resnet
 
 
 def _torch_resnet(name: str, in_chans: int, seed: int = 0):
-    """torchvision ``name`` with a ``in_chans`` conv1 (fc kept), random BN affine and running stats."""
-    torch = pytest.importorskip("torch")
-    torchvision = pytest.importorskip("torchvision")
-    torch.manual_seed(seed)
-    net = getattr(torchvision.models, name)()
-    net.conv1 = torch.nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    return net.eval()
+    """torchvision ``name`` with a ``in_chans`` conv1 (fc kept), random BN, in eval mode."""
+    return torch_resnet(name, in_chans, seed).eval()
 
 
 def _torch_forward(net, x):

@@ -7,23 +7,12 @@ import pytest
 
 from geossl import convert, models
 from geossl.models.resnet import BatchNorm, ResNet, stage_plan
+from torch_refs import torch_resnet
 
 
 def _torch_resnet18(in_chans: int, seed: int = 0):
-    """torchvision resnet18 with a ``in_chans`` conv1, no fc, random affine BN and running stats."""
-    torch = pytest.importorskip("torch")
-    torchvision = pytest.importorskip("torchvision")
-    torch.manual_seed(seed)
-    net = torchvision.models.resnet18()
-    net.conv1 = torch.nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False)
-    net.fc = torch.nn.Identity()
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    return net
+    """torchvision resnet18 with a ``in_chans`` conv1, no fc, random BN (train mode)."""
+    return torch_resnet("resnet18", in_chans, seed, keep_fc=False)
 
 
 def _nchw(x):
