@@ -148,7 +148,8 @@ def make_train_iterator(config, view_fn, *, source=None, process_index: int | No
                         process_count: int | None = None):
     """``iter(make_dataset(...))`` from a config: ``config.data.train`` (glob, unless ``source`` is
     given), ``config.seed``, ``config.global_batch`` split over processes, and the optional
-    ``config.data`` fields num_workers, worker_batch_size, read_threads, prefetch_batches."""
+    ``config.data`` fields num_workers, worker_batch_size, read_threads, prefetch_batches,
+    tune_malloc."""
     if process_index is None or process_count is None:
         import jax
         process_index, process_count = jax.process_index(), jax.process_count()
@@ -165,5 +166,6 @@ def make_train_iterator(config, view_fn, *, source=None, process_index: int | No
                       num_workers=int(data.get("num_workers", 0)),
                       worker_batch_size=data.get("worker_batch_size") or None,
                       read_threads=int(data.get("read_threads", 1)),
-                      prefetch_batches=int(data.get("prefetch_batches", 2)))
+                      prefetch_batches=int(data.get("prefetch_batches", 2)),
+                      tune_malloc=bool(data.get("tune_malloc", True)))
     return iter(ds)
