@@ -139,16 +139,16 @@ def read_metadata(path: str) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-def export_metadata(arch: str, model_kwargs: Mapping[str, Any], config=None) -> dict[str, str]:
+def export_metadata(arch: str, model_kwargs: Mapping[str, Any], config) -> dict[str, str]:
     """What a geossl export records beside the weights: the architecture and its arguments (to
-    rebuild the model in timm / geossl without guessing) and the input bands and normalisation."""
+    rebuild the model in timm / geossl without guessing) and, when ``config.data`` has them, the
+    input bands and normalisation."""
     import json
     meta = {"format": "geossl", "geossl.arch": arch,
             "geossl.model_kwargs": json.dumps(dict(model_kwargs), sort_keys=True)}
-    data = config.get("data", None) if config is not None and hasattr(config, "get") else None
-    if data is not None:
-        if data.get("bands", None):
-            meta["geossl.bands"] = json.dumps([str(b) for b in data.get("bands")])
-        if data.get("norm", None):
-            meta["geossl.norm"] = str(data.get("norm"))
+    data = config.get("data") or {}
+    if data.get("bands"):
+        meta["geossl.bands"] = json.dumps([str(b) for b in data["bands"]])
+    if data.get("norm"):
+        meta["geossl.norm"] = str(data["norm"])
     return meta

@@ -323,6 +323,13 @@ def _select(x: np.ndarray, index) -> np.ndarray:
     return out
 
 
+def fill_invalid(region: np.ndarray, mask: np.ndarray, plan: BandPlan, fill: str) -> None:
+    """Sets the ``mask`` pixels of the float32 ``region`` (stored units, in place) to the values
+    that normalise to the ``fill`` policy of ``geossl.data.bands``."""
+    values = bands_lib.fill_values(region, mask, fill, plan.scale, plan.offset)
+    np.copyto(region, np.broadcast_to(values, region.shape), where=mask)
+
+
 def render_geometry(image: np.ndarray, plan: BandPlan, params: ViewParams, out_size,
                     nodata: float | None = None, fill: str = "zero") -> np.ndarray:
     """(H, W, C_in) stored → (S, S, C) float32 in stored units: crop box, band selection, no-data
@@ -333,8 +340,7 @@ def render_geometry(image: np.ndarray, plan: BandPlan, params: ViewParams, out_s
     mask = bands_lib.invalid_mask(region, nodata)
     if mask is not None:
         region = region.astype(np.float32)
-        fill_raw = bands_lib.fill_values(region, mask, fill, plan.scale, plan.offset)
-        np.copyto(region, np.broadcast_to(fill_raw, region.shape), where=mask)
+        fill_invalid(region, mask, plan, fill)
     if plan.bounds is None:
         x = region.astype(np.float32, copy=mask is None)
     else:   # the float32 conversion happens inside the first bound (one pass)
@@ -475,15 +481,20 @@ def sample_view_params(rng: np.random.Generator, height: int, width: int, channe
     return ViewParams(**geo, **sample_photometric(rng, cfg.photometric(view), channels))
 
 
+def _render_configured(image: np.ndarray, plan: BandPlan, params: ViewParams,
+                       cfg: ViewConfig) -> np.ndarray:
+    return render_view(image, plan, params, cfg.img_size, nodata=cfg.nodata, fill=cfg.nodata_fill,
+                       jitter_clip=cfg.jitter_clip, solarize_threshold=cfg.solarize_threshold,
+                       blur_truncate=cfg.blur_truncate)
+
+
 def augment_view(image: np.ndarray, image_bands: Sequence[str], rng: np.random.Generator,
                  cfg: ViewConfig, view: int = 0) -> np.ndarray:
     """One acquisition (H, W, C_in) → an augmented, normalised view (S, S, len(cfg.bands))."""
     zero_fill = bands_lib.ZERO_FILL if cfg.zero_fill_b10 else ()
     plan = band_plan(tuple(image_bands), tuple(cfg.bands), cfg.norm, zero_fill)
     params = sample_view_params(rng, image.shape[0], image.shape[1], len(cfg.bands), cfg, view)
-    return render_view(image, plan, params, cfg.img_size, nodata=cfg.nodata, fill=cfg.nodata_fill,
-                       jitter_clip=cfg.jitter_clip, solarize_threshold=cfg.solarize_threshold,
-                       blur_truncate=cfg.blur_truncate)
+    return _render_configured(image, plan, params, cfg)
 
 
 def pick_two(rng: np.random.Generator, t: int) -> tuple[int, int]:
@@ -493,16 +504,29 @@ def pick_two(rng: np.random.Generator, t: int) -> tuple[int, int]:
     return t1, t2
 
 
-def two_view_sample(record: dict, rng: np.random.Generator, cfg: ViewConfig) -> dict:
-    """SoftCon sample: acquisitions t1 ≠ t2 of one location, each augmented independently.
-    Returns view1, view2 (S, S, C) float32 and labels1, labels2 (K,) float32 multi-hot."""
+def two_view_draws(record: dict, rng: np.random.Generator, cfg: ViewConfig):
+    """Every random choice of one SoftCon sample, in a fixed rng order (acquisitions, then view 1's
+    parameters, then view 2's) shared by the host and the device rendering paths. Returns
+    (image (T,H,W,C_in), BandPlan, ((t1, ViewParams), (t2, ViewParams)), labels (T,K))."""
     image = _image(record)
     t1, t2 = pick_two(rng, image.shape[0])
     labels = acquisition_labels(record, cfg.num_classes)
-    bands = tuple(record["bands"])
-    return {"view1": augment_view(image[t1], bands, rng, cfg, 0),
-            "view2": augment_view(image[t2], bands, rng, cfg, 1),
-            "labels1": labels[t1], "labels2": labels[t2]}
+    plan = _plan_for(record, cfg)
+    c = len(plan.bands_out)
+    views = tuple((t, sample_view_params(rng, image.shape[1], image.shape[2], c, cfg, view))
+                  for view, t in enumerate((t1, t2)))
+    return image, plan, views, labels
+
+
+def two_view_sample(record: dict, rng: np.random.Generator, cfg: ViewConfig) -> dict:
+    """SoftCon sample: acquisitions t1 ≠ t2 of one location, each augmented independently.
+    Returns view1, view2 (S, S, C) float32 and labels1, labels2 (K,) float32 multi-hot."""
+    image, plan, views, labels = two_view_draws(record, rng, cfg)
+    out = {}
+    for view, (t, params) in enumerate(views, start=1):
+        out[f"view{view}"] = _render_configured(image[t], plan, params, cfg)
+        out[f"labels{view}"] = labels[t]
+    return out
 
 
 # ----- PerA: aligned pairs ----------------------------------------------------------------------

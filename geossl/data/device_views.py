@@ -30,8 +30,6 @@ from geossl.data import bands as bands_lib
 
 #: Fixed fields of a packed view: top, left, h, w, hflip, vflip, jitter, gray, blur σ, solarize.
 PARAMS = 10
-
-
 VIEWS = ("auto", "host", "device")
 
 
@@ -71,9 +69,7 @@ def prepare_raw(image: np.ndarray, plan: augment.BandPlan, params: augment.ViewP
         mask = bands_lib.invalid_mask(region, cfg.nodata)
         x = x.astype(np.float32, copy=cfg.nodata is not None or mask is not None)
         if mask is not None:
-            region = x[top:top + h, left:left + w]
-            fill = bands_lib.fill_values(region, mask, cfg.nodata_fill, plan.scale, plan.offset)
-            np.copyto(region, np.broadcast_to(fill, region.shape), where=mask)
+            augment.fill_invalid(x[top:top + h, left:left + w], mask, plan, cfg.nodata_fill)
     size = cfg.raw_size
     if size:
         height, width = x.shape[:2]
@@ -86,19 +82,15 @@ def prepare_raw(image: np.ndarray, plan: augment.BandPlan, params: augment.ViewP
 
 
 def raw_two_view_sample(record: dict, rng: np.random.Generator, cfg: augment.ViewConfig) -> dict:
-    """SoftCon sample for device-side rendering (module docstring); draws as two_view_sample."""
-    image = augment._image(record)
-    t1, t2 = augment.pick_two(rng, image.shape[0])
-    labels = augment.acquisition_labels(record, cfg.num_classes)
-    plan = augment._plan_for(record, cfg)
+    """SoftCon sample for device-side rendering (module docstring): the draws of
+    ``augment.two_view_draws``, as ``two_view_sample`` makes them."""
+    image, plan, views, labels = augment.two_view_draws(record, rng, cfg)
     c = len(plan.bands_out)
-    key = record.get("key", "?")
     out = {}
-    for view, t in enumerate((t1, t2)):
-        params = augment.sample_view_params(rng, image.shape[1], image.shape[2], c, cfg, view)
-        out[f"raw{view + 1}"] = prepare_raw(image[t], plan, params, cfg, key)
-        out[f"view_params{view + 1}"] = pack_params(params, c)
-    out["labels1"], out["labels2"] = labels[t1], labels[t2]
+    for view, (t, params) in enumerate(views, start=1):
+        out[f"raw{view}"] = prepare_raw(image[t], plan, params, cfg, record.get("key", "?"))
+        out[f"view_params{view}"] = pack_params(params, c)
+        out[f"labels{view}"] = labels[t]
     return out
 
 

@@ -17,6 +17,17 @@ def model_kwargs(model_cfg) -> dict:
     return kw
 
 
+#: config.model fields that set how a model computes, not what it is (kept out of conversions).
+COMPUTE_OPTIONS = ("dtype", "remat", "drop_path_rate")
+
+
+def architecture_kwargs(model_cfg) -> dict:
+    """``config.model`` without ``name`` and ``COMPUTE_OPTIONS``: the arguments that fix the
+    parameter layout (what conversions to / from PyTorch and exports need)."""
+    return {k: v for k, v in dict(model_cfg).items()
+            if k != "name" and k not in COMPUTE_OPTIONS}
+
+
 #: config.model fields that only ViTs take (ResNets read the input size from the data).
 VIT_ONLY = ("img_size", "patch_size", "depth", "num_heads", "embed_dim", "drop_path_rate",
             "layerscale_init", "num_register_tokens", "mlp_ratio", "qkv_bias")

@@ -36,9 +36,8 @@ def load_backbone_init(config, params, batch_stats=None) -> dict | None:
     elif path:
         from geossl import convert
         from geossl.convert.io import load_state_dict
-        from geossl.models.from_config import model_kwargs
-        kw = {k: v for k, v in model_kwargs(config.model).items()
-              if k not in ("dtype", "remat", "drop_path_rate")}
+        from geossl.models.from_config import architecture_kwargs
+        kw = architecture_kwargs(config.model)
         mode = init.get("first_layer", "reinit")
         loaded = convert.from_torch(load_state_dict(path), config.model.name,
                                     first_layer=mode, rng=np.random.default_rng(config.seed), **kw)

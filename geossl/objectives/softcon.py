@@ -74,7 +74,7 @@ class SoftCon(Objective):
     # ----- host ------------------------------------------------------------------------------
     def make_views(self, record, rng: np.random.Generator):
         """Rendered views (config.data.views "host"), or the raw acquisitions and view parameters
-        that ``_views`` renders inside the step ("device"; "auto" picks by backend)."""
+        that ``_view`` renders inside the step ("device"; "auto" picks by backend)."""
         if self.views_on_device:
             return device_views.raw_two_view_sample(record, rng, self.view_config)
         return augment.two_view_sample(record, rng, self.view_config)

@@ -227,20 +227,14 @@ def _export(config, objective, checkpointer, workdir) -> str | None:
         return None
     from geossl import convert
     from geossl.convert.io import export_metadata, save_state_dict
+    from geossl.models.from_config import architecture_kwargs
     raw = checkpointer.restore_raw()  # collective: every process takes part
     if jax.process_index() != 0:
         return None
     variables = objective.backbone_variables(
         objectives.Variables(params=raw["params"], teacher=raw.get("teacher"), extra=raw.get("extra", {})))
-    kwargs = _conversion_kwargs(config)
+    kwargs = architecture_kwargs(config.model)
     sd = convert.to_torch(variables, objective.backbone_name, **kwargs)
     path = os.path.join(workdir, "export", f"{objective.backbone_name}.safetensors")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     save_state_dict(sd, path, export_metadata(objective.backbone_name, kwargs, config))
     return path
-
-
-def _conversion_kwargs(config) -> dict:
-    """Architecture arguments of config.model (not compute options)."""
-    return {k: v for k, v in dict(config.model).items()
-            if k not in ("name", "dtype", "remat", "drop_path_rate")}
