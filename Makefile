@@ -1,5 +1,6 @@
 # make demo: install + SoftCon demo pretraining on the synthetic data + linear probe + export.
-# make test: install (incl. torch/timm, and tensorflow-cpu in its own venv) + the whole test suite.
+# make test: install (incl. torch/timm, and tensorflow-cpu in its own venv) + the import-layers
+# check (lint-imports, contract in setup.cfg) + the whole test suite.
 PYTHON ?= python3
 VENV ?= .venv
 TF_VENV ?= .venv-tf
@@ -15,7 +16,7 @@ $(VENV)/.core:
 	$(PY) -m pip install -q -e .
 	touch $@
 
-$(VENV)/.test: $(VENV)/.core
+$(VENV)/.test: $(VENV)/.core setup.py
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
@@ -36,6 +37,7 @@ demo: $(VENV)/.core
 	$(PY) -m geossl.eval.linear_probe --workdir=$(WORKDIR) --dataset=synthetic --random_init
 
 test: $(VENV)/.test $(TF_VENV)/.tf-tfds
+	$(VENV)/bin/lint-imports
 	GEOSSL_TF_PYTHON=$(abspath $(TF_VENV))/bin/python $(PY) -m pytest -n 2 -q -rs
 
 clean:

@@ -22,8 +22,11 @@ def main(argv):
     from geossl.parallel import multihost
     multihost.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                          auto=FLAGS.auto_distributed)
+    from geossl.eval import online
     from geossl.train import loop
-    summary = loop.run(FLAGS.config, FLAGS.workdir)
+    config = FLAGS.config
+    hooks = [h for h in (online.make_online_probe(config),) if h]
+    summary = loop.run(config, FLAGS.workdir, hooks=hooks)
     logging.info("done: %s", {k: v for k, v in summary.items() if k != "state"})
     import jax
     if jax.process_index() == 0:

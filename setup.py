@@ -10,7 +10,7 @@ CORE = [
 TORCH = ["torch", "torchvision", "timm"]
 TEST = TORCH + [
     "pytest", "pytest-xdist", "scikit-learn", "scipy", "bigearthnet-common==2.8.0", "nbclient",
-    "nbformat", "ipykernel", "matplotlib",
+    "nbformat", "ipykernel", "matplotlib", "import-linter",
 ]
 
 setup(

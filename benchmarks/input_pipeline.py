@@ -7,9 +7,9 @@ Writes ``--records`` SSL4EO-like records (T seasons × 13 × size × size uint16
 (``ShardWriter``), then measures on this machine:
   decode            ShardSource[i] (read, CRC32C, Example parse) — records/s;
   geometry x2       crop box → band select → clip → bilinear resize of both views (host);
-  two-view          ``augment.two_view_sample`` with the SoftCon defaults (crop 0.08–1, jitter
+  two-view          ``softcon_views.two_view_sample`` with the SoftCon defaults (crop 0.08–1, jitter
                     0.8, gray 0.2, blur 1.0 / 0.1), without and with decode;
-  raw two-view      ``device_views.raw_two_view_sample`` + decode: the host's share when views are
+  raw two-view      ``softcon_views.raw_two_view_sample`` + decode: the host's share when views are
                     rendered in the step (config.data.views = "device");
   grain N           ``pipeline.make_dataset`` batches (decode + views + stacking), N workers;
   device render     the jitted ``device_views.render_views`` of both views (on the default
@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from geossl.data import augment, bands, device_views, pipeline  # noqa: E402
+from geossl.objectives import softcon_views  # noqa: E402
 
 
 def write_records(folder: str, n: int, seasons: int, size: int) -> list:
@@ -49,9 +50,9 @@ def write_records(folder: str, n: int, seasons: int, size: int) -> list:
                         "key": f"bench-{i}", "acq_labels": acq.reshape(-1),
                         "num_classes": np.array([9])})
     try:
-        from geossl.data.tfrecord import ShardSource, ShardWriter
+        from geossl.data import ShardSource, ShardWriter
     except ImportError:
-        print("geossl.data.tfrecord not available: measuring an in-memory list")
+        print("geossl.data not available: measuring an in-memory list")
         return records
     path = os.path.join(folder, "bench-00000-of-00001.tfrecord")
     with ShardWriter(path) as writer:
@@ -123,7 +124,8 @@ def render_rate(raw_batch: dict, cfg, repeats: int) -> tuple[float, float]:
 
     @jax.jit
     def render(b):
-        return [device_views.render_views(b[f"raw{v}"], b[f"view_params{v}"], cfg) for v in (1, 2)]
+        spec = cfg.render_spec()
+        return [device_views.render_views(b[f"raw{v}"], b[f"view_params{v}"], spec) for v in (1, 2)]
 
     batch = jax.device_put(raw_batch)
     jax.block_until_ready(render(batch))
@@ -177,8 +179,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     workers = [int(w) for w in args.workers.split(",") if w.strip()]
 
-    cfg = augment.ViewConfig(img_size=args.img)
-    view_fn = functools.partial(augment.two_view_sample, cfg=cfg)
+    cfg = softcon_views.ViewConfig(img_size=args.img)
+    view_fn = functools.partial(softcon_views.two_view_sample, cfg=cfg)
     rows = []
     with tempfile.TemporaryDirectory(prefix="geossl-bench-") as folder:
         source = write_records(folder, args.records, args.seasons, args.size)
@@ -193,7 +195,7 @@ def main(argv=None) -> None:
         def geometry(i):
             img = recs[i % len(recs)]["image"]
             for t in (0, 1):
-                params = augment.sample_view_params(rng, args.size, args.size, 13, cfg, t)
+                params = softcon_views.sample_view_params(rng, args.size, args.size, 13, cfg, t)
                 augment.render_geometry(img[t % img.shape[0]], plan, params, args.img)
 
         wall, cpu = timed(geometry, args.samples)
@@ -202,7 +204,7 @@ def main(argv=None) -> None:
         rows.append(("two-view (no decode)", "-", wall, cpu))
         wall, cpu = timed(lambda i: view_fn(source[i % n], rng), args.samples)
         rows.append(("two-view + decode", "-", wall, cpu))
-        raw_fn = functools.partial(device_views.raw_two_view_sample, cfg=cfg)
+        raw_fn = functools.partial(softcon_views.raw_two_view_sample, cfg=cfg)
         wall, cpu = timed(lambda i: raw_fn(source[i % n], rng), args.samples)
         rows.append(("raw two-view + decode", "-", wall, cpu))
         for w in workers:

@@ -1,46 +1,58 @@
-"""Memory of the compiled train step (XLA memory analysis), side by side for several configs.
+"""Memory of the compiled train step (XLA memory analysis), side by side for several settings:
+how much Siamese masking saves.
 
+    python benchmarks/memory.py                    # ViT-S/14 SoftCon, batch 8, mask ratio 0 vs 0.5
     python benchmarks/memory.py --config=configs/softcon_vit_b.py --batch=8 \
-        --set objective.mask_ratio=0.0 --set objective.mask_ratio=0.5
+        --set objective.mask_ratio=0.0 --set objective.mask_ratio=0.5,model.dtype=bfloat16
+    python benchmarks/memory.py --config=configs/softcon_vit_s.py:demo --batch=4   # smallest
 
-Each ``--set`` (comma-separated assignments) is one column; the first is the reference of the
+``--config`` is main.py's flag (ml_collections config_flags): a config file with an optional
+``:variant``, and ``--config.a.b=value`` overrides apply to every row. Each ``--set`` (a.b=value
+assignments separated by commas) is one row on top of that; the first row is the reference of the
 ratios. Compiles only (nothing runs), on one device of the default backend.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
+import ast
+import copy
 import os
+import re
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
+config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs/softcon_vit_s.py"),
+                                "Config file[:variant], as main.py takes it.")
+flags.DEFINE_integer("batch", 8, "Global batch of the compiled step.")
+flags.DEFINE_multi_string("set", ["objective.mask_ratio=0.0", "objective.mask_ratio=0.5"],
+                          "One row: comma-separated a.b=value assignments (Python literals or "
+                          "bare strings).")
+FLAGS = flags.FLAGS
 
-def load_config(spec: str):
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("bench_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+#: Splits "a.b=1,c=(0.5, 1.0)" at the commas that start a new assignment.
+_ASSIGNMENT_SPLIT = re.compile(r",\s*(?=[A-Za-z_][\w.]*\s*=)")
 
 
 def apply(config, assignments: str):
-    import ast
-    for item in filter(None, assignments.split(",")):
-        key, _, value = item.partition("=")
+    """A copy of ``config`` with the row's assignments; ConfigDict checks each value's type."""
+    config = copy.deepcopy(config)
+    updates = {}
+    for item in filter(None, (s.strip() for s in _ASSIGNMENT_SPLIT.split(assignments))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {assignments!r}: expected a.b=value, found {item!r}")
         try:
-            value = ast.literal_eval(value)
+            updates[key.strip()] = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError):
-            pass
-        node = config
-        *parents, leaf = key.strip().split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+            updates[key.strip()] = value.strip()
+    config.update_from_flattened_dict(updates)
     return config
 
 
@@ -51,7 +63,8 @@ def fake_record(config, seasons: int = 2) -> dict:
     rng = np.random.default_rng(0)
     k = int(config.data.num_classes)
     return {"image": rng.integers(0, 4000, (seasons, size, size, len(bands)), dtype=np.uint16),
-            "labels": np.array([0, 1], np.int64), "bands": bands, "sensor": "s2_l1c",
+            "labels": np.array([0, 1], np.int64), "bands": bands,
+            "sensor": "s1_grd" if bands[0] == "VV" else "s2_l1c",
             "key": "bench", "label_set": "dynamic_world_9",
             "acq_labels": np.eye(seasons, k, dtype=np.int64).reshape(-1),
             "num_classes": np.array([k], np.int64)}
@@ -77,24 +90,20 @@ def step_memory(config, batch: int) -> dict:
             "output": m.output_size_in_bytes}
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--set", action="append", default=None, help="assignments for one column")
-    args = p.parse_args()
-    columns = args.set or [""]
-    results = []
-    for assignments in columns:
-        config = apply(load_config(args.config), assignments)
-        results.append(step_memory(config, args.batch))
+def main(argv):
+    del argv
+    rows = FLAGS.set or [""]
+    results = [step_memory(apply(FLAGS.config, assignments), FLAGS.batch) for assignments in rows]
     ref = results[0]["temp"]
-    print(f"config {args.config}, batch {args.batch}, backend {jax.default_backend()}")
+    overrides = config_flags.get_override_values(FLAGS["config"])
+    name = os.path.relpath(config_flags.get_config_filename(FLAGS["config"]), ROOT)
+    print(f"config {name}{' ' + str(overrides) if overrides else ''}, batch {FLAGS.batch}, "
+          f"backend {jax.default_backend()}")
     print(f"{'setting':40s} {'temp MiB':>10s} {'args MiB':>10s} {'temp ratio':>10s}")
-    for assignments, r in zip(columns, results):
+    for assignments, r in zip(rows, results):
         print(f"{assignments or '(config)':40s} {r['temp'] / 2**20:10.1f} {r['arguments'] / 2**20:10.1f} "
               f"{r['temp'] / ref:10.3f}")
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

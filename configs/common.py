@@ -24,6 +24,42 @@ def steps_for(epochs: float, num_examples: int, batch: int) -> int:
     return max(1, int(round(epochs * num_examples / batch)))
 
 
+#: Each optimiser's own fields and their defaults (the trainer reads them without defaults).
+OPTIMIZER_FIELDS = {
+    "adamw": dict(b1=0.9, b2=0.999, eps=1e-8),
+    "lars": dict(momentum=0.9, trust_coefficient=0.001),
+    "sgd": dict(momentum=0.9),
+}
+
+
+def optim(name: str, *, weight_decay, decay: str = "matrices", clip_norm: float = 0.0,
+          **fields) -> ml_collections.ConfigDict:
+    """A ``config.optim`` section. weight_decay: a number or a schedule dict (name, base, final);
+    decay: which parameters decay ("matrices": 2+-D and not token tables; "all";
+    "regex:PATTERN": those whose path does not match); clip_norm 0 = no clipping."""
+    if name not in OPTIMIZER_FIELDS:
+        raise ValueError(f"optimiser: expected one of {sorted(OPTIMIZER_FIELDS)}, found {name!r}")
+    unknown = set(fields) - set(OPTIMIZER_FIELDS[name])
+    if unknown:
+        raise ValueError(f"optimiser {name!r}: unknown fields {sorted(unknown)}; it takes "
+                         f"{sorted(OPTIMIZER_FIELDS[name])}")
+    if isinstance(weight_decay, dict):
+        weight_decay = ml_collections.ConfigDict(weight_decay)
+    return ml_collections.ConfigDict(dict(name=name, weight_decay=weight_decay, decay=decay,
+                                          clip_norm=clip_norm, **{**OPTIMIZER_FIELDS[name], **fields}))
+
+
+def teacher(model: dict | None = None, **kw) -> ml_collections.ConfigDict:
+    """A ``config.teacher`` section describing a frozen teacher network (GFM): ``model`` = a
+    ``config.model``-like section (name, img_size, in_chans, dtype, ...); ``torch_checkpoint`` its
+    weights (converted by geossl.convert); ``bands`` the input bands it sees and ``norm`` its
+    normalisation. Empty (no model name) for objectives without a frozen teacher."""
+    c = ml_collections.ConfigDict(dict(model=ml_collections.ConfigDict(dict(model or {})),
+                                       torch_checkpoint="", bands=(), norm=""))
+    c.update(kw)
+    return c
+
+
 def base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -49,6 +85,15 @@ def base() -> ml_collections.ConfigDict:
         raw_size=0,          # device views: pad acquisitions to raw_size² (mixed-size datasets)
     ))
     c.init = ml_collections.ConfigDict(dict(torch_checkpoint="", workdir="", first_layer="reinit"))
+    c.ema = ml_collections.ConfigDict()      # EMA teacher momentum schedule (name, base, final)
+    c.teacher = teacher()                   # frozen teacher network (objectives that have one)
     c.export = ml_collections.ConfigDict(dict(torch=True, teacher=False))
-    c.probe = ml_collections.ConfigDict(dict(every=0))
+    # Online probe (geossl.eval.online), handed to the loop by main.py; every 0 = off.
+    c.probe = ml_collections.ConfigDict(dict(
+        every=0,              # steps between probes
+        data="",              # glob of labelled shards; "" = heldout-* beside the training shards
+        num_examples=256,     # held-out records used (split in half: probe-train / probe-test)
+        mode="cls",           # feature: "cls" token / pooled embedding
+        knn_k=20, knn_temperature=0.07,
+        linear_epochs=30, linear_lr=0.1, batch_size=256, seed=0))
     return c

@@ -3,6 +3,17 @@
 Paper-scale defaults: SSL4EO-S12 (250k locations, 4 seasons), 224 px, 100 epochs, 10 warmup,
 EMA momentum 0.99 → 1 (cosine). Choices the paper leaves open are fields with REFERENCE §1's
 defaults: temperature 0.2, soft_weight 1.0, soft_loss "ce", mask_ratio 0.5.
+
+Views: the paper's figure draws the two views from two seasons; the augmentation recipe and
+whether the seasons may coincide are not confirmed from the paper. geossl follows the SSL4EO-S12
+MoCo-v3 code of the same lab (zhu-xlab/SSL4EO-S12,
+src/benchmark/pretrain_ssl/pretrain_moco_v3_s2c.py), each choice settable in ``c.data`` (a field
+of ``objectives.softcon_views.ViewConfig``): crop scale 0.08–1, brightness/contrast 0.4 p 0.8,
+grayscale p 0.2, blur p 1.0 / 0.1, horizontal flip; the two seasons drawn independently
+(``distinct_seasons`` False: the same season twice with probability 1/4); RandomChannelDrop off
+(``channel_drop_p`` 0: commented out in that script since its second commit; its arguments, 1–6
+bands with p 0.5, are the other fields; where it ran, in the first commit, it zeroed pixel rows
+instead of bands).
 """
 
 from __future__ import annotations
@@ -28,20 +39,24 @@ def softcon(model: str, arg: str | None, *, optim: str, lr: float) -> ml_collect
         soft_loss="ce",        # "ce" (row-normalised soft target) or "mse"
         mask_ratio=0.5,        # Siamese masking: fraction of student patches dropped
         mask_patch_size=32,    # ResNet: masked square size in pixels (ViT: its patch size)
+        mask_fill=0.0,         # ResNet: value of masked pixels (normalised input; not in the paper)
         proj_hidden=4096, proj_dim=256, proj_layers=3 if vit else 2,
         pred_hidden=4096, pred_layers=2,
     ))
-    c.teacher = ml_collections.ConfigDict(dict(name="cosine", base=0.99, final=1.0))
+    c.ema = ml_collections.ConfigDict(dict(name="cosine", base=0.99, final=1.0))
     c.data.crop_scale = (0.08, 1.0)
+    c.data.distinct_seasons = False  # True: t1 != t2; SSL4EO draws the two seasons independently
+    c.data.channel_drop_p = 0.0      # RandomChannelDrop per view (bands set to 0); SSL4EO: off
+    c.data.channel_drop_min = 1      # bands dropped: uniform in [min, max] (SSL4EO's arguments)
+    c.data.channel_drop_max = 6      # (the SAR variant: 1 of its 2 bands)
     c.global_batch = 4096
     c.epochs = 100
     c.total_steps = common.steps_for(c.epochs, common.SSL4EO_LOCATIONS, c.global_batch)
     warmup = common.steps_for(10, common.SSL4EO_LOCATIONS, c.global_batch)
     if optim == "lars":  # SSL4EO-S12 MoCo-v3 ResNet recipe (REFERENCE §1)
-        c.optim = ml_collections.ConfigDict(dict(name="lars", weight_decay=1e-6, momentum=0.9))
-    else:  # MoCo-v3 ViT recipe (AdamW); not confirmed for SoftCon
-        c.optim = ml_collections.ConfigDict(dict(name="adamw", weight_decay=0.1, b1=0.9, b2=0.95))
-    c.optim.clip_norm = 0.0
+        c.optim = common.optim("lars", weight_decay=1e-6, momentum=0.9)
+    else:  # SSL4EO-S12 MoCo-v3 ViT recipe: AdamW betas (0.9, 0.999); not confirmed for SoftCon
+        c.optim = common.optim("adamw", weight_decay=0.1, b1=0.9, b2=0.999)
     c.lr = ml_collections.ConfigDict(dict(name="warmup_cosine", base=lr, warmup_steps=warmup,
                                           final=0.0))
     c.checkpoint_every = 1000
@@ -51,6 +66,7 @@ def softcon(model: str, arg: str | None, *, optim: str, lr: float) -> ml_collect
     if "sar" in variants:
         c.model.in_chans = 2
         c.data.bands = common.S1_BANDS
+        c.data.channel_drop_max = 1  # two SAR bands: drop at most one
     if "demo" in variants:
         demo(c, vit)
     return c
@@ -69,11 +85,11 @@ def demo(c, vit: bool) -> None:
     c.data.crop_scale = (0.5, 1.0)
     c.global_batch = 64
     c.total_steps = 600
-    c.optim = ml_collections.ConfigDict(dict(name="adamw", weight_decay=0.05, b1=0.9, b2=0.95,
-                                             clip_norm=1.0))
+    # b2 0.95 (MoCo-v3 ViT): the 600-step demo adapts faster than with the paper-scale 0.999
+    c.optim = common.optim("adamw", weight_decay=0.05, b1=0.9, b2=0.95, clip_norm=1.0)
     c.lr = ml_collections.ConfigDict(dict(name="warmup_cosine", base=1e-3, warmup_steps=50,
                                           final=1e-5))
-    c.teacher.base = 0.98
+    c.ema.base = 0.98
     c.checkpoint_every = 100
     c.log_every = 10
     c.probe.every = 100

@@ -35,7 +35,7 @@ import numpy as np
 
 from data_prep.common import (BadInputError, add_writer_flags, read_band, stack_bands,
                               upsample_to, write_shards)
-from geossl.data.tfrecord import IMAGE_DTYPES
+from geossl.data.codec import IMAGE_DTYPES
 
 BANDS = {
     "s2c": ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12"),

@@ -1,6 +1,5 @@
-"""Bands, normalisation and multispectral views (geossl.data.bands, geossl.data.augment)."""
+"""Bands, normalisation and multispectral view kernels (geossl.data.bands, .augment, .blur)."""
 
-import dataclasses
 import math
 
 import numpy as np
@@ -9,6 +8,7 @@ from scipy import ndimage
 
 from geossl.data import augment as aug
 from geossl.data import bands as bl
+from geossl.data import blur
 
 
 def _bilinear_reference(x, out_h, out_w):
@@ -28,10 +28,31 @@ def _bilinear_reference(x, out_h, out_w):
     return y
 
 
-def _record(t=4, size=24, bands=bl.S2_L1C, seed=0, dtype=np.uint16):
-    rng = np.random.default_rng(seed)
-    image = rng.integers(0, 5000, (t, size, size, len(bands))).astype(dtype)
-    return {"image": image, "bands": list(bands), "labels": np.array([2, 5]), "key": f"loc-{seed}"}
+def _crop_and_resize(image, box, out_size, hflip=False, vflip=False):
+    """(H, W, C) → (S_h, S_w, C) float32 through the package's geometry path, no normalisation."""
+    names = bl.S2_L1C[:image.shape[-1]]
+    plan = aug.band_plan(names, names, "none")
+    return aug.render_geometry(image, plan, aug.ViewParams(box=box, hflip=hflip, vflip=vflip),
+                               out_size)
+
+
+# ----- unfused reference steps (SSL4EO-S12 forms, on normalised (H, W, C) float32) ---------------
+def _brightness_contrast(x, brightness, contrast, clip=True):
+    """y = x·b, then (y − mean_c(y))·c + mean_c(y) with per-band spatial means; optional clip."""
+    y = x.astype(np.float32) * np.asarray(brightness, np.float32)
+    mean = y.mean(axis=(0, 1), keepdims=True)
+    y = (y - mean) * np.asarray(contrast, np.float32) + mean
+    return np.clip(y, 0.0, 1.0) if clip else y
+
+
+def _grayscale(x):
+    """Every band replaced by the mean over bands."""
+    return np.broadcast_to(x.mean(axis=-1, keepdims=True, dtype=np.float32), x.shape).copy()
+
+
+def _solarize(x, threshold=0.5):
+    """x ≥ threshold → 1 − x."""
+    return np.where(x >= threshold, np.float32(1) - x, x).astype(np.float32)
 
 
 # ----- bands ------------------------------------------------------------------------------------
@@ -132,15 +153,13 @@ def test_crop_and_resize_matches_direct_bilinear():
         top, left, h, w = box
         want = _bilinear_reference(image[top:top + h, left:left + w].astype(np.float64),
                                    *aug._pair(out))
-        got = aug.crop_and_resize(image, box, out)
+        got = _crop_and_resize(image, box, out)
         assert got.dtype == np.float32 and got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
-        np.testing.assert_allclose(aug.crop_and_resize(image, box, out, hflip=True),
+        np.testing.assert_allclose(_crop_and_resize(image, box, out, hflip=True),
                                    want[:, ::-1], rtol=1e-5, atol=1e-3)
-        np.testing.assert_allclose(aug.crop_and_resize(image, box, out, vflip=True),
+        np.testing.assert_allclose(_crop_and_resize(image, box, out, vflip=True),
                                    want[::-1], rtol=1e-5, atol=1e-3)
-    with pytest.raises(ValueError, match="outside the image"):
-        aug.crop_and_resize(image, (25, 0, 10, 10), 4)
 
 
 def test_crop_and_resize_matches_torch_interpolate():
@@ -153,36 +172,18 @@ def test_crop_and_resize_matches_torch_interpolate():
         want = torch.nn.functional.interpolate(crop.permute(2, 0, 1)[None], size=aug._pair(out),
                                                mode="bilinear", align_corners=False,
                                                antialias=False)[0].permute(1, 2, 0).numpy()
-        np.testing.assert_allclose(aug.crop_and_resize(image, box, out), want, atol=1e-5)
-
-
-def test_flips():
-    x = np.arange(2 * 3 * 2).reshape(2, 3, 2)
-    np.testing.assert_array_equal(aug.hflip(x)[:, 0], x[:, 2])
-    np.testing.assert_array_equal(aug.vflip(x)[0], x[1])
-    np.testing.assert_array_equal(aug.hflip(aug.hflip(x)), x)
+        np.testing.assert_allclose(_crop_and_resize(image, box, out), want, atol=1e-5)
 
 
 # ----- photometric ------------------------------------------------------------------------------
-def test_brightness_contrast_math():
+def test_reference_brightness_contrast_math():
     x = np.array([[[0.2, 0.5], [0.4, 0.9]]], np.float32)      # (1, 2, 2)
-    y = aug.brightness_contrast(x, 1.2, 0.5, clip=False)
-    bright = x * 1.2
-    mean = bright.mean(axis=(0, 1))                            # per band: [0.36, 0.84]
-    np.testing.assert_allclose(y, (bright - mean) * 0.5 + mean, rtol=1e-6)
-    np.testing.assert_allclose(y[0, :, 0], [0.3, 0.42], rtol=1e-6)
-    per_band = aug.brightness_contrast(x, np.array([1.0, 2.0]), np.array([1.0, 0.0]), clip=False)
+    y = _brightness_contrast(x, 1.2, 0.5, clip=False)
+    np.testing.assert_allclose(y[0, :, 0], [0.3, 0.42], rtol=1e-6)   # band means 0.36, 0.84
+    per_band = _brightness_contrast(x, np.array([1.0, 2.0]), np.array([1.0, 0.0]), clip=False)
     np.testing.assert_allclose(per_band[..., 0], x[..., 0], rtol=1e-6)
     np.testing.assert_allclose(per_band[..., 1], [[1.4, 1.4]], rtol=1e-6)   # flat at 2·mean
-    assert aug.brightness_contrast(x, 1.4, 1.4).max() == 1.0
-
-
-def test_grayscale_and_solarize():
-    x = np.random.default_rng(0).random((4, 5, 13), dtype=np.float32)
-    g = aug.grayscale(x)
-    np.testing.assert_allclose(g, np.repeat(x.mean(-1, keepdims=True), 13, -1), rtol=1e-6)
-    s = aug.solarize(np.array([0.2, 0.5, 0.9], np.float32))
-    np.testing.assert_allclose(s, [0.2, 0.5, 0.1], rtol=1e-6)
+    assert _brightness_contrast(x, 1.4, 1.4).max() == 1.0
 
 
 @pytest.mark.parametrize("sigma,shape", [(0.1, (33, 29, 4)), (0.7, (33, 29, 4)),
@@ -192,126 +193,78 @@ def test_gaussian_blur_matches_scipy_gaussian_filter1d(sigma, shape):
     want = ndimage.gaussian_filter1d(x.astype(np.float64), sigma, axis=0, mode="reflect",
                                      truncate=3.0)
     want = ndimage.gaussian_filter1d(want, sigma, axis=1, mode="reflect", truncate=3.0)
-    got = aug.gaussian_blur(x, sigma)
+    got = blur.gaussian_blur(x, sigma)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=1e-6)
-    k = aug.gaussian_kernel(1.0)
+    k = blur.gaussian_kernel(1.0)
     assert len(k) == 7 and abs(k.sum() - 1) < 1e-12
 
 
+def test_sample_dropped_bands_bounds_and_errors():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        d = aug.sample_dropped_bands(rng, 13, 1, 6)
+        assert 1 <= len(d) <= 6 and len(set(d)) == len(d) and list(d) == sorted(d)
+        assert all(0 <= i < 13 for i in d)
+    assert aug.sample_dropped_bands(rng, 2, 2, 2) == (0, 1)
+    with pytest.raises(ValueError, match=r"<= 2 \(the number of bands\), found min=1, max=6"):
+        aug.sample_dropped_bands(rng, 2, 1, 6)
+    off = aug.sample_photometric(np.random.default_rng(0), aug.Photometric(), 13)
+    assert off["dropped"] == ()
+
+
 # ----- fused views ------------------------------------------------------------------------------
-def _reference_view(image, bands_in, cfg, params, size):
-    """The unfused chain: normalise → crop/resize/flip → jitter → gray → blur → solarize."""
-    x = bl.normalize(bl.select_bands(image, bands_in, cfg.bands), cfg.bands, cfg.norm,
-                     nodata=cfg.nodata)
-    x = aug.crop_and_resize(x, params.box, size, hflip=params.hflip, vflip=params.vflip)
+def _reference_view(image, bands_in, bands, norm, nodata, jitter_clip, params, size):
+    """The unfused chain: normalise → crop/resize/flip → jitter → gray → blur → solarize → drop."""
+    x = bl.normalize(bl.select_bands(image, bands_in, bands), bands, norm, nodata=nodata)
+    x = _bilinear_reference(x[params.box[0]:params.box[0] + params.box[2],
+                              params.box[1]:params.box[1] + params.box[3]].astype(np.float64),
+                            size, size).astype(np.float32)
+    if params.hflip:
+        x = x[:, ::-1]
+    if params.vflip:
+        x = x[::-1]
     if params.brightness is not None:
-        x = aug.brightness_contrast(x, params.brightness, params.contrast, clip=cfg.jitter_clip)
+        x = _brightness_contrast(x, params.brightness, params.contrast, clip=jitter_clip)
     if params.gray:
-        x = aug.grayscale(x)
+        x = _grayscale(x)
     if params.blur_sigma is not None:
-        x = aug.gaussian_blur(x, params.blur_sigma)
+        x = blur.gaussian_blur(x, params.blur_sigma)
     if params.solarize:
-        x = aug.solarize(x)
+        x = _solarize(x)
+    x = np.array(x)
+    x[..., list(params.dropped)] = 0.0
     return x
 
 
 @pytest.mark.parametrize("norm,per_band,l2a", [("softcon", False, False),
                                                ("meanstd", True, True)])
 def test_render_view_equals_unfused_chain(norm, per_band, l2a):
-    cfg = aug.ViewConfig(img_size=20, norm=norm, jitter_per_band=per_band, jitter_clip=not l2a,
-                         jitter_p=0.7, gray_p=0.4, blur_p=(0.6, 0.6), solarize_p=(0.4, 0.4),
-                         vflip=True, nodata=0.0)
+    policy = aug.Photometric(jitter_p=0.7, per_band=per_band, gray_p=0.4, blur_p=0.6,
+                             solarize_p=0.4, channel_drop_p=0.5, channel_drop_min=1,
+                             channel_drop_max=4)
     stored = bl.S2_L2A if l2a else bl.S2_L1C
     rng = np.random.default_rng(3)
     image = rng.integers(0, 9000, (31, 27, len(stored))).astype(np.uint16)
     image[3:6, 4:9, 2] = 0                                     # no-data patch
-    plan = aug.band_plan(stored, cfg.bands, norm)
+    plan = aug.band_plan(stored, bl.S2_L1C, norm)
     seen = set()
     for i in range(12):
-        p = aug.sample_view_params(rng, 31, 27, 13, cfg, i % 2)
-        seen |= {p.gray, p.blur_sigma is not None, p.solarize, p.brightness is not None}
-        got = aug.render_view(image, plan, p, 20, nodata=0.0, jitter_clip=cfg.jitter_clip)
-        want = _reference_view(image, stored, cfg, p, 20)
+        geo = aug.sample_geometry(rng, 31, 27, (0.08, 1.0), (3 / 4, 4 / 3), 0.5, 0.5)
+        p = aug.ViewParams(**geo, **aug.sample_photometric(rng, policy, 13))
+        seen |= {p.gray, p.blur_sigma is not None, p.solarize, p.brightness is not None,
+                 bool(p.dropped)}
+        got = aug.render_view(image, plan, p, 20, nodata=0.0, jitter_clip=not l2a)
+        want = _reference_view(image, stored, bl.S2_L1C, norm, 0.0, not l2a, p, 20)
         assert got.shape == (20, 20, 13) and got.dtype == np.float32 and got.flags.c_contiguous
         np.testing.assert_allclose(got, want, atol=2e-5, err_msg=f"view {i}: {p}")
     assert seen == {True, False}
 
 
-def test_two_view_sample_picks_two_acquisitions_and_their_labels():
-    t, k = 4, 9
-    image = np.stack([np.full((16, 16, 13), 100 * (i + 1), np.uint16) for i in range(t)])
-    acq = np.zeros((t, k), np.int64)
-    acq[np.arange(t), [1, 3, 5, 7]] = 1
-    record = {"image": image, "bands": list(bl.S2_L1C), "labels": np.array([0]), "key": "a",
-              "acq_labels": acq.reshape(-1), "num_classes": np.array([k])}
-    cfg = aug.ViewConfig(img_size=8, norm="none", jitter_p=0.0, gray_p=0.0, blur_p=(0.0, 0.0))
-    pairs = set()
-    for seed in range(40):
-        s = aug.two_view_sample(record, np.random.default_rng(seed), cfg)
-        assert s["view1"].shape == (8, 8, 13) and s["labels1"].shape == (k,)
-        assert s["labels1"].dtype == np.float32
-        t1, t2 = int(s["view1"][0, 0, 0]) // 100 - 1, int(s["view2"][0, 0, 0]) // 100 - 1
-        assert t1 != t2
-        np.testing.assert_array_equal(s["labels1"], acq[t1])
-        np.testing.assert_array_equal(s["labels2"], acq[t2])
-        pairs.add((t1, t2))
-    assert len(pairs) >= 8                                     # both indices vary
-    # without acq_labels: the record's labels for every acquisition; T == 1 gives the same one twice
-    single = {"image": image[:1], "bands": list(bl.S2_L1C), "labels": np.array([2, 6]), "key": "b"}
-    s = aug.two_view_sample(single, np.random.default_rng(0), cfg)
-    np.testing.assert_array_equal(s["view1"], s["view2"])
-    np.testing.assert_array_equal(np.flatnonzero(s["labels1"]), [2, 6])
-    with pytest.raises(ValueError, match=r"record b: labels \[2, 6\] outside \[0, 4\)"):
-        aug.two_view_sample(single, np.random.default_rng(0), dataclasses.replace(cfg, num_classes=4))
-
-
-def test_two_view_sample_is_deterministic_and_converts_l2a():
-    record = _record(t=2, bands=bl.S2_L2A, seed=4)
-    cfg = aug.ViewConfig(img_size=12)
-    a = aug.two_view_sample(record, np.random.default_rng(7), cfg)
-    b = aug.two_view_sample(record, np.random.default_rng(7), cfg)
-    c = aug.two_view_sample(record, np.random.default_rng(8), cfg)
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key])
-    assert not np.array_equal(a["view1"], c["view1"])
-    assert a["view1"].shape == (12, 12, 13)
-    assert np.all((a["view1"] >= 0) & (a["view1"] <= 1))
+def test_record_helpers_errors():
+    with pytest.raises(ValueError, match=r"record r1: expected image \(T, H, W, C\), found"):
+        aug.record_image({"image": np.zeros((4, 4, 13)), "key": "r1"})
+    record = {"image": np.zeros((1, 4, 4, 12), np.uint16), "bands": list(bl.S2_L2A)}
+    assert aug.record_band_plan(record, bl.S2_L1C, "softcon").index[10] == -1
     with pytest.raises(ValueError, match="B10"):
-        aug.two_view_sample(record, np.random.default_rng(7),
-                            dataclasses.replace(cfg, zero_fill_b10=False))
-    record["image"] = record["image"].astype(np.float32)
-    np.testing.assert_allclose(aug.two_view_sample(record, np.random.default_rng(7), cfg)["view1"],
-                               a["view1"], atol=1e-6)
-
-
-def test_multi_crop_sample_pairs_share_geometry():
-    record = _record(t=2, size=32, seed=1)
-    same = aug.MultiCropConfig(global_size=16, local_size=8, num_global=2, num_local=3,
-                               student=aug.Photometric(jitter_p=0.0, gray_p=0.0),
-                               teacher=aug.Photometric(jitter_p=0.0, gray_p=0.0))
-    s = aug.multi_crop_sample(record, np.random.default_rng(0), same)
-    assert s["global_student"].shape == (2, 16, 16, 13) and s["local_teacher"].shape == (3, 8, 8, 13)
-    np.testing.assert_array_equal(s["global_student"], s["global_teacher"])
-    np.testing.assert_array_equal(s["local_student"], s["local_teacher"])
-    assert not np.array_equal(s["global_student"][0], s["global_student"][1])
-    jitter = dataclasses.replace(same, student=aug.Photometric(jitter_p=1.0, gray_p=0.0))
-    j = aug.multi_crop_sample(record, np.random.default_rng(0), jitter)
-    assert not np.array_equal(j["global_student"], j["global_teacher"])
-    gray = dataclasses.replace(same, student=aug.Photometric(jitter_p=1.0, gray_p=1.0,
-                                                             gray_replaces_jitter=True))
-    g = aug.multi_crop_sample(record, np.random.default_rng(0), gray)
-    np.testing.assert_allclose(g["global_student"],
-                               aug.grayscale(g["global_teacher"].reshape(-1, 16, 13)).reshape(
-                                   g["global_student"].shape), atol=1e-6)
-
-
-def test_masked_crop_sample_with_teacher_view():
-    record = _record(t=1, size=40, seed=2)
-    cfg = aug.MaskedCropConfig(img_size=24, teacher_size=32, teacher_bands=bl.S2_RGB)
-    s = aug.masked_crop_sample(record, np.random.default_rng(0), cfg)
-    assert s["image"].shape == (24, 24, 13) and s["teacher_image"].shape == (32, 32, 3)
-    # the same crop: resizing the student's source box at 32 px gives the teacher's RGB
-    full = dataclasses.replace(cfg, img_size=32)
-    big = aug.masked_crop_sample(record, np.random.default_rng(0), full)["image"]
-    np.testing.assert_allclose(big[..., [3, 2, 1]], s["teacher_image"], atol=1e-6)
+        aug.record_band_plan(record, bl.S2_L1C, "softcon", zero_fill_b10=False)

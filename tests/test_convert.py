@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from geossl import convert, models
-from geossl.convert import ConversionError, io
+from geossl.convert import ConversionError
+from geossl.convert.lib import io
 from torch_refs import torch_resnet
 
 
@@ -125,7 +126,7 @@ def test_first_layer_channel_adapters():
                                rng=np.random.default_rng(0))["params"]["conv1"]["kernel"]
     assert again.shape == (7, 7, 6, 64)
 
-    pytest.importorskip("geossl.convert.adapters")
+    pytest.importorskip("geossl.convert.lib.adapters")
     v = convert.from_torch(src, "resnet18", in_chans=6, first_layer="repeat")
     w6, w3 = convert.to_torch(v, "resnet18")["conv1.weight"], src["conv1.weight"]
     assert w6.shape == (64, 6, 7, 7)
@@ -190,11 +191,11 @@ def test_cli_import_then_export(tmp_path):
         assert np.array_equal(back[k], sd[k]), k
 
 
-# ----- ViT (needs geossl.models.vit and geossl.convert.vit_keys) ---------------------------------
+# ----- ViT (needs geossl.models.vit and geossl.convert.lib.vit_keys) ---------------------------------
 def _timm_dinov2_small(img_size: int):
     timm = pytest.importorskip("timm")
     pytest.importorskip("geossl.models.vit")
-    pytest.importorskip("geossl.convert.vit_keys")
+    pytest.importorskip("geossl.convert.lib.vit_keys")
     import torch
     torch.manual_seed(0)
     net = timm.create_model("vit_small_patch14_dinov2", img_size=img_size, num_classes=0).eval()

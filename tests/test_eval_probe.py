@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import common
 from geossl.eval import datasets, features, knn, linear_probe, online
 
 
@@ -228,7 +229,7 @@ def _records(n, seed, size=8):
 
 
 def _write_split(folder, split, records):
-    from geossl.data.tfrecord import write_shard
+    from geossl.data import write_shard
     write_shard(os.path.join(folder, f"{split}-00000-of-00001.tfrecord"), records)
 
 
@@ -281,7 +282,7 @@ def test_online_probe_gives_metrics(tiny_vit):
     config = ml_collections.ConfigDict({
         "model": {"name": "tiny", "img_size": 8},
         "data": {"bands": ("B2", "B3", "B4"), "norm": "none"},
-        "probe": {"every": 10, "linear_epochs": 10, "knn_k": 5}})
+        "probe": dict(common.base().probe, every=10, linear_epochs=10, knn_k=5)})
     probe = online.OnlineProbe(config, _records(24, 2))
     model, variables = tiny_vit
     metrics_a = probe(model, variables)
@@ -291,6 +292,39 @@ def test_online_probe_gives_metrics(tiny_vit):
         assert 0.0 <= metrics_a[name] <= 1.0
         assert metrics_a[name] == pytest.approx(metrics_b[name], abs=1e-6)  # deterministic
     assert metrics_b["probe/time_s"] < 10
+
+
+def test_make_online_probe_is_a_loop_hook(tmp_path):
+    """config.probe.every → an evaluator hook (every, hook(step, backbone)) on its own backbone."""
+    models = pytest.importorskip("geossl.models")
+    model_cfg = {"name": "vit_tiny_patch16", "img_size": 8, "patch_size": 4, "depth": 1,
+                 "in_chans": 3}
+    config = ml_collections.ConfigDict({
+        "model": model_cfg, "data": {"bands": ("B2", "B3", "B4"), "norm": "none"},
+        "probe": dict(common.base().probe, every=0, data=str(tmp_path / "heldout-*.tfrecord"),
+                      num_examples=24, linear_epochs=5, knn_k=5)})
+    assert online.make_online_probe(config) is None
+    assert online.make_online_probe(ml_collections.ConfigDict({"model": model_cfg})) is None
+    config.probe.every = -1
+    with pytest.raises(ValueError, match="found -1"):
+        online.make_online_probe(config)
+    config.probe.every = 7
+    with pytest.raises(FileNotFoundError, match="heldout"):
+        online.make_online_probe(config)
+
+    records = _records(30, 2)
+    _write_split(str(tmp_path), "heldout", records)
+    hook = online.make_online_probe(config)
+    assert hook.every == 7
+    model = models.create("vit_tiny_patch16", img_size=8, patch_size=4, depth=1, in_chans=3)
+    variables = model.init(jax.random.key(1), jnp.zeros((1, 8, 8, 3)))
+    backbone = {"params": jax.device_put(variables["params"])}
+    metrics = hook(14, backbone)
+    direct = online.OnlineProbe(config, records[:24])(model, backbone)
+    assert set(metrics) == set(direct) and "probe/linear_map_micro" in metrics
+    for name, value in metrics.items():
+        if name != "probe/time_s":
+            assert value == pytest.approx(direct[name], abs=1e-6), name
 
 
 # ----- command line ----------------------------------------------------------------------------

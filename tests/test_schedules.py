@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from geossl.train import schedules
+from geossl import schedules
 
 
 def np_warmup_cosine(s, base, total, warmup, final, init):

@@ -10,9 +10,11 @@ import pytest
 
 from configs import softcon_rn50, softcon_vit_s
 from geossl import objectives
-from geossl.objectives.softcon import zero_masked_patches
+from geossl.objectives.softcon import fill_masked_patches
 from geossl.parallel import mesh as mesh_lib
+from geossl.train import pretrained
 from geossl.train.loop import build_trainer
+from geossl.parallel.multihost import global_batch
 
 K = 9
 
@@ -124,17 +126,47 @@ def test_masking_changes_only_the_student_and_depends_on_the_key():
     assert q.shape == (8, 16)
 
 
-def test_zero_masked_patches_matches_numpy():
+@pytest.mark.parametrize("fill", [0.0, 0.5])
+def test_fill_masked_patches_matches_numpy(fill):
     x = np.random.default_rng(0).random((2, 8, 8, 3)).astype(np.float32)
     mask = np.array([[[True, False], [False, True]], [[False, False], [True, False]]])
-    out = np.asarray(zero_masked_patches(jnp.asarray(x), jnp.asarray(mask)))
+    out = np.asarray(fill_masked_patches(jnp.asarray(x), jnp.asarray(mask), fill))
     expected = x.copy()
     for b in range(2):
         for i in range(2):
             for j in range(2):
                 if mask[b, i, j]:
-                    expected[b, 4 * i:4 * i + 4, 4 * j:4 * j + 4] = 0
+                    expected[b, 4 * i:4 * i + 4, 4 * j:4 * j + 4] = fill
     np.testing.assert_array_equal(out, expected)
+
+
+def test_vit_with_drop_path_trains_and_its_teacher_is_deterministic():
+    """drop_path_rate 0.1: the student drops paths (its output depends on the rng), the EMA
+    teacher never does (equal to the same network without drop path), and the step runs."""
+    c = tiny_vit_config(mask_ratio=0.0)
+    c.model.update(dict(depth=3, drop_path_rate=0.1))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+    obj = objectives.create(c)
+    batch = batch_of(obj)
+    v = obj.init(jax.random.PRNGKey(0), batch)
+    x = jnp.asarray(batch["view1"])
+    bs = v.extra["batch_stats"]
+    s1, _ = obj._student(v.params, bs, x, jax.random.PRNGKey(1))
+    s2, _ = obj._student(v.params, bs, x, jax.random.PRNGKey(2))
+    assert not np.allclose(np.asarray(s1), np.asarray(s2))  # drop path is on in the student
+    teacher = obj.teacher_source(v.params)
+    t1, _ = obj._teacher(teacher, v.extra["teacher_batch_stats"], x)
+    c0 = tiny_vit_config(mask_ratio=0.0)
+    c0.model.update(dict(depth=3, drop_path_rate=0.0))
+    t0, _ = objectives.create(c0)._teacher(teacher, v.extra["teacher_batch_stats"], x)
+    np.testing.assert_array_equal(np.asarray(t1), np.asarray(t0))
+
+    mesh = mesh_lib.make_mesh(c.mesh)
+    trainer = build_trainer(c, obj, mesh, {k: val[:2] for k, val in batch.items()})
+    state = trainer.init_state()
+    for _ in range(2):
+        state, metrics = trainer.train_step(state, global_batch(batch, mesh))
+    assert np.isfinite(float(metrics["loss"])) and int(state.step) == 2
 
 
 @pytest.mark.parametrize("variant", ["demo", "demo,sar"])
@@ -155,7 +187,6 @@ def test_resnet_softcon_step_runs_for_ms_and_sar(variant):
     for a, b in zip(jax.tree_util.tree_leaves(obj.teacher_source(state.params)),
                     jax.tree_util.tree_leaves(state.teacher)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    from geossl.parallel.multihost import global_batch
     state, metrics = trainer.train_step(state, global_batch(batch, mesh))
     assert np.isfinite(float(metrics["loss"])) and int(state.step) == 1
     exported = obj.backbone_variables(objectives.Variables(state.params, state.teacher, state.extra))
@@ -166,7 +197,7 @@ def test_student_from_3band_dinov2_checkpoint_equals_it_but_first_layer(tmp_path
     timm = pytest.importorskip("timm")
     torch = pytest.importorskip("torch")
     from safetensors.torch import save_file
-    from geossl.convert.adapters import resample_pos_embed
+    from geossl.convert.lib.adapters import resample_pos_embed
     src = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=518, depth=2,
                             num_classes=0)
     with torch.no_grad():
@@ -183,7 +214,8 @@ def test_student_from_3band_dinov2_checkpoint_equals_it_but_first_layer(tmp_path
     obj = objectives.create(c)
     batch = {"view1": np.zeros((2, 224, 224, 13), np.float32)}
     fresh = jax.device_get(jax.jit(obj.init)(jax.random.PRNGKey(0), batch))
-    loaded = obj.load_pretrained(fresh).params["backbone"]
+    backbone = pretrained.load_student_backbone(c, obj.backbone_variables(fresh))
+    loaded = obj.with_backbone(fresh, backbone).params["backbone"]
     np.testing.assert_array_equal(loaded["patch_embed"]["proj"]["kernel"],
                                   fresh.params["backbone"]["patch_embed"]["proj"]["kernel"])
     assert loaded["patch_embed"]["proj"]["kernel"].shape == (14, 14, 13, 384)

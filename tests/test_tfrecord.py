@@ -16,7 +16,7 @@ import pytest
 
 from geossl.data import (CorruptRecordError, ExampleDecodeError, ShardSource, ShardWriter,
                          decode_example, encode_example, read_records, shard_name)
-from geossl.data import tfrecord
+from geossl.data import codec, framing, offset_index
 from geossl.data.example_proto import Example
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,7 +89,7 @@ def test_decode_errors_name_the_feature():
 
 def test_framing_and_crc():
     assert crc32c.crc32c(b"123456789") == 0xE3069283  # Castagnoli, not zlib's CRC-32
-    framed = tfrecord.frame(b"abc")
+    framed = framing.frame(b"abc")
     assert len(framed) == 8 + 4 + 3 + 4
     (length,) = struct.unpack("<Q", framed[:8])
     assert length == 3
@@ -143,10 +143,10 @@ def test_index_rebuilt_when_missing_or_stale(tmp_path):
         f.write(b"garbage!")
     assert len(ShardSource(path)) == 3
     with open(path, "ab") as f:  # the shard grows behind the index's back: stale
-        f.write(tfrecord.frame(encode_example(_record(9))))
+        f.write(framing.frame(encode_example(_record(9))))
     src = ShardSource(path)
     assert len(src) == 4 and src[3]["key"] == "loc-9"
-    assert tfrecord._read_index(path)[0].size == 5
+    assert offset_index._read_index(path)[0].size == 5
 
 
 def test_gzip_and_zlib_shards(tmp_path):
@@ -157,7 +157,7 @@ def test_gzip_and_zlib_shards(tmp_path):
     assert len(src) == 4 and src[2]["key"] == "loc-2"
     assert [r["key"] for r in read_records(gz, decode=True)] == [f"loc-{i}" for i in range(4)]
     # Detected by content, whatever the name; zlib streams too.
-    plain = b"".join(tfrecord.frame(encode_example(r)) for r in records)
+    plain = b"".join(framing.frame(encode_example(r)) for r in records)
     (tmp_path / "hidden_gzip.tfrecord").write_bytes(gzip.compress(plain))
     (tmp_path / "z.tfrecord").write_bytes(zlib.compress(plain))
     for name in ("hidden_gzip.tfrecord", "z.tfrecord"):
@@ -168,7 +168,7 @@ def test_gzip_and_zlib_shards(tmp_path):
 
 def _three_record_shard(tmp_path):
     path = str(_write(tmp_path / "c.tfrecord", [_record(i) for i in range(3)]))
-    offsets = tfrecord._read_index(path)[0].tolist()
+    offsets = offset_index._read_index(path)[0].tolist()
     return path, offsets
 
 
@@ -178,7 +178,7 @@ def test_flipped_data_byte_names_file_and_offset(tmp_path):
     blob[offsets[1] + 40] ^= 0x01
     with open(path, "r+b") as f:
         f.write(blob)
-    tfrecord.write_index(path, np.array(offsets, np.uint64), "")  # same offsets, fresh mtime
+    offset_index.write_index(path, np.array(offsets, np.uint64), "")  # same offsets, fresh mtime
     src = ShardSource(path)
     assert src[0]["key"] == "loc-0" and src[2]["key"] == "loc-2"
     message = rf"{path}: record 1 at byte offset {offsets[1]}: data CRC mismatch"
@@ -384,7 +384,7 @@ def test_tensorflow_reads_our_shards_and_we_read_theirs(tmp_path, tf_python):
 
 def _slow_values(data):
     example = Example.FromString(bytes(data))
-    return {n: tfrecord._feature_values(f) for n, f in example.features.feature.items()}
+    return {n: codec._feature_values(f) for n, f in example.features.feature.items()}
 
 
 def _same_values(fast, slow):
@@ -403,7 +403,7 @@ def test_zero_copy_walk_equals_protobuf_parse():
     big = _record(2, shape=(2, 40, 40, 3))
     big.update(long_ints=np.arange(3000), many=[b"x" * 3000, b"y" * 3000], note="n")
     data = bytearray(encode_example(big))
-    fast = tfrecord._feature_dict(data)
+    fast = codec._feature_dict(data)
     _same_values(fast, _slow_values(data))
     assert isinstance(fast["image"][0], memoryview) and fast["image"][0].obj is data
     out = decode_example(data)
@@ -416,10 +416,10 @@ def test_zero_copy_walk_equals_protobuf_parse():
     dup = Example()
     dup.features.feature["key"].bytes_list.value.append(b"first")
     twice = dup.SerializeToString() + bytes(ex.SerializeToString())
-    _same_values(tfrecord._feature_dict(twice), _slow_values(twice))
+    _same_values(codec._feature_dict(twice), _slow_values(twice))
     assert decode_example(twice)["key"] == "loc-4"
     unknown = bytes(encode_example(_record(5))) + b"\x10\x05"   # field 2, varint 5
-    _same_values(tfrecord._feature_dict(unknown), _slow_values(unknown))
+    _same_values(codec._feature_dict(unknown), _slow_values(unknown))
     assert decode_example(unknown)["key"] == "loc-5"
     with pytest.raises(ExampleDecodeError, match="not a tf.train.Example"):
         decode_example(bytearray(b"\x0a\xff\xff\xff\xff\x0f"))

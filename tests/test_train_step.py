@@ -7,6 +7,7 @@ import numpy as np
 import optax
 import pytest
 
+from configs import common
 from geossl import objectives
 from geossl.parallel import mesh as mesh_lib
 from geossl.parallel.sharding import tree_shardings
@@ -15,7 +16,9 @@ from geossl.train.step import make_state, make_train_step
 
 
 class _Regression(objectives.Objective):
-    """A two-layer regression: loss separable over samples, so accumulation must be exact."""
+    """A two-layer regression: loss separable over samples, so accumulation must be exact. Its
+    extra is a DINO-style centre of the hidden features (EMA of the batch mean, fed back into the
+    loss) and a step count."""
 
     def __init__(self, config, teacher_mode="ema"):
         super().__init__(config)
@@ -27,13 +30,16 @@ class _Regression(objectives.Objective):
         params = {"w1": jax.random.normal(k1, (d, 256)) * 0.1, "b1": jnp.zeros(256),
                   "w2": jax.random.normal(k2, (256, 1)) * 0.1}
         teacher = {"w1": jnp.ones((d, 256))} if self.teacher_mode == "frozen" else None
-        return objectives.Variables(params=params, teacher=teacher, extra={"count": jnp.zeros(())})
+        return objectives.Variables(params=params, teacher=teacher,
+                                    extra={"count": jnp.zeros(()), "center": jnp.zeros(256)})
 
     def loss(self, params, teacher, extra, batch, rng, step):
         h = jnp.tanh(batch["x"] @ params["w1"] + params["b1"])
         err = (h @ params["w2"])[:, 0] - batch["y"]
-        loss = jnp.mean(err ** 2)
-        return loss, {"metrics": {"loss_mse": loss}, "extra": {"count": extra["count"] + 1}}
+        loss = jnp.mean(err ** 2) + 0.1 * jnp.mean((h - extra["center"]) ** 2)
+        center = 0.9 * extra["center"] + 0.1 * jnp.mean(jax.lax.stop_gradient(h), axis=0)
+        return loss, {"metrics": {"loss_mse": loss},
+                      "extra": {"count": extra["count"] + 1, "center": center}}
 
     def teacher_source(self, params):
         return {"w1": params["w1"]}
@@ -42,10 +48,11 @@ class _Regression(objectives.Objective):
 def _config(**kw):
     c = ml_collections.ConfigDict(dict(
         total_steps=10, global_batch=16, grad_accum_steps=1,
-        optim=dict(name="adamw", weight_decay=0.1, clip_norm=1.0),
+        optim=common.optim("adamw", weight_decay=0.1, clip_norm=1.0),
         lr=dict(name="warmup_cosine", base=1e-2, warmup_steps=2, final=0.0),
-        teacher=dict(name="cosine", base=0.9, final=1.0)))
-    c.update(kw)
+        ema=dict(name="cosine", base=0.9, final=1.0)))
+    for key, value in kw.items():  # replace whole sections (ConfigDict.update would merge them)
+        c[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
     return c
 
 
@@ -97,7 +104,7 @@ def test_step_matches_plain_optax_and_ema_formula():
     state, metrics = step(state, batch)
     # Reference: the same update computed without the trainer.
     tx, _ = make_optimizer(config, params0)
-    loss, grads = jax.value_and_grad(lambda p: obj.loss(p, None, {"count": 0.0}, batch, None, 0)[0])(params0)
+    loss, grads = jax.value_and_grad(lambda p: obj.loss(p, None, {"count": 0.0, "center": jnp.zeros(256)}, batch, None, 0)[0])(params0)
     updates, _ = tx.update(grads, tx.init(params0), params0)
     expected = optax.apply_updates(params0, updates)
     for k in expected:
@@ -113,8 +120,12 @@ def test_step_matches_plain_optax_and_ema_formula():
 
 
 def test_gradient_accumulation_equals_full_batch():
-    full = _setup(_config(), dict(data=-1, fsdp=1, model=1))
-    accum = _setup(_config(grad_accum_steps=4), dict(data=-1, fsdp=1, model=1))
+    # SGD with momentum: an update linear in the gradient, so 1e-5 is a fair bar (Adam's
+    # normalisation turns float rounding of near-zero gradients into lr-sized differences)
+    sgd = dict(optim=common.optim("sgd", weight_decay=0.1, momentum=0.9, clip_norm=1.0),
+               lr=dict(name="constant", base=0.5))
+    full = _setup(_config(**sgd), dict(data=-1, fsdp=1, model=1))
+    accum = _setup(_config(grad_accum_steps=4, **sgd), dict(data=-1, fsdp=1, model=1))
     s1, s2 = full[1], accum[1]
     for _ in range(3):
         s1, m1 = full[2](s1, full[3])
@@ -122,8 +133,12 @@ def test_gradient_accumulation_equals_full_batch():
         np.testing.assert_allclose(float(m1["loss"]), float(m2["loss"]), rtol=1e-5)
         np.testing.assert_allclose(float(m1["grad_norm"]), float(m2["grad_norm"]), rtol=1e-4)
     for k in s1.params:
-        np.testing.assert_allclose(np.asarray(s1.params[k]), np.asarray(s2.params[k]), rtol=1e-4, atol=1e-6)
-    assert float(s2.extra["count"]) == 3 * 4  # extra state threads through the micro-batches
+        np.testing.assert_allclose(np.asarray(s1.params[k]), np.asarray(s2.params[k]), rtol=1e-5, atol=1e-6)
+    # the extra state advances once per optimiser step, to the full-batch value
+    assert float(s1.extra["count"]) == float(s2.extra["count"]) == 3
+    np.testing.assert_allclose(np.asarray(s1.extra["center"]), np.asarray(s2.extra["center"]),
+                               rtol=1e-5, atol=1e-6)
+    assert float(jnp.abs(s2.extra["center"]).max()) > 1e-3
 
 
 def test_frozen_teacher_is_never_updated():
@@ -145,18 +160,56 @@ def test_one_device_and_eight_devices_agree():
         np.testing.assert_allclose(float(ma["loss"]), float(mb["loss"]), rtol=1e-5)
 
 
-def test_decay_mask_skips_vectors_and_token_tables():
+def test_decay_rules_matrices_all_and_regex():
     params = {"pos_embed": jnp.zeros((1, 5, 8)), "cls_token": jnp.zeros((1, 1, 8)),
               "blocks_0": {"attn": {"qkv": {"kernel": jnp.zeros((8, 24)), "bias": jnp.zeros(24)}}}}
-    mask = decay_mask(params)
+    mask = decay_mask(params, "matrices")
     assert mask["pos_embed"] is False and mask["cls_token"] is False
     assert mask["blocks_0"]["attn"]["qkv"]["kernel"] is True
     assert mask["blocks_0"]["attn"]["qkv"]["bias"] is False
+    assert all(jax.tree_util.tree_leaves(decay_mask(params, "all")))
+    mask = decay_mask(params, r"regex:(bias|cls_token)$")
+    assert mask["pos_embed"] is True and mask["cls_token"] is False
+    assert mask["blocks_0"]["attn"]["qkv"]["kernel"] is True
+    assert mask["blocks_0"]["attn"]["qkv"]["bias"] is False
+    with pytest.raises(ValueError, match="expected 'matrices', 'all' or 'regex:PATTERN', found 'some'"):
+        decay_mask(params, "some")
+
+
+def _sgd_steps(weight_decay, decay, steps=3):
+    """Parameters after ``steps`` steps of plain SGD (lr 0.5, momentum 0) with zero gradients:
+    only the weight decay moves them."""
+    c = _config(total_steps=4, optim=common.optim("sgd", weight_decay=weight_decay, decay=decay,
+                                                 momentum=0.0),
+                lr=dict(name="constant", base=0.5))
+    params = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+    tx, _ = make_optimizer(c, params)
+    state = tx.init(params)
+    for _ in range(steps):
+        updates, state = tx.update(jax.tree_util.tree_map(jnp.zeros_like, params), state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+def test_weight_decay_number_or_schedule_on_the_chosen_parameters():
+    # constant 0.1 on matrices only: w ← w·(1 − 0.5·0.1) per step, b untouched
+    p = _sgd_steps(0.1, "matrices")
+    np.testing.assert_allclose(np.asarray(p["w"]), 0.95 ** 3, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(p["b"]), 1.0)
+    # linear schedule 0.0 → 0.4 over 4 steps (0, 0.1, 0.2 at steps 0, 1, 2) on every parameter
+    p = _sgd_steps(dict(name="linear", base=0.0, final=0.4), "all")
+    expected = (1 - 0.5 * 0.0) * (1 - 0.5 * 0.1) * (1 - 0.5 * 0.2)
+    np.testing.assert_allclose(np.asarray(p["w"]), expected, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(p["b"]), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="weight_decay: expected >= 0, found -0.1"):
+        _sgd_steps(-0.1, "all")
 
 
 def test_unknown_optimizer_is_named():
+    c = _config()
+    c.optim.name = "adam"
     with pytest.raises(ValueError, match="expected adamw, lars or sgd, found 'adam'"):
-        make_optimizer(_config(optim=dict(name="adam", weight_decay=0.0)), {"w": jnp.zeros((2, 2))})
+        make_optimizer(c, {"w": jnp.zeros((2, 2))})
 
 
 def test_non_finite_check_names_the_loss_term_and_step():

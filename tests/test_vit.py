@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from geossl.convert.adapters import adapt_input_channels, drop_keys, resample_pos_embed
-from geossl.convert.keymap import TRANSFORMS
-from geossl.convert.vit_keys import vit_entries
+from geossl.convert.lib.adapters import adapt_input_channels, drop_keys, resample_pos_embed
+from geossl.convert.lib.keymap import TRANSFORMS
+from geossl.convert.lib.vit_keys import vit_entries
 from geossl.models.vit import VIT_CONFIGS, VisionTransformer, vit
 
 TINY = dict(img_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=2, num_heads=2)
@@ -180,7 +180,7 @@ def test_bf16_remat_and_drop_path():
     def run(params, rng):
         ref = VisionTransformer(**TINY).apply({"params": params}, x)["embedding"]
         out = model.apply({"params": params}, x)["embedding"]
-        loss = lambda p: jnp.sum(model.apply({"params": p}, x, train=True, rngs={"dropout": rng})[
+        loss = lambda p: jnp.sum(model.apply({"params": p}, x, stochastic=True, rngs={"dropout": rng})[
             "embedding"].astype(jnp.float32) ** 2)
         return ref, out, jax.value_and_grad(loss)(params)
 

@@ -47,15 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
 def export(workdir: str, output: str, step: int | None = None) -> dict:
     """Writes the backbone of ``workdir`` to ``output``; returns the state dict written."""
     from geossl import convert
-    from geossl.convert.io import export_metadata
     from geossl.models.from_config import architecture_kwargs
     from geossl.train.checkpoint import load_backbone, load_config
 
     arch, variables = load_backbone(workdir, step)
     config = load_config(workdir)
-    kw = architecture_kwargs(config.model)
-    state_dict = convert.to_torch(variables, arch, **kw)
-    convert.save_state_dict(state_dict, output, export_metadata(arch, kw, config))
+    state_dict = convert.export_backbone(variables, arch, architecture_kwargs(config.model),
+                                         output, config)
     logging.info("wrote %d tensors of %s to %s", len(state_dict), arch, output)
     return state_dict
 

@@ -1,15 +1,11 @@
-"""Data: TFRecord shards of tf.train.Example (format, index, random-access source, writer)."""
+"""Data: TFRecord shards of tf.train.Example (codec, framing, offset index, reader, writer) and
+the training files (the synthetic demo data when none are configured)."""
 
-from geossl.data.tfrecord import (
-    CorruptRecordError,
-    ExampleDecodeError,
-    ShardSource,
-    ShardWriter,
-    decode_example,
-    encode_example,
-    read_records,
-    shard_name,
-)
+from geossl.data.codec import ExampleDecodeError, decode_example, encode_example
+from geossl.data.files import default_data_dir, resolve_train_files
+from geossl.data.framing import CorruptRecordError
+from geossl.data.reader import ShardSource, read_records
+from geossl.data.writer import ShardWriter, shard_name, write_shard
 
 __all__ = [
     "CorruptRecordError",
@@ -17,7 +13,10 @@ __all__ = [
     "ShardSource",
     "ShardWriter",
     "decode_example",
+    "default_data_dir",
     "encode_example",
     "read_records",
+    "resolve_train_files",
     "shard_name",
+    "write_shard",
 ]

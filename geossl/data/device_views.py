@@ -1,25 +1,27 @@
-"""SoftCon views rendered inside the jitted step: the host draws the parameters, the device resizes.
+"""Views rendered inside the jitted step: the host draws the parameters, the device resizes.
 
-Host (grain worker), per record: ``raw_two_view_sample`` picks the two acquisitions and draws each
-view's parameters exactly as ``augment.two_view_sample`` does (same rng order, so the same seed gives
-the same views), but returns the acquisitions in stored units instead of rendering them:
+Host (grain worker), per view: a method's sampler (e.g. SoftCon's ``raw_two_view_sample``) draws
+the ``augment.ViewParams`` exactly as its host path does (same rng calls, so the same seed gives
+the same views) and ships, instead of the rendered view,
 
-    raw1, raw2          (R, R, C) stored dtype (float32 when ``nodata`` is set): the model bands,
-                        zero-padded at the bottom / right to ``raw_size`` when that is set
-    view_params1, 2     (PARAMS + 2·C,) float32, layout of ``pack_params``
-    labels1, labels2    (K,) float32
+    raw          (R, R, C) stored dtype (float32 when ``nodata`` is set): ``prepare_raw``, the model
+                 bands, zero-padded at the bottom / right to ``raw_size`` when that is set
+    view_params  (PARAMS + 3·C,) float32: ``pack_params``
 
-Device: ``render_views(raw (B,R,R,C), params (B,P), cfg) → (B,S,S,C) float32`` does what
+Device: ``render_views(raw (B,R,R,C), params (B,P), spec) → (B,S,S,C) float32`` does what
 ``augment.render_view`` does on the host: softcon clip in stored units, the crop box and bilinear
 resize (align_corners=False, no antialias) with flips as row / column gathers, normalisation and
 brightness/contrast as one per-band affine map, clip, grayscale, a separable Gaussian blur with
-reflected borders (fixed taps up to the largest σ's radius, weights per sample), solarize; all in
-float32 elementwise arithmetic (no matrix units, so no reduced-precision matmul passes on TPU).
-Host-side cost drops to decoding plus copying two acquisitions (uint16: 2 bytes a pixel and band,
-smaller than a rendered float32 view); the device pays O(S²·C·taps) a view.
+reflected borders (fixed taps up to the largest σ's radius, weights per sample), solarize, the
+dropped bands set to 0; all in float32 elementwise arithmetic (no matrix units, so no
+reduced-precision matmul passes on TPU). Host-side cost drops to decoding plus copying the
+acquisitions (uint16: 2 bytes a pixel and band, smaller than a rendered float32 view); the device
+pays O(S²·C·taps) a view.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -28,9 +30,26 @@ import numpy as np
 from geossl.data import augment
 from geossl.data import bands as bands_lib
 
-#: Fixed fields of a packed view: top, left, h, w, hflip, vflip, jitter, gray, blur σ, solarize.
+#: Fixed fields of a packed view: top, left, h, w, hflip, vflip, jitter, gray, blur σ, solarize;
+#: then brightness (C), contrast (C) and keep (C: 0 for a dropped band, else 1).
 PARAMS = 10
 VIEWS = ("auto", "host", "device")
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderSpec:
+    """What every view of a batch shares (static under jit): output size, model bands and their
+    normalisation, the jitter clip, and which optional steps exist (blur up to ``blur_sigma_max``,
+    solarize) so that disabled ones cost nothing."""
+
+    img_size: int
+    bands: tuple[str, ...]
+    norm: str = "softcon"
+    jitter_clip: bool = True
+    blur_sigma_max: float = 0.0          # 0: no view is blurred
+    blur_truncate: float = 3.0
+    solarize: bool = False
+    solarize_threshold: float = 0.5
 
 
 def views_on_device(setting: str) -> bool:
@@ -46,31 +65,36 @@ def views_on_device(setting: str) -> bool:
 
 # ----- host --------------------------------------------------------------------------------------
 def pack_params(params: augment.ViewParams, channels: int) -> np.ndarray:
-    """ViewParams → (PARAMS + 2·C,) float32; brightness / contrast broadcast to C (1 when unset);
-    blur σ 0 means no blur."""
-    out = np.zeros(PARAMS + 2 * channels, np.float32)
+    """ViewParams → (PARAMS + 3·C,) float32; brightness / contrast broadcast to C (1 when unset);
+    blur σ 0 means no blur; keep is 0 at the dropped bands."""
+    out = np.zeros(PARAMS + 3 * channels, np.float32)
     out[:4] = params.box
     out[4:PARAMS] = (params.hflip, params.vflip, params.brightness is not None, params.gray,
                      params.blur_sigma or 0.0, params.solarize)
     jitter = params.brightness is not None
     out[PARAMS:PARAMS + channels] = params.brightness if jitter else 1.0
-    out[PARAMS + channels:] = params.contrast if jitter else 1.0
+    out[PARAMS + channels:PARAMS + 2 * channels] = params.contrast if jitter else 1.0
+    keep = np.ones(channels, np.float32)
+    keep[list(params.dropped)] = 0.0
+    out[PARAMS + 2 * channels:] = keep
     return out
 
 
-def prepare_raw(image: np.ndarray, plan: augment.BandPlan, params: augment.ViewParams,
-                cfg: augment.ViewConfig, key: str = "?") -> np.ndarray:
+def prepare_raw(image: np.ndarray, plan: augment.BandPlan, params: augment.ViewParams, *,
+                nodata: float | None = None, fill: str = "zero", raw_size: int = 0,
+                key: str = "?") -> np.ndarray:
     """One acquisition (H, W, C_in) → (R, R, C) model bands in stored units: no-data pixels of the
-    crop box filled as the host path fills them, zero-padded to ``cfg.raw_size`` (if set)."""
-    x = augment._select(image, plan.index)
-    if cfg.nodata is not None or np.issubdtype(x.dtype, np.floating):
+    crop box filled as the host path fills them (``fill`` policy of ``geossl.data.bands``),
+    zero-padded to ``raw_size`` × ``raw_size`` (if set)."""
+    x = augment.take_bands(image, plan.index)
+    if nodata is not None or np.issubdtype(x.dtype, np.floating):
         top, left, h, w = params.box
         region = x[top:top + h, left:left + w]
-        mask = bands_lib.invalid_mask(region, cfg.nodata)
-        x = x.astype(np.float32, copy=cfg.nodata is not None or mask is not None)
+        mask = bands_lib.invalid_mask(region, nodata)
+        x = x.astype(np.float32, copy=nodata is not None or mask is not None)
         if mask is not None:
-            augment.fill_invalid(x[top:top + h, left:left + w], mask, plan, cfg.nodata_fill)
-    size = cfg.raw_size
+            augment.fill_invalid(x[top:top + h, left:left + w], mask, plan, fill)
+    size = raw_size
     if size:
         height, width = x.shape[:2]
         if height > size or width > size:
@@ -79,19 +103,6 @@ def prepare_raw(image: np.ndarray, plan: augment.BandPlan, params: augment.ViewP
         if (height, width) != (size, size):
             x = np.pad(x, ((0, size - height), (0, size - width), (0, 0)))
     return x
-
-
-def raw_two_view_sample(record: dict, rng: np.random.Generator, cfg: augment.ViewConfig) -> dict:
-    """SoftCon sample for device-side rendering (module docstring): the draws of
-    ``augment.two_view_draws``, as ``two_view_sample`` makes them."""
-    image, plan, views, labels = augment.two_view_draws(record, rng, cfg)
-    c = len(plan.bands_out)
-    out = {}
-    for view, (t, params) in enumerate(views, start=1):
-        out[f"raw{view}"] = prepare_raw(image[t], plan, params, cfg, record.get("key", "?"))
-        out[f"view_params{view}"] = pack_params(params, c)
-        out[f"labels{view}"] = labels[t]
-    return out
 
 
 # ----- device ------------------------------------------------------------------------------------
@@ -144,9 +155,9 @@ def _blur_axis(z: jax.Array, k: jax.Array, axis: int) -> jax.Array:
     return sum(k[t] * jax.lax.slice_in_dim(zp, t, t + n, axis=axis) for t in range(2 * big + 1))
 
 
-def _render_one(raw, p, cfg: augment.ViewConfig, scale, offset, bounds) -> jax.Array:
+def _render_one(raw, p, spec: RenderSpec, scale, offset, bounds) -> jax.Array:
     """raw (R, R, C), p (P,) → (S, S, C) float32."""
-    s = cfg.img_size
+    s = spec.img_size
     c = raw.shape[-1]
     x = raw.astype(jnp.float32)
     if bounds is not None:
@@ -154,29 +165,29 @@ def _render_one(raw, p, cfg: augment.ViewConfig, scale, offset, bounds) -> jax.A
     y = _lerp(x, resize_taps(p[0], p[2], s, p[5]), axis=0)
     y = _lerp(y, resize_taps(p[1], p[3], s, p[4]), axis=1)
     jitter, gray, sigma, solar = p[6] > 0, p[7] > 0, p[8], p[9] > 0
-    b, k = p[PARAMS:PARAMS + c], p[PARAMS + c:PARAMS + 2 * c]
+    b, k, keep = p[PARAMS:PARAMS + c], p[PARAMS + c:PARAMS + 2 * c], p[PARAMS + 2 * c:]
     mean_n = scale * y.mean(axis=(0, 1)) + offset
     gain = jnp.where(jitter, k * b * scale, scale)
     bias = jnp.where(jitter, k * b * offset + (1 - k) * b * mean_n, offset)
     z = y * gain + bias
-    if cfg.jitter_clip:
+    if spec.jitter_clip:
         z = jnp.where(jitter, jnp.clip(z, 0.0, 1.0), z)
     z = jnp.where(gray, jnp.broadcast_to(z.mean(-1, keepdims=True), z.shape), z)
-    if max(cfg.blur_p) > 0:
-        w = blur_weights(sigma, cfg.blur_truncate, max(cfg.blur_sigma))
+    if spec.blur_sigma_max > 0:
+        w = blur_weights(sigma, spec.blur_truncate, spec.blur_sigma_max)
         z = _blur_axis(_blur_axis(z, w, 0), w, 1)
-    if max(cfg.solarize_p) > 0:
-        z = jnp.where(solar & (z >= cfg.solarize_threshold), 1.0 - z, z)
-    return z
+    if spec.solarize:
+        z = jnp.where(solar & (z >= spec.solarize_threshold), 1.0 - z, z)
+    return jnp.where(keep > 0, z, 0.0)
 
 
-def render_views(raw: jax.Array, params: jax.Array, cfg: augment.ViewConfig) -> jax.Array:
-    """raw (B, R, R, C) stored units, params (B, PARAMS + 2·C) → views (B, S, S, C) float32."""
-    c = raw.shape[-1]
-    if c != len(cfg.bands) or params.shape[-1] != PARAMS + 2 * c:
-        raise ValueError(f"render_views: expected raw (..., {len(cfg.bands)}) and params "
-                         f"(..., {PARAMS + 2 * len(cfg.bands)}) for bands {cfg.bands}, found "
-                         f"{raw.shape} and {params.shape}")
-    scale, offset = bands_lib.norm_coefficients(cfg.bands, cfg.norm)
-    bounds = bands_lib.raw_clip_bounds(cfg.bands, cfg.norm)
-    return jax.vmap(lambda r, p: _render_one(r, p, cfg, scale, offset, bounds))(raw, params)
+def render_views(raw: jax.Array, params: jax.Array, spec: RenderSpec) -> jax.Array:
+    """raw (B, R, R, C) stored units, params (B, PARAMS + 3·C) → views (B, S, S, C) float32."""
+    c, want = raw.shape[-1], PARAMS + 3 * len(spec.bands)
+    if c != len(spec.bands) or params.shape[-1] != want:
+        raise ValueError(f"render_views: expected raw (..., {len(spec.bands)}) and params "
+                         f"(..., {want}) for bands {spec.bands}, found {raw.shape} and "
+                         f"{params.shape}")
+    scale, offset = bands_lib.norm_coefficients(spec.bands, spec.norm)
+    bounds = bands_lib.raw_clip_bounds(spec.bands, spec.norm)
+    return jax.vmap(lambda r, p: _render_one(r, p, spec, scale, offset, bounds))(raw, params)

@@ -1,4 +1,4 @@
-"""The grain input pipeline shared by all objectives.
+"""The grain input pipeline shared by all methods.
 
 Global stream (identical on every process):
     source → shuffle(seed; a new permutation each epoch) → repeat(num_epochs)
@@ -157,7 +157,7 @@ def make_train_iterator(config, view_fn, *, source=None, process_index: int | No
         raise ValueError(f"global_batch {config.global_batch} is not divisible by "
                          f"{process_count} processes")
     if source is None:
-        from geossl.data.tfrecord import ShardSource
+        from geossl.data.reader import ShardSource
         source = ShardSource(train_files(config.data.train))
     data = config.data
     ds = make_dataset(source, view_fn, seed=int(config.seed), shuffle=True,

@@ -73,15 +73,15 @@ def knn_evaluate(train_features, train_labels, test_features, test_labels, *, nu
 
 
 def main(argv=None) -> dict:
-    from geossl.eval import datasets
+    from geossl.eval import cli
     parser = argparse.ArgumentParser(prog="python -m geossl.eval.knn",
                                      description=__doc__.split("\n\n")[0])
-    datasets.add_common_flags(parser)
+    cli.add_common_flags(parser)
     parser.add_argument("--k", default="20", help="neighbour count(s), comma-separated")
     parser.add_argument("--temperature", type=float, default=0.07)
     args = parser.parse_args(argv)
     ks = [int(v) for v in str(args.k).split(",") if v.strip()]
-    data = datasets.probe_features_from_args(args)
+    data = cli.probe_features_from_args(args)
     t0 = time.perf_counter()
     results = {}
     for k in ks:
@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
             results[name if len(ks) == 1 else f"k{k}/{name}"] = value
     report = data.report("knn", results, k=ks, temperature=args.temperature,
                          probe_time_s=time.perf_counter() - t0)
-    datasets.finish(report, args.output or os.path.join(
+    cli.finish(report, args.output or os.path.join(
         args.workdir, "knn_random_init.json" if args.random_init else "knn.json"))
     return report
 

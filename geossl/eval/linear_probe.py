@@ -155,10 +155,10 @@ def linear_probe(train_features, train_labels, test_features, test_labels, *, nu
 
 # ----- command line -----------------------------------------------------------------------------
 def main(argv=None) -> dict:
-    from geossl.eval import datasets
+    from geossl.eval import cli
     parser = argparse.ArgumentParser(prog="python -m geossl.eval.linear_probe",
                                      description=__doc__.split("\n\n")[0])
-    datasets.add_common_flags(parser)
+    cli.add_common_flags(parser)
     parser.add_argument("--epochs", type=int, default=ProbeConfig.epochs)
     parser.add_argument("--batch_size", type=int, default=ProbeConfig.batch_size)
     parser.add_argument("--lr", type=float, default=ProbeConfig.lr)
@@ -167,7 +167,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--no_standardize", action="store_true",
                         help="train on raw features (default: standardised with train statistics)")
     args = parser.parse_args(argv)
-    data = datasets.probe_features_from_args(args)
+    data = cli.probe_features_from_args(args)
     config = ProbeConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          momentum=args.momentum, weight_decay=args.weight_decay,
                          standardize=not args.no_standardize, seed=args.seed)
@@ -177,7 +177,7 @@ def main(argv=None) -> dict:
                           multilabel=data.multilabel, config=config)
     report = data.report("linear_probe", result, probe=dataclasses.asdict(config),
                          probe_time_s=time.perf_counter() - t0)
-    datasets.finish(report, args.output or os.path.join(
+    cli.finish(report, args.output or os.path.join(
         args.workdir, "linear_probe_random_init.json" if args.random_init else "linear_probe.json"))
     return report
 

@@ -1,18 +1,19 @@
 """Online probe: cheap kNN and linear-probe scores of the backbone during pretraining.
 
-The trainer builds ``OnlineProbe(config, holdout_records)`` once and calls it every
-``config.probe.every`` steps with the backbone ``(model, variables)``. The labelled records are
-prepared once (``datasets.Preprocess`` from ``config.data``), split in half deterministically
-(probe-train / probe-test, ``config.probe.seed``) and kept on the host; each call extracts features,
-runs the kNN classifier and a short linear probe, and returns flat metrics::
+The CLI builds the hook ``make_online_probe(config)`` and hands it to the trainer's
+``run(config, workdir, hooks=[hook])``, which calls ``hook(step, backbone)`` after the train
+step of every step divisible by ``hook.every`` (``config.probe.every``), with
+``backbone = {"params": ..., ["batch_stats": ...]}`` the student backbone on the device. The
+labelled records are prepared once (``datasets.Preprocess`` from ``config.data``), split in half
+deterministically (probe-train / probe-test, ``config.probe.seed``) and kept on the host; each call
+extracts features, runs the kNN classifier and a short linear probe, and returns flat metrics::
 
     {"probe/knn_map_micro", "probe/linear_map_micro", "probe/linear_map_macro", ..., "probe/time_s"}
     (single-label data: "probe/knn_top1", "probe/linear_top1")
 
-``config.probe`` fields (all optional): ``every``, ``data`` (glob of labelled shards; default the
-``heldout-*`` shards beside the training shards), ``num_examples`` (256), ``mode`` ("cls"),
-``knn_k`` (20), ``knn_temperature`` (0.07), ``linear_epochs`` (30), ``linear_lr`` (0.1),
-``batch_size`` (256), ``seed`` (0).
+``config.probe`` fields (defaults and meanings in ``configs/common.py``): ``every`` (0 or missing:
+no probe), ``data``, ``num_examples``, ``mode``, ``knn_k``, ``knn_temperature``, ``linear_epochs``,
+``linear_lr``, ``batch_size``, ``seed``.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ def load_holdout_records(config, train_files=None) -> list[dict]:
     ``heldout-*.tfrecord`` shards in the folder of the first training shard)."""
     from geossl.data import ShardSource
     cfg = _probe_cfg(config)
-    pattern = cfg.get("data", "")
+    pattern = cfg["data"]
     if not pattern:
         if not train_files:
-            from geossl.train.loop import resolve_train_files
+            from geossl.data import resolve_train_files
             train_files = resolve_train_files(config)
         folder = os.path.dirname(os.path.abspath(train_files[0]))
         pattern = os.path.join(folder, "heldout-*.tfrecord")
@@ -48,7 +49,7 @@ def load_holdout_records(config, train_files=None) -> list[dict]:
         raise FileNotFoundError(f"online probe: no labelled shards match {pattern!r} "
                                 f"(set config.probe.data, or config.probe.every = 0)")
     source = ShardSource(files)
-    count = min(len(source), int(cfg.get("num_examples", 256)))
+    count = min(len(source), int(cfg["num_examples"]))
     return [source[i] for i in range(count)]
 
 
@@ -57,13 +58,13 @@ class OnlineProbe:
 
     def __init__(self, config, holdout_records):
         cfg = _probe_cfg(config)
-        self.mode = str(cfg.get("mode", "cls"))
-        self.k = int(cfg.get("knn_k", 20))
-        self.temperature = float(cfg.get("knn_temperature", 0.07))
-        self.batch_size = int(cfg.get("batch_size", 256))
-        seed = int(cfg.get("seed", 0))
+        self.mode = str(cfg["mode"])
+        self.k = int(cfg["knn_k"])
+        self.temperature = float(cfg["knn_temperature"])
+        self.batch_size = int(cfg["batch_size"])
+        seed = int(cfg["seed"])
         self.probe_config = linear_probe.ProbeConfig(
-            epochs=int(cfg.get("linear_epochs", 30)), lr=float(cfg.get("linear_lr", 0.1)),
+            epochs=int(cfg["linear_epochs"]), lr=float(cfg["linear_lr"]),
             batch_size=self.batch_size, seed=seed)
         model_cfg = config.get("model", None)
         self.img_size = model_cfg.get("img_size", None) if model_cfg is not None else None
@@ -100,3 +101,32 @@ class OnlineProbe:
                     out[f"probe/{prefix}_{name}"] = value
         out["probe/time_s"] = time.perf_counter() - t0
         return out
+
+
+class OnlineProbeHook:
+    """An evaluator hook of the trainer's ``run``: ``hook(step, backbone)`` → ``probe/...``
+    metrics of ``backbone`` ({"params", ["batch_stats"]}) every ``every`` steps."""
+
+    def __init__(self, probe: OnlineProbe, model, every: int):
+        if int(every) <= 0:
+            raise ValueError(f"online probe: expected every > 0 steps, found {every}")
+        self.probe = probe
+        self.model = model
+        self.every = int(every)
+
+    def __call__(self, step: int, backbone: dict) -> dict[str, float]:
+        del step  # the loop records the step with the metrics
+        return self.probe(self.model, backbone)
+
+
+def make_online_probe(config, train_files=None) -> OnlineProbeHook | None:
+    """The online-probe hook of ``config`` (its own ``config.model`` backbone, held-out records
+    read once), or None when ``config.probe.every`` is 0 or missing."""
+    every = int(_probe_cfg(config).get("every", 0) or 0)
+    if every == 0:
+        return None
+    if every < 0:
+        raise ValueError(f"config.probe.every: expected a step count >= 0, found {every}")
+    from geossl.models.from_config import create_from_config
+    probe = OnlineProbe(config, load_holdout_records(config, train_files))
+    return OnlineProbeHook(probe, create_from_config(config.model), every)

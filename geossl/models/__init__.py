@@ -1,7 +1,9 @@
 """Backbones by name: ``models.create("vit_small_patch14", in_chans=13, img_size=224)``.
 
 Every model is a ``flax.linen.Module`` with a ``num_features`` attribute and
-``__call__(x, *, train=False, ...) -> dict`` holding at least ``"embedding"`` (B, num_features).
+``__call__(x, *, train=False, stochastic=False, ...) -> dict`` holding at least ``"embedding"``
+(B, num_features). ``train``: BatchNorm uses batch statistics; ``stochastic``: drop path on (needs a
+``"dropout"`` rng). Teachers run ``stochastic=False`` whatever their BatchNorm mode.
 """
 
 from __future__ import annotations

@@ -132,9 +132,9 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block (B,N,D) → (B,N,D) with optional LayerScale and drop path.
 
-    ``train`` is a field (not a call argument) so ``nn.remat(Block)`` needs no static argnums.
-    Drop path (stochastic depth) drops a whole residual branch per sample, rescaling the kept ones
-    by 1/(1-rate), using the ``"dropout"`` rng.
+    ``stochastic`` is a field (not a call argument) so ``nn.remat(Block)`` needs no static
+    argnums. When it is set, drop path (stochastic depth) drops a whole residual branch per sample,
+    rescaling the kept ones by 1/(1-rate), using the ``"dropout"`` rng.
     """
 
     num_heads: int
@@ -142,13 +142,13 @@ class Block(nn.Module):
     qkv_bias: bool = True
     layerscale_init: float | None = 1e-5
     drop_path: float = 0.0
-    train: bool = False
+    stochastic: bool = False
     dtype: Any = jnp.float32
 
     def _branch(self, y, name):
         if self.layerscale_init is not None:
             y = LayerScale(self.layerscale_init, name=name)(y)
-        if self.train and self.drop_path > 0.0:
+        if self.stochastic and self.drop_path > 0.0:
             keep = 1.0 - self.drop_path
             alive = jax.random.bernoulli(self.make_rng("dropout"), keep, (y.shape[0],) + (1,) * (y.ndim - 1))
             y = jnp.where(alive, y / jnp.asarray(keep, y.dtype), jnp.zeros((), y.dtype))

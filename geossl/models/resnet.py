@@ -1,7 +1,7 @@
 """ResNet in the torchvision v1.5 layout (stride in the 3x3 conv of the bottleneck).
 
 Parameter names mirror torchvision's state-dict keys (``layer2.0.downsample.1`` → ``layer2_0/
-downsample_1``), so :mod:`geossl.convert.resnet_keys` is a plain table. Padding follows torch
+downsample_1``), so :mod:`geossl.convert.lib.resnet_keys` is a plain table. Padding follows torch
 exactly: conv1 7x7/2 pad 3, max-pool 3x3/2 pad 1 (padded with -inf), 3x3 convs pad 1.
 
 BatchNorm keeps ``batch_stats`` ``{mean, var}`` and, in train mode, normalises with the statistics
@@ -166,7 +166,13 @@ class ResNet(nn.Module):
         return self.width * 2 ** (len(self.stage_sizes) - 1) * (4 if self.block == "bottleneck" else 1)
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> dict:
+    def __call__(self, x: jax.Array, *, train: bool = False, stochastic: bool = False) -> dict:
+        """x (B,H,W,C) → {"embedding" (B,F), "features" [4 stage maps], "feature_map"}.
+
+        train: BatchNorm normalises with (and updates) batch statistics; stochastic: accepted for
+        the common model interface (no stochastic layers here).
+        """
+        del stochastic
         if x.ndim != 4 or x.shape[-1] != self.in_chans:
             raise ValueError(f"ResNet input: expected (B,H,W,{self.in_chans}) NHWC, found {x.shape}")
         x = x.astype(self.dtype)

@@ -34,7 +34,8 @@ def _pair(size) -> tuple[int, int]:
 class VisionTransformer(nn.Module):
     """DINOv2-layout ViT.
 
-    ``__call__(x (B,H,W,C), *, train, keep_idx, mask, insert_idx, insert_at_block, return_layers)``
+    ``__call__(x (B,H,W,C), *, train, stochastic, keep_idx, mask, insert_idx, insert_at_block,
+    return_layers)``
     returns ``{"embedding" (B,D), "cls_token" (B,D) (same), "patch_tokens" (B,M,D)[, "intermediates"]}``,
     all final-normed, in the compute ``dtype``; parameters are float32.
     """
@@ -68,9 +69,13 @@ class VisionTransformer(nn.Module):
         return 1 + self.num_register_tokens
 
     @nn.compact
-    def __call__(self, x, *, train: bool = False, keep_idx=None, mask=None, insert_idx=None,
+    def __call__(self, x, *, train: bool = False, stochastic: bool = False, keep_idx=None,
+                 mask=None, insert_idx=None,
                  insert_at_block: int | None = None, return_layers: Sequence[int] = ()):
         """x (B,H,W,C), H and W multiples of ``patch_size``; N = (H/p)(W/p) patch positions.
+
+        train: accepted for the common model interface (a ViT has no BatchNorm).
+        stochastic: drop path on (needs a ``"dropout"`` rng); teachers and evaluation leave it off.
 
         keep_idx (B,K) int: forward only these patch positions (gathered after ``pos_embed``).
         mask (B,N) bool: masked patch embeddings become ``mask_token`` before ``pos_embed``.
@@ -120,7 +125,7 @@ class VisionTransformer(nn.Module):
                 pos = jnp.take(patch_pos, insert_idx.astype(jnp.int32), axis=0)  # (B,L,D)
                 x = jnp.concatenate([x, (mask_token + pos).astype(x.dtype)], axis=1)
             x = block(self.num_heads, self.mlp_ratio, self.qkv_bias, self.layerscale_init,
-                      float(rates[i]), train, self.dtype, name=f"blocks_{i}")(x)
+                      float(rates[i]), stochastic, self.dtype, name=f"blocks_{i}")(x)
             if i in layers:
                 kept[i] = norm(x)
         x = norm(x)

@@ -10,18 +10,26 @@ Life cycle, as the trainer drives it::
     obj = objectives.create(config)
     sample = obj.make_views(record, np_rng)            # host, per record (grain worker)
     variables = obj.init(rng, batch)                   # Variables(params, teacher, extra)
-    variables = obj.load_pretrained(variables)         # continual pretraining (config.init)
+    variables = obj.with_backbone(variables, loaded)   # trainer: continual init (config.init)
+    variables = obj.with_teacher(variables, loaded)    # trainer: frozen teacher (config.teacher)
     loss, aux = obj.loss(params, teacher, extra, batch, rng, step)   # inside the jitted step
+    extra = obj.merge_extra(stacked_extras)            # trainer, with grad_accum_steps > 1
     teacher = ema(teacher, obj.teacher_source(params), momentum)     # trainer, if teacher_mode=="ema"
+
+Objectives never read files: the trainer converts torch checkpoints (``geossl.convert``) and
+hands them over as arrays through ``with_backbone`` / ``with_teacher``.
 """
 
 from __future__ import annotations
 
-import flax.struct
 from typing import Any, Callable
 
+import flax.struct
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+from geossl.models.from_config import create_from_config
 
 PyTree = Any
 
@@ -47,11 +55,21 @@ class Objective:
     """Base class of a pretraining method. Subclasses override the methods marked "override"."""
 
     #: "ema": teacher ← m·teacher + (1−m)·teacher_source(params) after each step (momentum from
-    #: config.teacher); "frozen": the teacher is never updated; "none": no teacher.
+    #: config.ema); "frozen": a network described by config.teacher, built and loaded by the
+    #: trainer, never updated; "none": no teacher.
     teacher_mode: str = "none"
 
     def __init__(self, config):
         self.config = config
+
+    @property
+    def teacher_model(self):
+        """The frozen teacher network of ``config.teacher.model`` (teacher_mode "frozen")."""
+        model_cfg = self.config.teacher.model
+        if not model_cfg.get("name"):
+            raise ValueError("config.teacher.model.name: a frozen teacher needs a model name, "
+                             "found none")
+        return create_from_config(model_cfg)
 
     # ----- host side -------------------------------------------------------------------------
     def make_views(self, record: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -73,9 +91,24 @@ class Objective:
         """The part of the student the EMA teacher tracks (structure equal to the teacher)."""
         return params
 
-    def load_pretrained(self, variables: Variables) -> Variables:
-        """Continual pretraining: fill the student from ``config.init`` (default: unchanged)."""
-        return variables
+    def merge_extra(self, extras: PyTree) -> PyTree:
+        """The ``extra`` after one optimiser step from the micro-batches' (leaves stacked on axis
+        0), each computed from the same starting ``extra``. Default: the mean of float leaves and
+        the last of the others, exact for updates affine in a batch mean (an EMA of BatchNorm
+        means or of a DINO centre), so ``extra`` advances once per step at any accumulation."""
+        def merge(x):
+            return jnp.mean(x, axis=0) if jnp.issubdtype(x.dtype, jnp.floating) else x[-1]
+        return jax.tree_util.tree_map(merge, extras)
+
+    def with_backbone(self, variables: Variables, backbone: dict) -> Variables:
+        """Override. ``variables`` with the student backbone replaced by ``backbone``
+        (``{"params", ["batch_stats"]}``, the structure ``backbone_variables`` returns)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support continual initialisation")
+
+    def with_teacher(self, variables: Variables, teacher: dict) -> Variables:
+        """``variables`` with the frozen teacher set to ``teacher`` (``{"params",
+        ["batch_stats"]}`` of ``teacher_model``, loaded by the trainer)."""
+        return variables.replace(teacher=teacher)
 
     # ----- export -----------------------------------------------------------------------------
     @property

@@ -8,17 +8,19 @@ global batch, symmetrised over the two views. Config: ``config.objective`` (see 
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from geossl import losses, masking
-from geossl.data import augment, device_views
+from geossl.data import device_views
 from geossl.models import is_vit
 from geossl.models.from_config import create_from_config
 from geossl.models.heads import MLPHead
-from geossl.objectives import pretrained
+from geossl.objectives import softcon_views
 from geossl.objectives.base import Objective, Variables, register
 
 
@@ -39,19 +41,22 @@ class SoftConNet(nn.Module):
         self.predictor = MLPHead(self.pred_hidden, self.proj_dim, self.pred_layers, use_bn=True,
                                  last_bn=False)
 
-    def __call__(self, x, *, keep_idx=None, train: bool = True, predict: bool = True):
-        """x (B,H,W,C) → (B, proj_dim); keep_idx (B,K) patch subset for a ViT student."""
+    def __call__(self, x, *, keep_idx=None, train: bool = True, stochastic: bool = False,
+                 predict: bool = True):
+        """x (B,H,W,C) → (B, proj_dim); keep_idx (B,K) patch subset for a ViT student.
+        train: BatchNorm on batch statistics; stochastic: the backbone's drop path on."""
         kw = {"keep_idx": keep_idx} if (self.vit and keep_idx is not None) else {}
-        z = self.projector(self.backbone(x, train=train, **kw)["embedding"], train=train)
+        out = self.backbone(x, train=train, stochastic=stochastic, **kw)
+        z = self.projector(out["embedding"], train=train)
         return self.predictor(z, train=train) if predict else z
 
 
-def zero_masked_patches(x: jax.Array, mask: jax.Array) -> jax.Array:
-    """x (B,H,W,C), mask (B,gh,gw) bool (True = dropped) → x with dropped patches zeroed."""
+def fill_masked_patches(x: jax.Array, mask: jax.Array, fill: float = 0.0) -> jax.Array:
+    """x (B,H,W,C), mask (B,gh,gw) bool (True = dropped) → x with dropped patches set to fill."""
     b, h, w, _ = x.shape
     fh, fw = h // mask.shape[1], w // mask.shape[2]
     pixel = jnp.repeat(jnp.repeat(mask, fh, axis=1), fw, axis=2)
-    return jnp.where(pixel[..., None], jnp.zeros((), x.dtype), x)
+    return jnp.where(pixel[..., None], jnp.asarray(fill, x.dtype), x)
 
 
 @register("softcon")
@@ -64,10 +69,8 @@ class SoftCon(Objective):
         self.vit = is_vit(config.model.name)
         self.backbone = create_from_config(config.model)
         self.net = SoftConNet(
-            backbone=self.backbone, vit=self.vit,
-            proj_hidden=o.get("proj_hidden", 4096), proj_dim=o.get("proj_dim", 256),
-            proj_layers=o.get("proj_layers", 3 if self.vit else 2),
-            pred_hidden=o.get("pred_hidden", 4096), pred_layers=o.get("pred_layers", 2))
+            backbone=self.backbone, vit=self.vit, proj_hidden=o.proj_hidden, proj_dim=o.proj_dim,
+            proj_layers=o.proj_layers, pred_hidden=o.pred_hidden, pred_layers=o.pred_layers)
         self.view_config = _view_config(config)
         self.views_on_device = device_views.views_on_device(config.data.get("views", "auto"))
 
@@ -76,15 +79,15 @@ class SoftCon(Objective):
         """Rendered views (config.data.views "host"), or the raw acquisitions and view parameters
         that ``_view`` renders inside the step ("device"; "auto" picks by backend)."""
         if self.views_on_device:
-            return device_views.raw_two_view_sample(record, rng, self.view_config)
-        return augment.two_view_sample(record, rng, self.view_config)
+            return softcon_views.raw_two_view_sample(record, rng, self.view_config)
+        return softcon_views.two_view_sample(record, rng, self.view_config)
 
     def _view(self, batch, v: int) -> jax.Array:
         """View v (1 or 2) as (B,S,S,C) float32, rendered here from raw acquisitions if needed."""
         if f"raw{v}" not in batch:
             return batch[f"view{v}"]
         return device_views.render_views(batch[f"raw{v}"], batch[f"view_params{v}"],
-                                         self.view_config)
+                                         self.view_config.render_spec())
 
     # ----- device ----------------------------------------------------------------------------
     def init(self, rng, batch) -> Variables:
@@ -101,7 +104,7 @@ class SoftCon(Objective):
     def _student(self, params, batch_stats, x, rng):
         """Masked student forward: (B,H,W,C) → (B,proj_dim), new batch stats."""
         o = self.config.objective
-        ratio = float(o.get("mask_ratio", 0.5))
+        ratio = float(o.mask_ratio)
         mask_rng, drop_rng = jax.random.split(rng)
         keep_idx = None
         if ratio > 0:
@@ -109,19 +112,20 @@ class SoftCon(Objective):
                 n = (x.shape[1] // self.backbone.patch_size) * (x.shape[2] // self.backbone.patch_size)
                 keep_idx, _ = masking.keep_mask_indices(mask_rng, x.shape[0], n, ratio)
             else:
-                p = int(o.get("mask_patch_size", 32))
+                p = int(o.mask_patch_size)
                 grid = (x.shape[1] // p, x.shape[2] // p)
                 keep, _ = masking.keep_mask_indices(mask_rng, x.shape[0], grid[0] * grid[1], ratio)
                 kept = masking.indices_to_mask(keep, grid[0] * grid[1]).reshape(-1, *grid)
-                x = zero_masked_patches(x, ~kept)
+                x = fill_masked_patches(x, ~kept, float(o.mask_fill))
         out, state = self.net.apply({"params": params, "batch_stats": batch_stats}, x,
-                                    keep_idx=keep_idx, train=True, predict=True,
+                                    keep_idx=keep_idx, train=True, stochastic=True, predict=True,
                                     rngs={"dropout": drop_rng}, mutable=["batch_stats"])
         return out, state["batch_stats"]
 
     def _teacher(self, teacher, batch_stats, x):
+        """Unmasked, deterministic (no drop path) teacher forward; BatchNorm on batch statistics."""
         out, state = self.net.apply({"params": teacher, "batch_stats": batch_stats}, x, train=True,
-                                    predict=False, mutable=["batch_stats"])
+                                    stochastic=False, predict=False, mutable=["batch_stats"])
         return jax.lax.stop_gradient(out), state["batch_stats"]
 
     def loss(self, params, teacher, extra, batch, rng, step):
@@ -135,8 +139,8 @@ class SoftCon(Objective):
         tbs = extra["teacher_batch_stats"]
         k1, tbs = self._teacher(teacher, tbs, x1)
         k2, tbs = self._teacher(teacher, tbs, x2)
-        kw = dict(temperature=float(o.get("temperature", 0.2)), soft_loss=o.get("soft_loss", "ce"))
-        lam = float(o.get("soft_weight", 1.0))
+        kw = dict(temperature=float(o.temperature), soft_loss=o.soft_loss)
+        lam = float(o.soft_weight)
 
         def sym(weight):
             return 0.5 * (losses.soft_contrastive_loss(q1, k2, y1, y2, soft_weight=weight, **kw)
@@ -149,21 +153,17 @@ class SoftCon(Objective):
         return total, {"metrics": metrics, "extra": {"batch_stats": bs, "teacher_batch_stats": tbs}}
 
     # ----- init / export ---------------------------------------------------------------------
-    def load_pretrained(self, variables: Variables) -> Variables:
-        loaded = pretrained.load_backbone_init(self.config, variables.params["backbone"],
-                                               variables.extra["batch_stats"].get("backbone"))
-        if loaded is None:
-            return variables
-        params = dict(variables.params, backbone=loaded["params"])
+    def with_backbone(self, variables: Variables, backbone: dict) -> Variables:
+        params = dict(variables.params, backbone=backbone["params"])
         extra = dict(variables.extra)
-        if "batch_stats" in loaded:
-            extra["batch_stats"] = dict(extra["batch_stats"], backbone=loaded["batch_stats"])
+        if "batch_stats" in backbone:
+            extra["batch_stats"] = dict(extra["batch_stats"], backbone=backbone["batch_stats"])
             extra["teacher_batch_stats"] = dict(extra["teacher_batch_stats"],
-                                                backbone=loaded["batch_stats"])
+                                                backbone=backbone["batch_stats"])
         return Variables(params=params, teacher=variables.teacher, extra=extra)
 
     def backbone_variables(self, variables: Variables) -> dict:
-        use_teacher = self.config.get("export", {}).get("teacher", False)
+        use_teacher = self.config.export.teacher
         params = variables.teacher if use_teacher else variables.params
         stats = variables.extra["teacher_batch_stats" if use_teacher else "batch_stats"]
         out = {"params": params["backbone"]}
@@ -172,14 +172,13 @@ class SoftCon(Objective):
         return out
 
 
-def _view_config(config):
-    """ViewConfig from config.model.img_size and every ViewConfig field set in config.data."""
-    import dataclasses
-    from geossl.data.augment import ViewConfig
+def _view_config(config) -> softcon_views.ViewConfig:
+    """ViewConfig from config.model.img_size and every ViewConfig field set in config.data
+    (bands, norm, crop_scale, distinct_seasons, channel_drop_p, raw_size, ...)."""
     d = config.data
     kw = {"img_size": config.model.img_size}
-    for field in dataclasses.fields(ViewConfig):
+    for field in dataclasses.fields(softcon_views.ViewConfig):
         if field.name != "img_size" and field.name in d:
             value = d[field.name]
             kw[field.name] = tuple(value) if isinstance(value, (list, tuple)) else value
-    return ViewConfig(**kw)
+    return softcon_views.ViewConfig(**kw)

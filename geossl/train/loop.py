@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 import time
 
@@ -11,62 +10,24 @@ import jax
 import numpy as np
 from absl import logging
 
-from geossl import objectives
+from geossl import convert, objectives
+from geossl.data import ShardSource
+from geossl.data.files import resolve_train_files
+from geossl.data.pipeline import make_train_iterator
+from geossl.models.from_config import architecture_kwargs
 from geossl.parallel import mesh as mesh_lib
 from geossl.parallel import multihost
 from geossl.parallel.sharding import tree_shardings
 from geossl.train import checkpoint as ckpt_lib
 from geossl.train import metrics as metrics_lib
+from geossl.train import pretrained
 from geossl.train.optim import make_optimizer
 from geossl.train.step import make_state, make_train_step
 
 
-# ----- data -----------------------------------------------------------------------------------
-def default_data_dir() -> str:
-    return os.path.expanduser(os.environ.get("GEOSSL_DATA", "~/.cache/geossl/synthetic-v1"))
-
-
-def resolve_train_files(config) -> list[str]:
-    """``config.data.train`` (glob or list); empty → the synthetic demo data, generated once."""
-    pattern = config.data.get("train", "")
-    if not pattern:
-        directory = default_data_dir()
-        if not glob.glob(os.path.join(directory, "train-*.tfrecord")):
-            _generate_demo_data(directory)
-        pattern = os.path.join(directory, "train-*.tfrecord")
-    from geossl.data.pipeline import train_files
-    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
-    return train_files([os.path.expanduser(p) for p in patterns])
-
-
-def _generate_demo_data(directory: str) -> None:
-    """Runs data_prep.synthetic into a temporary folder renamed into place (no partial data)."""
-    import shutil
-    import tempfile
-    from data_prep import synthetic
-    logging.info("no data configured: generating the synthetic demo data in %s", directory)
-    parent = os.path.dirname(directory.rstrip("/")) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
-    try:
-        # In-process (a few seconds): worker processes would be spawned, which re-runs a user's
-        # script that lacks an ``if __name__ == "__main__"`` guard, endlessly.
-        synthetic.generate(tmp, num_workers=1)
-        try:
-            os.rename(tmp, directory)
-        except OSError:  # another process finished first, or an empty folder is in the way
-            if glob.glob(os.path.join(directory, "train-*.tfrecord")):
-                return
-            os.rmdir(directory)
-            os.rename(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
+# ----- data ---------------------------------------------------------------------------------------
 def make_data_iterator(config, objective, process_index: int, process_count: int):
     """(source, iterator) of this process's batches of ``objective.make_views`` samples."""
-    from geossl.data import ShardSource
-    from geossl.data.pipeline import make_train_iterator
     source = ShardSource(resolve_train_files(config))
     return source, make_train_iterator(config, objective.make_views, source=source,
                                        process_index=process_index, process_count=process_count)
@@ -107,8 +68,14 @@ def build_trainer(config, objective, mesh, batch0) -> Trainer:
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_state, shardings)
 
     def init_state():
-        variables = jax.jit(objective.init)(init_rng, batch0)
-        variables = objective.load_pretrained(jax.device_get(variables))
+        variables = jax.device_get(jax.jit(objective.init)(init_rng, batch0))
+        loaded = pretrained.load_student_backbone(config, objective.backbone_variables(variables))
+        if loaded is not None:
+            variables = objective.with_backbone(variables, loaded)
+        if objective.teacher_mode == "frozen":
+            teacher_rng = jax.random.fold_in(init_rng, 1)
+            variables = objective.with_teacher(variables, pretrained.build_frozen_teacher(
+                config, objective.teacher_model, teacher_rng))
         return jax.jit(build, out_shardings=shardings)(variables)
 
     return Trainer(objective, abstract_state, shardings, ckpt_lib.make_meta(config, abstract_state),
@@ -116,9 +83,14 @@ def build_trainer(config, objective, mesh, batch0) -> Trainer:
 
 
 # ----- run --------------------------------------------------------------------------------------
-def run(config, workdir: str, devices=None) -> dict:
+def run(config, workdir: str, devices=None, *, hooks=()) -> dict:
     """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) on all (or the
-    given) devices. Returns a summary: workdir, final_step, last_metrics, export, state."""
+    given) devices. Returns a summary: workdir, final_step, last_metrics, export, state.
+
+    hooks: evaluators the CLI hands in (e.g. ``geossl.eval.online.make_online_probe``), each with
+    an int ``every`` and ``hook(step, backbone) -> dict[str, float]``, called after every
+    ``every``-th step with the student backbone (``objective.backbone_variables``); its metrics
+    join that step's row of metrics.jsonl."""
     workdir = os.path.abspath(workdir)
     mesh = mesh_lib.make_mesh(config.mesh, devices)
     if config.global_batch % mesh_lib.batch_divisor(mesh):
@@ -130,8 +102,8 @@ def run(config, workdir: str, devices=None) -> dict:
     trainer = build_trainer(config, objective, mesh, example_batch(objective, source))
     abstract_state, shardings, meta = trainer.abstract_state, trainer.shardings, trainer.meta
 
-    checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.get("keep_checkpoints", 3),
-                                         async_save=config.get("async_checkpoints", True))
+    checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
+                                         async_save=config.async_checkpoints)
     writer = metrics_lib.MetricsWriter(workdir, config.total_steps)
     start = checkpointer.latest_step()
     if start is not None:
@@ -141,9 +113,8 @@ def run(config, workdir: str, devices=None) -> dict:
     else:
         start = 0
         state = trainer.init_state()
-    probe = make_online_probe(config, objective)
     summary = _loop(config, state, start, trainer.train_step, data_iter, mesh, checkpointer,
-                    writer, meta, probe)
+                    writer, meta, _backbone_hooks(objective, hooks))
     summary["export"] = _export(config, objective, checkpointer, workdir)
     if jax.process_count() > 1:  # nobody leaves while process 0 still exports
         from jax.experimental import multihost_utils
@@ -154,30 +125,23 @@ def run(config, workdir: str, devices=None) -> dict:
     return summary
 
 
-def make_online_probe(config, objective):
-    """``probe(state) -> dict`` of kNN / linear-probe metrics on held-out records, or None."""
-    if not int(config.get("probe", {}).get("every", 0)):
-        return None
-    from geossl.eval.online import OnlineProbe, load_holdout_records
-    from geossl.models.from_config import create_from_config
-    online = OnlineProbe(config, load_holdout_records(config, resolve_train_files(config)))
-    model = create_from_config(config.model)
-
-    def probe(state):
-        variables = objective.backbone_variables(
-            objectives.Variables(params=state.params, teacher=state.teacher, extra=state.extra))
-        return online(model, variables)
-
-    return probe
+def _backbone_hooks(objective, hooks):
+    """``[(every, hook(step, state) -> dict)]``: each hook fed the student backbone of the state."""
+    def bind(hook):
+        def call(step, state):
+            variables = objectives.Variables(params=state.params, teacher=state.teacher,
+                                             extra=state.extra)
+            return hook(step, objective.backbone_variables(variables))
+        return int(hook.every), call
+    return [bind(h) for h in hooks if int(h.every) > 0]
 
 
 def _loop(config, state, start, train_step, data_iter, mesh, checkpointer, writer, meta,
-          probe=None) -> dict:
+          hooks=()) -> dict:
     total, every = int(config.total_steps), int(config.checkpoint_every)
-    log_every = max(1, int(config.get("log_every", 10)))
-    probe_every = int(config.get("probe", {}).get("every", 0))
+    log_every = max(1, int(config.log_every))
     pending: list[tuple[int, dict, float, float]] = []
-    probed: dict[int, dict] = {}
+    evaluated: dict[int, dict] = {}
     t_start = time.perf_counter()
     last_row = None
 
@@ -192,7 +156,7 @@ def _loop(config, state, start, train_step, data_iter, mesh, checkpointer, write
             row.update(step_time_s=dt, data_wait_s=wait, data_wait_frac=wait / max(dt, 1e-9),
                        images_per_s=config.global_batch / max(dt, 1e-9))
             metrics_lib.check_finite(step, row)
-            row.update(probed.pop(step, {}))
+            row.update(evaluated.pop(step, {}))
             rows.append(row)
         writer.write(rows)
         last_row = rows[-1]
@@ -208,9 +172,11 @@ def _loop(config, state, start, train_step, data_iter, mesh, checkpointer, write
         state, metrics = train_step(state, batch)
         now = time.perf_counter()
         pending.append((step, metrics, wait, now - t_prev))
-        if probe is not None and step % probe_every == 0:
-            probed[step] = probe(state)
-            logging.info("step %d probe: %s", step, probed[step])
+        for hook_every, hook in hooks:
+            if step % hook_every == 0:
+                result = hook(step, state)
+                evaluated.setdefault(step, {}).update(result)
+                logging.info("step %d evaluation: %s", step, result)
         t_prev = time.perf_counter()
         if step % log_every == 0 or step % every == 0 or step == total:
             flush()  # raises on a non-finite loss before anything is saved
@@ -223,18 +189,14 @@ def _loop(config, state, start, train_step, data_iter, mesh, checkpointer, write
 
 def _export(config, objective, checkpointer, workdir) -> str | None:
     """Writes the backbone as a PyTorch state dict (safetensors) into workdir/export."""
-    if not config.get("export", {}).get("torch", True):
+    if not config.export.torch:
         return None
-    from geossl import convert
-    from geossl.convert.io import export_metadata, save_state_dict
-    from geossl.models.from_config import architecture_kwargs
     raw = checkpointer.restore_raw()  # collective: every process takes part
     if jax.process_index() != 0:
         return None
     variables = objective.backbone_variables(
         objectives.Variables(params=raw["params"], teacher=raw.get("teacher"), extra=raw.get("extra", {})))
-    kwargs = architecture_kwargs(config.model)
-    sd = convert.to_torch(variables, objective.backbone_name, **kwargs)
     path = os.path.join(workdir, "export", f"{objective.backbone_name}.safetensors")
-    save_state_dict(sd, path, export_metadata(objective.backbone_name, kwargs, config))
+    convert.export_backbone(variables, objective.backbone_name, architecture_kwargs(config.model),
+                            path, config)
     return path

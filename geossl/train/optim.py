@@ -1,4 +1,4 @@
-"""Optimisers (adamw, lars, sgd) with no-decay masks, learning-rate schedules and clipping."""
+"""Optimisers (adamw, lars, sgd) with weight-decay rules and schedules, lr schedules and clipping."""
 
 from __future__ import annotations
 
@@ -9,20 +9,52 @@ import optax
 from absl import logging
 
 from geossl.parallel.sharding import path_str
-from geossl.train import schedules
+from geossl import schedules
 
-#: Parameters never decayed (besides every 1-D parameter: biases, norms, LayerScale).
-DEFAULT_NO_DECAY = r"(pos_embed|cls_token|mask_token|register_tokens)$"
+#: Token and position tables, never decayed under the "matrices" rule.
+TOKEN_TABLES = r"(pos_embed|cls_token|mask_token|register_tokens|relative_position_bias_table)$"
 
 
-def decay_mask(params, no_decay: str = DEFAULT_NO_DECAY):
-    """True where weight decay (and LARS adaptation) applies: >=2-D and not a token table."""
-    pattern = re.compile(no_decay) if no_decay else None
+def decay_mask(params, rule: str = "matrices"):
+    """True where weight decay (and LARS adaptation) applies, by ``config.optim.decay``:
 
-    def one(path, p):
-        return p.ndim > 1 and not (pattern and pattern.search(path_str(path)))
+    - "matrices": parameters with 2+ dimensions that are not token / position tables (biases,
+      norms and LayerScale, 1-D, are left alone; MoCo-v3, SimMIM, GFM);
+    - "all": every parameter (DINO / PerA);
+    - "regex:PATTERN": every parameter whose path (``blocks_0/attn/qkv/kernel``) does *not*
+      match PATTERN (``re.search``).
+    """
+    if rule == "all":
+        return jax.tree_util.tree_map(lambda p: True, params)
+    if rule == "matrices":
+        tables = re.compile(TOKEN_TABLES)
+        return jax.tree_util.tree_map_with_path(
+            lambda path, p: p.ndim > 1 and not tables.search(path_str(path)), params)
+    if isinstance(rule, str) and rule.startswith("regex:"):
+        try:
+            skip = re.compile(rule[len("regex:"):])
+        except re.error as e:
+            raise ValueError(f"config.optim.decay: bad regular expression in {rule!r}: {e}") from None
+        return jax.tree_util.tree_map_with_path(lambda path, p: not skip.search(path_str(path)),
+                                                params)
+    raise ValueError(f"config.optim.decay: expected 'matrices', 'all' or 'regex:PATTERN', "
+                     f"found {rule!r}")
 
-    return jax.tree_util.tree_map_with_path(one, params)
+
+def weight_decay_schedule(config):
+    """``config.optim.weight_decay``: a number, or a schedule section (name, base, final, ...;
+    ``total_steps`` filled in) such as DINO's cosine 0.04 → 0.4. Returns a float or ``fn(step)``."""
+    wd = config.optim.weight_decay
+    if isinstance(wd, (int, float)):
+        if wd < 0:
+            raise ValueError(f"config.optim.weight_decay: expected >= 0, found {wd}")
+        return float(wd)
+    if not hasattr(wd, "items"):
+        raise ValueError(f"config.optim.weight_decay: expected a number or a schedule section, "
+                         f"found {type(wd).__name__} {wd!r}")
+    cfg = dict(wd.items())
+    cfg.setdefault("total_steps", int(config.total_steps))
+    return schedules.make_schedule(cfg)
 
 
 def lr_schedule(config):
@@ -41,25 +73,25 @@ def lr_schedule(config):
 
 
 def make_optimizer(config, params) -> tuple[optax.GradientTransformation, callable]:
-    """Returns ``(tx, lr_fn)`` from ``config.optim`` (name, weight_decay, clip_norm, ...)."""
+    """Returns ``(tx, lr_fn)`` from ``config.optim``: name, weight_decay (number or schedule),
+    decay (which parameters decay, see :func:`decay_mask`), clip_norm and the optimiser's own
+    fields (adamw: b1, b2, eps; lars: momentum, trust_coefficient; sgd: momentum)."""
     o = config.optim
     lr = lr_schedule(config)
-    mask = decay_mask(params, o.get("no_decay", DEFAULT_NO_DECAY))
+    mask = decay_mask(params, o.decay)
+    wd = weight_decay_schedule(config)
     name = o.name
     if name == "adamw":
-        core = optax.adamw(lr, b1=o.get("b1", 0.9), b2=o.get("b2", 0.999), eps=o.get("eps", 1e-8),
-                           weight_decay=o.weight_decay, mask=mask)
+        core = optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=wd, mask=mask)
     elif name == "lars":
-        core = optax.lars(lr, weight_decay=o.weight_decay, weight_decay_mask=mask,
-                          trust_ratio_mask=mask, momentum=o.get("momentum", 0.9),
-                          trust_coefficient=o.get("trust_coefficient", 0.001))
+        core = optax.lars(lr, weight_decay=wd, weight_decay_mask=mask, trust_ratio_mask=mask,
+                          momentum=o.momentum, trust_coefficient=o.trust_coefficient)
     elif name == "sgd":
-        core = optax.chain(optax.add_decayed_weights(o.weight_decay, mask),
-                           optax.sgd(lr, momentum=o.get("momentum", 0.9)))
+        core = optax.chain(optax.add_decayed_weights(wd, mask), optax.sgd(lr, momentum=o.momentum))
     else:
         raise ValueError(f"config.optim.name: expected adamw, lars or sgd, found {name!r}")
     parts = []
-    if o.get("clip_norm", 0.0):
+    if o.clip_norm:
         parts.append(optax.clip_by_global_norm(o.clip_norm))
     parts.append(core)
     return optax.chain(*parts), lr

@@ -9,13 +9,13 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from geossl.objectives.base import Objective, Variables
 from geossl.parallel import mesh as mesh_lib
-from geossl.train import schedules
+from geossl import schedules
 from geossl.train.state import TrainState
 
 
 def momentum_schedule(config):
-    """EMA teacher momentum from ``config.teacher`` (name, base, final, total_steps)."""
-    cfg = dict(config.get("teacher", {}) or {})
+    """EMA teacher momentum from ``config.ema`` (name, base, final, total_steps)."""
+    cfg = dict(config.ema)
     if not cfg:
         return lambda step: jnp.float32(0.0)
     cfg.setdefault("total_steps", int(config.total_steps))
@@ -46,7 +46,7 @@ def _split_micro(batch, accum: int):
 def make_train_step(objective: Objective, tx, lr_fn, config, mesh, state_shardings):
     """Returns ``step(state, batch) -> (state, metrics)``: jitted, state donated, batch sharded
     over ("data", "fsdp"), metrics replicated float32 scalars."""
-    accum = int(config.get("grad_accum_steps", 1))
+    accum = int(config.grad_accum_steps)
     momentum_fn = momentum_schedule(config)
 
     def loss_and_grad(params, teacher, extra, batch, rng, step):
@@ -63,18 +63,19 @@ def make_train_step(objective: Objective, tx, lr_fn, config, mesh, state_shardin
         else:
             micro = _split_micro(batch, accum)
 
-            def body(carry, xs):
-                grads_sum, extra = carry
+            # Every micro-batch starts from the step's extra; their updates merge once below.
+            def body(grads_sum, xs):
                 mb, i = xs
-                (l, aux), g = loss_and_grad(state.params, state.teacher, extra, mb,
+                (l, aux), g = loss_and_grad(state.params, state.teacher, state.extra, mb,
                                             jax.random.fold_in(rng, i), state.step)
                 grads_sum = jax.tree_util.tree_map(jnp.add, grads_sum, g)
-                return (grads_sum, aux["extra"]), (l, aux["metrics"])
+                return grads_sum, (l, aux["metrics"], aux["extra"])
 
             zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-            (grads, extra), (losses, terms) = jax.lax.scan(
-                body, (zeros, state.extra), (micro, jnp.arange(accum)))
+            grads, (losses, terms, extras) = jax.lax.scan(
+                body, zeros, (micro, jnp.arange(accum)))
             grads = jax.tree_util.tree_map(lambda g: g / accum, grads)
+            extra = objective.merge_extra(extras)
             loss = losses.mean()
             terms = jax.tree_util.tree_map(jnp.mean, terms)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from geossl.convert.keymap import Entry
+from geossl.convert.lib.keymap import Entry
 
 if TYPE_CHECKING:
     from geossl.models.vit import VisionTransformer

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from geossl.convert.keymap import Entry
+from geossl.convert.lib.keymap import Entry
 from geossl.models.resnet import ResNet, stage_plan
 
 

@@ -1,0 +1,82 @@
+"""Separable Gaussian blur of (H, W, C) float32 images in numpy, with reflected borders.
+
+The taps are scipy's (radius int(truncate·σ + 0.5), normalised weights) and the border rule is
+scipy's ``mode="reflect"`` ("dcba|abcd|dcba"), so ``gaussian_blur`` equals two passes of
+``scipy.ndimage.gaussian_filter1d``. Each pass is a banded matrix product run on one BLAS thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+try:
+    from threadpoolctl import ThreadpoolController
+except ImportError:  # optional: without it BLAS keeps its own thread count
+    ThreadpoolController = None
+_BLAS = []
+
+
+def gaussian_kernel(sigma: float, truncate: float = 3.0) -> np.ndarray:
+    """(2r+1,) float64 normalised Gaussian, r = int(truncate·σ + 0.5) (scipy's radius)."""
+    r = int(truncate * float(sigma) + 0.5)
+    t = np.arange(-r, r + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def _reflect(index: np.ndarray, n: int) -> np.ndarray:
+    """Indices mirrored into [0, n) with the half-sample symmetric rule "dcba|abcd|dcba"."""
+    q = np.mod(index, 2 * n)
+    return np.where(q >= n, 2 * n - 1 - q, q)
+
+
+def blur_matrix(n: int, kernel: np.ndarray) -> np.ndarray:
+    """(n, n) float32 banded matrix of a symmetric 1-D correlation with reflected borders."""
+    r = len(kernel) // 2
+    m = np.zeros((n, n), np.float64)
+    rows = np.arange(n)
+    for j in range(-r, r + 1):
+        m[rows, _reflect(rows + j, n)] += kernel[j + r]   # (row, col) pairs unique for fixed j
+    return m.astype(np.float32)
+
+
+def _one_blas_thread():
+    """Context running BLAS on the calling thread only: the blur's GEMMs are small, and spinning
+    BLAS threads would compete with the input pipeline's own workers."""
+    if ThreadpoolController is None:
+        return contextlib.nullcontext()
+    if not _BLAS:
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0].limit(limits=1, user_api="blas")
+
+
+def _banded_matmul(m: np.ndarray, x: np.ndarray, radius: int, block: int = 32) -> np.ndarray:
+    """m (n, n) with m[i, j] = 0 for |i − j| > radius, times x (n, k) → (n, k) float32: one small
+    GEMM per block of output rows over the input rows the band reaches."""
+    n = m.shape[0]
+    if radius >= n:
+        return m @ x
+    out = np.empty(x.shape, np.float32)
+    for i in range(0, n, block):
+        a, b = max(0, i - radius), min(n, i + block + radius)
+        np.matmul(m[i:i + block, a:b], x[a:b], out=out[i:i + block])
+    return out
+
+
+def gaussian_blur(x: np.ndarray, sigma: float, truncate: float = 3.0) -> np.ndarray:
+    """(H, W, C) float → float32 blurred over H and W (separable, reflected borders "dcba|abcd",
+    radius int(truncate·σ + 0.5) as scipy); channels independent. Each axis is a banded matrix
+    product on one BLAS thread, W after swapping it to the front."""
+    k = gaussian_kernel(sigma, truncate)
+    r = len(k) // 2
+    x = np.asarray(x, np.float32)
+    h, w, c = x.shape
+    if r == 0:
+        return x.copy()
+    with _one_blas_thread():
+        y = _banded_matmul(blur_matrix(h, k), x.reshape(h, w * c), r).reshape(h, w, c)
+        y = np.ascontiguousarray(y.transpose(1, 0, 2)).reshape(w, h * c)
+        y = _banded_matmul(blur_matrix(w, k), y, r).reshape(w, h, c)
+    return np.ascontiguousarray(y.transpose(1, 0, 2))

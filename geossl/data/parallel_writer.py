@@ -1,0 +1,172 @@
+"""Shards written by parallel processes: ``write_shards`` splits work items into ``num_shards``
+contiguous runs, one process writes each shard atomically (ShardWriter) and a tqdm bar counts
+records; the run summary is saved beside the shards.
+
+A caller names a picklable ``make_record(item) -> record dict``, which raises ``BadInputError``
+(naming the file) for an input it cannot use: the run stops on it, or with ``skip_bad`` counts it
+as skipped and goes on.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import multiprocessing
+import os
+import queue as queue_lib
+import time
+from collections.abc import Callable, Sequence
+
+from geossl.data.writer import ShardWriter, shard_name
+
+MAX_LISTED_BAD = 100
+
+
+class BadInputError(ValueError):
+    """An input item that cannot be converted; the message names the file and the problem."""
+
+
+_progress_queue = None
+
+
+def _init_worker(progress_queue) -> None:
+    global _progress_queue
+    _progress_queue = progress_queue
+
+
+def _write_one_shard(task) -> dict:
+    path, items, make_record, skip_bad = task
+    stats = {"path": path, "records": 0, "skipped": 0, "bad": []}
+    with ShardWriter(path) as writer:
+        for item in items:
+            try:
+                record = make_record(item)
+            except BadInputError as e:
+                if not skip_bad:
+                    raise
+                stats["skipped"] += 1
+                if len(stats["bad"]) < MAX_LISTED_BAD:
+                    stats["bad"].append({"item": str(item), "error": str(e)})
+                record = None
+            if record is not None:
+                writer.write(record)
+                stats["records"] += 1
+            if _progress_queue is not None:
+                _progress_queue.put(1)
+    return stats
+
+
+def split_evenly(items: Sequence, num_parts: int) -> list[list]:
+    """Contiguous runs whose lengths differ by at most one."""
+    n = len(items)
+    return [list(items[k * n // num_parts:(k + 1) * n // num_parts]) for k in range(num_parts)]
+
+
+def _remove_temporaries(paths: Sequence[str]) -> None:
+    for path in paths:
+        folder, name = os.path.split(path)
+        for tmp in glob.glob(os.path.join(folder or ".", f".{glob.escape(name)}.tmp-*")):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+
+
+def write_shards(items: Sequence, make_record: Callable, output_dir: str, prefix: str, *,
+                 num_shards: int, num_workers: int | None = None, skip_bad: bool = False,
+                 desc: str | None = None, extra_summary: dict | None = None,
+                 verbose: bool = True) -> dict:
+    """Writes ``prefix-0000k-of-0000K.tfrecord`` shards; returns (and saves) a summary dict.
+
+    ``num_workers``: processes (spawned, so safe after JAX is imported); <= 1 runs in-process.
+    The summary (records, skipped, bytes, seconds, shards, bad items) is written to
+    ``output_dir/prefix.summary.json``.
+    """
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, found {num_shards}")
+    os.makedirs(output_dir, exist_ok=True)
+    paths = [os.path.join(output_dir, shard_name(prefix, k, num_shards)) for k in range(num_shards)]
+    tasks = [(p, chunk, make_record, skip_bad)
+             for p, chunk in zip(paths, split_evenly(items, num_shards))]
+    if num_workers is None:
+        num_workers = min(num_shards, os.cpu_count() or 1)
+    num_workers = max(1, min(num_workers, num_shards))
+    start = time.time()
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(items), desc=desc or prefix, unit="rec", disable=not verbose)
+    try:
+        if num_workers == 1:
+            results = []
+            _init_worker(None)
+            for task in tasks:
+                results.append(_write_one_shard(task))
+                bar.update(len(task[1]))
+        else:
+            results = _run_pool(tasks, num_workers, bar)
+    except BaseException:
+        _remove_temporaries(paths)
+        raise
+    finally:
+        bar.close()
+
+    summary = {
+        "prefix": prefix,
+        "output_dir": os.path.abspath(output_dir),
+        "shards": [os.path.basename(p) for p in paths],
+        "records": sum(r["records"] for r in results),
+        "skipped": sum(r["skipped"] for r in results),
+        "bytes": sum(os.path.getsize(p) for p in paths),
+        "seconds": round(time.time() - start, 3),
+        "bad": [b for r in results for b in r["bad"]][:MAX_LISTED_BAD],
+    }
+    summary.update(extra_summary or {})
+    others = sorted(set(glob.glob(os.path.join(glob.escape(output_dir),
+                                               f"{glob.escape(prefix)}-*-of-*.tfrecord*")))
+                    - set(paths) - {p + ".index" for p in paths})
+    others = [o for o in others if not o.endswith(".index")]
+    if others:
+        summary["warning"] = (f"{len(others)} other shard file(s) with prefix {prefix!r} remain "
+                              f"from an earlier run, e.g. {os.path.basename(others[0])}")
+    with open(os.path.join(output_dir, f"{prefix}.summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    if verbose:
+        print_summary(summary)
+    return summary
+
+
+def _run_pool(tasks, num_workers: int, bar) -> list[dict]:
+    ctx = multiprocessing.get_context("spawn")
+    progress = ctx.Queue()
+    with ctx.Pool(num_workers, initializer=_init_worker, initargs=(progress,)) as pool:
+        pending = [pool.apply_async(_write_one_shard, (task,)) for task in tasks]
+        while True:
+            try:
+                bar.update(progress.get(timeout=0.1))
+            except queue_lib.Empty:
+                pass
+            for result in pending:
+                if result.ready() and not result.successful():
+                    result.get()  # re-raises the worker's error (e.g. BadInputError)
+            if all(r.ready() for r in pending):
+                break
+        while True:
+            try:
+                bar.update(progress.get_nowait())
+            except queue_lib.Empty:
+                break
+        return [r.get() for r in pending]
+
+
+def print_summary(summary: dict) -> None:
+    mb = summary["bytes"] / 2**20
+    print(f"{summary['prefix']}: {summary['records']} records in {len(summary['shards'])} shards, "
+          f"{summary['skipped']} skipped, {mb:.1f} MiB, {summary['seconds']:.1f} s -> "
+          f"{summary['output_dir']}")
+    for bad in summary["bad"][:10]:
+        print(f"  skipped {bad['item']}: {bad['error']}")
+    if summary["skipped"] > 10:
+        print(f"  ... ({summary['skipped'] - 10} more in {summary['prefix']}.summary.json)")
+    if "warning" in summary:
+        print(f"  warning: {summary['warning']}")
