@@ -77,6 +77,10 @@ def base() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         train="",            # glob of TFRecord shards; "" = synthetic demo data (generated once)
         num_workers=0,       # grain worker processes
+        worker_batch_size=0,  # samples a worker hands over at once; 0 = the local batch
+        read_threads=1,      # threads reading records (no workers)
+        prefetch_batches=2,  # batches built ahead of the step
+        tune_malloc=True,    # glibc keeps freed memory for the view builders (data/malloc.py)
         bands=S2_L1C_BANDS,  # model input bands, by name, in this order
         norm="softcon",      # per-band (x - (mu - 2 sigma)) / (4 sigma) clipped to [0, 1]
         num_classes=9,       # Dynamic World

@@ -4,10 +4,10 @@ import functools
 import platform
 import sys
 
-import ml_collections
 import numpy as np
 import pytest
 
+from configs import common
 from geossl.data import bands as bl
 from geossl.data import pipeline
 from geossl.objectives import softcon_views
@@ -118,8 +118,9 @@ def test_shard_source_two_view_batches(tmp_path):
     with ShardWriter(path) as w:
         for r in records:
             w.write(r)
-    config = ml_collections.ConfigDict(dict(seed=0, global_batch=4, data=dict(
-        train=str(tmp_path / "train-*.tfrecord"), num_workers=0)))
+    config = common.base()
+    config.update(dict(seed=0, global_batch=4))
+    config.data.train = str(tmp_path / "train-*.tfrecord")
     it = pipeline.make_train_iterator(config, _VIEWS, process_index=0, process_count=1)
     batch = next(it)
     assert batch["view1"].shape == (4, 8, 8, 13) and batch["view1"].dtype == np.float32

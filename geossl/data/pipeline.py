@@ -147,9 +147,9 @@ def train_files(pattern: str | Sequence[str]) -> list[str]:
 def make_train_iterator(config, view_fn, *, source=None, process_index: int | None = None,
                         process_count: int | None = None):
     """``iter(make_dataset(...))`` from a config: ``config.data.train`` (glob, unless ``source`` is
-    given), ``config.seed``, ``config.global_batch`` split over processes, and the optional
-    ``config.data`` fields num_workers, worker_batch_size, read_threads, prefetch_batches,
-    tune_malloc."""
+    given), ``config.seed``, ``config.global_batch`` split over processes, and the
+    ``config.data`` fields num_workers, worker_batch_size (0 = the local batch), read_threads,
+    prefetch_batches, tune_malloc (defaults in configs/common.py)."""
     if process_index is None or process_count is None:
         import jax
         process_index, process_count = jax.process_index(), jax.process_count()
@@ -163,9 +163,9 @@ def make_train_iterator(config, view_fn, *, source=None, process_index: int | No
     ds = make_dataset(source, view_fn, seed=int(config.seed), shuffle=True,
                       local_batch_size=config.global_batch // process_count,
                       process_index=process_index, process_count=process_count,
-                      num_workers=int(data.get("num_workers", 0)),
-                      worker_batch_size=data.get("worker_batch_size") or None,
-                      read_threads=int(data.get("read_threads", 1)),
-                      prefetch_batches=int(data.get("prefetch_batches", 2)),
-                      tune_malloc=bool(data.get("tune_malloc", True)))
+                      num_workers=int(data.num_workers),
+                      worker_batch_size=int(data.worker_batch_size) or None,
+                      read_threads=int(data.read_threads),
+                      prefetch_batches=int(data.prefetch_batches),
+                      tune_malloc=bool(data.tune_malloc))
     return iter(ds)

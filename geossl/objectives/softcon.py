@@ -72,7 +72,7 @@ class SoftCon(Objective):
             backbone=self.backbone, vit=self.vit, proj_hidden=o.proj_hidden, proj_dim=o.proj_dim,
             proj_layers=o.proj_layers, pred_hidden=o.pred_hidden, pred_layers=o.pred_layers)
         self.view_config = _view_config(config)
-        self.views_on_device = device_views.views_on_device(config.data.get("views", "auto"))
+        self.views_on_device = device_views.views_on_device(config.data.views)
 
     # ----- host ------------------------------------------------------------------------------
     def make_views(self, record, rng: np.random.Generator):
