@@ -70,9 +70,12 @@ def _env(devices):
 
 def test_run_writes_metrics_checkpoints_and_export(shards, tmp_path):
     workdir = str(tmp_path / "run")
+    os.makedirs(workdir)  # an earlier attempt killed before its first checkpoint left two rows
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+        f.write('{"step": 1, "loss": -1.0}\n{"step": 2, "loss": -1.0}\n')
     summary = loop.run(tiny_config(shards), workdir)
     rows = read_metrics(workdir)
-    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert [r["step"] for r in rows] == list(range(1, 7)) and rows[0]["loss"] != -1.0
     for key in ("loss", "loss_instance", "loss_soft", "lr", "momentum", "grad_norm",
                 "step_time_s", "data_wait_s", "images_per_s"):
         assert all(np.isfinite(r[key]) for r in rows), key
@@ -169,8 +172,13 @@ def test_two_processes_match_one_process(shards, tmp_path):
 def test_checkpoint_of_another_model_is_refused(shards, tmp_path):
     workdir = str(tmp_path / "w")
     loop.run(tiny_config(shards, total_steps=2), workdir)
+    config_json = open(os.path.join(workdir, "config.json")).read()
     with pytest.raises(ckpt_lib.CheckpointMismatchError, match="projector.*16.*24|24.*16"):
         loop.run(tiny_config(shards, total_steps=4, **{"objective.proj_dim": 24}), workdir)
+    # the refused run changed nothing: the workdir still describes (and exports) its checkpoints
+    assert open(os.path.join(workdir, "config.json")).read() == config_json
+    arch, variables = ckpt_lib.load_backbone(workdir)
+    assert arch == "vit_tiny_patch16" and "blocks_0" in variables["params"]
 
 
 def test_checkpoint_of_another_optimiser_is_refused(shards, tmp_path):

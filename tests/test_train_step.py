@@ -226,3 +226,27 @@ def test_warmup_longer_than_the_run_is_cut_to_the_run():
     lr = lr_schedule(_config(total_steps=2, lr=dict(name="warmup_cosine", base=1.0, warmup_steps=610,
                                                     final=0.0)))
     assert float(lr(0)) == 0.0 and float(lr(1)) == pytest.approx(0.5)
+
+
+def test_config_is_checked_before_anything_is_built():
+    from configs import softcon_vit_s
+    from geossl.train.config_checks import ConfigError, check_config
+    check_config(softcon_vit_s.get_config("demo"))
+    cases = {"lr.base": (-0.001, r"config.lr.base: expected >= 0.0, found -0.001"),
+             "total_steps": (0, r"config.total_steps: expected >= 1, found 0"),
+             "grad_accum_steps": (5, r"config.grad_accum_steps: expected a divisor of global_batch 64"),
+             "optim.weight_decay": (-0.1, r"config.optim.weight_decay: expected >= 0.0"),
+             "ema.base": (1.5, r"config.ema.base: expected a momentum in \[0, 1\], found 1.5")}
+    for path, (value, message) in cases.items():
+        c = softcon_vit_s.get_config("demo")
+        section, _, key = path.rpartition(".")
+        (c[section] if section else c)[key] = value
+        with pytest.raises(ConfigError, match=message):
+            check_config(c)
+    c = softcon_vit_s.get_config("demo")
+    c.objective.mask_ratio = 1.5
+    with pytest.raises(ValueError, match=r"config.objective.mask_ratio: expected a fraction in \[0, 1\), found 1.5"):
+        objectives.create(c)
+    c.objective.mask_ratio, c.objective.name = 0.5, "softconn"
+    with pytest.raises(ValueError, match=r"unknown objective 'softconn'; expected one of \[.*'softcon'"):
+        objectives.create(c)

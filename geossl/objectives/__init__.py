@@ -1,5 +1,5 @@
 """Pretraining objectives: one file per method, registered by name (see base.py)."""
 
-from geossl.objectives.base import Objective, Variables, create, register
+from geossl.objectives.base import Objective, Variables, available, create, register
 
-__all__ = ["Objective", "Variables", "create", "register"]
+__all__ = ["Objective", "Variables", "available", "create", "register"]

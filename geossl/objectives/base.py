@@ -145,5 +145,16 @@ def create(config) -> Objective:
             if e.name != f"geossl.objectives.{name}":
                 raise
     if name not in _REGISTRY:
-        raise ValueError(f"unknown objective {name!r}; registered: {sorted(_REGISTRY)}")
+        raise ValueError(f"config.objective.name: unknown objective {name!r}; expected one of "
+                         f"{available()}")
     return _REGISTRY[name](config)
+
+
+def available() -> list[str]:
+    """Objective names: those registered plus the method modules of this package (importing one
+    registers it)."""
+    import pkgutil
+    import geossl.objectives as package
+    modules = {m.name for m in pkgutil.iter_modules(package.__path__)
+               if m.name != "base" and not m.name.endswith("_views")}
+    return sorted(set(_REGISTRY) | modules)

@@ -66,6 +66,7 @@ class SoftCon(Objective):
     def __init__(self, config):
         super().__init__(config)
         o = config.objective
+        _check_fields(o)
         self.vit = is_vit(config.model.name)
         self.backbone = create_from_config(config.model)
         self.net = SoftConNet(
@@ -182,3 +183,17 @@ def _view_config(config) -> softcon_views.ViewConfig:
             value = d[field.name]
             kw[field.name] = tuple(value) if isinstance(value, (list, tuple)) else value
     return softcon_views.ViewConfig(**kw)
+
+
+def _check_fields(o) -> None:
+    """config.objective fields out of range, named before anything compiles."""
+    if not 0.0 <= float(o.mask_ratio) < 1.0:
+        raise ValueError(f"config.objective.mask_ratio: expected a fraction in [0, 1), "
+                         f"found {o.mask_ratio!r}")
+    if not float(o.temperature) > 0.0:
+        raise ValueError(f"config.objective.temperature: expected > 0, found {o.temperature!r}")
+    if float(o.soft_weight) < 0.0:
+        raise ValueError(f"config.objective.soft_weight: expected >= 0, found {o.soft_weight!r}")
+    if o.soft_loss not in ("ce", "mse"):
+        raise ValueError(f"config.objective.soft_loss: expected 'ce' or 'mse', "
+                         f"found {o.soft_loss!r}")

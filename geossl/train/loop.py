@@ -21,6 +21,7 @@ from geossl.parallel.sharding import tree_shardings
 from geossl.train import checkpoint as ckpt_lib
 from geossl.train import metrics as metrics_lib
 from geossl.train import pretrained
+from geossl.train.config_checks import check_config
 from geossl.train.optim import make_optimizer
 from geossl.train.step import make_state, make_train_step
 
@@ -92,11 +93,11 @@ def run(config, workdir: str, devices=None, *, hooks=()) -> dict:
     ``every``-th step with the student backbone (``objective.backbone_variables``); its metrics
     join that step's row of metrics.jsonl."""
     workdir = os.path.abspath(workdir)
+    check_config(config)
     mesh = mesh_lib.make_mesh(config.mesh, devices)
     if config.global_batch % mesh_lib.batch_divisor(mesh):
         raise ValueError(f"global_batch {config.global_batch} is not divisible by data×fsdp = "
                          f"{mesh_lib.batch_divisor(mesh)} devices")
-    ckpt_lib.write_config(workdir, config)
     objective = objectives.create(config)
     source, data_iter = make_data_iterator(config, objective, jax.process_index(), jax.process_count())
     trainer = build_trainer(config, objective, mesh, example_batch(objective, source))
@@ -109,10 +110,12 @@ def run(config, workdir: str, devices=None, *, hooks=()) -> dict:
     if start is not None:
         logging.info("resuming from %s/%d", checkpointer.directory, start)
         state = checkpointer.restore(start, abstract_state, data_iter, meta)
-        writer.truncate_after(start)
     else:
         start = 0
         state = trainer.init_state()
+    # Only now, with the run checked against the workdir, may the workdir change.
+    ckpt_lib.write_config(workdir, config)
+    writer.truncate_after(start)  # rows of an earlier attempt past the restored step are redone
     summary = _loop(config, state, start, trainer.train_step, data_iter, mesh, checkpointer,
                     writer, meta, _backbone_hooks(objective, hooks))
     summary["export"] = _export(config, objective, checkpointer, workdir)

@@ -1,0 +1,60 @@
+"""Checks of the trainer's config fields, run before anything is built or compiled.
+
+Each error names the config path, what was expected and what was found. Objectives check their own
+``config.objective`` fields when they are created.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+
+class ConfigError(ValueError):
+    """A config field has a value the run cannot use."""
+
+
+def _number(config, path: str):
+    value = config
+    for key in path.split("."):
+        if key not in value:
+            raise ConfigError(f"config.{path}: missing")
+        value = value[key]
+    if isinstance(value, bool) or not isinstance(value, numbers.Number):
+        raise ConfigError(f"config.{path}: expected a number, found {type(value).__name__} {value!r}")
+    return value
+
+
+def _at_least(config, path: str, low, *, integer: bool = False) -> None:
+    value = _number(config, path)
+    if integer and int(value) != value:
+        raise ConfigError(f"config.{path}: expected a whole number, found {value!r}")
+    if value < low:
+        raise ConfigError(f"config.{path}: expected >= {low}, found {value!r}")
+
+
+def check_config(config) -> None:
+    """Raises :class:`ConfigError` for the first field of the trainer's sections out of range."""
+    for path in ("total_steps", "global_batch", "checkpoint_every", "log_every",
+                 "grad_accum_steps", "keep_checkpoints"):
+        _at_least(config, path, 1, integer=True)
+    if config.global_batch % config.grad_accum_steps:
+        raise ConfigError(f"config.grad_accum_steps: expected a divisor of global_batch "
+                          f"{config.global_batch}, found {config.grad_accum_steps}")
+    for path in ("lr.base", "lr.final", "lr.warmup_init"):
+        if path.split(".")[1] in config.lr:
+            _at_least(config, path, 0.0)
+    if "warmup_steps" in config.lr:
+        _at_least(config, "lr.warmup_steps", 0, integer=True)
+    wd = config.optim.weight_decay
+    if isinstance(wd, numbers.Number):
+        _at_least(config, "optim.weight_decay", 0.0)
+    else:
+        for key in ("base", "final", "start", "end"):
+            if key in wd:
+                _at_least(config, f"optim.weight_decay.{key}", 0.0)
+    _at_least(config, "optim.clip_norm", 0.0)
+    for key in ("base", "final"):
+        if key in config.ema:
+            value = _number(config, f"ema.{key}")
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"config.ema.{key}: expected a momentum in [0, 1], found {value!r}")
