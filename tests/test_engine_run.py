@@ -68,7 +68,8 @@ def _env(devices):
     return env
 
 
-def test_run_writes_metrics_checkpoints_and_export(shards, tmp_path):
+def test_run_writes_metrics_checkpoints_and_export(shards, tmp_path, caplog):
+    caplog.set_level("INFO")
     workdir = str(tmp_path / "run")
     os.makedirs(workdir)  # an earlier attempt killed before its first checkpoint left two rows
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
@@ -76,6 +77,12 @@ def test_run_writes_metrics_checkpoints_and_export(shards, tmp_path):
     summary = loop.run(tiny_config(shards), workdir)
     rows = read_metrics(workdir)
     assert [r["step"] for r in rows] == list(range(1, 7)) and rows[0]["loss"] != -1.0
+    # compilation is timed apart; rates are wall-clock over each logging window
+    compiled = [r.getMessage() for r in caplog.records if "compiled the train step in" in r.getMessage()]
+    assert len(compiled) == 1, [r.getMessage() for r in caplog.records][:20]
+    total_s = sum(r["step_time_s"] for r in rows)
+    assert all(r["images_per_s"] == pytest.approx(16 / r["step_time_s"]) for r in rows)
+    assert 0 < total_s < 60
     for key in ("loss", "loss_instance", "loss_soft", "lr", "momentum", "grad_norm",
                 "step_time_s", "data_wait_s", "images_per_s"):
         assert all(np.isfinite(r[key]) for r in rows), key

@@ -143,44 +143,53 @@ def _loop(config, state, start, train_step, data_iter, mesh, checkpointer, write
           hooks=()) -> dict:
     total, every = int(config.total_steps), int(config.checkpoint_every)
     log_every = max(1, int(config.log_every))
-    pending: list[tuple[int, dict, float, float]] = []
+    pending: list[tuple[int, dict, float]] = []
     evaluated: dict[int, dict] = {}
-    t_start = time.perf_counter()
     last_row = None
+    window_start = None  # wall clock after the previous fetch: rates are wall-clock, compile excluded
+    steady_steps, steady_s = 0, 0.0  # for the ETA
 
     def flush():
-        nonlocal last_row
+        nonlocal last_row, window_start, steady_steps, steady_s
         if not pending:
             return
         rows = []
-        fetched = jax.device_get([m for _, m, _, _ in pending])
-        for (step, _, wait, dt), values in zip(pending, fetched):
+        fetched = jax.device_get([m for _, m, _ in pending])  # waits for the window's steps
+        now = time.perf_counter()
+        per_step = (now - window_start) / len(pending)
+        steady_steps, steady_s = steady_steps + len(pending), steady_s + (now - window_start)
+        for (step, _, wait), values in zip(pending, fetched):
             row = {"step": step, **{k: float(v) for k, v in values.items()}}
-            row.update(step_time_s=dt, data_wait_s=wait, data_wait_frac=wait / max(dt, 1e-9),
-                       images_per_s=config.global_batch / max(dt, 1e-9))
+            row.update(step_time_s=per_step, data_wait_s=wait,
+                       data_wait_frac=wait / max(per_step, 1e-9),
+                       images_per_s=config.global_batch / max(per_step, 1e-9))
             metrics_lib.check_finite(step, row)
             row.update(evaluated.pop(step, {}))
             rows.append(row)
         writer.write(rows)
         last_row = rows[-1]
-        writer.log(last_row, time.perf_counter() - t_start, last_row["step"] - start)
+        writer.log(last_row, steady_s, steady_steps)
         pending.clear()
+        window_start = time.perf_counter()
 
-    t_prev = time.perf_counter()
     for step in range(start + 1, total + 1):
         t0 = time.perf_counter()
         local = next(data_iter)
         wait = time.perf_counter() - t0
         batch = multihost.global_batch(local, mesh)
+        if window_start is None:  # first step: compile ahead of time, timed apart from the rate
+            logging.info("compiling the train step…")
+            t_compile = time.perf_counter()
+            train_step = train_step.lower(state, batch).compile()
+            logging.info("compiled the train step in %.1f s", time.perf_counter() - t_compile)
+            window_start = time.perf_counter()
         state, metrics = train_step(state, batch)
-        now = time.perf_counter()
-        pending.append((step, metrics, wait, now - t_prev))
+        pending.append((step, metrics, wait))
         for hook_every, hook in hooks:
             if step % hook_every == 0:
                 result = hook(step, state)
                 evaluated.setdefault(step, {}).update(result)
                 logging.info("step %d evaluation: %s", step, result)
-        t_prev = time.perf_counter()
         if step % log_every == 0 or step % every == 0 or step == total:
             flush()  # raises on a non-finite loss before anything is saved
         if step % every == 0 or step == total:

@@ -66,7 +66,8 @@ class MetricsWriter:
             self._tb.flush()
 
     def log(self, row: dict, elapsed_s: float, steps_done: int) -> None:
-        """absl line with loss, images/s and ETA."""
+        """absl line with loss, wall-clock images/s and ETA (``elapsed_s`` over ``steps_done``
+        steps of this run, compilation excluded)."""
         rate = steps_done / max(elapsed_s, 1e-9)
         eta = (self.total_steps - row["step"]) / max(rate, 1e-9)
         terms = " ".join(f"{k}={row[k]:.4g}" for k in sorted(row) if k.startswith("loss"))
