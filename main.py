@@ -3,6 +3,8 @@
 Any config field can be overridden with ``--config.a.b=value``. Resumes from DIR automatically.
 """
 
+import os
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -19,6 +21,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    if not FLAGS["verbosity"].present:  # third-party INFO lines (orbax, grain) only on request
+        from geossl.train.metrics import quiet_third_party_info
+        quiet_third_party_info(os.path.abspath(__file__))
     from geossl.parallel import multihost
     multihost.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                          auto=FLAGS.auto_distributed)

@@ -250,3 +250,19 @@ def test_config_is_checked_before_anything_is_built():
     c.objective.mask_ratio, c.objective.name = 0.5, "softconn"
     with pytest.raises(ValueError, match=r"unknown objective 'softconn'; expected one of \[.*'softcon'"):
         objectives.create(c)
+
+
+def test_third_party_info_lines_are_dropped_by_default():
+    import logging
+    import os
+    from geossl.train import metrics as metrics_lib
+    own = metrics_lib.OwnInfoOnly(os.path.dirname(metrics_lib.__file__) + "/..", ("/work/cli/main.py",))
+
+    def record(path, level):
+        return logging.LogRecord("absl", level, path, 1, "message", None, None)
+
+    assert own.filter(record(metrics_lib.__file__, logging.INFO))
+    assert own.filter(record("/work/cli/main.py", logging.INFO))
+    assert not own.filter(record("/venv/site-packages/orbax/checkpoint/manager.py", logging.INFO))
+    assert not own.filter(record("/work/cli/.venv/lib/site-packages/grain/x.py", logging.INFO))
+    assert own.filter(record("/venv/site-packages/orbax/checkpoint/manager.py", logging.WARNING))

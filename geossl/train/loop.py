@@ -99,6 +99,9 @@ def run(config, workdir: str, devices=None, *, hooks=()) -> dict:
         raise ValueError(f"global_batch {config.global_batch} is not divisible by data×fsdp = "
                          f"{mesh_lib.batch_divisor(mesh)} devices")
     objective = objectives.create(config)
+    logging.info("%s on %s: %d steps of %d samples on %d devices (mesh %s) → %s",
+                 config.objective.name, config.model.name, config.total_steps, config.global_batch,
+                 mesh.size, dict(mesh.shape), workdir)
     source, data_iter = make_data_iterator(config, objective, jax.process_index(), jax.process_count())
     trainer = build_trainer(config, objective, mesh, example_batch(objective, source))
     abstract_state, shardings, meta = trainer.abstract_state, trainer.shardings, trainer.meta

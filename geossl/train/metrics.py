@@ -3,11 +3,35 @@
 from __future__ import annotations
 
 import json
+import logging as pylogging
 import math
 import os
 
 import jax
 from absl import logging
+
+
+class OwnInfoOnly(pylogging.Filter):
+    """Passes warnings and errors, and INFO lines only from geossl itself (orbax, grain and absl
+    INFO chatter is dropped): the CLIs' default; ``--verbosity=0`` given explicitly keeps all."""
+
+    def __init__(self, package_dir: str, files: tuple[str, ...] = ()):
+        super().__init__()
+        self.package_dir = os.path.abspath(package_dir) + os.sep
+        self.files = {os.path.abspath(f) for f in files}
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        path = os.path.abspath(record.pathname)
+        return (record.levelno >= pylogging.WARNING or path.startswith(self.package_dir)
+                or path in self.files)
+
+
+def quiet_third_party_info(*files: str) -> OwnInfoOnly:
+    """Installs :class:`OwnInfoOnly` on absl's handler for geossl's package folder plus the given
+    script ``files`` (e.g. main.py); returns the filter."""
+    own = OwnInfoOnly(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), files)
+    logging.get_absl_handler().python_handler.addFilter(own)  # ABSLHandler.handle skips its own filters
+    return own
 
 
 class NonFiniteLossError(FloatingPointError):
