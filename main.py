@@ -3,7 +3,9 @@
 Any config field can be overridden with ``--config.a.b=value``. Resumes from DIR automatically.
 """
 
+import ast
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -19,6 +21,25 @@ flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
+def parse_flags(argv):
+    """absl's flag parsing; a bad flag or ``--config.*`` override is one line and exit status 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"main.py: {e} (--helpshort lists the flags)", file=sys.stderr)
+        sys.exit(2)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        message = str(e.args[0] if e.args else e)
+        if message[:1] in "'\"":  # ml_collections wraps a KeyError's repr: unquote it
+            try:
+                message = ast.literal_eval(message)
+            except (ValueError, SyntaxError):
+                pass
+        message = message.replace("\n", " ")
+        print(f"main.py: bad --config override: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv):
     del argv
     if not FLAGS["verbosity"].present:  # third-party INFO lines (orbax, grain) only on request
@@ -31,7 +52,12 @@ def main(argv):
     from geossl.train import loop
     config = FLAGS.config
     hooks = [h for h in (online.make_online_probe(config),) if h]
-    summary = loop.run(config, FLAGS.workdir, hooks=hooks)
+    from geossl.errors import ConfigError
+    try:
+        summary = loop.run(config, FLAGS.workdir, hooks=hooks)
+    except ConfigError as e:  # nothing was built or written: one line is enough
+        print(f"main.py: {e}", file=sys.stderr)
+        sys.exit(2)
     logging.info("done: %s", {k: v for k, v in summary.items() if k != "state"})
     import jax
     if jax.process_index() == 0:
@@ -43,4 +69,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from geossl.errors import ConfigError
 from geossl.models.from_config import create_from_config
 
 PyTree = Any
@@ -145,7 +146,7 @@ def create(config) -> Objective:
             if e.name != f"geossl.objectives.{name}":
                 raise
     if name not in _REGISTRY:
-        raise ValueError(f"config.objective.name: unknown objective {name!r}; expected one of "
+        raise ConfigError(f"config.objective.name: unknown objective {name!r}; expected one of "
                          f"{available()}")
     return _REGISTRY[name](config)
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from geossl import losses, masking
+from geossl.errors import ConfigError
 from geossl.data import device_views
 from geossl.models import is_vit
 from geossl.models.from_config import create_from_config
@@ -188,12 +189,12 @@ def _view_config(config) -> softcon_views.ViewConfig:
 def _check_fields(o) -> None:
     """config.objective fields out of range, named before anything compiles."""
     if not 0.0 <= float(o.mask_ratio) < 1.0:
-        raise ValueError(f"config.objective.mask_ratio: expected a fraction in [0, 1), "
+        raise ConfigError(f"config.objective.mask_ratio: expected a fraction in [0, 1), "
                          f"found {o.mask_ratio!r}")
     if not float(o.temperature) > 0.0:
-        raise ValueError(f"config.objective.temperature: expected > 0, found {o.temperature!r}")
+        raise ConfigError(f"config.objective.temperature: expected > 0, found {o.temperature!r}")
     if float(o.soft_weight) < 0.0:
-        raise ValueError(f"config.objective.soft_weight: expected >= 0, found {o.soft_weight!r}")
+        raise ConfigError(f"config.objective.soft_weight: expected >= 0, found {o.soft_weight!r}")
     if o.soft_loss not in ("ce", "mse"):
-        raise ValueError(f"config.objective.soft_loss: expected 'ce' or 'mse', "
+        raise ConfigError(f"config.objective.soft_loss: expected 'ce' or 'mse', "
                          f"found {o.soft_loss!r}")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numbers
 
+from geossl.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A config field has a value the run cannot use."""
+__all__ = ["ConfigError", "check_config"]
 
 
 def _number(config, path: str):

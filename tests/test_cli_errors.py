@@ -1,0 +1,29 @@
+"""main.py refuses a bad flag or config value in one line (exit 2), before writing anything."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.total_stepz=5", 'bad --config override: \'total_stepz\' Did you mean "total_steps"'),
+    ("--config.total_steps=abc", "flag --config.total_steps=abc: invalid literal for int()"),
+    ("--config.lr.base=-0.001", "config.lr.base: expected >= 0.0, found -0.001"),
+    ("--config.objective.mask_ratio=1.5",
+     "config.objective.mask_ratio: expected a fraction in [0, 1), found 1.5"),
+])
+def test_bad_config_is_one_line_and_writes_nothing(tmp_path, override, message):
+    workdir = tmp_path / "w"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT)
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"),
+                           f"--config={ROOT}/configs/softcon_vit_s.py:demo", f"--workdir={workdir}",
+                           override], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("main.py: ") and message in lines[-1], lines[-5:]
+    assert "Traceback" not in done.stderr
+    assert not workdir.exists()
