@@ -399,3 +399,16 @@ def test_labels_follow_the_acquisition_read():
         images, labels = next(split.read([0], pre))
         assert np.flatnonzero(labels[0]).tolist() == want
         np.testing.assert_array_equal(images[0], record["image"][t].astype(np.float32))
+
+
+@pytest.mark.parametrize("cli, flags, message", [
+    (knn, ["--k", "0"], "--k: expected comma-separated integers >= 1, found '0'"),
+    (knn, ["--k", "5,x"], "--k: expected comma-separated integers >= 1"),
+    (knn, ["--temperature", "0"], "--temperature: expected > 0, found 0.0"),
+    (linear_probe, ["--epochs", "0"], "--epochs: expected > 0, found 0"),
+    (linear_probe, ["--weight_decay", "-1"], "--weight_decay: expected >= 0, found -1.0"),
+])
+def test_probe_cli_refuses_bad_settings_before_reading_anything(capsys, cli, flags, message):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--workdir", "/nonexistent", "--dataset", "/nonexistent", *flags])
+    assert stop.value.code == 2 and message in capsys.readouterr().err

@@ -26,8 +26,10 @@ def add_common_flags(parser) -> None:
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     parser.add_argument("--dataset", required=True,
                         help="folder of geossl shards, 'synthetic' or 'tfds:NAME' (e.g. tfds:eurosat/all)")
-    parser.add_argument("--train_split", default="train")
-    parser.add_argument("--eval_split", default="heldout")
+    parser.add_argument("--train_split", default="train",
+                        help="split the probe trains on (shard prefix or TFDS split)")
+    parser.add_argument("--eval_split", default="heldout",
+                        help="split the probe is scored on (shard prefix or TFDS split)")
     parser.add_argument("--label_fraction", type=float, default=0.1,
                         help="seeded fraction of the probe-train examples used (lab: 10%%)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the label subset and the probe")

@@ -77,10 +77,19 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m geossl.eval.knn",
                                      description=__doc__.split("\n\n")[0])
     cli.add_common_flags(parser)
-    parser.add_argument("--k", default="20", help="neighbour count(s), comma-separated")
-    parser.add_argument("--temperature", type=float, default=0.07)
+    parser.add_argument("--k", default="20",
+                        help="neighbour count(s) >= 1, comma-separated, e.g. 10,20,50")
+    parser.add_argument("--temperature", type=float, default=0.07,
+                        help="softmax temperature > 0 of the cosine-similarity vote weights")
     args = parser.parse_args(argv)
-    ks = [int(v) for v in str(args.k).split(",") if v.strip()]
+    try:
+        ks = [int(v) for v in str(args.k).split(",") if v.strip()]
+    except ValueError:
+        parser.error(f"--k: expected comma-separated integers >= 1, found {args.k!r}")
+    if not ks or min(ks) < 1:
+        parser.error(f"--k: expected comma-separated integers >= 1, found {args.k!r}")
+    if not args.temperature > 0:
+        parser.error(f"--temperature: expected > 0, found {args.temperature}")
     data = cli.probe_features_from_args(args)
     t0 = time.perf_counter()
     results = {}

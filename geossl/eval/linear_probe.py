@@ -159,14 +159,25 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m geossl.eval.linear_probe",
                                      description=__doc__.split("\n\n")[0])
     cli.add_common_flags(parser)
-    parser.add_argument("--epochs", type=int, default=ProbeConfig.epochs)
-    parser.add_argument("--batch_size", type=int, default=ProbeConfig.batch_size)
-    parser.add_argument("--lr", type=float, default=ProbeConfig.lr)
-    parser.add_argument("--momentum", type=float, default=ProbeConfig.momentum)
-    parser.add_argument("--weight_decay", type=float, default=ProbeConfig.weight_decay)
+    parser.add_argument("--epochs", type=int, default=ProbeConfig.epochs,
+                        help="passes over the probe-train features")
+    parser.add_argument("--batch_size", type=int, default=ProbeConfig.batch_size,
+                        help="features per SGD step of the linear head")
+    parser.add_argument("--lr", type=float, default=ProbeConfig.lr,
+                        help="SGD learning rate of the linear head (cosine to 0)")
+    parser.add_argument("--momentum", type=float, default=ProbeConfig.momentum,
+                        help="SGD momentum")
+    parser.add_argument("--weight_decay", type=float, default=ProbeConfig.weight_decay,
+                        help="L2 weight decay of the head's weights")
     parser.add_argument("--no_standardize", action="store_true",
                         help="train on raw features (default: standardised with train statistics)")
     args = parser.parse_args(argv)
+    for name in ("epochs", "batch_size", "lr"):
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name}: expected > 0, found {getattr(args, name)}")
+    for name in ("momentum", "weight_decay"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name}: expected >= 0, found {getattr(args, name)}")
     data = cli.probe_features_from_args(args)
     config = ProbeConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          momentum=args.momentum, weight_decay=args.weight_decay,
