@@ -66,7 +66,7 @@ def stack_bands(arrays: Sequence[np.ndarray], paths: Sequence[str]) -> np.ndarra
 def add_writer_flags(parser: argparse.ArgumentParser, *, prefix: str, num_shards: int) -> None:
     parser.add_argument("--output", required=True, help="folder for the shards")
     parser.add_argument("--prefix", default=prefix, help="shard name prefix")
-    parser.add_argument("--num_shards", type=int, default=num_shards)
+    parser.add_argument("--num_shards", type=int, default=num_shards, help="shards to write")
     parser.add_argument("--num_workers", type=int, default=None,
                         help="processes (default: min(num_shards, CPUs))")
     parser.add_argument("--skip_bad", action="store_true",

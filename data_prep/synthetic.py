@@ -18,15 +18,16 @@ from geossl.data.synthetic import (  # noqa: F401 - the generator's public names
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m data_prep.synthetic",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--num_locations", type=int, default=2048)
-    parser.add_argument("--seasons", type=int, default=4)
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--num_shards", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", required=True, help="folder for the shards")
+    parser.add_argument("--num_locations", type=int, default=2048, help="training locations")
+    parser.add_argument("--seasons", type=int, default=4, help="acquisitions per location (T)")
+    parser.add_argument("--size", type=int, default=32, help="scene side in pixels")
+    parser.add_argument("--num_shards", type=int, default=4, help="training shards")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the scenes")
     parser.add_argument("--heldout", type=int, default=512, help="held-out probe locations")
-    parser.add_argument("--heldout_shards", type=int, default=1)
-    parser.add_argument("--num_workers", type=int, default=None)
+    parser.add_argument("--heldout_shards", type=int, default=1, help="held-out shards")
+    parser.add_argument("--num_workers", type=int, default=None,
+                        help="writer processes (default: one per core, at most one per shard)")
     parser.add_argument("--overwrite", action="store_true", help="regenerate even if present")
     args = parser.parse_args(argv)
     summary = generate(args.output, num_locations=args.num_locations, seasons=args.seasons,
