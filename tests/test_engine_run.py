@@ -188,6 +188,37 @@ def test_checkpoint_of_another_model_is_refused(shards, tmp_path):
     assert arch == "vit_tiny_patch16" and "blocks_0" in variables["params"]
 
 
+def test_unreadable_newest_checkpoint_falls_back_and_none_readable_is_one_error(shards, tmp_path,
+                                                                                caplog):
+    workdir = str(tmp_path / "w")
+    loop.run(tiny_config(shards, total_steps=4), workdir)
+    rows4 = read_metrics(workdir)
+    ckpts = os.path.join(workdir, "checkpoints")
+
+    def break_step(step):
+        state_dir = os.path.join(ckpts, str(step), "state")
+        for root, _, files in os.walk(state_dir):
+            for name in files:
+                if name != "_METADATA":
+                    os.remove(os.path.join(root, name))
+
+    break_step(4)
+    caplog.set_level("WARNING")
+    summary = loop.run(tiny_config(shards, total_steps=4), workdir)
+    warnings = [r.getMessage() for r in caplog.records if "is unreadable" in r.getMessage()]
+    assert len(warnings) == 1 and f"{ckpts}/4 is unreadable" in warnings[0], warnings
+    assert os.path.isdir(os.path.join(ckpts, "4.unreadable"))  # moved aside, never deleted
+    assert summary["final_step"] == 4 and os.path.isdir(os.path.join(ckpts, "4"))
+    rows = read_metrics(workdir)  # steps 3, 4 redone from step 2: the same losses
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for a, b in zip(rows, rows4):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+    for step in (2, 4):
+        break_step(step)
+    with pytest.raises(ckpt_lib.NoReadableCheckpointError, match=r"no readable checkpoint in .*\n  step 4: .*\n  step 2: "):
+        loop.run(tiny_config(shards, total_steps=6), workdir)
+
+
 def test_checkpoint_of_another_optimiser_is_refused(shards, tmp_path):
     workdir = str(tmp_path / "w")
     loop.run(tiny_config(shards, total_steps=2), workdir)

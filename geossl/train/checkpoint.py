@@ -28,6 +28,15 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint in the workdir does not fit the configured run."""
 
 
+class NoReadableCheckpointError(RuntimeError):
+    """Every checkpoint of the workdir failed to restore."""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
 def shape_summary(tree) -> dict[str, list[int]]:
     """{"params/blocks_0/attn/qkv/kernel": [384, 1152], ...} of a pytree of arrays/structs."""
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
@@ -92,6 +101,48 @@ class Checkpointer:
         if data_iter is not None:
             args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
         return self.manager.restore(step, args=ocp.args.Composite(**args))["state"]
+
+    def restore_latest_readable(self, abstract_state, data_iter, expected_meta: dict):
+        """``(step, state)`` from the newest checkpoint that restores, or ``(None, None)`` when
+        there is none. A newer unreadable one is moved aside to ``<step>.unreadable`` (never
+        deleted: the run will write that step again) with one warning naming it and what is wrong;
+        a checkpoint of another run (CheckpointMismatchError) stops at once; when none restores,
+        NoReadableCheckpointError lists each step's error and nothing is moved."""
+        from absl import logging
+        failures = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state = self.restore(step, abstract_state, data_iter, expected_meta)
+            except CheckpointMismatchError:
+                raise
+            except Exception as e:  # orbax / tensorstore / grain raise many kinds
+                failures.append((step, _first_line(e)))
+                continue
+            for bad, why in failures:
+                aside = self._move_aside(bad)
+                logging.warning("checkpoint %s/%d is unreadable (%s); moved to %s, resuming from "
+                                "step %d", self.directory, bad, why, aside, step)
+            if failures:
+                self.manager.reload()
+            return step, state
+        if failures:
+            failures = [f"step {s}: {why}" for s, why in failures]
+            raise NoReadableCheckpointError(
+                f"no readable checkpoint in {self.directory}:\n  " + "\n  ".join(failures))
+        return None, None
+
+    def _move_aside(self, step: int) -> str:
+        """Renames checkpoints/<step> to a free ``<step>.unreadable[.N]`` (process 0); returns it."""
+        source = os.path.join(self.directory, str(step))
+        target, n = source + ".unreadable", 1
+        while os.path.exists(target):
+            target, n = f"{source}.unreadable.{n}", n + 1
+        if jax.process_index() == 0:
+            os.rename(source, target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"geossl:checkpoint:aside:{step}")
+        return target
 
     def restore_raw(self, step: int | None = None) -> dict:
         """The saved state as nested dicts of numpy arrays (no target needed)."""

@@ -109,10 +109,9 @@ def run(config, workdir: str, devices=None, *, hooks=()) -> dict:
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
                                          async_save=config.async_checkpoints)
     writer = metrics_lib.MetricsWriter(workdir, config.total_steps)
-    start = checkpointer.latest_step()
+    start, state = checkpointer.restore_latest_readable(abstract_state, data_iter, meta)
     if start is not None:
-        logging.info("resuming from %s/%d", checkpointer.directory, start)
-        state = checkpointer.restore(start, abstract_state, data_iter, meta)
+        logging.info("resumed from %s/%d", checkpointer.directory, start)
     else:
         start = 0
         state = trainer.init_state()
