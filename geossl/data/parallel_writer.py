@@ -17,6 +17,7 @@ import queue as queue_lib
 import time
 from collections.abc import Callable, Sequence
 
+from geossl.data import manifest
 from geossl.data.writer import ShardWriter, shard_name
 
 MAX_LISTED_BAD = 100
@@ -80,11 +81,18 @@ def write_shards(items: Sequence, make_record: Callable, output_dir: str, prefix
 
     ``num_workers``: processes (spawned, so safe after JAX is imported); <= 1 runs in-process.
     The summary (records, skipped, bytes, seconds, shards, bad items) is written to
-    ``output_dir/prefix.summary.json``.
+    ``output_dir/prefix.summary.json``; the set is whole only once ``prefix.manifest.json`` is
+    written (geossl.data.manifest), which also removes an older set of the same prefix. Fewer
+    items than shards: one shard per item (no empty shards).
     """
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, found {num_shards}")
-    os.makedirs(output_dir, exist_ok=True)
+    if 0 < len(items) < num_shards:
+        if verbose:
+            print(f"{prefix}: {len(items)} items for {num_shards} shards: writing {len(items)} "
+                  f"shards instead (no empty shards)")
+        num_shards = len(items)
+    manifest.begin(output_dir, prefix)
     paths = [os.path.join(output_dir, shard_name(prefix, k, num_shards)) for k in range(num_shards)]
     tasks = [(p, chunk, make_record, skip_bad)
              for p, chunk in zip(paths, split_evenly(items, num_shards))]
@@ -122,15 +130,9 @@ def write_shards(items: Sequence, make_record: Callable, output_dir: str, prefix
         "bad": [b for r in results for b in r["bad"]][:MAX_LISTED_BAD],
     }
     summary.update(extra_summary or {})
-    others = sorted(set(glob.glob(os.path.join(glob.escape(output_dir),
-                                               f"{glob.escape(prefix)}-*-of-*.tfrecord*")))
-                    - set(paths) - {p + ".index" for p in paths})
-    others = [o for o in others if not o.endswith(".index")]
-    if others:
-        summary["warning"] = (f"{len(others)} other shard file(s) with prefix {prefix!r} remain "
-                              f"from an earlier run, e.g. {os.path.basename(others[0])}")
     with open(os.path.join(output_dir, f"{prefix}.summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
+    manifest.finish(output_dir, prefix, paths, [r["records"] for r in results])
     if verbose:
         print_summary(summary)
     return summary
@@ -168,5 +170,3 @@ def print_summary(summary: dict) -> None:
         print(f"  skipped {bad['item']}: {bad['error']}")
     if summary["skipped"] > 10:
         print(f"  ... ({summary['skipped'] - 10} more in {summary['prefix']}.summary.json)")
-    if "warning" in summary:
-        print(f"  warning: {summary['warning']}")

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import grain
 import numpy as np
 
-from geossl.data import malloc
+from geossl.data import malloc, manifest
 
 
 class _ProcessRows(grain.MapDataset):
@@ -141,6 +141,7 @@ def train_files(pattern: str | Sequence[str]) -> list[str]:
     files = [f for f in files if not f.endswith(".index")]
     if not files:
         raise FileNotFoundError(f"no training shards match {patterns}")
+    manifest.check_shard_set(files)
     return files
 
 

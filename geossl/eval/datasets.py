@@ -35,6 +35,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from geossl.data import bands as bands_lib
+from geossl.data import manifest
 
 #: label_set → (number of classes, multi-label).
 LABEL_SETS = {
@@ -280,6 +281,7 @@ class TfdsSplit(LabelledSplit):
 def _shard_files(folder: str, split: str) -> list[str]:
     files = glob.glob(os.path.join(folder, f"{split}-*.tfrecord")) + glob.glob(
         os.path.join(folder, f"{split}-*.tfrecord.gz"))
+    manifest.check_shard_set(files)
     return sorted(files)
 
 

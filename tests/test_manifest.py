@@ -1,0 +1,79 @@
+"""A shard set is whole or refused: manifest written last, interrupted runs and stale sets."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from geossl.data import manifest
+from geossl.data.parallel_writer import write_shards
+from geossl.data.pipeline import train_files
+
+
+def make_record(i):
+    if i == "stop":
+        raise KeyboardInterrupt  # the user's Ctrl-C in the middle of a run
+    return {"image": np.full((1, 2, 2, 1), i, np.uint16), "bands": ["B1"], "sensor": "s2_l1c",
+            "key": f"loc{i}", "labels": np.array([i % 3], np.int64), "label_set": "toy"}
+
+
+def write(folder, items, num_shards):
+    return write_shards(items, make_record, str(folder), "train", num_shards=num_shards,
+                        num_workers=1, verbose=False)
+
+
+def test_manifest_lists_every_shard_and_a_rerun_replaces_the_old_set(tmp_path):
+    write(tmp_path, list(range(12)), 4)
+    data = json.load(open(tmp_path / "train.manifest.json"))
+    assert [s["name"] for s in data["shards"]] == [f"train-0000{k}-of-00004.tfrecord" for k in range(4)]
+    assert data["records"] == 12 and [s["records"] for s in data["shards"]] == [3, 3, 3, 3]
+    shard0 = tmp_path / "train-00000-of-00004.tfrecord"
+    assert data["shards"][0]["bytes"] == shard0.stat().st_size
+    assert data["shards"][0]["crc32c"] == manifest.file_crc32c(str(shard0))
+    assert not (tmp_path / "train.incomplete").exists()
+    assert len(train_files(str(tmp_path / "train-*.tfrecord"))) == 4
+
+    write(tmp_path, list(range(12)), 2)  # another --num_shards: the 4-shard set is gone
+    files = train_files(str(tmp_path / "train-*.tfrecord"))
+    assert [os.path.basename(f) for f in files] == ["train-00000-of-00002.tfrecord",
+                                                    "train-00001-of-00002.tfrecord"]
+    assert not list(tmp_path.glob("train-*-of-00004.tfrecord*"))
+
+
+def test_interrupted_run_is_refused_until_rerun(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        write(tmp_path, list(range(8)) + ["stop"] + list(range(8, 12)), 4)
+    assert (tmp_path / "train-00000-of-00004.tfrecord").exists()  # finished shards are there
+    with pytest.raises(manifest.IncompleteDatasetError, match=r"'train' shards are incomplete .*train.incomplete"):
+        train_files(str(tmp_path / "train-*.tfrecord"))
+    write(tmp_path, list(range(12)), 4)
+    assert len(train_files(str(tmp_path / "train-*.tfrecord"))) == 4
+
+
+def test_missing_resized_or_extra_shard_is_named(tmp_path):
+    write(tmp_path, list(range(12)), 4)
+    pattern = str(tmp_path / "train-*.tfrecord")
+    os.rename(tmp_path / "train-00001-of-00004.tfrecord", tmp_path / "moved.bin")
+    with pytest.raises(manifest.IncompleteDatasetError, match=r"missing train-00001-of-00004.tfrecord \(listed with 3 records\)"):
+        train_files(pattern)
+    os.rename(tmp_path / "moved.bin", tmp_path / "train-00001-of-00004.tfrecord")
+    with open(tmp_path / "train-00002-of-00004.tfrecord", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(manifest.IncompleteDatasetError, match=r"train-00002-of-00004.tfrecord: \d+ bytes, the manifest says \d+"):
+        train_files(pattern)
+    write(tmp_path, list(range(12)), 4)
+    (tmp_path / "train-00007-of-00008.tfrecord").write_bytes(b"")
+    with pytest.raises(manifest.IncompleteDatasetError, match=r"extra train-00007-of-00008.tfrecord"):
+        train_files(pattern)
+
+
+def test_fewer_items_than_shards_makes_no_empty_shards_and_foreign_sets_pass(tmp_path):
+    summary = write(tmp_path / "few", list(range(6)), 16)
+    assert summary["records"] == 6 and len(summary["shards"]) == 6
+    assert all(json.load(open(tmp_path / "few" / "train.manifest.json"))["shards"][k]["records"] == 1
+               for k in range(6))
+    foreign = tmp_path / "foreign"  # shards another tool wrote: no manifest, no marker
+    write(foreign, list(range(4)), 2)
+    os.remove(foreign / "train.manifest.json")
+    assert len(train_files(str(foreign / "train-*.tfrecord"))) == 2
