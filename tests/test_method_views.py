@@ -188,3 +188,14 @@ def test_masked_crop_sample_with_teacher_view():
     full = dataclasses.replace(cfg, img_size=32)
     big = gfm_views.masked_crop_sample(record, np.random.default_rng(0), full)["image"]
     np.testing.assert_allclose(big[..., [3, 2, 1]], s["teacher_image"], atol=1e-6)
+
+
+def test_labels_outside_the_configured_classes_name_the_config_field():
+    from geossl.objectives.softcon_views import acquisition_labels
+    record = {"image": np.zeros((2, 4, 4, 1), np.uint16), "labels": np.array([3, 17]),
+              "key": "S2A_patch", "label_set": "bigearthnet_19"}
+    with pytest.raises(ValueError, match=r"record S2A_patch: labels \[3, 17\] outside \[0, 9\) of "
+                                         r"config.data.num_classes=9 \(the record's label set is "
+                                         r"'bigearthnet_19'"):
+        acquisition_labels(record, 9)
+    assert acquisition_labels(record, 19).shape == (2, 19)

@@ -124,8 +124,8 @@ def acquisition_labels(record: dict, num_classes: int) -> np.ndarray:
     if "acq_labels" in record:
         k = int(np.asarray(record.get("num_classes", [num_classes])).reshape(-1)[0])
         if k != num_classes:
-            raise ValueError(f"record {key}: acq_labels has {k} classes, the config expects "
-                             f"num_classes={num_classes}")
+            raise ValueError(f"record {key}: acq_labels has {k} classes, "
+                             f"config.data.num_classes is {num_classes}")
         acq = np.asarray(record["acq_labels"])
         if acq.size != t * k:
             raise ValueError(f"record {key}: acq_labels has {acq.size} values, expected T·K = "
@@ -133,7 +133,10 @@ def acquisition_labels(record: dict, num_classes: int) -> np.ndarray:
         return acq.reshape(t, k).astype(np.float32)
     labels = np.asarray(record.get("labels", []), np.int64).reshape(-1)
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"record {key}: labels {labels.tolist()} outside [0, {num_classes})")
+        raise ValueError(f"record {key}: labels {labels.tolist()} outside [0, {num_classes}) of "
+                         f"config.data.num_classes={num_classes} (the record's label set is "
+                         f"{record.get('label_set', '?')!r}: set --config.data.num_classes to its "
+                         f"class count)")
     hot = np.zeros(num_classes, np.float32)
     hot[labels] = 1.0
     return np.broadcast_to(hot, (t, num_classes)).copy()
