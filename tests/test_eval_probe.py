@@ -412,3 +412,14 @@ def test_probe_cli_refuses_bad_settings_before_reading_anything(capsys, cli, fla
     with pytest.raises(SystemExit) as stop:
         cli.main(["--workdir", "/nonexistent", "--dataset", "/nonexistent", *flags])
     assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_folder_with_one_shard_set_is_probed_without_naming_its_split(tmp_path):
+    """data_prep.bigearthnet --output D writes bigearthnet-*: `knn --dataset D` uses it."""
+    _write_split(str(tmp_path), "bigearthnet", _records(20, 0))
+    data = datasets.probe_splits(str(tmp_path))
+    assert data.test.name.endswith("/bigearthnet") and len(data.train_indices) + len(data.test_indices) == 20
+    assert "'bigearthnet' divided" in data.note
+    _write_split(str(tmp_path), "other", _records(4, 1))
+    with pytest.raises(FileNotFoundError, match=r"no labelled split 'heldout' .*shard sets there: \['bigearthnet', 'other'\]; pass --eval_split"):
+        datasets.probe_splits(str(tmp_path))

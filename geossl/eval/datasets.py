@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import re
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -296,6 +297,14 @@ def resolve_dataset(dataset: str) -> str:
     return dataset
 
 
+def shard_prefixes(folder: str) -> list[str]:
+    """The shard-set names in ``folder`` (``NAME-00000-of-00016.tfrecord`` → ``NAME``), sorted."""
+    names = glob.glob(os.path.join(glob.escape(folder), "*-of-*.tfrecord")) + glob.glob(
+        os.path.join(glob.escape(folder), "*-of-*.tfrecord.gz"))
+    return sorted({re.sub(r"-\d{5}-of-\d{5}\.tfrecord(\.gz)?$", "", os.path.basename(n))
+                   for n in names})
+
+
 def open_split(dataset: str, split: str, **kw) -> LabelledSplit | None:
     """The split ``split`` of ``dataset`` (see the module docstring); None when a shard folder has
     no ``{split}-*`` shards."""
@@ -348,8 +357,14 @@ def probe_splits(dataset: str, train_split: str = "train", eval_split: str = "he
     """Probe-train / probe-test examples of ``dataset`` (see the module docstring)."""
     test = open_split(dataset, eval_split)
     if test is None:
-        raise FileNotFoundError(f"--dataset {dataset}: no labelled split {eval_split!r} "
-                                f"({eval_split}-*.tfrecord)")
+        prefixes = shard_prefixes(resolve_dataset(dataset)) if not dataset.startswith("tfds:") else []
+        if len(prefixes) != 1:
+            raise FileNotFoundError(f"--dataset {dataset}: no labelled split {eval_split!r} "
+                                    f"({eval_split}-*.tfrecord); shard sets there: {prefixes}; "
+                                    f"pass --eval_split")
+        # one shard set (e.g. data_prep.bigearthnet's "bigearthnet-*"): it is the eval split
+        eval_split = prefixes[0]
+        test = open_split(dataset, eval_split)
     train = open_split(dataset, train_split) if train_split and train_split != eval_split else None
     if train is not None and train.is_labelled():
         note = f"probe-train = {train_split}, probe-test = {eval_split}"
