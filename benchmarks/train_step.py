@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py --arch vit_small_patch14 --batch 8 --img 224 --bands 13 --steps 3
     python benchmarks/train_step.py --arch resnet50 --batch 8 --img 224 --bands 13 --steps 3
+    python benchmarks/train_step.py --arch swin_tiny_patch4_window7_224 --batch 8 --img 224 --steps 3
 
 geossl: the trainer's own step. The config main.py loads (configs/softcon_vit_s.py or
 configs/softcon_rn50.py, same ml_collections parser) with model.img_size, model.in_chans,
@@ -9,6 +10,8 @@ global_batch, data.views="host" and objective.mask_ratio overridden → objectiv
 make_mesh → loop.build_trainer → init_state; train_step is compiled ahead of time once (compile time
 reported apart) and that executable is timed on make_views samples of synthetic records placed with
 multihost.global_batch, at mask ratio 0 and at the config's ratio.
+Swin-T: the ViT-S config (AdamW) with the backbone swapped, window 7 (or the largest window <= 7
+that tiles every stage at --img), pixel-square masking as for ResNets; timm's swin on the PyTorch side.
 PyTorch: timm vit_small_patch14_dinov2 / torchvision resnet50 (conv1 for C bands, no fc), MoCo-v3
 projector and predictor (BatchNorm1d, sizes from config.objective), EMA teacher (backbone +
 projector, no grad, updated after the optimiser step), the symmetrised soft contrastive loss
@@ -35,7 +38,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-CONFIGS = {"vit_small_patch14": "configs/softcon_vit_s.py", "resnet50": "configs/softcon_rn50.py"}
+CONFIGS = {"vit_small_patch14": "configs/softcon_vit_s.py", "resnet50": "configs/softcon_rn50.py",
+           "swin_tiny_patch4_window7_224": "configs/softcon_vit_s.py"}
+
+
+def swin_window(img: int) -> int:
+    """Largest window <= 7 that tiles all 4 stages of a patch-4 Swin at ``img`` px (7 at 224)."""
+    return next(w for w in range(7, 0, -1) if all((img // 4 >> i) % min(w, img // 4 >> i) == 0 for i in range(4)))
 
 
 def load_config(arch: str, img: int, bands: int, batch: int, mask_ratio: float | None):
@@ -48,6 +57,9 @@ def load_config(arch: str, img: int, bands: int, batch: int, mask_ratio: float |
     if bands not in (len(common.S1_BANDS), len(common.S2_L1C_BANDS)):
         config.data.bands = common.S2_L1C_BANDS[:bands]  # the first C bands of an L1C record
     config.model.img_size, config.model.in_chans = img, bands
+    if arch.startswith("swin"):
+        with config.unlocked():
+            config.model.name, config.model.window_size = arch, swin_window(img)
     config.global_batch, config.data.views = batch, "host"
     if mask_ratio is not None:
         config.objective.mask_ratio = mask_ratio
@@ -139,6 +151,11 @@ def torch_backbone(torch, arch, img, bands):
         net = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=img,
                                 in_chans=bands, num_classes=0)
         return net, net.num_features, "timm"
+    if arch.startswith("swin"):
+        import timm
+        net = timm.create_model(arch, pretrained=False, img_size=img, window_size=swin_window(img),
+                                in_chans=bands, num_classes=0, drop_path_rate=0.0)
+        return net, net.num_features, "timm"
     import torchvision
     net = torchvision.models.resnet50()
     net.conv1 = torch.nn.Conv2d(bands, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -173,7 +190,8 @@ def bench_torch(args, config, host_batch):
     for m in (encoder, predictor, teacher):
         m.train()
     named = list(encoder.named_parameters()) + list(predictor.named_parameters())
-    no_decay = ("pos_embed", "cls_token", "mask_token", "register_tokens")  # as geossl's decay mask
+    no_decay = ("pos_embed", "cls_token", "mask_token", "register_tokens",  # as geossl's decay mask
+                "relative_position_bias_table")
     decays = {n: p.ndim > 1 and not n.endswith(no_decay) for n, p in named}
     decay, rest = ([p for n, p in named if decays[n] == d] for d in (True, False))
     c = config.optim  # AdamW with the config's values (its LARS for ResNet-50 has none in torch)

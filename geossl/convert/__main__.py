@@ -1,8 +1,9 @@
 """PyTorch interchange from the command line.
 
   python -m geossl.convert export --workdir DIR --output model.safetensors|model.pth [--step N]
+      [--layout timm|original|simmim]  (Swin only)
   python -m geossl.convert import --arch NAME --input model.pth|.safetensors --output DIR
-      [--in_chans C] [--img_size S] [--first_layer keep|reinit|repeat] [--seed N] [--key NAME]
+      [--in_chans C] [--img_size S] [--window_size W] [--first_layer keep|reinit|repeat] [--seed N] [--key NAME]
       [--strip_prefixes module. backbone.] [--drop_prefixes head. fc.]
 
 ``export`` writes the backbone of a geossl workdir (training or backbone-only) in the reference
@@ -27,13 +28,18 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--workdir", required=True, help="geossl workdir (training or backbone-only)")
     exp.add_argument("--output", required=True, help="model.safetensors or model.pth")
     exp.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    exp.add_argument("--layout", choices=("timm", "original", "simmim"), default=None,
+                     help="Swin only: timm (default), original (Microsoft, with buffers), simmim (+ mask_token)")
 
     imp = sub.add_parser("import", help=".pth / .safetensors → backbone-only geossl workdir")
     imp.add_argument("--arch", required=True, help="model name, e.g. vit_small_patch14, resnet50")
     imp.add_argument("--input", required=True, help="state dict: .pth/.pt or .safetensors")
     imp.add_argument("--output", required=True, help="directory to write")
     imp.add_argument("--in_chans", type=int, default=None, help="default: the checkpoint's")
-    imp.add_argument("--img_size", type=int, default=None, help="ViT only; default: the checkpoint's")
+    imp.add_argument("--img_size", type=int, default=None,
+                     help="ViT and Swin; default: the checkpoint's (Swin timm layout: 224)")
+    imp.add_argument("--window_size", type=int, default=None,
+                     help="Swin only; default: the checkpoint's (bias tables are resampled to another)")
     imp.add_argument("--first_layer", choices=FIRST_LAYER_MODES, default="keep",
                      help="a first layer with another channel count: keep (error), reinit, repeat")
     imp.add_argument("--seed", type=int, default=0, help="seed of a re-initialised first layer")
@@ -44,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def export(workdir: str, output: str, step: int | None = None) -> dict:
+def export(workdir: str, output: str, step: int | None = None, layout: str | None = None) -> dict:
     """Writes the backbone of ``workdir`` to ``output``; returns the state dict written."""
     from geossl import convert
     from geossl.models.from_config import architecture_kwargs
@@ -53,13 +59,14 @@ def export(workdir: str, output: str, step: int | None = None) -> dict:
     arch, variables = load_backbone(workdir, step)
     config = load_config(workdir)
     state_dict = convert.export_backbone(variables, arch, architecture_kwargs(config.model),
-                                         output, config)
+                                         output, config, layout=layout)
     logging.info("wrote %d tensors of %s to %s", len(state_dict), arch, output)
     return state_dict
 
 
 def import_(arch: str, input_path: str, output: str, *, in_chans: int | None = None,
-            img_size: int | None = None, first_layer: str = "keep", seed: int = 0,
+            img_size: int | None = None, window_size: int | None = None,
+            first_layer: str = "keep", seed: int = 0,
             key: str | None = None, strip_prefixes=("module.", "backbone."),
             drop_prefixes=("head.", "fc."), strict: bool = True) -> dict:
     """Converts ``input_path`` and writes a backbone-only workdir ``output``; returns the variables."""
@@ -67,12 +74,13 @@ def import_(arch: str, input_path: str, output: str, *, in_chans: int | None = N
     from geossl.train.checkpoint import save_backbone
 
     sd = convert.load_state_dict(input_path, key=key, strip_prefixes=tuple(strip_prefixes))
-    kw = convert.resolve_model_kwargs(sd, arch, in_chans=in_chans, img_size=img_size)
+    extra = {} if window_size is None else {"window_size": int(window_size)}
+    kw = convert.resolve_model_kwargs(sd, arch, in_chans=in_chans, img_size=img_size, **extra)
     variables, report = convert.from_torch(
         sd, arch, strict=strict, first_layer=first_layer, rng=seed,
         drop_prefixes=tuple(drop_prefixes), return_report=True, **kw)
     logging.info("%s", report)
-    if not models.is_vit(arch):
+    if not (models.is_vit(arch) or models.is_swin(arch)):
         kw.pop("img_size", None)
     save_backbone(variables, arch, output, **kw)
     return variables
@@ -82,9 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.command == "export":
-        export(args.workdir, args.output, args.step)
+        export(args.workdir, args.output, args.step, args.layout)
     else:
         import_(args.arch, args.input, args.output, in_chans=args.in_chans, img_size=args.img_size,
+                window_size=args.window_size,
                 first_layer=args.first_layer, seed=args.seed, key=args.key,
                 strip_prefixes=args.strip_prefixes, drop_prefixes=args.drop_prefixes,
                 strict=not args.non_strict)

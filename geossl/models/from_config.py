@@ -28,7 +28,8 @@ def architecture_kwargs(model_cfg) -> dict:
             if k != "name" and k not in COMPUTE_OPTIONS}
 
 
-#: config.model fields that only ViTs take (ResNets read the input size from the data).
+#: config.model fields that only ViTs (and, in part, Swins) take; dropped for ResNets, which read
+#: the input size from the data. Swins get every field (an unknown one raises).
 VIT_ONLY = ("img_size", "patch_size", "depth", "num_heads", "embed_dim", "drop_path_rate",
             "layerscale_init", "num_register_tokens", "mlp_ratio", "qkv_bias")
 
@@ -36,6 +37,6 @@ VIT_ONLY = ("img_size", "patch_size", "depth", "num_heads", "embed_dim", "drop_p
 def create_from_config(model_cfg):
     from geossl import models
     kw = model_kwargs(model_cfg)
-    if not models.is_vit(model_cfg["name"]):
+    if not (models.is_vit(model_cfg["name"]) or models.is_swin(model_cfg["name"])):
         kw = {k: v for k, v in kw.items() if k not in VIT_ONLY}
     return models.create(model_cfg["name"], **kw)

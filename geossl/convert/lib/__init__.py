@@ -2,9 +2,10 @@
 per-architecture :class:`Entry` tables.
 
 ``to_torch(variables, arch)`` writes the reference layout (DINOv2 for ViTs, torchvision for
-ResNets); ``from_torch(state_dict, arch)`` reads it back, bit-exactly. On import, three small
-adapters reconcile a checkpoint with the target model: a position table of another grid is
-resampled, a first layer with another channel count is re-initialised or repeat-and-scaled, and
+ResNets, timm for Swins; ``layout="original"`` / ``"simmim"`` the Microsoft / SimMIM Swin);
+``from_torch(state_dict, arch)`` reads it back, bit-exactly (a Swin's layout is detected from the
+keys). On import, small adapters reconcile a checkpoint with the target model: a position table
+(ViT ``pos_embed``, Swin relative-position bias tables) of another grid is resampled, a first layer with another channel count is re-initialised or repeat-and-scaled, and
 classifier heads are dropped. Everything else must match, or :class:`ConversionError` lists
 every missing, unexpected and wrong-shape key at once.
 """
@@ -29,7 +30,7 @@ __all__ = ["ConversionError", "ConversionReport", "entries", "from_torch", "load
            "resolve_model_kwargs", "save_state_dict", "to_torch"]
 
 FIRST_LAYER_MODES = ("keep", "reinit", "repeat")
-_FIRST_LAYER_KEY = {True: "patch_embed.proj.weight", False: "conv1.weight"}  # keyed by is_vit
+_FIRST_LAYER_KEY = {True: "patch_embed.proj.weight", False: "conv1.weight"}  # keyed by "has a patch_embed"
 _POS_EMBED_KEY = "pos_embed"
 
 
@@ -72,8 +73,14 @@ class ConversionError(ValueError):
         super().__init__(f"state dict does not fit {report}" + (f"\n{hint}" if hint else ""))
 
 
-def entries(model, arch: str) -> list[Entry]:
-    """The key table of ``model`` (created from ``arch``)."""
+def entries(model, arch: str, layout: str | None = None) -> list[Entry]:
+    """The key table of ``model`` (created from ``arch``); ``layout`` picks a Swin's
+    (``swin_keys.LAYOUTS``, default "timm"); other architectures have one."""
+    if models.is_swin(arch):
+        from geossl.convert.lib.swin_keys import swin_entries
+        return swin_entries(model, layout or "timm")
+    if layout is not None:
+        raise ValueError(f"layout={layout!r}: only Swin architectures have several layouts, not {arch}")
     if models.is_vit(arch):
         from geossl.convert.lib.vit_keys import vit_entries
         return vit_entries(model)
@@ -82,17 +89,23 @@ def entries(model, arch: str) -> list[Entry]:
 
 
 # ----- export -----------------------------------------------------------------------------------
-def to_torch(variables: Mapping, arch: str, **model_kw) -> dict[str, np.ndarray]:
+def to_torch(variables: Mapping, arch: str, *, layout: str | None = None,
+             **model_kw) -> dict[str, np.ndarray]:
     """geossl variables (``{"params", ["batch_stats"]}``) → ``{torch key: numpy array}``.
 
     ``model_kw`` selects the structure where the name alone does not (e.g. ``depth``); channel
-    count and image size need not be given. Every variable must be consumed.
+    count and image size need not be given (a Swin's ``img_size`` and ``window_size`` fix its
+    ``attn_mask`` buffers in the original layout). ``layout``: Swin only, "timm" (default, no
+    mask_token), "original" (with buffers) or "simmim" (original + mask_token). Every variable
+    must be consumed (layout-optional ones are left out).
     """
     model = models.create(arch, **model_kw)
     flat = _flatten(variables)
     report, out, used = ConversionReport(arch), {}, set()
-    for e in entries(model, arch):
-        if e.flax_path is None:
+    for e in entries(model, arch, layout):
+        if e.optional:
+            used.add(e.flax_path)
+        elif e.flax_path is None:
             out[e.torch_key] = e.torch_only()
         elif e.flax_path in flat:
             out[e.torch_key] = TRANSFORMS[e.transform][1](np.asarray(flat[e.flax_path]))
@@ -114,11 +127,14 @@ def resolve_model_kwargs(state_dict: Mapping[str, Any], arch: str, *, in_chans: 
 
     ``in_chans=None`` takes the channel count of the checkpoint's first layer; for a ViT,
     ``img_size=None`` takes the size whose patch grid the checkpoint's ``pos_embed`` covers
-    (518 for DINOv2 hub weights). ResNets take any image size, so ``img_size`` is ignored.
+    (518 for DINOv2 hub weights). For a Swin, ``embed_dim``, ``depths``, ``num_heads`` and
+    ``window_size`` (where absent from ``model_kw``) are the checkpoint's (first bias table) and ``img_size=None`` the one its stage-0 ``attn_mask`` covers
+    (original layout; the name's 224 otherwise). ResNets take any image size, so ``img_size`` is
+    ignored.
     """
-    vit = models.is_vit(arch)
+    vit, swin = models.is_vit(arch), models.is_swin(arch)
     kw = dict(model_kw)
-    first = state_dict.get(_FIRST_LAYER_KEY[vit])
+    first = state_dict.get(_FIRST_LAYER_KEY[vit or swin])
     if in_chans is None and first is not None and np.ndim(first) == 4:
         in_chans = int(np.shape(first)[1])
     if in_chans is not None:
@@ -129,6 +145,18 @@ def resolve_model_kwargs(state_dict: Mapping[str, Any], arch: str, *, in_chans: 
             grid = math.isqrt(np.shape(pos)[1] - 1)
             if grid * grid == np.shape(pos)[1] - 1:
                 img_size = grid * models.create(arch, **kw).patch_size
+        if img_size is not None:
+            kw["img_size"] = img_size
+    if swin:
+        from geossl.convert.lib.swin_keys import (checkpoint_img_size, checkpoint_structure,
+                                                  checkpoint_window_size)
+        for name, value in checkpoint_structure(state_dict).items():
+            kw.setdefault(name, value)
+        window = checkpoint_window_size(state_dict)
+        if "window_size" not in kw and window is not None:
+            kw["window_size"] = window
+        if img_size is None:
+            img_size = checkpoint_img_size(state_dict, models.create(arch, **kw).patch_size)
         if img_size is not None:
             kw["img_size"] = img_size
     return kw
@@ -144,6 +172,9 @@ def from_torch(state_dict: Mapping[str, Any], arch: str, *, strict: bool = True,
     Target model: ``models.create(arch, in_chans=..., img_size=..., **model_kw)``, the sizes
     defaulting to the checkpoint's (:func:`resolve_model_kwargs`). Adapters:
       - ``pos_embed`` of another grid is resampled to the target grid (ViT, 1 prefix token);
+      - Swin: the layout (timm / original) is detected from the keys, the original's buffers
+        (``relative_position_index``, ``attn_mask``) are dropped (recomputed), and bias tables of
+        another window are resampled bicubically (``adapters.resample_rel_pos_bias_table``);
       - a first layer with another channel count: ``first_layer="reinit"`` takes the whole layer
         (weight and bias) from a fresh ``model.init`` seeded by ``rng`` (int, jax key or
         ``np.random.Generator``), ``"repeat"`` repeats and scales the weight
@@ -157,17 +188,27 @@ def from_torch(state_dict: Mapping[str, Any], arch: str, *, strict: bool = True,
     """
     if first_layer not in FIRST_LAYER_MODES:
         raise ValueError(f"first_layer: expected one of {FIRST_LAYER_MODES}, found {first_layer!r}")
-    vit = models.is_vit(arch)
+    vit, swin = models.is_vit(arch), models.is_swin(arch)
     if allow_missing is None:
         allow_missing = ("mask_token",) if vit else ()
     sd = {str(k): to_numpy(v) for k, v in state_dict.items()}
     report = ConversionReport(arch)
-    report.dropped = [k for k in sd if k.startswith(tuple(drop_prefixes))]
-    sd = {k: v for k, v in sd.items() if not k.startswith(tuple(drop_prefixes))}
-
-    kw = resolve_model_kwargs(sd, arch, in_chans=in_chans, img_size=img_size, **model_kw)
+    layout = None
+    if swin:
+        from geossl.convert.lib.swin_keys import BUFFER_SUFFIXES, detect_layout
+        layout = detect_layout(sd)
+        drop_suffixes = BUFFER_SUFFIXES
+    else:
+        drop_suffixes = ()
+    drop = {k for k in sd if k.startswith(tuple(drop_prefixes)) or k.endswith(drop_suffixes)}
+    report.dropped = [k for k in sd if k in drop]
+    kept = {k: v for k, v in sd.items() if k not in drop}
+    # a Swin's buffers tell its input size, so they are read before being dropped
+    kw = resolve_model_kwargs(sd if swin else kept, arch, in_chans=in_chans, img_size=img_size,
+                              **model_kw)
+    sd = kept
     model = models.create(arch, **kw)
-    table = entries(model, arch)
+    table = entries(model, arch, layout)
     abstract = _flatten(jax.eval_shape(model.init, jax.random.key(0), _dummy_input(model)))
     torch_shape = {e.torch_key: _torch_shape(e, abstract[e.flax_path])
                    for e in table if e.flax_path is not None}
@@ -175,7 +216,9 @@ def from_torch(state_dict: Mapping[str, Any], arch: str, *, strict: bool = True,
     fresh_keys: set[str] = set()
     if vit:
         _resample_pos_embed(sd, torch_shape, model, report)
-    first_key = _FIRST_LAYER_KEY[vit]
+    if swin:
+        _resample_rel_pos_tables(sd, torch_shape, report)
+    first_key = _FIRST_LAYER_KEY[vit or swin]
     if _channels_differ(sd.get(first_key), torch_shape.get(first_key)):
         found = sd[first_key].shape[1]
         if first_layer == "repeat":
@@ -201,7 +244,7 @@ def from_torch(state_dict: Mapping[str, Any], arch: str, *, strict: bool = True,
             continue
         spec = abstract[e.flax_path]
         if e.torch_key not in sd:
-            if e.torch_key in allow_missing:
+            if e.torch_key in allow_missing or e.optional:
                 flat[e.flax_path] = np.zeros(spec.shape, spec.dtype)
                 report.adapted.append(f"{e.torch_key}: absent, initialised to zeros")
             else:
@@ -271,6 +314,21 @@ def _resample_pos_embed(sd: dict, torch_shape: dict, model, report: ConversionRe
     sd[_POS_EMBED_KEY] = np.asarray(resample_pos_embed(found, grid, num_prefix_tokens=1))
     g = math.isqrt(found.shape[1] - 1)
     report.adapted.append(f"{_POS_EMBED_KEY}: resampled {g}x{g} → {grid[0]}x{grid[1]}")
+
+
+def _resample_rel_pos_tables(sd: dict, torch_shape: dict, report: ConversionReport) -> None:
+    """Swin bias tables ((2W-1)², heads) of another window → the target's, per block."""
+    from geossl.convert.lib.adapters import resample_rel_pos_bias_table
+    for key, value in list(sd.items()):
+        expected = torch_shape.get(key)
+        if not key.endswith("relative_position_bias_table") or expected is None or value.shape == expected:
+            continue
+        side, new_side = math.isqrt(value.shape[0]), math.isqrt(expected[0])
+        if (value.ndim != 2 or value.shape[1] != expected[1] or side * side != value.shape[0]
+                or new_side * new_side != expected[0]):
+            continue  # reported as a wrong shape
+        sd[key] = resample_rel_pos_bias_table(value, (new_side + 1) // 2)
+        report.adapted.append(f"{key}: resampled window {(side + 1) // 2} → {(new_side + 1) // 2}")
 
 
 def _key(rng) -> jax.Array:

@@ -11,10 +11,11 @@ from geossl.convert.lib.io import export_metadata, save_state_dict
 
 
 def export_backbone(variables: Mapping, arch: str, model_kwargs: Mapping[str, Any], path: str,
-                    config) -> dict[str, np.ndarray]:
+                    config, layout: str | None = None) -> dict[str, np.ndarray]:
     """Writes ``variables`` ({"params", ["batch_stats"]}) of ``arch`` to ``path`` (.safetensors, or
     .pth with torch) in the reference layout, atomically, with the architecture, its arguments
-    and ``config.data``'s bands and normalisation in the header. Returns the state dict."""
-    state_dict = to_torch(variables, arch, **model_kwargs)
+    and ``config.data``'s bands and normalisation in the header; ``layout``: a Swin's
+    (``to_torch``). Returns the state dict."""
+    state_dict = to_torch(variables, arch, layout=layout, **model_kwargs)
     save_state_dict(state_dict, path, export_metadata(arch, model_kwargs, config))
     return state_dict

@@ -46,12 +46,15 @@ class Entry:
                 ``None`` for torch-only buffers (``num_batches_tracked``) that flax does not keep.
     transform:  a key of :data:`TRANSFORMS`.
     torch_only: for ``flax_path=None``: makes the array written on export (shape and dtype fixed).
+    optional:   a variable the layout lacks (timm's Swin has no ``mask_token``): export leaves it out,
+                import reads it when present and otherwise starts it at zero.
     """
 
     torch_key: str
     flax_path: tuple[str, ...] | None
     transform: str = "identity"
     torch_only: Callable[[], np.ndarray] | None = None
+    optional: bool = False
 
     def __post_init__(self):
         if self.transform not in TRANSFORMS:

@@ -1,0 +1,122 @@
+"""Key tables of the Swin Transformer in its two PyTorch layouts.
+
+"timm": patch merging at the start of stage i >= 1 (``layers.{i}.downsample``), no buffers, no
+``mask_token``. "original" (Microsoft Swin, SimMIM, GFM): patch merging at the end of stage
+i < last (``layers.{i}.downsample``, ``reduction`` before ``norm``), with the persistent buffers
+``attn.relative_position_index`` (every block) and ``attn_mask`` (shifted blocks), recomputed
+here on export and ignored on import. "simmim": "original" plus SimMIM's ``mask_token`` (1,1,D)
+(``SwinTransformerForSimMIM``; GFM checkpoints hold it under ``encoder.``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping
+
+from geossl.convert.lib.keymap import Entry
+from geossl.models.swin import SwinTransformer, relative_position_index, shifted_window_mask
+
+LAYOUTS = ("timm", "original", "simmim")
+BUFFER_SUFFIXES = ("relative_position_index", "attn_mask")
+
+
+def detect_layout(keys) -> str:
+    """"original" when the keys hold a stage-0 ``downsample`` or a Swin buffer, else "timm"
+    (a mask_token alone does not tell: it is read in any layout)."""
+    keys = list(keys)
+    if "layers.0.downsample.reduction.weight" in keys or any(k.endswith(BUFFER_SUFFIXES) for k in keys):
+        return "original"
+    return "timm"
+
+
+def _linear(torch_name: str, flax_path: tuple[str, ...], bias: bool = True) -> list[Entry]:
+    table = [Entry(f"{torch_name}.weight", ("params", *flax_path, "kernel"), "linear")]
+    return table + ([Entry(f"{torch_name}.bias", ("params", *flax_path, "bias"))] if bias else [])
+
+
+def _layer_norm(torch_name: str, flax_path: tuple[str, ...]) -> list[Entry]:
+    return [Entry(f"{torch_name}.weight", ("params", *flax_path, "scale")),
+            Entry(f"{torch_name}.bias", ("params", *flax_path, "bias"))]
+
+
+def _downsample(torch_name: str, flax_path: tuple[str, ...], original: bool) -> list[Entry]:
+    norm = _layer_norm(f"{torch_name}.norm", (*flax_path, "norm"))
+    reduction = _linear(f"{torch_name}.reduction", (*flax_path, "reduction"), bias=False)
+    return reduction + norm if original else norm + reduction
+
+
+def _constant(array):
+    return lambda: array.copy()
+
+
+def swin_entries(model: SwinTransformer, layout: str = "timm") -> list[Entry]:
+    """One :class:`Entry` per state-dict key of ``model`` in ``layout``, in that code's order."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"Swin layout: expected one of {LAYOUTS}, found {layout!r}")
+    original = layout != "timm"
+    table = [Entry("mask_token", ("params", "mask_token"), optional=layout != "simmim")]
+    table += [Entry("patch_embed.proj.weight", ("params", "patch_embed", "proj", "kernel"), "conv"),
+              Entry("patch_embed.proj.bias", ("params", "patch_embed", "proj", "bias"))]
+    table += _layer_norm("patch_embed.norm", ("patch_embed", "norm"))
+    stages = model.stage_windows()
+    for i, (resolution, window, shift) in enumerate(stages):
+        if i and not original:
+            table += _downsample(f"layers.{i}.downsample", (f"layers_{i}", "downsample"), False)
+        index = relative_position_index(*window)
+        mask = shifted_window_mask(resolution, window, shift) if any(shift) else None
+        for j in range(model.depths[i]):
+            t, f = f"layers.{i}.blocks.{j}", (f"layers_{i}", f"blocks_{j}")
+            if original and j % 2 and mask is not None:  # the block's own buffer precedes its children
+                table.append(Entry(f"{t}.attn_mask", None, torch_only=_constant(mask)))
+            table += _layer_norm(f"{t}.norm1", (*f, "norm1"))
+            table.append(Entry(f"{t}.attn.relative_position_bias_table",
+                               ("params", *f, "attn", "relative_position_bias_table")))
+            if original:
+                table.append(Entry(f"{t}.attn.relative_position_index", None, torch_only=_constant(index)))
+            table += _linear(f"{t}.attn.qkv", (*f, "attn", "qkv"))
+            table += _linear(f"{t}.attn.proj", (*f, "attn", "proj"))
+            table += _layer_norm(f"{t}.norm2", (*f, "norm2"))
+            table += _linear(f"{t}.mlp.fc1", (*f, "mlp", "fc1"))
+            table += _linear(f"{t}.mlp.fc2", (*f, "mlp", "fc2"))
+        if original and i + 1 < len(stages):
+            table += _downsample(f"layers.{i}.downsample", (f"layers_{i + 1}", "downsample"), True)
+    return table + _layer_norm("norm", ("norm",))
+
+
+def checkpoint_structure(state_dict: Mapping) -> dict:
+    """``embed_dim``, ``depths`` and ``num_heads`` read from the keys and shapes (either layout);
+    empty when the keys hold no Swin blocks."""
+    blocks: dict[int, set[int]] = {}
+    for key in state_dict:
+        m = re.match(r"layers\.(\d+)\.blocks\.(\d+)\.", key)
+        if m:
+            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    proj = state_dict.get("patch_embed.proj.weight")
+    if not blocks or proj is None or sorted(blocks) != list(range(len(blocks))):
+        return {}
+    tables = [state_dict.get(f"layers.{i}.blocks.0.attn.relative_position_bias_table")
+              for i in range(len(blocks))]
+    if any(t is None or len(t.shape) != 2 for t in tables):
+        return {}
+    return {"embed_dim": int(proj.shape[0]), "depths": tuple(len(blocks[i]) for i in range(len(blocks))),
+            "num_heads": tuple(int(t.shape[1]) for t in tables)}
+
+
+def checkpoint_window_size(state_dict: Mapping) -> int | None:
+    """The window of the first block's bias table ((2W-1)², heads), or None."""
+    table = state_dict.get("layers.0.blocks.0.attn.relative_position_bias_table")
+    if table is None or len(table.shape) != 2:
+        return None
+    side = round(table.shape[0] ** 0.5)
+    return (side + 1) // 2 if side * side == table.shape[0] and side % 2 else None
+
+
+def checkpoint_img_size(state_dict: Mapping, patch_size: int) -> int | None:
+    """Square input size from the stage-0 shifted-window mask (nW, N, N) of an original-layout
+    checkpoint: nW·N stage-0 tokens; None when absent."""
+    mask = state_dict.get("layers.0.blocks.1.attn_mask")
+    if mask is None or len(mask.shape) != 3:
+        return None
+    tokens = int(mask.shape[0]) * int(mask.shape[1])
+    side = round(tokens ** 0.5)
+    return side * patch_size if side * side == tokens else None
