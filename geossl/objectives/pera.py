@@ -1,0 +1,182 @@
+"""PerA: perfectly aligned sample pairs with disjoint masks (arXiv 2505.19447; REFERENCE §3).
+
+Each crop comes as a student and a teacher version with one geometry (``pera_views``). One random
+permutation per crop splits its patches three ways (``masking.pera_split``): the student sees
+[cls + its 20%] for the first ``insert_at_block`` blocks, then PerA's own student mask token plus
+the position embedding stands at the learn positions for the remaining blocks; the EMA teacher
+(backbone + class head, no drop path) sees [cls + the remaining 60%] of its version. Local crops
+have no learn positions. Loss = w_dino·DINO (same-index pairs, centred teacher) + w_koleo·KoLeo
+(student class-head outputs, per global crop) + w_mse·MSE (pixel head at the learn positions
+against the student crop's normalised pixels).
+
+The student mask token is ``params["mask_token"]`` (1, D), N(0, 0.02), kept beside the backbone;
+it is handed to the ViT in place of the backbone's own ``mask_token`` (which ``insert_idx``
+reads), so the exported backbone keeps its zero ``mask_token`` and the teacher never uses one.
+The DINO centre is ``extra["center"]`` (1, K): the loss uses the centre of the previous step and
+returns 0.9·c + 0.1·mean(teacher logits over every crop of the global batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from geossl import losses, masking, schedules
+from geossl.models import is_vit
+from geossl.models.from_config import create_from_config
+from geossl.models.heads import DINOHead
+from geossl.objectives import pera_views
+from geossl.objectives.base import Objective, Variables, register
+
+
+def patchify(x: jax.Array, p: int) -> jax.Array:
+    """(B,H,W,C) → (B, (H/p)(W/p), p·p·C): row-major patches, each flattened in (p, p, C) order."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def _flat(x: jax.Array) -> jax.Array:
+    """(B, n, ...) crops → (B·n, ...), crop index minor."""
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+@register("pera")
+class PerA(Objective):
+    teacher_mode = "ema"
+
+    def __init__(self, config):
+        super().__init__(config)
+        o = config.objective
+        if not is_vit(config.model.name):
+            raise ValueError(f"config.model.name: PerA needs a ViT (token masks), found "
+                             f"{config.model.name!r}")
+        self.backbone = create_from_config(config.model)
+        self.patch_size = self.backbone.patch_size
+        self.in_chans = self.backbone.in_chans
+        head = dict(hidden_dim=int(o.head_hidden), bottleneck_dim=int(o.head_bottleneck),
+                    num_layers=int(o.head_layers), norm_last_layer=False)
+        self.class_head = DINOHead(out_dim=int(o.num_prototypes), **head)
+        self.pixel_head = DINOHead(out_dim=self.patch_size ** 2 * self.in_chans, **head)
+        self.insert_at_block = int(o.insert_at_block)
+        if not 0 < self.insert_at_block < self.backbone.depth:
+            raise ValueError(f"config.objective.insert_at_block: expected 1..{self.backbone.depth - 1}"
+                             f" (PerA: depth//2), found {self.insert_at_block}")
+        self.teacher_temp = schedules.make_schedule(dict(
+            name="linear", start=float(o.teacher_temp), end=float(o.teacher_temp_final),
+            steps=int(o.teacher_temp_warmup_steps)))
+        self.view_config = _view_config(config)
+
+    # ----- host ------------------------------------------------------------------------------
+    def make_views(self, record, rng: np.random.Generator):
+        """global_student / global_teacher (G,S,S,C), local_student / local_teacher (L,s,s,C)."""
+        return pera_views.multi_crop_sample(record, rng, self.view_config)
+
+    # ----- device ----------------------------------------------------------------------------
+    def init(self, rng, batch) -> Variables:
+        r_bb, r_cls, r_pix, r_tok = jax.random.split(rng, 4)
+        x = jnp.asarray(batch["global_student"])[:1, 0]
+        backbone = self.backbone.init({"params": r_bb, "dropout": r_bb}, x)["params"]
+        d = self.backbone.num_features
+        z = jnp.zeros((1, d), jnp.float32)
+        params = {
+            "backbone": backbone,
+            "class_head": self.class_head.init(r_cls, z)["params"],
+            "pixel_head": self.pixel_head.init(r_pix, z)["params"],
+            "mask_token": 0.02 * jax.random.normal(r_tok, (1, d), jnp.float32),
+        }
+        center = jnp.zeros((1, int(self.config.objective.num_prototypes)), jnp.float32)
+        return Variables(params=params, teacher=None, extra={"center": center})
+
+    def teacher_source(self, params):
+        return {"backbone": params["backbone"], "class_head": params["class_head"]}
+
+    def split(self, rng, n: int, num_tokens: int):
+        """(student_idx, learn_idx, teacher_idx) for n crops of num_tokens patches each."""
+        o = self.config.objective
+        return masking.pera_split(rng, n, num_tokens, float(o.student_ratio), float(o.learn_ratio))
+
+    def _num_tokens(self, x) -> int:
+        return (x.shape[1] // self.patch_size) * (x.shape[2] // self.patch_size)
+
+    def student(self, params, x, student_idx, learn_idx, rng):
+        """Sparse student on crops x (n,H,W,C): returns (class logits (n,K), pixel predictions
+        (n,L,p²C) at learn_idx, or None without learn positions). Drop path on."""
+        bb = dict(params["backbone"], mask_token=params["mask_token"])
+        kw = {}
+        if learn_idx is not None:
+            kw = dict(insert_idx=learn_idx, insert_at_block=self.insert_at_block)
+        out = self.backbone.apply({"params": bb}, x, keep_idx=student_idx, stochastic=True,
+                                  rngs={"dropout": rng}, **kw)
+        logits = self.class_head.apply({"params": params["class_head"]}, out["embedding"])
+        if learn_idx is None:
+            return logits, None
+        tokens = out["patch_tokens"][:, student_idx.shape[1]:]
+        return logits, self.pixel_head.apply({"params": params["pixel_head"]}, tokens)
+
+    def teacher(self, teacher, x, teacher_idx):
+        """Deterministic teacher on [cls + teacher_idx] of crops x: class logits (n,K)."""
+        out = self.backbone.apply({"params": teacher["backbone"]}, x, keep_idx=teacher_idx,
+                                  stochastic=False)
+        logits = self.class_head.apply({"params": teacher["class_head"]}, out["embedding"])
+        return jax.lax.stop_gradient(logits)
+
+    def loss(self, params, teacher, extra, batch, rng, step):
+        o = self.config.objective
+        b, g = batch["global_student"].shape[:2]
+        r_gm, r_lm, r_gd, r_ld = jax.random.split(rng, 4)
+        xs_g, xt_g = _flat(batch["global_student"]), _flat(batch["global_teacher"])
+        xs_l, xt_l = _flat(batch["local_student"]), _flat(batch["local_teacher"])
+
+        s_idx, l_idx, t_idx = self.split(r_gm, xs_g.shape[0], self._num_tokens(xs_g))
+        s_global, pred = self.student(params, xs_g, s_idx, l_idx, r_gd)
+        t_global = self.teacher(teacher, xt_g, t_idx)
+        ls_idx, _, lt_idx = self.split(r_lm, xs_l.shape[0], self._num_tokens(xs_l))
+        s_local, _ = self.student(params, xs_l, ls_idx, None, r_ld)
+        t_local = self.teacher(teacher, xt_l, lt_idx)
+
+        # DINO over same-index pairs: every pair has B rows, so the mean over all rows is the
+        # mean over the pairs of their batch means.
+        tau_t = self.teacher_temp(step)
+        center = extra["center"]
+        s_all = jnp.concatenate([s_global, s_local], axis=0)
+        t_all = jnp.concatenate([t_global, t_local], axis=0)
+        loss_dino = losses.dino_loss(s_all, t_all, center, student_temp=float(o.student_temp),
+                                     teacher_temp=tau_t)
+        m = float(o.center_momentum)
+        new_center = m * center + (1 - m) * jnp.mean(t_all, axis=0, keepdims=True)
+
+        per_crop = s_global.reshape(b, g, -1)
+        loss_koleo = sum(losses.koleo_loss(per_crop[:, i]) for i in range(g))
+
+        target = jnp.take_along_axis(patchify(xs_g, self.patch_size), l_idx[..., None], axis=1)
+        loss_mse = jnp.mean(jnp.sum(jnp.square(pred.astype(jnp.float32) - target), axis=-1))
+
+        total = (float(o.dino_weight) * loss_dino + float(o.koleo_weight) * loss_koleo
+                 + float(o.mse_weight) * loss_mse)
+        metrics = {"loss_dino": loss_dino, "loss_koleo": loss_koleo, "loss_mse": loss_mse,
+                   "teacher_temp": tau_t, "center_norm": jnp.linalg.norm(new_center)}
+        return total, {"metrics": metrics, "extra": {"center": new_center}}
+
+    # ----- init / export ---------------------------------------------------------------------
+    def with_backbone(self, variables: Variables, backbone: dict) -> Variables:
+        return variables.replace(params=dict(variables.params, backbone=backbone["params"]))
+
+    def backbone_variables(self, variables: Variables) -> dict:
+        params = variables.teacher if self.config.export.teacher else variables.params
+        return {"params": params["backbone"]}
+
+
+def _view_config(config) -> pera_views.MultiCropConfig:
+    """MultiCropConfig: global_size from config.model.img_size, every other field set in
+    config.data (local_size, num_global, num_local, global_scale, local_scale, bands, norm, ...)."""
+    d = config.data
+    kw = {"global_size": config.model.img_size}
+    for field in dataclasses.fields(pera_views.MultiCropConfig):
+        if field.name != "global_size" and field.name in d:
+            value = d[field.name]
+            kw[field.name] = tuple(value) if isinstance(value, (list, tuple)) else value
+    return pera_views.MultiCropConfig(**kw)
