@@ -152,7 +152,11 @@ def test_softcon_step_inputs_equal_in_both_modes():
 
 def test_view_config_forwards_data_fields():
     from configs.softcon import softcon
-    from geossl.objectives.softcon import _view_config
+    from geossl import objectives
+
+    def _view_config(c):
+        return objectives.create(c).view_config
+
     c = softcon("vit_tiny_patch16", "demo", optim="adamw", lr=1e-3)
     default = dataclasses.asdict(_view_config(c))
     assert not default["distinct_seasons"] and default["channel_drop_p"] == 0.0

@@ -22,6 +22,7 @@ hands them over as arrays through ``with_backbone`` / ``with_teacher``.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import flax.struct
@@ -120,6 +121,17 @@ class Objective:
     def backbone_variables(self, variables: Variables) -> dict:
         """Override. The backbone as ``{"params": ..., ["batch_stats": ...]}`` for export / eval."""
         raise NotImplementedError
+
+
+def dataclass_from_config(cls, section, **fixed):
+    """``cls(**fixed, **fields)`` taking every other dataclass field of ``cls`` that ``section``
+    (e.g. ``config.data``) sets; lists become tuples. A method's view settings from its config."""
+    kw = dict(fixed)
+    for field in dataclasses.fields(cls):
+        if field.name not in fixed and field.name in section:
+            value = section[field.name]
+            kw[field.name] = tuple(value) if isinstance(value, (list, tuple)) else value
+    return cls(**kw)
 
 
 def register(name: str) -> Callable[[type[Objective]], type[Objective]]:

@@ -18,7 +18,6 @@ returns 0.9·c + 0.1·mean(teacher logits over every crop of the global batch).
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +28,7 @@ from geossl.models import is_vit
 from geossl.models.from_config import create_from_config
 from geossl.models.heads import DINOHead
 from geossl.objectives import pera_views
-from geossl.objectives.base import Objective, Variables, register
+from geossl.objectives.base import Objective, Variables, dataclass_from_config, register
 
 
 def patchify(x: jax.Array, p: int) -> jax.Array:
@@ -68,7 +67,8 @@ class PerA(Objective):
         self.teacher_temp = schedules.make_schedule(dict(
             name="linear", start=float(o.teacher_temp), end=float(o.teacher_temp_final),
             steps=int(o.teacher_temp_warmup_steps)))
-        self.view_config = _view_config(config)
+        self.view_config = dataclass_from_config(
+            pera_views.MultiCropConfig, config.data, global_size=config.model.img_size)
 
     # ----- host ------------------------------------------------------------------------------
     def make_views(self, record, rng: np.random.Generator):
@@ -170,13 +170,3 @@ class PerA(Objective):
         return {"params": params["backbone"]}
 
 
-def _view_config(config) -> pera_views.MultiCropConfig:
-    """MultiCropConfig: global_size from config.model.img_size, every other field set in
-    config.data (local_size, num_global, num_local, global_scale, local_scale, bands, norm, ...)."""
-    d = config.data
-    kw = {"global_size": config.model.img_size}
-    for field in dataclasses.fields(pera_views.MultiCropConfig):
-        if field.name != "global_size" and field.name in d:
-            value = d[field.name]
-            kw[field.name] = tuple(value) if isinstance(value, (list, tuple)) else value
-    return pera_views.MultiCropConfig(**kw)

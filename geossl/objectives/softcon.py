@@ -8,7 +8,6 @@ global batch, symmetrised over the two views. Config: ``config.objective`` (see 
 
 from __future__ import annotations
 
-import dataclasses
 
 import flax.linen as nn
 import jax
@@ -22,7 +21,7 @@ from geossl.models import is_vit
 from geossl.models.from_config import create_from_config
 from geossl.models.heads import MLPHead
 from geossl.objectives import softcon_views
-from geossl.objectives.base import Objective, Variables, register
+from geossl.objectives.base import Objective, Variables, dataclass_from_config, register
 
 
 class SoftConNet(nn.Module):
@@ -73,7 +72,8 @@ class SoftCon(Objective):
         self.net = SoftConNet(
             backbone=self.backbone, vit=self.vit, proj_hidden=o.proj_hidden, proj_dim=o.proj_dim,
             proj_layers=o.proj_layers, pred_hidden=o.pred_hidden, pred_layers=o.pred_layers)
-        self.view_config = _view_config(config)
+        self.view_config = dataclass_from_config(
+            softcon_views.ViewConfig, config.data, img_size=config.model.img_size)
         self.views_on_device = device_views.views_on_device(config.data.views)
 
     # ----- host ------------------------------------------------------------------------------
@@ -174,16 +174,6 @@ class SoftCon(Objective):
         return out
 
 
-def _view_config(config) -> softcon_views.ViewConfig:
-    """ViewConfig from config.model.img_size and every ViewConfig field set in config.data
-    (bands, norm, crop_scale, distinct_seasons, channel_drop_p, raw_size, ...)."""
-    d = config.data
-    kw = {"img_size": config.model.img_size}
-    for field in dataclasses.fields(softcon_views.ViewConfig):
-        if field.name != "img_size" and field.name in d:
-            value = d[field.name]
-            kw[field.name] = tuple(value) if isinstance(value, (list, tuple)) else value
-    return softcon_views.ViewConfig(**kw)
 
 
 def _check_fields(o) -> None:

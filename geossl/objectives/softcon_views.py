@@ -25,7 +25,8 @@ from geossl.data import bands as bands_lib
 
 @dataclasses.dataclass(frozen=True)
 class ViewConfig:
-    """SoftCon / SSL4EO-S12 MoCo-v3 views. Filled from ``config.data`` (``softcon._view_config``).
+    """SoftCon / SSL4EO-S12 MoCo-v3 views, filled from ``config.data`` by
+    ``objectives.base.dataclass_from_config``.
 
     bands: model input bands (a 12-band L2A record gets a zero B10 when ``zero_fill_b10``).
     norm: "softcon" | "meanstd" | "none"; nodata / nodata_fill: see ``geossl.data.bands``.
