@@ -17,6 +17,10 @@ flags.DEFINE_integer("num_processes", 0, "Number of processes (multi-host runs).
 flags.DEFINE_integer("process_id", -1, "This process's index (multi-host runs).")
 flags.DEFINE_bool("auto_distributed", True, "Initialise jax.distributed when a TPU pod / SLURM "
                   "/ MPI environment is detected.")
+flags.DEFINE_bool("compilation_cache", True, "Keep compiled train steps on disk so that a second "
+                  "or resumed run starts in seconds (--nocompilation_cache: off).")
+flags.DEFINE_string("compilation_cache_dir", "", "Folder of the compilation cache (default "
+                    "$GEOSSL_CACHE/jax or ~/.cache/geossl/jax).")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -48,6 +52,9 @@ def main(argv):
     from geossl.parallel import multihost
     multihost.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                          auto=FLAGS.auto_distributed)
+    if FLAGS.compilation_cache:
+        from geossl.train import compile_cache
+        compile_cache.enable(FLAGS.compilation_cache_dir or None)
     from geossl.eval import online
     from geossl.train import loop
     config = FLAGS.config

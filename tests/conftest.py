@@ -7,6 +7,9 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The persistent compilation cache (main.py's default) of the tests' own, outside the user's home;
+# the test processes use it too, so a program compiled twice in a run is built once.
+os.environ.setdefault("GEOSSL_CACHE", os.path.join("/tmp", f"geossl-test-cache-{os.getuid()}"))
 
 import absl.flags  # noqa: E402
 
@@ -17,6 +20,8 @@ import pytest  # noqa: E402
 
 
 def pytest_configure(config):
+    from geossl.train import compile_cache
+    compile_cache.enable()
     config.addinivalue_line("markers", "slow: long-running (real-size models); run with -m slow")
     config.addinivalue_line("markers", "multiprocess: spawns several jax processes")
 

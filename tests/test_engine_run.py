@@ -80,6 +80,7 @@ def test_run_writes_metrics_checkpoints_and_export(shards, tmp_path, caplog):
     # compilation is timed apart; rates are wall-clock over each logging window
     compiled = [r.getMessage() for r in caplog.records if "compiled the train step in" in r.getMessage()]
     assert len(compiled) == 1, [r.getMessage() for r in caplog.records][:20]
+    assert rows[0]["compile_s"] > 0 and not any("compile_s" in r for r in rows[1:])
     total_s = sum(r["step_time_s"] for r in rows)
     assert all(r["images_per_s"] == pytest.approx(16 / r["step_time_s"]) for r in rows)
     assert 0 < total_s < 60

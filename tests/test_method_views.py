@@ -199,3 +199,18 @@ def test_labels_outside_the_configured_classes_name_the_config_field():
                                          r"'bigearthnet_19'"):
         acquisition_labels(record, 9)
     assert acquisition_labels(record, 19).shape == (2, 19)
+
+
+def test_records_without_labels_warn_at_1_10_100(monkeypatch):
+    from geossl.objectives import softcon_views
+    warnings = []
+    monkeypatch.setattr(softcon_views, "_unlabelled_seen", 0)
+    monkeypatch.setattr(softcon_views.logging, "warning", lambda msg, *a: warnings.append(msg % a))
+    labelled = {"image": np.zeros((1, 4, 4, 1), np.uint16), "labels": np.array([], np.int64),
+                "key": "empty-label-set"}
+    softcon_views.acquisition_labels(labelled, 9)  # an explicitly empty label set is not a warning
+    for i in range(100):
+        hot = softcon_views.acquisition_labels({"image": labelled["image"], "key": f"r{i}"}, 9)
+        assert not hot.any()
+    assert [w.split(" has no")[0] for w in warnings] == ["record r0", "record r9", "record r99"]
+    assert "100 such record(s)" in warnings[-1]

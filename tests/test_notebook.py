@@ -79,6 +79,7 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     assert os.path.isfile(os.path.join(workdir, "linear_probe.json"))
     assert os.path.isfile(os.path.join(workdir, "linear_probe_random_init.json"))
 
+    assert re.search(rf"training: 100%.*{STEPS}/{STEPS}", text), text[-3000:]  # the progress bar
     found = re.search(r"probe micro mAP: pretrained ([0-9.]+) random ([0-9.]+)", text)
     assert found, text[-3000:]
     assert all(0 < float(v) <= 1 for v in found.groups())

@@ -96,6 +96,30 @@ class LayerScale(nn.Module):
         return x * gamma.astype(x.dtype)
 
 
+def attention(q, k, v, implementation: str | None = None):
+    """softmax(q·kᵀ/√d)·v for (B,N,H,d) inputs, softmax in float32 whatever the compute dtype.
+
+    ``implementation`` (default: by backend): "cudnn" (the fused kernel; GPU, 16-bit inputs),
+    "matmul" (batched (B,H,N,d) matmuls: on the CPU ~2x faster than XLA's generic lowering of
+    ``jax.nn.dot_product_attention``) or "xla" (``jax.nn.dot_product_attention``; TPU and the rest).
+    """
+    if implementation is None:
+        backend = jax.default_backend()
+        if backend == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+            implementation = "cudnn"
+        else:
+            implementation = "matmul" if backend == "cpu" else "xla"
+    if implementation in ("cudnn", "xla"):
+        return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+    if implementation != "matmul":
+        raise ValueError(f"attention: implementation expected cudnn | matmul | xla, found "
+                         f"{implementation!r}")
+    q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))           # (B,H,N,d)
+    logits = (q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)) @ jnp.swapaxes(k, -1, -2)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    return jnp.swapaxes(weights @ v, 1, 2)                           # (B,N,H,d)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention (B,N,D) → (B,N,D); qkv output columns ordered [q | k | v]."""
 
@@ -111,8 +135,7 @@ class Attention(nn.Module):
         qkv = nn.Dense(3 * d, use_bias=self.qkv_bias, dtype=self.dtype, kernel_init=dense_init,
                        name="qkv")(x)
         qkv = qkv.reshape(b, n, 3, self.num_heads, d // self.num_heads)
-        # softmax in float32 inside jax.nn.dot_product_attention whatever the compute dtype
-        y = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+        y = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
         return nn.Dense(d, dtype=self.dtype, kernel_init=dense_init, name="proj")(y.reshape(b, n, d))
 
 

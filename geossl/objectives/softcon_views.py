@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from absl import logging
 
 from geossl.data import augment, device_views
 from geossl.data import bands as bands_lib
@@ -117,6 +118,20 @@ def pick_two(rng: np.random.Generator, t: int, distinct: bool = False) -> tuple[
     return t1, t2
 
 
+_unlabelled_seen = 0
+
+
+def _warn_unlabelled(key: str) -> None:
+    """One warning for the 1st, 10th, 100th, ... record without labels seen by this process."""
+    global _unlabelled_seen
+    _unlabelled_seen += 1
+    n = _unlabelled_seen
+    if n == 10 ** (len(str(n)) - 1):
+        logging.warning("record %s has no 'labels' or 'acq_labels' feature: SoftCon trains it with an "
+                        "empty label set (instance term only); %d such record(s) so far in this "
+                        "process", key, n)
+
+
 def acquisition_labels(record: dict, num_classes: int) -> np.ndarray:
     """(T, K) float32 multi-hot per acquisition: ``acq_labels`` (T·K) when present, else the
     record's ``labels`` indices for every acquisition."""
@@ -132,6 +147,8 @@ def acquisition_labels(record: dict, num_classes: int) -> np.ndarray:
             raise ValueError(f"record {key}: acq_labels has {acq.size} values, expected T·K = "
                              f"{t}·{k}")
         return acq.reshape(t, k).astype(np.float32)
+    if "labels" not in record:
+        _warn_unlabelled(key)
     labels = np.asarray(record.get("labels", []), np.int64).reshape(-1)
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"record {key}: labels {labels.tolist()} outside [0, {num_classes}) of "

@@ -4,7 +4,8 @@ Layout of a workdir::
 
     config.json              the run's config
     metrics.jsonl            one object per step (process 0)
-    checkpoints/<step>/{state,data,meta}
+    checkpoints/<step>/{state,data,meta}   state less a frozen teacher (rebuilt from config.teacher
+                                           on resume; meta holds its fingerprint)
     export/                  PyTorch exports of the backbone
     backbone/ + config.json  instead of checkpoints/: a backbone imported from PyTorch
 """
@@ -43,6 +44,18 @@ def shape_summary(tree) -> dict[str, list[int]]:
     return {path_str(p): list(getattr(x, "shape", ())) for p, x in flat}
 
 
+def fingerprint(tree) -> str:
+    """sha256 over a pytree's paths, dtypes, shapes and bytes: names a frozen teacher's weights in
+    a checkpoint's meta without storing them."""
+    import hashlib
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        array = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(f"{path_str(path)}:{array.dtype.str}:{array.shape};".encode())
+        digest.update(array.tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
 def make_meta(config, state) -> dict:
     return {"model": config.model.name, "objective": config.objective.name,
             "params": shape_summary(state.params), "opt_state": shape_summary(state.opt_state)}
@@ -54,6 +67,9 @@ def check_meta(saved: dict, expected: dict, directory: str) -> None:
     for key in ("model", "objective"):
         if saved.get(key) != expected[key]:
             problems.append(f"{key}: checkpoint has {saved.get(key)!r}, config asks {expected[key]!r}")
+    if "teacher" in expected and saved.get("teacher") != expected["teacher"]:
+        problems.append(f"frozen teacher: the run started with weights {saved.get('teacher')}, "
+                        f"config.teacher now gives {expected['teacher']}")
     for group, what in (("params", "parameter"), ("opt_state", "optimiser state")):
         got, want = saved.get(group, {}), expected[group]
         for name in sorted(set(got) | set(want)):

@@ -50,7 +50,22 @@ class Trainer:
     shardings: object             # TrainState of NamedShardings
     meta: dict                    # what a checkpoint must match
     train_step: object            # jitted step(state, batch) -> (state, metrics)
-    init_state: object            # () -> sharded initial TrainState (continual init applied)
+    init_state: object            # (teacher=None) -> sharded initial TrainState (continual init
+                                  # applied; a frozen teacher built here unless handed in)
+    frozen_teacher: object        # () -> host pytree of the frozen teacher, or None without one
+
+    @property
+    def has_frozen_teacher(self) -> bool:
+        return self.objective.teacher_mode == "frozen"
+
+    def saved_part(self, state):
+        """What a checkpoint holds: the state less a frozen teacher, which is rebuilt from
+        ``config.teacher`` on resume (its fingerprint in the checkpoint's meta)."""
+        return state.replace(teacher=None) if self.has_frozen_teacher else state
+
+    def place_teacher(self, state, teacher):
+        """``state`` with the host ``teacher`` put on the teacher's shardings."""
+        return state.replace(teacher=jax.device_put(teacher, self.shardings.teacher))
 
 
 def build_trainer(config, objective, mesh, batch0) -> Trainer:
@@ -68,30 +83,40 @@ def build_trainer(config, objective, mesh, batch0) -> Trainer:
     abstract_state = jax.tree_util.tree_map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_state, shardings)
 
-    def init_state():
+    def frozen_teacher():
+        if objective.teacher_mode != "frozen":
+            return None
+        loaded = pretrained.build_frozen_teacher(config, objective.teacher_model,
+                                                 jax.random.fold_in(init_rng, 1))
+        return objective.with_teacher(objectives.Variables(params=None), loaded).teacher
+
+    def init_state(teacher=None):
         variables = jax.device_get(jax.jit(objective.init)(init_rng, batch0))
         loaded = pretrained.load_student_backbone(config, objective.backbone_variables(variables))
         if loaded is not None:
             variables = objective.with_backbone(variables, loaded)
         if objective.teacher_mode == "frozen":
-            teacher_rng = jax.random.fold_in(init_rng, 1)
-            variables = objective.with_teacher(variables, pretrained.build_frozen_teacher(
-                config, objective.teacher_model, teacher_rng))
+            teacher = frozen_teacher() if teacher is None else teacher
+            variables = variables.replace(teacher=teacher)
         return jax.jit(build, out_shardings=shardings)(variables)
 
     return Trainer(objective, abstract_state, shardings, ckpt_lib.make_meta(config, abstract_state),
-                   make_train_step(objective, tx, lr_fn, config, mesh, shardings), init_state)
+                   make_train_step(objective, tx, lr_fn, config, mesh, shardings), init_state,
+                   frozen_teacher)
 
 
 # ----- run --------------------------------------------------------------------------------------
-def run(config, workdir: str, devices=None, *, hooks=()) -> dict:
+def run(config, workdir: str, devices=None, *, hooks=(), progress_bar: bool | None = None) -> dict:
     """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) on all (or the
     given) devices. Returns a summary: workdir, final_step, last_metrics, export, state.
 
     hooks: evaluators the CLI hands in (e.g. ``geossl.eval.online.make_online_probe``), each with
     an int ``every`` and ``hook(step, backbone) -> dict[str, float]``, called after every
     ``every``-th step with the student backbone (``objective.backbone_variables``); its metrics
-    join that step's row of metrics.jsonl."""
+    join that step's row of metrics.jsonl.
+
+    progress_bar: a tqdm bar of the steps on stdout, updated every ``log_every`` steps (default:
+    on inside a Jupyter / Colab kernel, off elsewhere)."""
     workdir = os.path.abspath(workdir)
     check_config(config)
     mesh = mesh_lib.make_mesh(config.mesh, devices)
@@ -104,22 +129,33 @@ def run(config, workdir: str, devices=None, *, hooks=()) -> dict:
                  mesh.size, dict(mesh.shape), workdir)
     source, data_iter = make_data_iterator(config, objective, jax.process_index(), jax.process_count())
     trainer = build_trainer(config, objective, mesh, example_batch(objective, source))
-    abstract_state, shardings, meta = trainer.abstract_state, trainer.shardings, trainer.meta
+    abstract_state, meta = trainer.abstract_state, trainer.meta
 
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
                                          async_save=config.async_checkpoints)
-    writer = metrics_lib.MetricsWriter(workdir, config.total_steps)
-    start, state = checkpointer.restore_latest_readable(abstract_state, data_iter, meta)
+    if progress_bar is None:
+        progress_bar = metrics_lib.in_notebook()
+    writer = metrics_lib.MetricsWriter(workdir, config.total_steps, progress_bar)
+    teacher = trainer.frozen_teacher()  # rebuilt from its source, never read from checkpoints
+    if teacher is not None:
+        meta = dict(meta, teacher=ckpt_lib.fingerprint(teacher))
+    start, state = checkpointer.restore_latest_readable(trainer.saved_part(abstract_state),
+                                                        data_iter, meta)
     if start is not None:
         logging.info("resumed from %s/%d", checkpointer.directory, start)
+        if teacher is not None:
+            state = trainer.place_teacher(state, teacher)
     else:
         start = 0
-        state = trainer.init_state()
+        state = trainer.init_state(teacher)
     # Only now, with the run checked against the workdir, may the workdir change.
     ckpt_lib.write_config(workdir, config)
     writer.truncate_after(start)  # rows of an earlier attempt past the restored step are redone
-    summary = _loop(config, state, start, trainer.train_step, data_iter, mesh, checkpointer,
-                    writer, meta, _backbone_hooks(objective, hooks))
+    def save(step, state):
+        checkpointer.save(step, trainer.saved_part(state), data_iter, meta)
+
+    summary = _loop(config, state, start, trainer.train_step, data_iter, mesh, save, checkpointer,
+                    writer, _backbone_hooks(objective, hooks))
     summary["export"] = _export(config, objective, checkpointer, workdir)
     if jax.process_count() > 1:  # nobody leaves while process 0 still exports
         from jax.experimental import multihost_utils
@@ -141,7 +177,7 @@ def _backbone_hooks(objective, hooks):
     return [bind(h) for h in hooks if int(h.every) > 0]
 
 
-def _loop(config, state, start, train_step, data_iter, mesh, checkpointer, writer, meta,
+def _loop(config, state, start, train_step, data_iter, mesh, save, checkpointer, writer,
           hooks=()) -> dict:
     total, every = int(config.total_steps), int(config.checkpoint_every)
     log_every = max(1, int(config.log_every))
@@ -150,9 +186,10 @@ def _loop(config, state, start, train_step, data_iter, mesh, checkpointer, write
     last_row = None
     window_start = None  # wall clock after the previous fetch: rates are wall-clock, compile excluded
     steady_steps, steady_s = 0, 0.0  # for the ETA
+    compile_s = None  # seconds the first step took to compile (cache hits: a fraction of that)
 
     def flush():
-        nonlocal last_row, window_start, steady_steps, steady_s
+        nonlocal last_row, window_start, steady_steps, steady_s, compile_s
         if not pending:
             return
         rows = []
@@ -167,6 +204,8 @@ def _loop(config, state, start, train_step, data_iter, mesh, checkpointer, write
                        images_per_s=config.global_batch / max(per_step, 1e-9))
             metrics_lib.check_finite(step, row)
             row.update(evaluated.pop(step, {}))
+            if compile_s is not None:  # the first row of the run: its one compilation
+                row["compile_s"], compile_s = compile_s, None
             rows.append(row)
         writer.write(rows)
         last_row = rows[-1]
@@ -182,8 +221,12 @@ def _loop(config, state, start, train_step, data_iter, mesh, checkpointer, write
         if window_start is None:  # first step: compile ahead of time, timed apart from the rate
             logging.info("compiling the train step…")
             t_compile = time.perf_counter()
-            train_step = train_step.lower(state, batch).compile()
-            logging.info("compiled the train step in %.1f s", time.perf_counter() - t_compile)
+            lowered = train_step.lower(state, batch)
+            trace_s = time.perf_counter() - t_compile
+            train_step = lowered.compile()  # a hit of the persistent cache: loaded, not built
+            compile_s = time.perf_counter() - t_compile
+            logging.info("compiled the train step in %.1f s (%.1f s of it tracing)", compile_s,
+                         trace_s)
             window_start = time.perf_counter()
         state, metrics = train_step(state, batch)
         pending.append((step, metrics, wait))
@@ -195,7 +238,7 @@ def _loop(config, state, start, train_step, data_iter, mesh, checkpointer, write
         if step % log_every == 0 or step % every == 0 or step == total:
             flush()  # raises on a non-finite loss before anything is saved
         if step % every == 0 or step == total:
-            checkpointer.save(step, state, data_iter, meta)
+            save(step, state)
     flush()
     checkpointer.wait()
     return {"final_step": total, "last_metrics": last_row, "state": state}

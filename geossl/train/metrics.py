@@ -49,13 +49,44 @@ def check_finite(step: int, metrics: dict) -> None:
                 f"non-finite {name}={value} at step {step}; stopping (the last checkpoint is kept)")
 
 
-class MetricsWriter:
-    """Appends one JSON object per step to ``workdir/metrics.jsonl`` (process 0 only)."""
+def in_notebook() -> bool:
+    """True inside a Jupyter / Colab kernel (where a progress bar replaces scrolling lines)."""
+    import sys
+    if "google.colab" in sys.modules:
+        return True
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
-    def __init__(self, workdir: str, total_steps: int):
+
+class ProgressBar:
+    """A tqdm bar of the run's steps on stdout (the cell output in a notebook), showing the loss
+    and wall-clock img/s of the last logged step."""
+
+    def __init__(self, total_steps: int):
+        import sys
+        from tqdm import tqdm
+        self.bar = tqdm(total=total_steps, desc="training", unit="step", file=sys.stdout,
+                        dynamic_ncols=True, mininterval=0.5)
+
+    def update(self, row: dict) -> None:
+        self.bar.set_postfix({"loss": f"{row.get('loss', float('nan')):.4g}",
+                              "img/s": f"{row.get('images_per_s', 0.0):.1f}"}, refresh=False)
+        self.bar.update(row["step"] - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class MetricsWriter:
+    """Appends one JSON object per step to ``workdir/metrics.jsonl`` (process 0 only); with
+    ``progress_bar`` a tqdm bar follows the logged steps as well."""
+
+    def __init__(self, workdir: str, total_steps: int, progress_bar: bool = False):
         self.enabled = jax.process_index() == 0
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.total_steps = total_steps
+        self._bar = ProgressBar(total_steps) if progress_bar and self.enabled else None
         self._tb = None
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
@@ -95,11 +126,15 @@ class MetricsWriter:
         rate = steps_done / max(elapsed_s, 1e-9)
         eta = (self.total_steps - row["step"]) / max(rate, 1e-9)
         terms = " ".join(f"{k}={row[k]:.4g}" for k in sorted(row) if k.startswith("loss"))
+        if self._bar is not None:
+            self._bar.update(row)
         logging.info("step %d/%d %s | %.1f img/s | data wait %.1f%% | ETA %s", row["step"],
                      self.total_steps, terms, row.get("images_per_s", 0.0),
                      100 * row.get("data_wait_frac", 0.0), _hms(eta))
 
     def close(self):
+        if self._bar is not None:
+            self._bar.close()
         if self._tb is not None:
             self._tb.close()
 
