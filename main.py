@@ -54,7 +54,8 @@ def main(argv):
                          auto=FLAGS.auto_distributed)
     if FLAGS.compilation_cache:
         from geossl.train import compile_cache
-        compile_cache.enable(FLAGS.compilation_cache_dir or None)
+        if compile_cache.enable(FLAGS.compilation_cache_dir or None) is None:
+            logging.info("compilation cache off: CPU runs over several devices do not support it")
     from geossl.eval import online
     from geossl.train import loop
     config = FLAGS.config

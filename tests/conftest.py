@@ -7,8 +7,8 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# The persistent compilation cache (main.py's default) of the tests' own, outside the user's home;
-# the test processes use it too, so a program compiled twice in a run is built once.
+# The persistent compilation cache (main.py's default) of the tests' own, outside the user's home.
+# With 8 simulated devices it stays off (compile_cache.supported); one-device test processes use it.
 os.environ.setdefault("GEOSSL_CACHE", os.path.join("/tmp", f"geossl-test-cache-{os.getuid()}"))
 
 import absl.flags  # noqa: E402

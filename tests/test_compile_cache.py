@@ -41,3 +41,13 @@ def test_default_directory_is_per_user_and_configurable(monkeypatch):
     assert compile_cache.default_directory() == os.path.expanduser("~/.cache/geossl/jax")
     monkeypatch.setenv("GEOSSL_CACHE", "/scratch/me")
     assert compile_cache.default_directory() == "/scratch/me/jax"
+
+
+def test_off_for_cpu_runs_over_several_devices(tmp_path):
+    """The test process has 8 simulated CPU devices: reloaded programs would lose their collectives."""
+    import jax
+    from geossl.train import compile_cache
+    assert jax.device_count() == 8 and not compile_cache.supported()
+    before = jax.config.jax_compilation_cache_dir
+    assert compile_cache.enable(str(tmp_path / "jax")) is None
+    assert jax.config.jax_compilation_cache_dir == before and not (tmp_path / "jax").exists()

@@ -68,6 +68,17 @@ def _env(devices):
     return env
 
 
+def _run(cmd, env):
+    """Runs main.py to completion; a failure shows the end of its stderr."""
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        lines = proc.stderr.splitlines()
+        first = next((i for i, l in enumerate(lines) if "Error" in l or "Check fail" in l), 0)
+        cause = "\n".join(lines[max(first - 5, 0):first + 15])
+        raise AssertionError(f"rc {proc.returncode}; first error:\n{cause}\n...\n"
+                             + "\n".join(lines[-15:]))
+
+
 def test_run_writes_metrics_checkpoints_and_export(shards, tmp_path, caplog):
     caplog.set_level("INFO")
     workdir = str(tmp_path / "run")
@@ -135,7 +146,7 @@ def test_views_rendered_in_the_step_log_the_losses_of_host_views(shards, tmp_pat
 
 def test_sigkill_and_resume_is_bit_identical(shards, tmp_path):
     full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
-    subprocess.run(_flags(shards, full), env=_env(8), check=True, capture_output=True)
+    _run(_flags(shards, full), _env(8))
     proc = subprocess.Popen(_flags(shards, killed), env=_env(8), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     first = os.path.join(killed, "checkpoints", "2")
@@ -145,7 +156,7 @@ def test_sigkill_and_resume_is_bit_identical(shards, tmp_path):
     time.sleep(0.3)  # somewhere after the first checkpoint
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    subprocess.run(_flags(shards, killed), env=_env(8), check=True, capture_output=True)
+    _run(_flags(shards, killed), _env(8))
     a, b = read_metrics(full), read_metrics(killed)
     assert [r["step"] for r in b] == list(range(1, 7))
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
@@ -162,8 +173,7 @@ def test_two_processes_match_one_process(shards, tmp_path):
     import portpicker
     port = portpicker.pick_unused_port()
     single = str(tmp_path / "single")
-    subprocess.run(_flags(shards, single, total_steps=4), env=_env(8), check=True,
-                   capture_output=True)
+    _run(_flags(shards, single, total_steps=4), _env(8))
     multi = str(tmp_path / "multi")
     procs = [subprocess.Popen(
         _flags(shards, multi, total_steps=4) + [f"--coordinator_address=127.0.0.1:{port}",
