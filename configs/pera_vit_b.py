@@ -5,8 +5,9 @@
     python main.py --config=configs/pera_vit_b.py:demo --workdir=/tmp/pera_demo
 
 Faithful to the official code (SathShen/PerA, Configs/pera_vitb.yaml): ViT-B/16 without
-LayerScale (timm ``vit_base_patch16_224`` layout), 448 px; 2 global pairs (scale 0.4–1) + 8 local
-pairs of 96 px (scale 0.05–0.4), one geometry per pair, student / teacher photometry as in
+LayerScale (timm ``vit_base_patch16_224`` layout; the export loads into it), 448 px, student drop
+path 0.3 in every block; 2 global pairs (scale 0.4–1) + 8 local pairs of 96 px (scale
+0.05–0.4), one geometry per pair, student / teacher photometry as in
 ``pera_views.MultiCropConfig``; masks student round(0.2·L), learn round(0.4·L) − round(0.2·L),
 teacher the rest (local crops: no learn positions); the student's mask token enters before block
 depth//2; class head 768→2048→2048→384 → L2 → weight-normalised prototypes (g trained from 1,
@@ -19,10 +20,12 @@ Not confirmed or not faithful:
 - KoLeo is computed over the global batch (the official code: per GPU batch of 16).
 - The global batch (official: 16 per GPU, GPU count unconfirmed) and the dataset size (hence the
   step counts) are placeholders here: ``global_batch`` 128, ``num_examples`` 250k.
-- Drop path 0.3 follows geossl's ViT, linear in depth; the official code uses 0.3 in every block.
 - "ImageNet statistics": geossl.data has no ImageNet normalisation; the RGB variant reads S2 B4,
   B3, B2 with per-band mean/std (``norm="meanstd"``), as does ``:ms`` for its 13 bands.
 - fp16 training (official) is not reproduced: float32 by default (``model.dtype``).
+- Colour jitter: brightness / contrast only (per band for multispectral input,
+  ``data.jitter_per_band``); the official RGB jitter's saturation 0.2 / hue 0.1 are not in
+  geossl.data.augment.
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ def get_config(arg=None):
     variants = common.parse_arg(arg, VARIANTS)
     c = common.base()
     c.model = ml_collections.ConfigDict(dict(
-        name="vit_base_patch14", patch_size=16, layerscale_init=None, img_size=448, in_chans=3,
-        drop_path_rate=0.3, dtype="float32"))
+        name="vit_base_patch16", img_size=448, in_chans=3,
+        drop_path_rate=0.3, drop_path_uniform=True,  # the student's; the teacher has none
+        dtype="float32"))
     c.objective = ml_collections.ConfigDict(dict(
         name="pera",
         student_ratio=0.2,          # student patches: round(0.2·L)
@@ -54,6 +58,7 @@ def get_config(arg=None):
         teacher_temp_warmup_steps=0,  # 30 epochs, set below
         center_momentum=0.9,
         dino_weight=1.0, koleo_weight=0.1, mse_weight=0.01,
+        dense_student=False,        # True: every token visible (memory reference, benchmarks)
     ))
     c.data.bands = RGB_BANDS
     c.data.norm = "meanstd"
@@ -62,6 +67,7 @@ def get_config(arg=None):
     c.data.num_local = 8
     c.data.global_scale = (0.4, 1.0)
     c.data.local_scale = (0.05, 0.4)
+    c.data.jitter_per_band = False  # RGB: one brightness / contrast factor for the three bands
     c.ema = ml_collections.ConfigDict(dict(name="cosine", base=0.992, final=1.0))
     c.optim = common.optim("adamw", weight_decay=dict(name="cosine", base=0.04, final=0.2),
                            decay="all", b1=0.9, b2=0.999, eps=2e-5, clip_norm=3.0)
@@ -78,27 +84,30 @@ def get_config(arg=None):
     if "ms" in variants:
         c.model.in_chans = len(common.S2_L1C_BANDS)
         c.data.bands = common.S2_L1C_BANDS
+        c.data.jitter_per_band = True  # multispectral: brightness / contrast per band
     if "demo" in variants:
         demo(c)
     return c
 
 
 def demo(c) -> None:
-    """Tiny ViT (patch 4, depth 4) on the 32 px synthetic demo scenes (13 bands), 2 global pairs
-    at 32 px and 4 local pairs at 16 px, 1024 prototypes: a few hundred steps on the CPU."""
-    c.model.update(dict(name="vit_tiny_patch16", patch_size=4, depth=4, img_size=32,
+    """Tiny ViT (patch 8, depth 4) on the 32 px synthetic demo scenes (13 bands, brightness /
+    contrast per band), 2 global pairs at 32 px (16 tokens) and 4 local pairs at 16 px, 256
+    prototypes, batch 32: 700 steps, about 10 minutes on 2 busy CPU cores."""
+    c.model.update(dict(name="vit_tiny_patch16", patch_size=8, depth=4, img_size=32,
                         in_chans=len(common.S2_L1C_BANDS), drop_path_rate=0.1))
     c.data.bands = common.S2_L1C_BANDS
     c.data.norm = "softcon"
+    c.data.jitter_per_band = True
     c.data.local_size = 16
     c.data.num_local = 4
-    c.objective.update(dict(insert_at_block=2, num_prototypes=1024, head_hidden=256,
-                            head_bottleneck=64, teacher_temp_warmup_steps=100))
-    c.global_batch = 64
-    c.total_steps = 600
+    c.objective.update(dict(insert_at_block=2, num_prototypes=256, head_hidden=256,
+                            head_bottleneck=64, teacher_temp_warmup_steps=150))
+    c.global_batch = 32
+    c.total_steps = 700
     c.lr = ml_collections.ConfigDict(dict(name="warmup_cosine", base=1e-3, warmup_steps=50,
                                           final=1e-6))
     c.ema.base = 0.98
-    c.checkpoint_every = 100
-    c.log_every = 10
-    c.probe.every = 100
+    c.checkpoint_every = 350
+    c.log_every = 50
+    c.probe.every = 0  # the offline probe: python -m geossl.eval.linear_probe --dataset=synthetic

@@ -219,13 +219,19 @@ def test_vit_timm_dinov2_parity_and_round_trip():
     out = jax.jit(models.create("vit_small_patch14", img_size=56).apply)(variables, x)
     np.testing.assert_allclose(out["embedding"], _torch_forward(net, x), atol=1e-4, rtol=1e-4)
 
-    back = convert.to_torch(variables, "vit_small_patch14")
-    assert set(back) == set(sd) | {"mask_token"}
+    back = convert.to_torch(variables, "vit_small_patch14")  # timm's layout: no mask_token
+    assert set(back) == set(sd)
     for k in sd:
         assert np.array_equal(back[k], sd[k]), k
     _assert_same_tree(convert.from_torch(back, "vit_small_patch14"), variables)
-    with pytest.raises(ConversionError, match="missing: mask_token"):
-        convert.from_torch(sd, "vit_small_patch14", allow_missing=())
+    original = convert.to_torch(variables, "vit_small_patch14", layout="original")
+    assert set(original) == set(sd) | {"mask_token"}
+    _assert_same_tree(convert.from_torch(original, "vit_small_patch14"), variables)
+    no_cls = {k: v for k, v in sd.items() if k != "cls_token"}
+    with pytest.raises(ConversionError, match="missing: cls_token"):
+        convert.from_torch(no_cls, "vit_small_patch14")
+    assert not convert.from_torch(no_cls, "vit_small_patch14", allow_missing=("cls_token",))[
+        "params"]["cls_token"].any()
 
 
 def test_vit_pos_embed_resampled_and_channels_adapted(tmp_path):
@@ -248,4 +254,123 @@ def test_vit_pos_embed_resampled_and_channels_adapted(tmp_path):
     main(["export", "--workdir", workdir, "--output", out])
     back = io.load_state_dict(out)
     assert back["pos_embed"].shape == (1, 17, 384) and back["patch_embed.proj.weight"].shape == (384, 13, 14, 14)
-    assert not back["mask_token"].any() and np.array_equal(back["blocks.11.ls2.gamma"], sd["blocks.11.ls2.gamma"])
+    assert "mask_token" not in back and np.array_equal(back["blocks.11.ls2.gamma"], sd["blocks.11.ls2.gamma"])
+
+
+# ----- exports timm loads, geossl exports read back, hints ---------------------------------------
+def _random_vit(arch: str, seed: int = 0, **kw):
+    """(model, variables): every parameter random (zero tokens and 1e-5 LayerScale hide bugs)."""
+    model = models.create(arch, **kw)
+    shapes = jax.eval_shape(model.init, jax.random.key(0),
+                            jnp.zeros((1, kw["img_size"], kw["img_size"], kw["in_chans"])))
+    rng = np.random.default_rng(seed)
+    variables = jax.tree.map(lambda a: (0.3 * rng.normal(size=a.shape) + (len(a.shape) == 1))
+                             .astype(np.float32), shapes)
+    return model, variables
+
+
+def _config(bands):
+    import ml_collections
+    return ml_collections.ConfigDict({"data": {"bands": list(bands), "norm": "softcon"}})
+
+
+@pytest.mark.parametrize("arch,kw", [
+    ("vit_tiny_patch16", dict(img_size=32, in_chans=5, depth=2, embed_dim=32, num_heads=2,
+                              patch_size=8)),  # no LayerScale (PerA's vit_base_patch16: test_pera)
+    ("vit_small_patch14", dict(img_size=28, in_chans=4, depth=1, embed_dim=48, num_heads=2,
+                               num_register_tokens=2)),  # DINOv2: LayerScale, registers
+])
+def test_export_loads_strictly_into_the_timm_model_its_metadata_names(tmp_path, arch, kw):
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    import json
+    model, variables = _random_vit(arch, **kw)
+    path = str(tmp_path / "model.safetensors")
+    written = convert.export_backbone(variables, arch, kw, path, _config(range(kw["in_chans"])))
+    assert "mask_token" not in written
+    meta = convert.read_metadata(path)
+    kwargs = json.loads(meta["timm_kwargs"])
+    assert (meta["timm_model"], kwargs["img_size"], kwargs["in_chans"], kwargs["num_classes"]) == (
+        {"vit_tiny_patch16": "vit_tiny_patch16_224",
+         "vit_small_patch14": "vit_small_patch14_reg4_dinov2"}[arch], kw["img_size"], kw["in_chans"], 0)
+    net = timm.create_model(meta["timm_model"], **kwargs).eval()
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in io.load_state_dict(path).items()},
+                        strict=True)
+    x = np.random.default_rng(1).normal(size=(2, kw["img_size"], kw["img_size"], kw["in_chans"]))
+    x = x.astype(np.float32)
+    ours = np.asarray(jax.jit(model.apply)(variables, x)["embedding"])
+    np.testing.assert_allclose(ours, _torch_forward(net, x), rtol=1e-5, atol=1e-5 * np.abs(ours).max())
+    # read back: the same model (with registers, the class position comes back inside cls_token)
+    back = convert.from_torch(io.load_state_dict(path), arch, **kw)
+    np.testing.assert_allclose(np.asarray(jax.jit(model.apply)(back, x)["embedding"]), ours,
+                               rtol=1e-6, atol=1e-6)
+    original = convert.to_torch(variables, arch, layout="original", **kw)
+    assert "mask_token" in original and convert.timm_model(arch, layout="original", **kw) is None
+
+
+def test_cli_import_reads_a_geossl_export(tmp_path, capsys):
+    """A demo-like export (depth 2, patch 4: not the name's defaults) comes back through the
+    command line without --arch, from its metadata; a wrong --arch is refused by name."""
+    from geossl.convert.__main__ import main
+    from geossl.train.checkpoint import load_backbone
+    kw = dict(img_size=16, in_chans=13, patch_size=4, depth=2, embed_dim=32, num_heads=2)
+    _, variables = _random_vit("vit_tiny_patch16", **kw)
+    path = str(tmp_path / "demo.safetensors")
+    convert.export_backbone(variables, "vit_tiny_patch16", kw, path, _config(range(13)))
+    workdir = str(tmp_path / "wd")
+    assert main(["import", "--input", path, "--output", workdir]) == 0
+    arch, back = load_backbone(workdir)
+    assert arch == "vit_tiny_patch16" and not back["params"]["mask_token"].any()
+    variables["params"]["mask_token"] = back["params"]["mask_token"]  # left out of the export
+    _assert_same_tree(back, variables)
+    assert main(["export", "--workdir", workdir, "--output", str(tmp_path / "again.safetensors")]) == 0
+    assert convert.read_metadata(str(tmp_path / "again.safetensors"))["timm_kwargs"] == \
+        convert.read_metadata(path)["timm_kwargs"]
+
+    assert main(["import", "--arch", "resnet18", "--input", path, "--output", workdir]) == 1
+    assert "geossl export of vit_tiny_patch16" in capsys.readouterr().err
+    io.save_state_dict(io.load_state_dict(path), str(tmp_path / "plain.safetensors"))  # no metadata
+    assert main(["import", "--input", str(tmp_path / "plain.safetensors"), "--output", workdir]) == 1
+    assert "--arch is needed" in capsys.readouterr().err
+
+
+def _hint_lines(sd, arch, **kw) -> list[str]:
+    with pytest.raises(ConversionError) as info:
+        convert.from_torch(sd, arch, **kw)
+    return [line for line in str(info.value).splitlines() if line.startswith("hint:")]
+
+
+def test_mismatch_hints_name_the_cause():
+    small = dict(embed_dim=32, num_heads=2, img_size=16)
+    _, v = _random_vit("vit_tiny_patch16", in_chans=3, patch_size=4, depth=2, **small)
+    sd = convert.to_torch(v, "vit_tiny_patch16", patch_size=4, depth=2, **small)
+    patch = _hint_lines(sd, "vit_tiny_patch16", patch_size=8, depth=2, **small)  # 16 → 4 tokens
+    assert len(patch) == 1 and "patch size is 4x4" in patch[0] and "patch_size=4" in patch[0], patch
+    channels = _hint_lines(sd, "vit_tiny_patch16", patch_size=4, depth=2, in_chans=13, **small)
+    assert len(channels) == 1 and "3 input channels, the model 13" in channels[0], channels
+    depth = _hint_lines(sd, "vit_tiny_patch16", patch_size=4, depth=3, **small)
+    assert depth == ["hint: the checkpoint has 2 blocks, the model 3: pass depth=2"], depth
+    wide = _hint_lines(sd, "vit_tiny_patch16", patch_size=4, depth=2, embed_dim=64, num_heads=2,
+                       img_size=16)
+    assert any("32 outputs, the model's 64" in h for h in wide) and not any("channels" in h for h in wide)
+
+
+@pytest.mark.parametrize("arch,kw", [
+    ("resnet18", dict(in_chans=4)),
+    ("swin_tiny_patch4_window7_224", dict(img_size=32, in_chans=3, embed_dim=16, depths=(2, 2),
+                                          num_heads=(1, 2), window_size=4)),
+])
+def test_timm_model_of_swin_and_resnet_exports_loads_strictly(arch, kw):
+    """Keys and shapes only (a meta-device timm model): every export names a timm model."""
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    model = models.create(arch, **kw)
+    size = kw.get("img_size", 32)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, kw["in_chans"])))
+    variables = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), shapes)
+    sd = convert.to_torch(variables, arch, **kw)
+    name, kwargs = convert.timm_model(arch, **kw)
+    assert name == arch and kwargs["num_classes"] == 0 and kwargs["in_chans"] == kw["in_chans"]
+    with torch.device("meta"):
+        net = timm.create_model(name, **kwargs)
+    net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, strict=True, assign=True)

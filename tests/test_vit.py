@@ -153,17 +153,23 @@ def test_key_table_covers_the_tree():
     for kw in (dict(num_register_tokens=0), dict(num_register_tokens=4, layerscale_init=None)):
         model = VisionTransformer(**{**TINY, **kw})
         flat = traverse_util.flatten_dict(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3))))
-        table = vit_entries(model)
+        table = vit_entries(model, "original")  # DINOv2's keys
         assert sorted(e.flax_path for e in table) == sorted(flat)
         keys = {e.torch_key: e for e in table}
         assert len(keys) == len(table)
         assert ("register_tokens" in keys) == bool(kw["num_register_tokens"])
+        timm = {e.torch_key: e for e in vit_entries(model)}  # timm's: reg_token, no mask_token
+        assert sorted(e.flax_path for e in timm.values()) == sorted(flat) and timm["mask_token"].optional
+        assert set(timm) - set(keys) == ({"reg_token"} if kw["num_register_tokens"] else set())
         assert ("blocks.1.ls2.gamma" in keys) == (model.layerscale_init is not None)
         assert keys["blocks.0.attn.qkv.weight"].transform == "linear"
         assert keys["patch_embed.proj.weight"].transform == "conv"
         assert flat[("params", "patch_embed", "proj", "kernel")].shape == (4, 4, 3, 32)
         assert flat[("params", "mask_token")].shape == (1, 32)
     assert vit("vit_base_patch14").num_features == 768 and vit("vit_large_patch14").depth == 24
+    base16 = vit("vit_base_patch16")  # timm vit_base_patch16_224: no LayerScale, patch 16
+    assert (base16.patch_size, base16.embed_dim, base16.depth, base16.num_heads,
+            base16.layerscale_init) == (16, 768, 12, 12, None)
     assert vit("vit_tiny_patch16").layerscale_init is None and set(VIT_CONFIGS) >= {"vit_small_patch14"}
     with pytest.raises(ValueError, match="unknown ViT 'vit_huge'"):
         vit("vit_huge")
@@ -230,3 +236,28 @@ def test_adapt_input_channels_matches_timm():
         adapt_input_channels(w, 13, "zeros")
     sd = {"head.weight": 1, "fc.bias": 2, "blocks.0.norm1.weight": 3}
     assert drop_keys(sd, ("head.", "fc.")) == {"blocks.0.norm1.weight": 3}
+
+
+def test_drop_path_linear_or_uniform():
+    """Linear (timm / DINOv2): block 0 never drops; uniform (PerA): every block at the rate."""
+    assert np.allclose(VisionTransformer(**TINY, drop_path_rate=0.3).drop_path_rates(), [0.0, 0.3])
+    assert np.allclose(VisionTransformer(**TINY, drop_path_rate=0.3, drop_path_uniform=True)
+                       .drop_path_rates(), [0.3, 0.3])
+    one = {**TINY, "depth": 1, "drop_path_rate": 0.5}
+    params = _perturbed(_init(VisionTransformer(**one)))["params"]
+    x = _images(8, 16, 3)
+
+    @jax.jit
+    def changed_rows(params):  # (B,) per rule: does the stochastic embedding differ?
+        rows = []
+        for uniform in (False, True):
+            model = VisionTransformer(**one, drop_path_uniform=uniform)
+            ref = model.apply({"params": params}, x)["embedding"]
+            out = model.apply({"params": params}, x, stochastic=True,
+                              rngs={"dropout": jax.random.key(3)})["embedding"]
+            rows.append(jnp.abs(out - ref).max(axis=1) > 1e-5)
+        return rows
+
+    linear, uniform = changed_rows(params)
+    assert not np.asarray(linear).any()
+    assert np.asarray(uniform).all()  # each branch is dropped or rescaled by 1 / (1 - 0.5)

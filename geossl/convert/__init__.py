@@ -16,10 +16,11 @@ from geossl.convert.lib import (
     read_metadata,
     resolve_model_kwargs,
     save_state_dict,
+    timm_model,
     to_torch,
 )
 from geossl.convert.lib.export import export_backbone
 
 __all__ = ["FIRST_LAYER_MODES", "ConversionError", "ConversionReport", "entries", "export_backbone",
            "from_torch", "load_state_dict", "read_metadata", "resolve_model_kwargs",
-           "save_state_dict", "to_torch"]
+           "save_state_dict", "timm_model", "to_torch"]

@@ -1,14 +1,16 @@
 """PyTorch interchange from the command line.
 
   python -m geossl.convert export --workdir DIR --output model.safetensors|model.pth [--step N]
-      [--layout timm|original|simmim]  (Swin only)
-  python -m geossl.convert import --arch NAME --input model.pth|.safetensors --output DIR
+      [--layout timm|original|simmim]
+  python -m geossl.convert import [--arch NAME] --input model.pth|.safetensors --output DIR
       [--in_chans C] [--img_size S] [--window_size W] [--first_layer keep|reinit|repeat] [--seed N] [--key NAME]
       [--strip_prefixes module. backbone.] [--drop_prefixes head. fc.]
 
-``export`` writes the backbone of a geossl workdir (training or backbone-only) in the reference
-layout; ``import`` writes a backbone-only workdir that training (``config.init.workdir``),
-evaluation and ``export`` read.
+``export`` writes the backbone of a geossl workdir (training or backbone-only) in timm's layout
+(``--layout original``: DINOv2's ViT with its mask_token, Microsoft's Swin), with the geossl
+architecture and the timm model to create in the .safetensors header; ``import`` writes a
+backbone-only workdir that training (``config.init.workdir``), evaluation and ``export`` read.
+A geossl export carries its architecture and arguments, so ``--arch`` may be left out.
 """
 
 from __future__ import annotations
@@ -29,10 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--output", required=True, help="model.safetensors or model.pth")
     exp.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     exp.add_argument("--layout", choices=("timm", "original", "simmim"), default=None,
-                     help="Swin only: timm (default), original (Microsoft, with buffers), simmim (+ mask_token)")
+                     help="timm (default; what timm.create_model loads strictly), original (ViT: "
+                          "DINOv2 with mask_token; Swin: Microsoft, with buffers), simmim (Swin: "
+                          "original + mask_token)")
 
     imp = sub.add_parser("import", help=".pth / .safetensors → backbone-only geossl workdir")
-    imp.add_argument("--arch", required=True, help="model name, e.g. vit_small_patch14, resnet50")
+    imp.add_argument("--arch", default=None,
+                     help="model name, e.g. vit_small_patch14, resnet50; default: the one a geossl "
+                          "export records (its model arguments are used too)")
     imp.add_argument("--input", required=True, help="state dict: .pth/.pt or .safetensors")
     imp.add_argument("--output", required=True, help="directory to write")
     imp.add_argument("--in_chans", type=int, default=None, help="default: the checkpoint's")
@@ -64,18 +70,25 @@ def export(workdir: str, output: str, step: int | None = None, layout: str | Non
     return state_dict
 
 
-def import_(arch: str, input_path: str, output: str, *, in_chans: int | None = None,
+def import_(arch: str | None, input_path: str, output: str, *, in_chans: int | None = None,
             img_size: int | None = None, window_size: int | None = None,
             first_layer: str = "keep", seed: int = 0,
             key: str | None = None, strip_prefixes=("module.", "backbone."),
             drop_prefixes=("head.", "fc."), strict: bool = True) -> dict:
-    """Converts ``input_path`` and writes a backbone-only workdir ``output``; returns the variables."""
+    """Converts ``input_path`` and writes a backbone-only workdir ``output``; returns the variables.
+
+    A geossl export (.safetensors with geossl metadata) supplies the architecture and its
+    arguments (depth, patch size, ...); ``in_chans``, ``img_size`` and ``window_size`` given here
+    override them. ``arch=None`` needs such a file."""
     from geossl import convert, models
     from geossl.train.checkpoint import save_backbone
 
+    arch, recorded = _recorded_model(arch, input_path)
     sd = convert.load_state_dict(input_path, key=key, strip_prefixes=tuple(strip_prefixes))
-    extra = {} if window_size is None else {"window_size": int(window_size)}
-    kw = convert.resolve_model_kwargs(sd, arch, in_chans=in_chans, img_size=img_size, **extra)
+    given = {"in_chans": in_chans, "img_size": img_size, "window_size": window_size}
+    kw = {**recorded, **{k: v for k, v in given.items() if v is not None}}
+    kw = convert.resolve_model_kwargs(sd, arch, in_chans=kw.pop("in_chans", None),
+                                      img_size=kw.pop("img_size", None), **kw)
     variables, report = convert.from_torch(
         sd, arch, strict=strict, first_layer=first_layer, rng=seed,
         drop_prefixes=tuple(drop_prefixes), return_report=True, **kw)
@@ -86,17 +99,42 @@ def import_(arch: str, input_path: str, output: str, *, in_chans: int | None = N
     return variables
 
 
+def _recorded_model(arch: str | None, input_path: str) -> tuple[str, dict]:
+    """``(arch, model kwargs)`` from ``arch`` and the geossl metadata of ``input_path`` (none for
+    other files): the recorded kwargs apply when ``arch`` is None or the recorded one."""
+    from geossl import convert
+    from geossl.convert.lib.io import geossl_model
+
+    recorded = None
+    if input_path.endswith(".safetensors"):
+        recorded = geossl_model(convert.read_metadata(input_path), input_path)
+    if recorded is None:
+        if arch is None:
+            raise ValueError(f"--arch is needed: {input_path} is not a geossl export (no geossl "
+                             "metadata naming its architecture)")
+        return arch, {}
+    if arch is not None and arch != recorded[0]:
+        raise ValueError(f"--arch {arch}, but {input_path} is a geossl export of {recorded[0]} "
+                         f"(geossl.arch, with {recorded[1]}): leave --arch out or pass {recorded[0]}")
+    logging.info("%s: geossl export of %s %s", input_path, recorded[0], recorded[1])
+    return recorded
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    if args.command == "export":
-        export(args.workdir, args.output, args.step, args.layout)
-    else:
-        import_(args.arch, args.input, args.output, in_chans=args.in_chans, img_size=args.img_size,
-                window_size=args.window_size,
-                first_layer=args.first_layer, seed=args.seed, key=args.key,
-                strip_prefixes=args.strip_prefixes, drop_prefixes=args.drop_prefixes,
-                strict=not args.non_strict)
+    try:
+        if args.command == "export":
+            export(args.workdir, args.output, args.step, args.layout)
+        else:
+            import_(args.arch, args.input, args.output, in_chans=args.in_chans,
+                    img_size=args.img_size, window_size=args.window_size,
+                    first_layer=args.first_layer, seed=args.seed, key=args.key,
+                    strip_prefixes=args.strip_prefixes, drop_prefixes=args.drop_prefixes,
+                    strict=not args.non_strict)
+    except (ValueError, KeyError, FileNotFoundError) as e:  # ConversionError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-_VIT_NAMES = ("vit_tiny_patch16", "vit_small_patch14", "vit_base_patch14", "vit_large_patch14")
+_VIT_NAMES = ("vit_tiny_patch16", "vit_base_patch16", "vit_small_patch14", "vit_base_patch14",
+              "vit_large_patch14")
 _RESNET_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101")
 _SWIN_NAMES = ("swin_tiny_patch4_window7_224", "swin_small_patch4_window7_224",
                "swin_base_patch4_window7_224", "swin_large_patch4_window7_224")

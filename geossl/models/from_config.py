@@ -18,7 +18,7 @@ def model_kwargs(model_cfg) -> dict:
 
 
 #: config.model fields that set how a model computes, not what it is (kept out of conversions).
-COMPUTE_OPTIONS = ("dtype", "remat", "drop_path_rate")
+COMPUTE_OPTIONS = ("dtype", "remat", "drop_path_rate", "drop_path_uniform")
 
 
 def architecture_kwargs(model_cfg) -> dict:
@@ -31,6 +31,7 @@ def architecture_kwargs(model_cfg) -> dict:
 #: config.model fields that only ViTs (and, in part, Swins) take; dropped for ResNets, which read
 #: the input size from the data. Swins get every field (an unknown one raises).
 VIT_ONLY = ("img_size", "patch_size", "depth", "num_heads", "embed_dim", "drop_path_rate",
+            "drop_path_uniform",
             "layerscale_init", "num_register_tokens", "mlp_ratio", "qkv_bias")
 
 

@@ -20,6 +20,8 @@ from geossl.models.layers import LN_EPS, Block, PatchEmbed, resize_grid
 VIT_CONFIGS = {
     # PerA-style small model: patch 16, no LayerScale (like timm vit_tiny_patch16_224)
     "vit_tiny_patch16": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, layerscale_init=None),
+    # ViT-B/16 without LayerScale (timm vit_base_patch16_224; PerA's backbone)
+    "vit_base_patch16": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, layerscale_init=None),
     # DINOv2 ViT-S/B/L/14: LayerScale 1e-5
     "vit_small_patch14": dict(patch_size=14, embed_dim=384, depth=12, num_heads=6),
     "vit_base_patch14": dict(patch_size=14, embed_dim=768, depth=12, num_heads=12),
@@ -51,6 +53,7 @@ class VisionTransformer(nn.Module):
     layerscale_init: float | None = 1e-5  # None: no LayerScale
     num_register_tokens: int = 0
     drop_path_rate: float = 0.0
+    drop_path_uniform: bool = False  # True: drop_path_rate in every block (PerA); False: linear
     dtype: Any = jnp.float32
     remat: bool = False
 
@@ -117,7 +120,7 @@ class VisionTransformer(nn.Module):
         x = jnp.concatenate([t.astype(tokens.dtype) for t in prefix] + [tokens], axis=1)
 
         block = nn.remat(Block) if self.remat else Block
-        rates = np.linspace(0.0, self.drop_path_rate, self.depth)  # timm: linear in depth
+        rates = self.drop_path_rates()
         norm = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm")
         kept = {}
         for i in range(self.depth):
@@ -133,6 +136,13 @@ class VisionTransformer(nn.Module):
         if layers:
             out["intermediates"] = [kept[i] for i in layers]
         return out
+
+    def drop_path_rates(self) -> np.ndarray:
+        """(depth,) drop-path rate of each block: timm / DINOv2's linear 0 → ``drop_path_rate``, or
+        ``drop_path_rate`` in every block with ``drop_path_uniform`` (PerA)."""
+        if self.drop_path_uniform:
+            return np.full(self.depth, self.drop_path_rate)
+        return np.linspace(0.0, self.drop_path_rate, self.depth)
 
     def _check_options(self, b, n, keep_idx, mask, insert_idx, insert_at_block, return_layers):
         """Validates the call options; returns ``return_layers`` as non-negative block indices."""

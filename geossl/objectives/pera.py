@@ -11,13 +11,16 @@ against the student crop's normalised pixels).
 
 The student mask token is ``params["mask_token"]`` (1, D), N(0, 0.02), kept beside the backbone;
 it is handed to the ViT in place of the backbone's own ``mask_token`` (which ``insert_idx``
-reads), so the exported backbone keeps its zero ``mask_token`` and the teacher never uses one.
+reads), so the backbone's own ``mask_token`` stays zero (the timm-layout export leaves it out)
+and the teacher never uses one. ``objective.dense_student`` runs the student on every token
+instead (no masks, no mask token): the reference of the memory benchmark, not a training mode.
 The DINO centre is ``extra["center"]`` (1, K): the loss uses the centre of the previous step and
 returns 0.9·c + 0.1·mean(teacher logits over every crop of the global batch).
 """
 
 from __future__ import annotations
 
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +44,17 @@ def patchify(x: jax.Array, p: int) -> jax.Array:
 def _flat(x: jax.Array) -> jax.Array:
     """(B, n, ...) crops → (B·n, ...), crop index minor."""
     return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def view_config(data, global_size: int) -> pera_views.MultiCropConfig:
+    """PerA's views from ``config.data``; ``data.jitter_per_band``: brightness / contrast factors
+    drawn per band for both versions (multispectral input), one factor for all bands otherwise."""
+    per_band = bool(data.jitter_per_band)
+    base = pera_views.MultiCropConfig()
+    return dataclass_from_config(
+        pera_views.MultiCropConfig, data, global_size=global_size,
+        student=dataclasses.replace(base.student, per_band=per_band),
+        teacher=dataclasses.replace(base.teacher, per_band=per_band))
 
 
 @register("pera")
@@ -67,8 +81,8 @@ class PerA(Objective):
         self.teacher_temp = schedules.make_schedule(dict(
             name="linear", start=float(o.teacher_temp), end=float(o.teacher_temp_final),
             steps=int(o.teacher_temp_warmup_steps)))
-        self.view_config = dataclass_from_config(
-            pera_views.MultiCropConfig, config.data, global_size=config.model.img_size)
+        self.dense_student = bool(o.dense_student)
+        self.view_config = view_config(config.data, config.model.img_size)
 
     # ----- host ------------------------------------------------------------------------------
     def make_views(self, record, rng: np.random.Generator):
@@ -105,6 +119,8 @@ class PerA(Objective):
     def student(self, params, x, student_idx, learn_idx, rng):
         """Sparse student on crops x (n,H,W,C): returns (class logits (n,K), pixel predictions
         (n,L,p²C) at learn_idx, or None without learn positions). Drop path on."""
+        if self.dense_student:
+            return self._dense_student(params, x, learn_idx, rng)
         bb = dict(params["backbone"], mask_token=params["mask_token"])
         kw = {}
         if learn_idx is not None:
@@ -115,6 +131,17 @@ class PerA(Objective):
         if learn_idx is None:
             return logits, None
         tokens = out["patch_tokens"][:, student_idx.shape[1]:]
+        return logits, self.pixel_head.apply({"params": params["pixel_head"]}, tokens)
+
+    def _dense_student(self, params, x, learn_idx, rng):
+        """``objective.dense_student``: every token visible, no mask token; pixel predictions read
+        the learn positions' own tokens (the memory reference of ``benchmarks/memory.py``)."""
+        out = self.backbone.apply({"params": params["backbone"]}, x, stochastic=True,
+                                  rngs={"dropout": rng})
+        logits = self.class_head.apply({"params": params["class_head"]}, out["embedding"])
+        if learn_idx is None:
+            return logits, None
+        tokens = jnp.take_along_axis(out["patch_tokens"], learn_idx[..., None], axis=1)
         return logits, self.pixel_head.apply({"params": params["pixel_head"]}, tokens)
 
     def teacher(self, teacher, x, teacher_idx):

@@ -1,12 +1,17 @@
 """PyTorch state dicts ↔ geossl variables (behind ``geossl.convert``), driven by the
 per-architecture :class:`Entry` tables.
 
-``to_torch(variables, arch)`` writes the reference layout (DINOv2 for ViTs, torchvision for
-ResNets, timm for Swins; ``layout="original"`` / ``"simmim"`` the Microsoft / SimMIM Swin);
-``from_torch(state_dict, arch)`` reads it back, bit-exactly (a Swin's layout is detected from the
-keys). On import, small adapters reconcile a checkpoint with the target model: a position table
-(ViT ``pos_embed``, Swin relative-position bias tables) of another grid is resampled, a first layer with another channel count is re-initialised or repeat-and-scaled, and
-classifier heads are dropped. Everything else must match, or :class:`ConversionError` lists
+``to_torch(variables, arch)`` writes the reference layout (timm for ViTs and Swins, torchvision
+for ResNets, which timm shares; ``layout="original"``: DINOv2's ViT with its ``mask_token``, the
+Microsoft Swin; ``"simmim"`` the SimMIM Swin); ``from_torch(state_dict, arch)`` reads it back,
+bit-exactly (the layout is detected from the keys; a ViT with registers in timm's layout comes
+back with its class position folded into ``cls_token``, which computes the same).
+:func:`timm_model` names the timm model (and keywords) that loads an export strictly.
+
+On import, small adapters reconcile a checkpoint with the target model: a position table (ViT
+``pos_embed``, Swin relative-position bias tables) of another grid is resampled, a first layer
+with another channel count is re-initialised or repeat-and-scaled, and classifier heads are
+dropped. Everything else must match, or :class:`ConversionError` lists
 every missing, unexpected and wrong-shape key at once.
 """
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 from typing import Any, Mapping
 
 import jax
@@ -27,7 +33,7 @@ from geossl.convert.lib.io import load_state_dict, read_metadata, save_state_dic
 from geossl.convert.lib.keymap import TRANSFORMS, Entry
 
 __all__ = ["ConversionError", "ConversionReport", "entries", "from_torch", "load_state_dict", "read_metadata",
-           "resolve_model_kwargs", "save_state_dict", "to_torch"]
+           "resolve_model_kwargs", "save_state_dict", "timm_model", "to_torch"]
 
 FIRST_LAYER_MODES = ("keep", "reinit", "repeat")
 _FIRST_LAYER_KEY = {True: "patch_embed.proj.weight", False: "conv1.weight"}  # keyed by "has a patch_embed"
@@ -75,17 +81,38 @@ class ConversionError(ValueError):
 
 def entries(model, arch: str, layout: str | None = None) -> list[Entry]:
     """The key table of ``model`` (created from ``arch``); ``layout`` picks a Swin's
-    (``swin_keys.LAYOUTS``, default "timm"); other architectures have one."""
+    (``swin_keys.LAYOUTS``) or a ViT's (``vit_keys.LAYOUTS``), default "timm"; ResNets have one."""
     if models.is_swin(arch):
         from geossl.convert.lib.swin_keys import swin_entries
         return swin_entries(model, layout or "timm")
-    if layout is not None:
-        raise ValueError(f"layout={layout!r}: only Swin architectures have several layouts, not {arch}")
     if models.is_vit(arch):
         from geossl.convert.lib.vit_keys import vit_entries
-        return vit_entries(model)
+        return vit_entries(model, layout or "timm")
+    if layout is not None:
+        raise ValueError(f"layout={layout!r}: ResNets have one layout (torchvision's), found for {arch}")
     from geossl.convert.lib.resnet_keys import resnet_entries
     return resnet_entries(model)
+
+
+def timm_model(arch: str, *, layout: str | None = None, **model_kw) -> tuple[str, dict] | None:
+    """``(name, kwargs)``: ``timm.create_model(name, **kwargs)`` loads ``to_torch(variables, arch,
+    layout=layout, **model_kw)`` with ``strict=True`` and gives the same embedding
+    (``num_classes=0``); None for layouts timm does not read (Swin "original" / "simmim", ViT
+    "original")."""
+    model = models.create(arch, **model_kw)
+    if (layout or "timm") != "timm":
+        return None
+    if models.is_vit(arch):
+        from geossl.convert.lib.vit_keys import timm_model as vit_timm_model
+        return vit_timm_model(model, arch)
+    if models.is_swin(arch):
+        size = model.img_size
+        return arch, dict(img_size=size if isinstance(size, int) else list(size),
+                          patch_size=model.patch_size, in_chans=model.in_chans, num_classes=0,
+                          embed_dim=model.embed_dim, depths=list(model.depths),
+                          num_heads=list(model.num_heads), window_size=model.window_size,
+                          mlp_ratio=model.mlp_ratio, qkv_bias=model.qkv_bias)
+    return arch, dict(in_chans=model.in_chans, num_classes=0)
 
 
 # ----- export -----------------------------------------------------------------------------------
@@ -95,9 +122,9 @@ def to_torch(variables: Mapping, arch: str, *, layout: str | None = None,
 
     ``model_kw`` selects the structure where the name alone does not (e.g. ``depth``); channel
     count and image size need not be given (a Swin's ``img_size`` and ``window_size`` fix its
-    ``attn_mask`` buffers in the original layout). ``layout``: Swin only, "timm" (default, no
-    mask_token), "original" (with buffers) or "simmim" (original + mask_token). Every variable
-    must be consumed (layout-optional ones are left out).
+    ``attn_mask`` buffers in the original layout). ``layout``: "timm" (default; no mask_token),
+    ViT "original" (DINOv2, with mask_token), Swin "original" (with buffers) or "simmim"
+    (original + mask_token). Every variable must be consumed (layout-optional ones are left out).
     """
     model = models.create(arch, **model_kw)
     flat = _flatten(variables)
@@ -117,6 +144,9 @@ def to_torch(variables: Mapping, arch: str, *, layout: str | None = None,
     if not report.ok:
         raise ConversionError(report, "hint: keys above are flax variable paths; are the variables "
                                       f"and model_kw={model_kw} those of {arch}?")
+    if models.is_vit(arch) and (layout or "timm") == "timm" and model.num_register_tokens:
+        from geossl.convert.lib.vit_keys import fold_class_position
+        out = fold_class_position(out)
     return out
 
 
@@ -140,6 +170,9 @@ def resolve_model_kwargs(state_dict: Mapping[str, Any], arch: str, *, in_chans: 
     if in_chans is not None:
         kw["in_chans"] = int(in_chans)
     if vit:
+        from geossl.convert.lib.vit_keys import checkpoint_structure
+        for name, value in checkpoint_structure(state_dict).items():
+            kw.setdefault(name, value)
         pos = state_dict.get(_POS_EMBED_KEY)
         if img_size is None and pos is not None and np.ndim(pos) == 3:
             grid = math.isqrt(np.shape(pos)[1] - 1)
@@ -194,12 +227,15 @@ def from_torch(state_dict: Mapping[str, Any], arch: str, *, strict: bool = True,
     sd = {str(k): to_numpy(v) for k, v in state_dict.items()}
     report = ConversionReport(arch)
     layout = None
+    drop_suffixes: tuple[str, ...] = ()
     if swin:
         from geossl.convert.lib.swin_keys import BUFFER_SUFFIXES, detect_layout
         layout = detect_layout(sd)
         drop_suffixes = BUFFER_SUFFIXES
-    else:
-        drop_suffixes = ()
+    if vit:
+        from geossl.convert.lib.vit_keys import detect_layout, unfold_class_position
+        layout = detect_layout(sd)
+        sd = unfold_class_position(sd)
     drop = {k for k in sd if k.startswith(tuple(drop_prefixes)) or k.endswith(drop_suffixes)}
     report.dropped = [k for k in sd if k in drop]
     kept = {k: v for k, v in sd.items() if k not in drop}
@@ -264,7 +300,7 @@ def from_torch(state_dict: Mapping[str, Any], arch: str, *, strict: bool = True,
 
     if not report.ok:
         if strict:
-            raise ConversionError(report, _hint(report, first_key, vit))
+            raise ConversionError(report, _hint(report, first_key, vit, sd, model))
         logging.warning("non-strict conversion; only matched keys returned:\n%s", report)
     variables = traverse_util.unflatten_dict(flat)
     return (variables, report) if return_report else variables
@@ -349,14 +385,54 @@ def _fresh_init(model, paths: list[tuple[str, ...]], rng) -> dict[tuple[str, ...
     return dict(zip(paths, (np.asarray(v) for v in jax.jit(init)(_key(rng)))))
 
 
-def _hint(report: ConversionReport, first_key: str, vit: bool) -> str:
+def _hint(report: ConversionReport, first_key: str, vit: bool, sd: Mapping, model) -> str:
+    """One line per cause found: first-layer patch / kernel size, width or channel count; position
+    table; ViT depth; unexpected keys."""
     hints = []
-    if any(k == first_key for k, _, _ in report.mismatched):
-        hints.append('the first layer has another channel count: pass first_layer="reinit" or '
-                     '"repeat", or in_chans=')
-    if vit and any(k == _POS_EMBED_KEY for k, _, _ in report.mismatched):
-        hints.append("pos_embed does not fit: pass img_size=")
+    shapes = {k: (e, f) for k, e, f in report.mismatched}
+    if first_key in shapes:
+        hints += _first_layer_hints(first_key, *shapes[first_key], patch=first_key.startswith("patch_embed"))
+    if vit and _POS_EMBED_KEY in shapes:
+        (_, rows, width), found = shapes[_POS_EMBED_KEY]
+        if len(found) != 3 or found[2] != width:
+            hints.append(f"pos_embed is {list(found)}, the model's (1, tokens, {width}): another "
+                         "model size")
+        elif math.isqrt(found[1] - 1) ** 2 != found[1] - 1:
+            hints.append(f"pos_embed has {found[1]} rows, not 1 class row + a square grid: a "
+                         "table with register rows, or without the class row (timm's "
+                         "no_embed_class) belongs to a checkpoint with registers (reg_token)")
+        else:
+            hints.append(f"pos_embed ({found[1]} rows) cannot be resampled to the model's {rows} "
+                         "rows: pass a square img_size that is a multiple of the patch size")
+    if vit:
+        depth = len({m.group(1) for m in map(re.compile(r"blocks\.(\d+)\.").match, sd) if m})
+        if depth and depth != model.depth:
+            hints.append(f"the checkpoint has {depth} blocks, the model {model.depth}: pass "
+                         f"depth={depth}")
     if report.unexpected:
         hints.append("unexpected keys: drop them with drop_prefixes=, or strip a prefix when "
                      "loading (io.load_state_dict(strip_prefixes=...))")
     return "\n".join(f"hint: {h}" for h in hints)
+
+
+def _first_layer_hints(key: str, expected: tuple, found: tuple, patch: bool) -> list[str]:
+    """Causes of a first-layer (O, I, kh, kw) mismatch, each named: kernel (patch) size, output
+    width, input channels."""
+    if len(found) != 4 or len(expected) != 4:
+        return [f"{key} is {list(found)}, expected a (out, in, kh, kw) weight like {list(expected)}"]
+    hints = []
+    if found[2:] != expected[2:]:
+        if patch:
+            hints.append(f"the checkpoint's patch size is {found[2]}x{found[3]} ({key} "
+                         f"{list(found)}), the model's {expected[2]}x{expected[3]}: pass "
+                         f"patch_size={found[2]} or pick the model name of that patch size")
+        else:
+            hints.append(f"the checkpoint's first convolution is {found[2]}x{found[3]}, the "
+                         f"model's {expected[2]}x{expected[3]}: another architecture")
+    if found[0] != expected[0]:
+        hints.append(f"the checkpoint's first layer has {found[0]} outputs, the model's "
+                     f"{expected[0]}: another model size (embed_dim / model name)")
+    if found[1] != expected[1]:
+        hints.append(f"the checkpoint takes {found[1]} input channels, the model {expected[1]}: "
+                     'pass in_chans=, or first_layer="reinit" or "repeat" to adapt the first layer')
+    return hints

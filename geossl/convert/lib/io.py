@@ -6,6 +6,7 @@ Values come back as numpy arrays (bfloat16 through ``ml_dtypes``). ``.pth`` file
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -139,16 +140,41 @@ def read_metadata(path: str) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-def export_metadata(arch: str, model_kwargs: Mapping[str, Any], config) -> dict[str, str]:
+def export_metadata(arch: str, model_kwargs: Mapping[str, Any], config,
+                    timm: tuple[str, Mapping[str, Any]] | None = None) -> dict[str, str]:
     """What a geossl export records beside the weights: the architecture and its arguments (to
-    rebuild the model in timm / geossl without guessing) and, when ``config.data`` has them, the
-    input bands and normalisation."""
-    import json
+    rebuild the model in geossl without guessing: ``geossl.arch``, ``geossl.model_kwargs``), the
+    timm model that loads it strictly (``timm_model``, ``timm_kwargs``: ``timm.create_model(
+    meta["timm_model"], **json.loads(meta["timm_kwargs"]))``) and, when ``config.data`` has them,
+    the input bands and normalisation."""
     meta = {"format": "geossl", "geossl.arch": arch,
             "geossl.model_kwargs": json.dumps(dict(model_kwargs), sort_keys=True)}
+    if timm is not None:
+        meta["timm_model"] = timm[0]
+        meta["timm_kwargs"] = json.dumps(dict(timm[1]), sort_keys=True)
     data = config.get("data") or {}
     if data.get("bands"):
         meta["geossl.bands"] = json.dumps([str(b) for b in data["bands"]])
     if data.get("norm"):
         meta["geossl.norm"] = str(data["norm"])
     return meta
+
+
+def geossl_model(metadata: Mapping[str, str], path: str = "") -> tuple[str, dict] | None:
+    """``(arch, model_kwargs)`` recorded by :func:`export_metadata`; None for a file that is not a
+    geossl export (no ``format: geossl``)."""
+    if metadata.get("format") != "geossl":
+        return None
+    for key in ("geossl.arch", "geossl.model_kwargs"):
+        if key not in metadata:
+            raise ValueError(f"{path}: geossl export metadata without {key!r}; found "
+                             f"{sorted(metadata)}")
+    try:
+        kwargs = json.loads(metadata["geossl.model_kwargs"])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: geossl.model_kwargs is not JSON ({e}): "
+                         f"{metadata['geossl.model_kwargs'][:200]!r}") from e
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"{path}: geossl.model_kwargs: expected a JSON object, found "
+                         f"{type(kwargs).__name__}")
+    return metadata["geossl.arch"], kwargs
