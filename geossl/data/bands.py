@@ -29,9 +29,15 @@ _S2_MEAN = (1605.58, 1390.78, 1314.87, 1363.52, 1549.44, 2091.75, 2371.72, 2299.
             830.07, 22.10, 2177.07, 1524.07)
 _S2_STD = (786.79, 850.35, 875.06, 1138.85, 1122.18, 1161.59, 1274.39, 1248.43, 1345.53, 577.32,
            51.15, 1336.10, 1136.54)
-#: SoftCon / SSL4EO-S12 per-band statistics, by band name (S2 L1C digital numbers, S1 dB).
-MEAN = {**dict(zip(S2_L1C, _S2_MEAN)), "VV": -12.548, "VH": -20.192}
-STD = {**dict(zip(S2_L1C, _S2_STD)), "VV": 5.257, "VH": 5.912}
+#: 8-bit colour photographs (data_prep.images): with "meanstd" they get ImageNet normalisation.
+RGB = ("R", "G", "B")
+_IMAGENET_MEAN = (123.675, 116.28, 103.53)   # 255 · (0.485, 0.456, 0.406)
+_IMAGENET_STD = (58.395, 57.12, 57.375)      # 255 · (0.229, 0.224, 0.225)
+#: Per-band statistics, by band name: SoftCon / SSL4EO-S12 (S2 L1C digital numbers, S1 dB) and
+#: ImageNet's for 8-bit R, G, B.
+MEAN = {**dict(zip(S2_L1C, _S2_MEAN)), "VV": -12.548, "VH": -20.192,
+        **dict(zip(RGB, _IMAGENET_MEAN))}
+STD = {**dict(zip(S2_L1C, _S2_STD)), "VV": 5.257, "VH": 5.912, **dict(zip(RGB, _IMAGENET_STD))}
 
 #: Bands that may be absent from the data and are then zeros in the stored units (L2A has no B10).
 #: The zeros are normalised like stored B10 values (and count as no-data when ``nodata == 0``).

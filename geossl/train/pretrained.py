@@ -9,13 +9,18 @@ Frozen teacher (``config.teacher``): ``model`` (name and arguments) plus ``torch
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from geossl import convert
-from geossl.models.from_config import architecture_kwargs
+from geossl.models import is_swin
+from geossl.models.from_config import architecture_kwargs, create_from_config
 from geossl.train.checkpoint import load_backbone
 
 
@@ -88,3 +93,27 @@ def _take_first_layer(loaded: dict, params) -> dict:
     elif "conv1" in params:
         new["conv1"] = params["conv1"]
     return dict(loaded, params=new)
+
+
+def write_random_teacher(model_cfg, directory: str, *, seed: int = 0, layout: str = "original") -> str:
+    """A randomly initialised ``model_cfg`` network written once as a torch-layout safetensors
+    checkpoint in ``directory`` (the original Microsoft layout for a Swin, like the ImageNet-22k
+    weights GFM distils from); returns its path. The name holds a hash of the architecture and
+    the seed, so an existing file is that very network and is reused. Demo runs and tests use it
+    as ``config.teacher.torch_checkpoint``, imported like a real checkpoint."""
+    arch = architecture_kwargs(model_cfg)
+    key = json.dumps({"name": model_cfg["name"], "seed": seed, "layout": layout,
+                      **{k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}},
+                     sort_keys=True)
+    path = os.path.join(directory, f"random-{model_cfg['name']}-"
+                                   f"{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors")
+    if os.path.isfile(path):
+        return path
+    size = int(model_cfg["img_size"])
+    x = jnp.zeros((1, size, size, int(model_cfg["in_chans"])), jnp.float32)
+    variables = jax.device_get(create_from_config(model_cfg).init(jax.random.PRNGKey(seed), x))
+    variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
+    kw = {"layout": layout} if is_swin(model_cfg["name"]) else {}
+    state_dict = convert.to_torch(variables, model_cfg["name"], **kw, **arch)
+    convert.save_state_dict(state_dict, path, {"note": "random initialisation (demo teacher)"})
+    return path
