@@ -16,6 +16,15 @@ BigEarthNet order ("bigearthnet_43"), or via the standard 43 -> 19 conversion ("
 a patch whose classes all drop out gets an empty label list). Extra feature "acquisition_date".
 ``--names`` / ``--exclude``: files of patch folder names (first CSV column, .bz2 allowed), e.g. the
 official train/val/test splits and the cloud/snow lists.
+Reference maps (``--reference_maps DIR``, BigEarthNet v2 ``Reference_Maps``): each record gets
+``land_cover`` (1, 120, 120) uint8, the patch's per-pixel CORINE level-3 code (10 m) in the record's
+nomenclature (``bigearthnet_19`` via the 43 -> 19 conversion, or ``bigearthnet_43``), 255 for a code
+outside it (e.g. 122 roads, 335 glaciers in the 19 classes) or not a CLC code (no data); a map of
+another size is resampled to the image grid by nearest neighbour (pixel centres). The map of patch
+NAME is ``DIR/<tile>/NAME/NAME_reference_map.tif`` (v2 layout, <tile> = NAME without its last two
+``_`` parts), ``DIR/NAME/NAME_reference_map.tif`` or ``DIR/NAME_reference_map.tif``; S1 patches use
+their S2 pair's map. ``--reference_names CSV`` maps names first (rows ``patch_name,reference_name``,
+e.g. v1 names to v2 patch ids from the v2 metadata's ``s2v1_name`` / ``patch_id`` columns).
 """
 
 from __future__ import annotations
@@ -72,6 +81,12 @@ LABELS_19 = (
 )
 INDEX_43 = {name: i for i, name in enumerate(LABELS_43)}
 TO_19 = {old: new for new, (_, olds) in enumerate(LABELS_19) for old in olds}
+# CORINE level-3 codes of LABELS_43, same order (335 "Glaciers and perpetual snow" is not in it).
+CLC_CODES_43 = (111, 112, 121, 122, 123, 124, 131, 132, 133, 141, 142,
+                211, 212, 213, 221, 222, 223, 231, 241, 242, 243, 244,
+                311, 312, 313, 321, 322, 323, 324, 331, 332, 333, 334,
+                411, 412, 421, 422, 423, 511, 512, 521, 522, 523)
+UNLABELLED = 255
 
 S2_FILE_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11",
                  "B12")
@@ -93,6 +108,75 @@ def label_indices(names, label_set: str, where: str) -> np.ndarray:
     if label_set == "bigearthnet_43":
         return np.array(sorted(old), np.int64)
     return np.array(sorted({TO_19[i] for i in old if i in TO_19}), np.int64)
+
+
+def clc_lookup(label_set: str) -> np.ndarray:
+    """(1000,) uint8 table: CORINE code -> class index of ``label_set``, 255 elsewhere."""
+    table = np.full(1000, UNLABELLED, np.uint8)
+    for index, code in enumerate(CLC_CODES_43):
+        if label_set == "bigearthnet_43":
+            table[code] = index
+        elif index in TO_19:
+            table[code] = TO_19[index]
+    return table
+
+
+def remap_reference_map(codes: np.ndarray, label_set: str) -> np.ndarray:
+    """CORINE codes (H, W), any integer dtype -> class indices (H, W) uint8, 255 outside."""
+    codes = np.asarray(codes)
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise BadInputError(f"reference map of dtype {codes.dtype}: expected integer CLC codes")
+    table = clc_lookup(label_set)
+    inside = (codes >= 0) & (codes < len(table))
+    return np.where(inside, table[np.clip(codes, 0, len(table) - 1)], UNLABELLED).astype(np.uint8)
+
+
+def resize_nearest(array: np.ndarray, size: int) -> np.ndarray:
+    """(h, w) -> (size, size): the value at each output pixel centre (nearest neighbour)."""
+    h, w = array.shape
+    rows = np.minimum(((np.arange(size) + 0.5) * h / size).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(size) + 0.5) * w / size).astype(np.int64), w - 1)
+    return array[rows[:, None], cols[None, :]]
+
+
+def reference_map_candidates(root: str, name: str) -> list[str]:
+    """Where the reference map of patch ``name`` may be under ``root`` (v2 layout first)."""
+    file = f"{name}_reference_map.tif"
+    tile = name.rsplit("_", 2)[0]
+    return [os.path.join(root, tile, name, file), os.path.join(root, name, file),
+            os.path.join(root, file)]
+
+
+def read_land_cover(root: str, name: str, label_set: str, size: int = SIZE) -> np.ndarray:
+    """The patch's reference map as ``land_cover`` (1, size, size) uint8 in ``label_set``."""
+    candidates = reference_map_candidates(root, name)
+    path = next((p for p in candidates if os.path.isfile(p)), None)
+    if path is None:
+        raise BadInputError(f"{name}: no reference map; looked for " + ", ".join(candidates))
+    codes = read_band(path)
+    try:
+        classes = remap_reference_map(codes, label_set)
+    except BadInputError as e:
+        raise BadInputError(f"{path}: {e}") from None
+    if classes.shape != (size, size):
+        classes = resize_nearest(classes, size)
+    return classes[None]
+
+
+def read_name_map(path: str) -> dict[str, str]:
+    """``patch_name,reference_name`` rows of a CSV (optionally .bz2) -> {patch_name: reference}."""
+    opener = bz2.open if path.endswith(".bz2") else open
+    mapping = {}
+    with opener(path, "rt") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            fields = [v.strip() for v in line.split(",")]
+            if len(fields) < 2 or not fields[1]:
+                raise BadInputError(f"{path}:{number}: expected 'patch_name,reference_name', "
+                                    f"found {line.strip()!r}")
+            mapping[fields[0]] = fields[1]
+    return mapping
 
 
 def detect_modality(folder: str) -> str:
@@ -118,8 +202,9 @@ def _read_metadata(folder: str, name: str) -> dict:
     return meta
 
 
-def make_patch(folder: str, *, modality: str, label_set: str) -> dict:
-    """One patch folder -> record dict (image (1, 120, 120, C))."""
+def make_patch(folder: str, *, modality: str, label_set: str, reference_maps: str | None = None,
+               reference_names: dict | None = None) -> dict:
+    """One patch folder -> record dict (image (1, 120, 120, C)[, land_cover (1, 120, 120)])."""
     name = os.path.basename(os.path.normpath(folder))
     found = detect_modality(folder)
     if found != modality:
@@ -154,6 +239,13 @@ def make_patch(folder: str, *, modality: str, label_set: str) -> dict:
         record["acquisition_date"] = str(date)
     if modality == "s1" and meta.get("corresponding_s2_patch"):
         record["pair_key"] = str(meta["corresponding_s2_patch"])
+    if reference_maps:
+        if modality == "s1" and "pair_key" not in record:
+            raise BadInputError(f"{meta_path}: an S1 patch without 'corresponding_s2_patch' has "
+                                f"no reference map")
+        map_name = record["pair_key"] if modality == "s1" else name
+        map_name = (reference_names or {}).get(map_name, map_name)
+        record["land_cover"] = read_land_cover(reference_maps, map_name, label_set)
     return record
 
 
@@ -180,8 +272,11 @@ def read_name_list(path: str) -> set[str]:
 def convert(input_dir: str, output_dir: str, *, modality: str = "auto", label_set: str = "19",
             prefix: str = "bigearthnet", num_shards: int = 16, num_workers=None,
             skip_bad: bool = False, names: str | None = None, exclude=(),
+            reference_maps: str | None = None, reference_names: str | None = None,
             verbose: bool = True) -> dict:
-    """Converts every patch under ``input_dir``; returns the write_shards summary."""
+    """Converts every patch under ``input_dir``; returns the write_shards summary.
+    ``reference_maps``: a Reference_Maps folder (module docstring); ``reference_names``: a CSV
+    of ``patch_name,reference_name`` rows."""
     label_set = f"bigearthnet_{label_set}" if not str(label_set).startswith("bigearthnet_") \
         else label_set
     if label_set not in ("bigearthnet_19", "bigearthnet_43"):
@@ -201,12 +296,20 @@ def convert(input_dir: str, output_dir: str, *, modality: str = "auto", label_se
         modality = detect_modality(folders[0]) if folders else "s2"
     if modality not in ("s1", "s2"):
         raise ValueError(f"modality must be auto, s1 or s2, found {modality!r}")
-    make = functools.partial(make_patch, modality=modality, label_set=label_set)
+    if reference_maps and not os.path.isdir(reference_maps):
+        raise FileNotFoundError(f"--reference_maps {reference_maps}: not a folder")
+    if reference_names and not reference_maps:
+        raise ValueError("--reference_names needs --reference_maps")
+    make = functools.partial(make_patch, modality=modality, label_set=label_set,
+                             reference_maps=reference_maps,
+                             reference_names=read_name_map(reference_names)
+                             if reference_names else None)
     return write_shards(folders, make, output_dir, prefix, num_shards=num_shards,
                         num_workers=num_workers, skip_bad=skip_bad,
                         desc=f"bigearthnet {modality}", verbose=verbose,
                         extra_summary={"modality": modality, "label_set": label_set,
-                                       "found": listed, "filtered_out": listed - len(folders)})
+                                       "found": listed, "filtered_out": listed - len(folders),
+                                       "reference_maps": reference_maps})
 
 
 def main(argv=None) -> dict:
@@ -218,11 +321,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--names", default=None, help="only these patches (CSV, first column)")
     parser.add_argument("--exclude", action="append", default=[],
                         help="drop these patches (CSV, first column); repeatable")
+    parser.add_argument("--reference_maps", default=None,
+                        help="BigEarthNet v2 Reference_Maps folder: adds each patch's per-pixel "
+                             "class map as 'land_cover'")
+    parser.add_argument("--reference_names", default=None,
+                        help="CSV of 'patch_name,reference_name' rows mapping patch names to "
+                             "reference-map names (e.g. v1 names to v2 patch ids)")
     add_writer_flags(parser, prefix="bigearthnet", num_shards=16)
     args = parser.parse_args(argv)
     return convert(args.input, args.output, modality=args.modality, label_set=args.label_set,
                    prefix=args.prefix, num_shards=args.num_shards, num_workers=args.num_workers,
-                   skip_bad=args.skip_bad, names=args.names, exclude=args.exclude)
+                   skip_bad=args.skip_bad, names=args.names, exclude=args.exclude,
+                   reference_maps=args.reference_maps, reference_names=args.reference_names)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ solarize, and a channel drop (chosen bands set to 0 in the finished view, as SSL
 applies normalisation and brightness/contrast as one per-band affine map. This equals
 normalise → crop/resize → jitter → grayscale → blur → solarize → channel drop → flip (tests
 check it) because the normalisation after its clip is affine per band and bilinear weights sum to
-one; flips reverse the resize taps (the later steps are mirror symmetric).
+one; flips reverse the resize taps (the later steps are mirror symmetric). ``render_class_map``
+moves a per-pixel class map through the same box and flips, nearest neighbour.
 
 Which acquisitions a sample uses and how many views it has belong to each method: its sampler
 lives beside its loss (``softcon_views.py``, ``pera_views.py``, ``gfm_views.py``).
@@ -302,6 +303,34 @@ def render_view(image: np.ndarray, plan: BandPlan, params: ViewParams, out_size,
     """One view (S, S, C) float32 of an (H, W, C_in) stored image."""
     x = render_geometry(image, plan, params, out_size, nodata, fill)
     return render_photometric(x, plan, params, **photometric_kw)
+
+
+
+# ----- class maps -------------------------------------------------------------------------------
+def nearest_taps(size: int, out: int, flip: bool = False) -> np.ndarray:
+    """Nearest-neighbour source indices for resizing ``size`` samples to ``out``: output j takes
+    the sample containing its centre, floor((j + 0.5)·size/out) (torch "nearest-exact"; the pixel
+    nearest to the bilinear resize's source point); ``flip`` reverses the output order."""
+    idx = np.floor((np.arange(out, dtype=np.float64) + 0.5) * (size / out)).astype(np.int64)
+    idx = np.minimum(idx, size - 1)
+    return idx[::-1].copy() if flip else idx
+
+
+def render_class_map(class_map: np.ndarray, params: ViewParams, out_size) -> np.ndarray:
+    """(H, W) per-pixel class map (e.g. a record's ``land_cover[t]``, 255 = unlabelled) → (S, S)
+    of the same dtype through the crop box and flips of ``params``, nearest neighbour, so it stays
+    aligned with ``render_view`` of the same params (photometric fields are ignored)."""
+    m = np.asarray(class_map)
+    if m.ndim != 2:
+        raise ValueError(f"render_class_map: expected a (H, W) class map, found shape {m.shape}")
+    top, left, h, w = params.box
+    if top < 0 or left < 0 or top + h > m.shape[0] or left + w > m.shape[1]:
+        raise ValueError(f"render_class_map: crop box {params.box} (top, left, h, w) does not fit "
+                         f"the class map of shape {m.shape}")
+    out_h, out_w = _pair(out_size)
+    rows = nearest_taps(h, out_h, params.vflip) + top
+    cols = nearest_taps(w, out_w, params.hflip) + left
+    return m[rows[:, None], cols[None, :]]
 
 
 # ----- records ----------------------------------------------------------------------------------

@@ -19,8 +19,9 @@ from geossl.eval import datasets
 from geossl.train import checkpoint
 
 
-def add_common_flags(parser) -> None:
-    """The flags of every probe CLI, added to an ``argparse.ArgumentParser``."""
+def add_common_flags(parser, *, feature_mode: bool = True) -> None:
+    """The flags of every probe CLI, added to an ``argparse.ArgumentParser``; ``feature_mode``
+    False leaves out ``--mode`` (the segmentation probe has its own)."""
     parser.add_argument("--workdir", required=True,
                         help="training workdir or backbone-only workdir (save_backbone / convert import)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
@@ -36,9 +37,10 @@ def add_common_flags(parser) -> None:
     parser.add_argument("--holdout_train_fraction", type=float, default=0.5,
                         help="share of the eval split that trains the probe when the train split "
                              "is missing or unlabelled")
-    parser.add_argument("--mode", default="cls",
-                        help="features: cls | avgpool | cls+avgpool | dinov2_4layer | "
-                             "dinov2_4layer+avgpool")
+    if feature_mode:
+        parser.add_argument("--mode", default="cls",
+                            help="features: cls | avgpool | cls+avgpool | dinov2_4layer | "
+                                 "dinov2_4layer+avgpool")
     parser.add_argument("--feature_batch", type=int, default=256,
                         help="images per forward pass (split over the devices)")
     parser.add_argument("--bands", default=None,

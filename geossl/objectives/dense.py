@@ -1,0 +1,275 @@
+"""Dense contrastive pretraining for land-cover segmentation (Embedding Earth, REFERENCE §5).
+
+The paper's loss is not public; geossl's definition: two overlapping augmented views of one
+location (``dense_views``, crop geometry kept as numbers) → per-location features (ViT: final
+patch tokens; ResNet: the map of stage ``feature_stage``) → a dense projection head (a per-location
+MLP, i.e. 1×1 convolutions) → per-location InfoNCE (``losses.dense_info_nce_loss``). Per image and
+direction, K = ``num_locations`` cells of the query view's grid are drawn; the positive of a cell is
+the other view's projection at the same ground point, bilinearly sampled from its grid (cell
+centres at ((i + ½)·S/h, (j + ½)·S/w) in view pixels); cells whose ground point falls outside the
+other crop are left out; the negatives are the other sampled cells of the global batch, so the
+logits are (B·K)². Symmetrised over the two directions, plus ``image_weight`` × an image-level
+InfoNCE on the pooled embedding's projection. The key encoder is an EMA of the query encoder
+(``teacher_mode`` "ema", momentum from ``config.ema``, BatchNorm in train mode as MoCo v3) or the
+query encoder itself with gradients through both sides ("none").
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from geossl import losses, masking
+from geossl.errors import ConfigError
+from geossl.models import is_swin, is_vit
+from geossl.models.from_config import create_from_config
+from geossl.models.heads import MLPHead
+from geossl.objectives import dense_views
+from geossl.objectives.base import Objective, Variables, dataclass_from_config, register
+
+TEACHER_MODES = ("ema", "none")
+
+
+# ----- correspondences --------------------------------------------------------------------------
+def view_to_ground(uv: jax.Array, geometry: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """View pixel coordinates uv (B, K, 2) (row, column; pixel edges 0..S) → ground coordinates
+    (B, K, 2) in the acquisition's pixels, through each view's geometry (B, 6)
+    (``dense_views.GEOMETRY_FIELDS``)."""
+    g = geometry[:, None, :]
+    extent = jnp.asarray(size, jnp.float32)
+    flips = jnp.stack([g[..., 4], g[..., 5]], axis=-1) > 0.5
+    unflipped = jnp.where(flips, extent - uv, uv)
+    return g[..., 0:2] + unflipped * g[..., 2:4] / extent
+
+
+def ground_to_view(yx: jax.Array, geometry: jax.Array,
+                   size: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
+    """Ground coordinates (B, K, 2) → (view pixel coordinates (B, K, 2), inside (B, K) bool: the
+    point lies in the view's crop, edges included)."""
+    g = geometry[:, None, :]
+    extent = jnp.asarray(size, jnp.float32)
+    unflipped = (yx - g[..., 0:2]) * extent / g[..., 2:4]
+    inside = jnp.all((unflipped >= 0) & (unflipped <= extent), axis=-1)
+    flips = jnp.stack([g[..., 4], g[..., 5]], axis=-1) > 0.5
+    return jnp.where(flips, extent - unflipped, unflipped), inside
+
+
+def cell_centers(idx: jax.Array, grid: tuple[int, int], size: tuple[int, int]) -> jax.Array:
+    """Flat cell indices (B, K) of a (h, w) feature grid → their centres in view pixels (B, K, 2)."""
+    h, w = grid
+    rows, cols = idx // w, idx % w
+    return jnp.stack([(rows + 0.5) * (size[0] / h), (cols + 0.5) * (size[1] / w)],
+                     axis=-1).astype(jnp.float32)
+
+
+def correspondences(idx, geometry_a, geometry_b, grid, size) -> tuple[jax.Array, jax.Array]:
+    """Where view b sees the ground of cells ``idx`` (B, K) of view a: (continuous cell coordinates
+    (B, K, 2) in b's grid, cell centres at integers; valid (B, K) bool, the point inside b's crop).
+    Both views are ``size`` pixels with a ``grid`` feature map."""
+    ground = view_to_ground(cell_centers(idx, grid, size), geometry_a, size)
+    uv, valid = ground_to_view(ground, geometry_b, size)
+    scale = jnp.asarray([grid[0] / size[0], grid[1] / size[1]], jnp.float32)
+    return uv * scale - 0.5, valid
+
+
+def gather_cells(fmap: jax.Array, idx: jax.Array) -> jax.Array:
+    """fmap (B, h, w, D), flat cell indices (B, K) → (B, K, D)."""
+    b, h, w, d = fmap.shape
+    return jnp.take_along_axis(fmap.reshape(b, h * w, d), idx[..., None], axis=1)
+
+
+def bilinear_sample(fmap: jax.Array, coords: jax.Array) -> jax.Array:
+    """fmap (B, h, w, D) at continuous cell coordinates (B, K, 2) (row, column; cell centres at
+    integers) → (B, K, D); coordinates beyond the outer centres take the border value."""
+    _, h, w, _ = fmap.shape
+    r = jnp.clip(coords[..., 0], 0.0, h - 1.0)
+    c = jnp.clip(coords[..., 1], 0.0, w - 1.0)
+    r0 = jnp.floor(r).astype(jnp.int32)
+    c0 = jnp.floor(c).astype(jnp.int32)
+    r1, c1 = jnp.minimum(r0 + 1, h - 1), jnp.minimum(c0 + 1, w - 1)
+    fr, fc = (r - r0)[..., None], (c - c0)[..., None]
+
+    def at(ri, ci):
+        return gather_cells(fmap, ri * w + ci).astype(jnp.float32)
+
+    top = at(r0, c0) * (1 - fc) + at(r0, c1) * fc
+    bottom = at(r1, c0) * (1 - fc) + at(r1, c1) * fc
+    return top * (1 - fr) + bottom * fr
+
+
+# ----- network ----------------------------------------------------------------------------------
+class DenseNet(nn.Module):
+    """Backbone → per-location feature map (B, h, w, F) → dense head (B, h, w, proj_dim), and
+    with ``with_image`` the pooled embedding → image head (B, proj_dim)."""
+
+    backbone: nn.Module
+    vit: bool
+    feature_stage: int = 4
+    proj_hidden: int = 2048
+    proj_dim: int = 128
+    proj_layers: int = 2
+    head_bn: bool = True
+    with_image: bool = False
+
+    def setup(self):
+        head = dict(hidden_dim=self.proj_hidden, out_dim=self.proj_dim,
+                    num_layers=self.proj_layers, use_bn=self.head_bn)
+        self.dense_head = MLPHead(last_bn=False, **head)
+        if self.with_image:
+            self.image_head = MLPHead(last_bn=True, **head)
+
+    def feature_map(self, out: dict, x: jax.Array) -> jax.Array:
+        """The backbone output's per-location features (B, h, w, F)."""
+        if self.vit:
+            p = self.backbone.patch_size
+            tokens = out["patch_tokens"]
+            return tokens.reshape(x.shape[0], x.shape[1] // p, x.shape[2] // p, tokens.shape[-1])
+        return out["features"][self.feature_stage - 1]
+
+    def __call__(self, x, *, train: bool = True, stochastic: bool = False) -> dict:
+        """x (B,H,W,C) → {"dense" (B,h,w,proj_dim), "image" (B,proj_dim) or None}."""
+        out = self.backbone(x, train=train, stochastic=stochastic)
+        dense = self.dense_head(self.feature_map(out, x), train=train)
+        image = self.image_head(out["embedding"], train=train) if self.with_image else None
+        return {"dense": dense, "image": image}
+
+
+# ----- objective --------------------------------------------------------------------------------
+@register("dense")
+class Dense(Objective):
+    """Dense per-location InfoNCE between two overlapping views (config: configs/dense_*.py)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        o = config.objective
+        if is_swin(config.model.name):
+            raise ConfigError(f"config.model.name: the dense objective takes a ViT or a ResNet, "
+                              f"found the Swin {config.model.name!r}")
+        self.vit = is_vit(config.model.name)
+        _check_fields(o, self.vit, config.export.teacher)
+        self.teacher_mode = o.teacher_mode
+        self.backbone = create_from_config(config.model)
+        self.net = DenseNet(
+            backbone=self.backbone, vit=self.vit,
+            feature_stage=4 if self.vit else int(o.feature_stage),
+            proj_hidden=int(o.proj_hidden), proj_dim=int(o.proj_dim),
+            proj_layers=int(o.proj_layers), head_bn=bool(o.head_bn),
+            with_image=float(o.image_weight) > 0)
+        self.view_config = dataclass_from_config(
+            dense_views.DenseViewConfig, config.data, img_size=config.model.img_size)
+
+    # ----- host ------------------------------------------------------------------------------
+    def make_views(self, record, rng: np.random.Generator):
+        """view1, view2 (S,S,C), geometry1, geometry2 (6,) [, mask1, mask2 (S,S) uint8]."""
+        return dense_views.two_view_sample(record, rng, self.view_config)
+
+    # ----- device ----------------------------------------------------------------------------
+    def init(self, rng, batch) -> Variables:
+        x = jnp.asarray(batch["view1"])
+        variables = self.net.init({"params": rng, "dropout": rng}, x, train=False)
+        bs = variables.get("batch_stats", {})
+        extra = {"batch_stats": bs}
+        if self.teacher_mode == "ema":
+            extra["teacher_batch_stats"] = bs
+        return Variables(params=variables["params"], teacher=None, extra=extra)
+
+    def forward(self, params, batch_stats, x, rng=None):
+        """Train-mode forward (BatchNorm on batch statistics; drop path when ``rng`` is given):
+        ({"dense" (B,h,w,P), "image"}, new batch statistics)."""
+        kw = dict(stochastic=True, rngs={"dropout": rng}) if rng is not None else {}
+        out, state = self.net.apply({"params": params, "batch_stats": batch_stats}, x,
+                                    train=True, mutable=["batch_stats"], **kw)
+        return out, state["batch_stats"]
+
+    def sample_cells(self, rng, batch: int, grid: tuple[int, int]) -> jax.Array:
+        """(B, K) distinct random flat cells of a (h, w) grid per image, K = num_locations."""
+        k, cells = int(self.config.objective.num_locations), grid[0] * grid[1]
+        if k > cells:
+            raise ConfigError(f"config.objective.num_locations: expected at most the {cells} "
+                              f"cells of the {grid[0]}×{grid[1]} feature grid, found {k}")
+        return masking.random_split(rng, batch, cells, (k,))[0]
+
+    def pair_features(self, query, key, idx, geometry_q, geometry_k, size):
+        """q (B,K,P) = query map at cells idx; k (B,K,P) = key map bilinearly sampled where the
+        key view sees the same ground; valid (B,K)."""
+        grid = query.shape[1:3]
+        coords, valid = correspondences(idx, geometry_q, geometry_k, grid, size)
+        return gather_cells(query, idx), bilinear_sample(key, coords), valid
+
+    def loss(self, params, teacher, extra, batch, rng, step):
+        o = self.config.objective
+        r_cells1, r_cells2, r_drop1, r_drop2 = jax.random.split(rng, 4)
+        x1, x2 = batch["view1"], batch["view2"]
+        g1 = batch["geometry1"].astype(jnp.float32)
+        g2 = batch["geometry2"].astype(jnp.float32)
+        s1, bs = self.forward(params, extra["batch_stats"], x1, r_drop1)
+        s2, bs = self.forward(params, bs, x2, r_drop2)
+        new_extra = {"batch_stats": bs}
+        if self.teacher_mode == "ema":
+            t1, tbs = self.forward(teacher, extra["teacher_batch_stats"], x1)
+            t2, tbs = self.forward(teacher, tbs, x2)
+            t1, t2 = jax.lax.stop_gradient((t1, t2))
+            new_extra["teacher_batch_stats"] = tbs
+        else:
+            t1, t2 = s1, s2
+
+        size = x1.shape[1:3]
+        b, grid = x1.shape[0], s1["dense"].shape[1:3]
+        tau = float(o.temperature)
+        q1, k2, v12 = self.pair_features(s1["dense"], t2["dense"],
+                                         self.sample_cells(r_cells1, b, grid), g1, g2, size)
+        q2, k1, v21 = self.pair_features(s2["dense"], t1["dense"],
+                                         self.sample_cells(r_cells2, b, grid), g2, g1, size)
+        loss_dense = 0.5 * (losses.dense_info_nce_loss(q1, k2, v12, temperature=tau)
+                            + losses.dense_info_nce_loss(q2, k1, v21, temperature=tau))
+        total = loss_dense
+        valid = jnp.concatenate([v12, v21], axis=1).astype(jnp.float32)
+        metrics = {"loss_dense": loss_dense, "overlap_fraction": jnp.mean(valid)}
+        if self.net.with_image:
+            loss_image = 0.5 * (losses.info_nce_loss(s1["image"], t2["image"], temperature=tau)
+                                + losses.info_nce_loss(s2["image"], t1["image"], temperature=tau))
+            total = total + float(o.image_weight) * loss_image
+            metrics["loss_image"] = loss_image
+        return total, {"metrics": metrics, "extra": new_extra}
+
+    # ----- init / export ---------------------------------------------------------------------
+    def with_backbone(self, variables: Variables, backbone: dict) -> Variables:
+        params = dict(variables.params, backbone=backbone["params"])
+        extra = dict(variables.extra)
+        if "batch_stats" in backbone:
+            for name in ("batch_stats", "teacher_batch_stats"):
+                if name in extra:
+                    extra[name] = dict(extra[name], backbone=backbone["batch_stats"])
+        return Variables(params=params, teacher=variables.teacher, extra=extra)
+
+    def backbone_variables(self, variables: Variables) -> dict:
+        use_teacher = self.config.export.teacher
+        params = variables.teacher if use_teacher else variables.params
+        stats = variables.extra["teacher_batch_stats" if use_teacher else "batch_stats"]
+        out = {"params": params["backbone"]}
+        if stats.get("backbone"):
+            out["batch_stats"] = stats["backbone"]
+        return out
+
+
+def _check_fields(o, vit: bool, export_teacher: bool) -> None:
+    """config.objective fields out of range, named before anything compiles."""
+    if o.teacher_mode not in TEACHER_MODES:
+        raise ConfigError(f"config.objective.teacher_mode: expected one of {TEACHER_MODES}, "
+                          f"found {o.teacher_mode!r}")
+    if export_teacher and o.teacher_mode != "ema":
+        raise ConfigError(f"config.export.teacher: exporting the teacher needs "
+                          f"config.objective.teacher_mode 'ema', found {o.teacher_mode!r}")
+    if not float(o.temperature) > 0.0:
+        raise ConfigError(f"config.objective.temperature: expected > 0, found {o.temperature!r}")
+    if float(o.image_weight) < 0.0:
+        raise ConfigError(f"config.objective.image_weight: expected >= 0, found "
+                          f"{o.image_weight!r}")
+    for name in ("num_locations", "proj_hidden", "proj_dim", "proj_layers"):
+        if int(o[name]) < 1:
+            raise ConfigError(f"config.objective.{name}: expected >= 1, found {o[name]!r}")
+    if not vit and int(o.feature_stage) not in (1, 2, 3, 4):
+        raise ConfigError(f"config.objective.feature_stage: expected a ResNet stage 1-4, found "
+                          f"{o.feature_stage!r}")
