@@ -91,23 +91,27 @@ def get_config(arg=None):
 
 
 def demo(c) -> None:
-    """Tiny ViT (patch 8, depth 4) on the 32 px synthetic demo scenes (13 bands, brightness /
-    contrast per band), 2 global pairs at 32 px (16 tokens) and 4 local pairs at 16 px, 256
-    prototypes, batch 32: 700 steps, about 10 minutes on 2 busy CPU cores."""
-    c.model.update(dict(name="vit_tiny_patch16", patch_size=8, depth=4, img_size=32,
+    """Tiny ViT (patch 4, depth 4) on the 32 px synthetic demo scenes (13 bands), 2 global pairs
+    at 32 px (64 tokens: student 13, learn 13) and 4 local pairs at 16 px, 256 prototypes, batch
+    32: 2000 steps, about 10 minutes on 2 CPU cores. Brightness / contrast take one factor for all
+    bands (``data.jitter_per_band = False``): the synthetic classes differ by spectral shape, which
+    per-band factors teach the encoder to ignore (measured with an earlier patch-8, 700-step demo:
+    linear probe +2.4 micro mAP points over a random encoder with per-band factors, +3.7 without;
+    this demo: +10.3)."""
+    c.model.update(dict(name="vit_tiny_patch16", patch_size=4, depth=4, img_size=32,
                         in_chans=len(common.S2_L1C_BANDS), drop_path_rate=0.1))
     c.data.bands = common.S2_L1C_BANDS
     c.data.norm = "softcon"
-    c.data.jitter_per_band = True
+    c.data.jitter_per_band = False
     c.data.local_size = 16
     c.data.num_local = 4
     c.objective.update(dict(insert_at_block=2, num_prototypes=256, head_hidden=256,
                             head_bottleneck=64, teacher_temp_warmup_steps=150))
     c.global_batch = 32
-    c.total_steps = 700
+    c.total_steps = 2000
     c.lr = ml_collections.ConfigDict(dict(name="warmup_cosine", base=1e-3, warmup_steps=50,
                                           final=1e-6))
     c.ema.base = 0.98
-    c.checkpoint_every = 350
+    c.checkpoint_every = 1000
     c.log_every = 50
     c.probe.every = 0  # the offline probe: python -m geossl.eval.linear_probe --dataset=synthetic

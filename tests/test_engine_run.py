@@ -200,7 +200,7 @@ def test_checkpoint_of_another_model_is_refused(shards, tmp_path):
 
 
 def test_unreadable_newest_checkpoint_falls_back_and_none_readable_is_one_error(shards, tmp_path,
-                                                                                caplog):
+                                                                                caplog, capfd):
     workdir = str(tmp_path / "w")
     loop.run(tiny_config(shards, total_steps=4), workdir)
     rows4 = read_metrics(workdir)
@@ -215,9 +215,14 @@ def test_unreadable_newest_checkpoint_falls_back_and_none_readable_is_one_error(
 
     break_step(4)
     caplog.set_level("WARNING")
+    capfd.readouterr()
     summary = loop.run(tiny_config(shards, total_steps=4), workdir)
     warnings = [r.getMessage() for r in caplog.records if "is unreadable" in r.getMessage()]
     assert len(warnings) == 1 and f"{ckpts}/4 is unreadable" in warnings[0], warnings
+    assert "TensorStore details" not in warnings[0]  # the root cause, not orbax's wrapper
+    err = capfd.readouterr().err  # no leftovers of the failed asynchronous reads
+    assert "Event loop is closed" not in err and "Exception ignored" not in err, err[-2000:]
+    assert "was never retrieved" not in err + " ".join(r.getMessage() for r in caplog.records)
     assert os.path.isdir(os.path.join(ckpts, "4.unreadable"))  # moved aside, never deleted
     assert summary["final_step"] == 4 and os.path.isdir(os.path.join(ckpts, "4"))
     rows = read_metrics(workdir)  # steps 3, 4 redone from step 2: the same losses

@@ -24,6 +24,7 @@ def tiny_config():
                             teacher_temp_warmup_steps=100))
     c.data.local_size = 8
     c.data.num_local = 3
+    c.data.jitter_per_band = True
     c.global_batch = 8
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
     return c
@@ -202,6 +203,7 @@ def test_dense_student_reads_every_token_and_views_jitter_per_band(setup):
     rgb = objectives.create(pera_vit_b.get_config())
     assert not (rgb.view_config.student.per_band or rgb.view_config.teacher.per_band)
     assert objectives.create(pera_vit_b.get_config("ms")).view_config.student.per_band
+    assert not pera_vit_b.get_config("demo").data.jitter_per_band  # spectra define its classes
 
 
 def test_exported_student_loads_strictly_into_timm_vit_base_patch16_224(tmp_path):

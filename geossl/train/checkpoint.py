@@ -13,7 +13,9 @@ Layout of a workdir::
 from __future__ import annotations
 
 import json
+import logging as py_logging
 import os
+import sys
 
 import grain
 import jax
@@ -34,6 +36,11 @@ class NoReadableCheckpointError(RuntimeError):
 
 
 def _first_line(error: BaseException) -> str:
+    """The first line of the root cause (orbax wraps tensorstore's error, which names the file)."""
+    seen = {id(error)}
+    while (inner := error.__cause__ or error.__context__) is not None and id(inner) not in seen:
+        error = inner
+        seen.add(id(error))
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
@@ -132,6 +139,7 @@ class Checkpointer:
             except CheckpointMismatchError:
                 raise
             except Exception as e:  # orbax / tensorstore / grain raise many kinds
+                _silence_abandoned_reads()
                 failures.append((step, _first_line(e)))
                 continue
             for bad, why in failures:
@@ -245,3 +253,39 @@ def load_encoder(workdir: str, step: int | None = None):
     model_cfg = dict(config.model)
     model_cfg["name"] = arch
     return create_from_config(model_cfg), variables, config
+
+
+class _AbandonedReads(py_logging.Filter):
+    """Drops asyncio's "... exception was never retrieved" records (futures of abandoned reads)."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        return "exception was never retrieved" not in str(record.msg)
+
+
+def _abandoned_read_noise(exc_value, obj=None) -> bool:
+    """True for what the reads of a failed orbax restore raise after it was given up: tensorstore
+    callbacks into the closed event loop, and the abandoned read coroutines."""
+    if isinstance(exc_value, RuntimeError) and "Event loop is closed" in str(exc_value):
+        return True
+    return "_read_array_index_and_device_put" in repr(obj)
+
+
+def _silence_abandoned_reads() -> None:
+    """Installs, once per process, filters for the leftovers of failed restores only (a missing
+    file otherwise buries its one-line cause under hundreds of traceback lines); every other
+    unraisable exception, uncaught exception and asyncio record passes unchanged."""
+    if getattr(sys.unraisablehook, "_geossl", False):
+        return
+    unraisable, excepthook = sys.unraisablehook, sys.excepthook
+
+    def on_unraisable(info):
+        if not _abandoned_read_noise(info.exc_value, info.object):
+            unraisable(info)
+
+    def on_exception(kind, value, tb):
+        if not _abandoned_read_noise(value):
+            excepthook(kind, value, tb)
+
+    on_unraisable._geossl = True
+    sys.unraisablehook, sys.excepthook = on_unraisable, on_exception
+    py_logging.getLogger("asyncio").addFilter(_AbandonedReads())
