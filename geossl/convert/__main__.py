@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from geossl.convert import FIRST_LAYER_MODES
@@ -123,6 +124,10 @@ def _recorded_model(arch: str | None, input_path: str) -> tuple[str, dict]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    from geossl.train.metrics import OwnInfoOnly
+    geossl_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for handler in logging.getLogger().handlers:  # orbax's INFO chatter off, warnings kept
+        handler.addFilter(OwnInfoOnly(geossl_dir))
     try:
         if args.command == "export":
             export(args.workdir, args.output, args.step, args.layout)

@@ -123,6 +123,18 @@ class Objective:
         raise NotImplementedError
 
 
+def ema_backbone_variables(variables: Variables, use_teacher: bool) -> dict:
+    """``backbone_variables`` of an objective with an EMA teacher whose backbone may hold
+    BatchNorm statistics in ``extra["batch_stats"]`` / ``extra["teacher_batch_stats"]``: the
+    student's (or, ``use_teacher``, the teacher's) backbone as ``{"params", ["batch_stats"]}``."""
+    params = variables.teacher if use_teacher else variables.params
+    stats = variables.extra["teacher_batch_stats" if use_teacher else "batch_stats"]
+    out = {"params": params["backbone"]}
+    if stats.get("backbone"):
+        out["batch_stats"] = stats["backbone"]
+    return out
+
+
 def dataclass_from_config(cls, section, **fixed):
     """``cls(**fixed, **fields)`` taking every other dataclass field of ``cls`` that ``section``
     (e.g. ``config.data``) sets; lists become tuples. A method's view settings from its config."""

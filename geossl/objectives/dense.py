@@ -27,7 +27,8 @@ from geossl.models import is_swin, is_vit
 from geossl.models.from_config import create_from_config
 from geossl.models.heads import MLPHead
 from geossl.objectives import dense_views
-from geossl.objectives.base import Objective, Variables, dataclass_from_config, register
+from geossl.objectives.base import (Objective, Variables, dataclass_from_config,
+                                    ema_backbone_variables, register)
 
 TEACHER_MODES = ("ema", "none")
 
@@ -245,13 +246,7 @@ class Dense(Objective):
         return Variables(params=params, teacher=variables.teacher, extra=extra)
 
     def backbone_variables(self, variables: Variables) -> dict:
-        use_teacher = self.config.export.teacher
-        params = variables.teacher if use_teacher else variables.params
-        stats = variables.extra["teacher_batch_stats" if use_teacher else "batch_stats"]
-        out = {"params": params["backbone"]}
-        if stats.get("backbone"):
-            out["batch_stats"] = stats["backbone"]
-        return out
+        return ema_backbone_variables(variables, self.config.export.teacher)
 
 
 def _check_fields(o, vit: bool, export_teacher: bool) -> None:
