@@ -60,14 +60,15 @@ def main(argv):
     from geossl.train import loop
     config = FLAGS.config
     hooks = [h for h in (online.make_online_probe(config),) if h]
-    from geossl.errors import ConfigError
+    from geossl.errors import ConfigError, DataConfigMismatchError
     from geossl.train.checkpoint import CheckpointMismatchError, NoReadableCheckpointError
     try:
         summary = loop.run(config, FLAGS.workdir, hooks=hooks)
     except ConfigError as e:  # nothing was built or written: one line is enough
         print(f"main.py: {e}", file=sys.stderr)
         sys.exit(2)
-    except (CheckpointMismatchError, NoReadableCheckpointError) as e:  # the workdir is untouched
+    except (CheckpointMismatchError, NoReadableCheckpointError,
+            DataConfigMismatchError) as e:  # the workdir is untouched
         print(f"main.py: {e}", file=sys.stderr)
         sys.exit(1)
     logging.info("done: %s", {k: v for k, v in summary.items() if k != "state"})

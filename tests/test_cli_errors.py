@@ -27,3 +27,25 @@ def test_bad_config_is_one_line_and_writes_nothing(tmp_path, override, message):
     assert lines[-1].startswith("main.py: ") and message in lines[-1], lines[-5:]
     assert "Traceback" not in done.stderr
     assert not workdir.exists()
+
+
+def test_data_that_does_not_fit_the_config_is_one_line(tmp_path):
+    """9-class records under ``data.num_classes=4``: refused naming the record and the field,
+    before the workdir exists."""
+    from data_prep import synthetic
+    data = str(tmp_path / "data")
+    synthetic.generate(data, num_locations=8, heldout=0, num_shards=1, size=16, seasons=2,
+                       num_workers=1, verbose=False)
+    workdir = tmp_path / "w"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT,
+               GEOSSL_DATA=data)
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"),
+                           f"--config={ROOT}/configs/softcon_vit_s.py:demo", f"--workdir={workdir}",
+                           "--config.data.num_classes=4", "--config.probe.every=0"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = [line for line in done.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("main.py: the first training record does not fit the config: record "
+                           "synthetic-train-000000: acq_labels has 9 classes, config.data.num_classes "
+                           "is 4"), last
+    assert "Traceback" not in done.stderr and not workdir.exists()

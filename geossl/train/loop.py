@@ -14,6 +14,7 @@ from geossl import convert, objectives
 from geossl.data import ShardSource
 from geossl.data.files import resolve_train_files
 from geossl.data.pipeline import make_train_iterator
+from geossl.errors import ConfigError, DataConfigMismatchError
 from geossl.models.from_config import architecture_kwargs
 from geossl.parallel import mesh as mesh_lib
 from geossl.parallel import multihost
@@ -35,8 +36,15 @@ def make_data_iterator(config, objective, process_index: int, process_count: int
 
 
 def example_batch(objective, source, size: int = 2) -> dict:
-    """A tiny host batch (from record 0) used only for shapes at init."""
-    sample = objective.make_views(source[0], np.random.default_rng(0))
+    """A tiny host batch (from record 0) used only for shapes at init. A record that does not
+    fit the config fails here, before anything is built or written: DataConfigMismatchError."""
+    try:
+        sample = objective.make_views(source[0], np.random.default_rng(0))
+    except ConfigError:
+        raise
+    except (ValueError, KeyError) as e:
+        raise DataConfigMismatchError(
+            f"the first training record does not fit the config: {e}") from e
     return {k: np.stack([v] * size) for k, v in sample.items()}
 
 
