@@ -54,6 +54,17 @@ def add_common_flags(parser, *, feature_mode: bool = True) -> None:
     parser.add_argument("--output", default=None, help="JSON report path")
 
 
+def check_ranges(parser, args, *, positive=(), non_negative=()) -> None:
+    """``parser.error`` (exit 2, the flag named) for a flag in ``positive`` that is not > 0 or one
+    in ``non_negative`` that is < 0; run before anything is read."""
+    for name in positive:
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name}: expected > 0, found {getattr(args, name)}")
+    for name in non_negative:
+        if getattr(args, name) < 0:
+            parser.error(f"--{name}: expected >= 0, found {getattr(args, name)}")
+
+
 def load_model(workdir: str, step: int | None = None, *, random_init: bool = False, seed: int = 0,
                img_size: int | None = None, in_chans: int | None = None):
     """``(model, variables, config)`` from a workdir; with ``random_init`` the same architecture

@@ -88,8 +88,7 @@ def main(argv=None) -> dict:
         parser.error(f"--k: expected comma-separated integers >= 1, found {args.k!r}")
     if not ks or min(ks) < 1:
         parser.error(f"--k: expected comma-separated integers >= 1, found {args.k!r}")
-    if not args.temperature > 0:
-        parser.error(f"--temperature: expected > 0, found {args.temperature}")
+    cli.check_ranges(parser, args, positive=("temperature",))
     data = cli.probe_features_from_args(args)
     t0 = time.perf_counter()
     results = {}

@@ -172,12 +172,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--no_standardize", action="store_true",
                         help="train on raw features (default: standardised with train statistics)")
     args = parser.parse_args(argv)
-    for name in ("epochs", "batch_size", "lr"):
-        if not getattr(args, name) > 0:
-            parser.error(f"--{name}: expected > 0, found {getattr(args, name)}")
-    for name in ("momentum", "weight_decay"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name}: expected >= 0, found {getattr(args, name)}")
+    cli.check_ranges(parser, args, positive=("epochs", "batch_size", "lr"),
+                     non_negative=("momentum", "weight_decay"))
     data = cli.probe_features_from_args(args)
     config = ProbeConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          momentum=args.momentum, weight_decay=args.weight_decay,

@@ -371,12 +371,9 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if not 0 < args.label_fraction <= 1:
         parser.error(f"--label_fraction: expected a fraction in (0, 1], found {args.label_fraction}")
-    for name in ("steps", "batch_size", "lr", "encoder_lr_scale", "fpn_dim", "feature_batch"):
-        if not getattr(args, name) > 0:
-            parser.error(f"--{name}: expected > 0, found {getattr(args, name)}")
-    for name in ("weight_decay", "warmup_steps"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name}: expected >= 0, found {getattr(args, name)}")
+    cli.check_ranges(parser, args, positive=("steps", "batch_size", "lr", "encoder_lr_scale",
+                                             "fpn_dim", "feature_batch"),
+                     non_negative=("weight_decay", "warmup_steps"))
     config = SegConfig(mode=args.mode, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                        encoder_lr_scale=args.encoder_lr_scale, weight_decay=args.weight_decay,
                        warmup_steps=args.warmup_steps, fpn_dim=args.fpn_dim, seed=args.seed)
