@@ -49,6 +49,29 @@ def optim(name: str, *, weight_decay, decay: str = "matrices", clip_norm: float 
                                           clip_norm=clip_norm, **{**OPTIMIZER_FIELDS[name], **fields}))
 
 
+def s2_backbone(model: str) -> ml_collections.ConfigDict:
+    """``config.model`` of a 13-band S2 L1C backbone at 224 px, float32 (ViTs: no drop path)."""
+    c = ml_collections.ConfigDict(dict(name=model, img_size=224, in_chans=13, dtype="float32"))
+    if model.startswith("vit"):
+        c.drop_path_rate = 0.0
+    return c
+
+
+def ssl4eo_recipe(c, *, optim_name: str, lr: float) -> None:
+    """SSL4EO-S12's MoCo-v3 schedule on ``c.global_batch``: 100 epochs of its locations, 10 of
+    linear warmup to ``lr`` then cosine to 0; LARS (ResNet: wd 1e-6, momentum 0.9) or AdamW (ViT:
+    wd 0.1, betas (0.9, 0.999)). Sets ``epochs``, ``total_steps``, ``optim`` and ``lr``."""
+    c.epochs = 100
+    c.total_steps = steps_for(c.epochs, SSL4EO_LOCATIONS, c.global_batch)
+    warmup = steps_for(10, SSL4EO_LOCATIONS, c.global_batch)
+    if optim_name == "lars":
+        c.optim = optim("lars", weight_decay=1e-6, momentum=0.9)
+    else:
+        c.optim = optim("adamw", weight_decay=0.1, b1=0.9, b2=0.999)
+    c.lr = ml_collections.ConfigDict(dict(name="warmup_cosine", base=lr, warmup_steps=warmup,
+                                          final=0.0))
+
+
 def teacher(model: dict | None = None, **kw) -> ml_collections.ConfigDict:
     """A ``config.teacher`` section describing a frozen teacher network (GFM): ``model`` = a
     ``config.model``-like section (name, img_size, in_chans, dtype, ...); ``torch_checkpoint`` its

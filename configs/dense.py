@@ -27,9 +27,7 @@ def dense(model: str, arg: str | None, *, optim: str, lr: float) -> ml_collectio
     variants = common.parse_arg(arg, VARIANTS)
     c = common.base()
     vit = model.startswith("vit")
-    c.model = ml_collections.ConfigDict(dict(name=model, img_size=224, in_chans=13, dtype="float32"))
-    if vit:
-        c.model.drop_path_rate = 0.0
+    c.model = common.s2_backbone(model)
     c.objective = ml_collections.ConfigDict(dict(
         name="dense",
         temperature=0.2,       # tau of the per-location (and image-level) InfoNCE logits
@@ -59,15 +57,7 @@ def dense(model: str, arg: str | None, *, optim: str, lr: float) -> ml_collectio
         keep_masks=False,      # carry the views' land_cover maps in the samples (inspection only)
     ))
     c.global_batch = 512
-    c.epochs = 100
-    c.total_steps = common.steps_for(c.epochs, common.SSL4EO_LOCATIONS, c.global_batch)
-    warmup = common.steps_for(10, common.SSL4EO_LOCATIONS, c.global_batch)
-    if optim == "lars":
-        c.optim = common.optim("lars", weight_decay=1e-6, momentum=0.9)
-    else:
-        c.optim = common.optim("adamw", weight_decay=0.1, b1=0.9, b2=0.999)
-    c.lr = ml_collections.ConfigDict(dict(name="warmup_cosine", base=lr, warmup_steps=warmup,
-                                          final=0.0))
+    common.ssl4eo_recipe(c, optim_name=optim, lr=lr)
     c.checkpoint_every = 1000
     c.log_every = 50
     if "demo" in variants:

@@ -29,9 +29,7 @@ def softcon(model: str, arg: str | None, *, optim: str, lr: float) -> ml_collect
     variants = common.parse_arg(arg, VARIANTS)
     c = common.base()
     vit = model.startswith("vit")
-    c.model = ml_collections.ConfigDict(dict(name=model, img_size=224, in_chans=13, dtype="float32"))
-    if vit:
-        c.model.drop_path_rate = 0.0
+    c.model = common.s2_backbone(model)
     c.objective = ml_collections.ConfigDict(dict(
         name="softcon",
         temperature=0.2,       # tau of P_ij = z_i . z'_j / tau
@@ -50,15 +48,9 @@ def softcon(model: str, arg: str | None, *, optim: str, lr: float) -> ml_collect
     c.data.channel_drop_min = 1      # bands dropped: uniform in [min, max] (SSL4EO's arguments)
     c.data.channel_drop_max = 6      # (the SAR variant: 1 of its 2 bands)
     c.global_batch = 4096
-    c.epochs = 100
-    c.total_steps = common.steps_for(c.epochs, common.SSL4EO_LOCATIONS, c.global_batch)
-    warmup = common.steps_for(10, common.SSL4EO_LOCATIONS, c.global_batch)
-    if optim == "lars":  # SSL4EO-S12 MoCo-v3 ResNet recipe (REFERENCE §1)
-        c.optim = common.optim("lars", weight_decay=1e-6, momentum=0.9)
-    else:  # SSL4EO-S12 MoCo-v3 ViT recipe: AdamW betas (0.9, 0.999); not confirmed for SoftCon
-        c.optim = common.optim("adamw", weight_decay=0.1, b1=0.9, b2=0.999)
-    c.lr = ml_collections.ConfigDict(dict(name="warmup_cosine", base=lr, warmup_steps=warmup,
-                                          final=0.0))
+    # SSL4EO-S12 MoCo-v3 recipes (REFERENCE §1): LARS for ResNets; AdamW betas (0.9, 0.999) for
+    # ViTs, not confirmed for SoftCon
+    common.ssl4eo_recipe(c, optim_name=optim, lr=lr)
     c.checkpoint_every = 1000
     c.log_every = 50
     # Continual pretraining from DINOv2 (ViT) / DINO (ResNet-50) weights: set the path.
