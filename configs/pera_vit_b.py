@@ -1,14 +1,17 @@
 """PerA ViT-B/16 at 448 px, RGB; ``:ms`` for 13-band S2 L1C, ``:demo`` for the CPU (REFERENCE §3).
 
+    python -m data_prep.images --input /data/rgb_scenes --output /data/rgb
     python main.py --config=configs/pera_vit_b.py --workdir=DIR \
-        --config.data.train='/data/rgb/train-*.tfrecord'
+        --config.data.train='/data/rgb/train-*.tfrecord' --config.data.num_classes=N
     python main.py --config=configs/pera_vit_b.py:demo --workdir=/tmp/pera_demo
 
 Faithful to the official code (SathShen/PerA, Configs/pera_vitb.yaml): ViT-B/16 without
 LayerScale (timm ``vit_base_patch16_224`` layout; the export loads into it), 448 px, student drop
 path 0.3 in every block; 2 global pairs (scale 0.4–1) + 8 local pairs of 96 px (scale
 0.05–0.4), one geometry per pair, student / teacher photometry as in
-``pera_views.MultiCropConfig``; masks student round(0.2·L), learn round(0.4·L) − round(0.2·L),
+``pera_views.MultiCropConfig`` (RGB: torchvision's ColorJitter, brightness 0.4 / contrast 0.4 /
+saturation 0.2 / hue 0.1 in random order on x / 255, luma grayscale, then ImageNet's mean and std:
+8-bit R, G, B bands as ``data_prep.images`` writes them, ``data.rgb_jitter``); masks student round(0.2·L), learn round(0.4·L) − round(0.2·L),
 teacher the rest (local crops: no learn positions); the student's mask token enters before block
 depth//2; class head 768→2048→2048→384 → L2 → weight-normalised prototypes (g trained from 1,
 K = 131072), pixel head of the same shape to p²·C; loss 1.0·DINO (same-index pairs) + 0.1·KoLeo
@@ -20,12 +23,13 @@ Not confirmed or not faithful:
 - KoLeo is computed over the global batch (the official code: per GPU batch of 16).
 - The global batch (official: 16 per GPU, GPU count unconfirmed) and the dataset size (hence the
   step counts) are placeholders here: ``global_batch`` 128, ``num_examples`` 250k.
-- "ImageNet statistics": geossl.data has no ImageNet normalisation; the RGB variant reads S2 B4,
-  B3, B2 with per-band mean/std (``norm="meanstd"``), as does ``:ms`` for its 13 bands.
+- The resize of crops is bilinear without antialiasing (official: torchvision's antialiased
+  bilinear on PIL images); local crops that shrink much see more aliasing.
 - fp16 training (official) is not reproduced: float32 by default (``model.dtype``).
-- Colour jitter: brightness / contrast only (per band for multispectral input,
-  ``data.jitter_per_band``); the official RGB jitter's saturation 0.2 / hue 0.1 are not in
-  geossl.data.augment.
+- ``:ms`` is not in the official code: 13 S2 L1C bands with SSL4EO-S12's per-band mean / std,
+  brightness / contrast per band on the standardised values (no [0, 1] clip: that domain is
+  unbounded), grayscale = band mean, no saturation / hue.
+- ``data.num_classes`` is the class count of the image folders (the probe's labels).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import ml_collections
 from configs import common
 
 VARIANTS = ("ms", "demo")
-RGB_BANDS = ("B4", "B3", "B2")
+RGB_BANDS = ("R", "G", "B")  # 8-bit, ImageNet statistics (geossl.data.bands.RGB)
 
 
 def get_config(arg=None):
@@ -68,6 +72,8 @@ def get_config(arg=None):
     c.data.global_scale = (0.4, 1.0)
     c.data.local_scale = (0.05, 0.4)
     c.data.jitter_per_band = False  # RGB: one brightness / contrast factor for the three bands
+    c.data.rgb_jitter = True        # torchvision ColorJitter (+ saturation / hue), luma grayscale
+    c.data.num_classes = 45         # class folders of the probe labels (RESISC45-like)
     c.ema = ml_collections.ConfigDict(dict(name="cosine", base=0.992, final=1.0))
     c.optim = common.optim("adamw", weight_decay=dict(name="cosine", base=0.04, final=0.2),
                            decay="all", b1=0.9, b2=0.999, eps=2e-5, clip_norm=3.0)
@@ -85,6 +91,8 @@ def get_config(arg=None):
         c.model.in_chans = len(common.S2_L1C_BANDS)
         c.data.bands = common.S2_L1C_BANDS
         c.data.jitter_per_band = True  # multispectral: brightness / contrast per band
+        c.data.rgb_jitter = False
+        c.data.num_classes = 9
     if "demo" in variants:
         demo(c)
     return c
@@ -103,6 +111,8 @@ def demo(c) -> None:
     c.data.bands = common.S2_L1C_BANDS
     c.data.norm = "softcon"
     c.data.jitter_per_band = False
+    c.data.rgb_jitter = False
+    c.data.num_classes = 9
     c.data.local_size = 16
     c.data.num_local = 4
     c.objective.update(dict(insert_at_block=2, num_prototypes=256, head_hidden=256,

@@ -2,11 +2,14 @@
 
 Images are (H, W, C), C bands named by a ``bands`` list. ``random_resized_crop_box`` is
 torchvision's ``RandomResizedCrop.get_params``; the resize is the bilinear resize of tensors
-(align_corners=False, no antialiasing). Photometric operations act on normalised data (softcon:
-[0, 1]) in the SSL4EO-S12 style: one brightness factor, a contrast factor around each band's mean,
-grayscale = the mean over bands, Gaussian blur with reflected borders (``geossl.data.blur``),
-solarize, and a channel drop (chosen bands set to 0 in the finished view, as SSL4EO-S12's
-``RandomChannelDrop``).
+(align_corners=False, no antialiasing). Photometric operations act in each band plan's unit
+domain (``bands.unit_coefficients``: softcon's normalised [0, 1], x / 255 for 8-bit R, G, B, else
+the normalised values) in the SSL4EO-S12 style: one brightness factor, a contrast factor around
+each band's mean, grayscale = the mean over bands, Gaussian blur with reflected borders
+(``geossl.data.blur``), solarize, and a channel drop (chosen bands set to 0 in the finished view,
+as SSL4EO-S12's ``RandomChannelDrop``). ``Photometric.rgb`` switches the jitter and grayscale of
+R, G, B views to torchvision's ``ColorJitter`` / ``RandomGrayscale`` (``geossl.data.colour``:
+random order, luma-based contrast, saturation, hue) followed by the normalisation.
 
 ``render_view`` fuses the steps of one view: it clips the crop box in stored units, resizes, then
 applies normalisation and brightness/contrast as one per-band affine map. This equals
@@ -29,6 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from geossl.data import bands as bands_lib
+from geossl.data import colour
 from geossl.data.blur import gaussian_blur
 
 Box = tuple[int, int, int, int]  # top, left, height, width
@@ -121,6 +125,9 @@ class Photometric:
     brightness: float = 0.4
     contrast: float = 0.4
     per_band: bool = False          # independent factors per band (default: one factor, SSL4EO)
+    saturation: float = 0.0         # rgb only: saturation factor in [1 - s, 1 + s]
+    hue: float = 0.0                # rgb only: hue shift in [-h, h] turns
+    rgb: bool = False               # torchvision ColorJitter + luma grayscale on R, G, B views
     gray_p: float = 0.2
     gray_replaces_jitter: bool = False  # PerA: within jitter_p, gray (p=gray_p) instead of jitter
     blur_p: float = 0.0
@@ -134,7 +141,8 @@ class Photometric:
 @dataclasses.dataclass(frozen=True)
 class ViewParams:
     """Drawn parameters of one view. brightness/contrast: None (no jitter), a float or (C,);
-    dropped: indices of the model bands set to 0 in the finished view."""
+    saturation / hue / jitter_order: set for ``Photometric.rgb`` views (torchvision's ColorJitter
+    draws); dropped: indices of the model bands set to 0 in the finished view."""
 
     box: Box
     hflip: bool = False
@@ -145,6 +153,10 @@ class ViewParams:
     blur_sigma: float | None = None
     solarize: bool = False
     dropped: tuple[int, ...] = ()
+    saturation: float | None = None
+    hue: float | None = None
+    jitter_order: tuple[int, ...] | None = None
+    rgb: bool = False
 
 
 def _factor(rng: np.random.Generator, amount: float, channels: int, per_band: bool):
@@ -163,14 +175,31 @@ def sample_dropped_bands(rng: np.random.Generator, channels: int, low: int,
     return tuple(sorted(int(i) for i in rng.choice(channels, size=n, replace=False)))
 
 
+def _rgb_jitter(rng: np.random.Generator, policy: Photometric, channels: int) -> dict:
+    """torchvision ``ColorJitter.get_params``: an order of the four operations, then brightness,
+    contrast, saturation factors in [max(0, 1 − a), 1 + a] and a hue shift in [−h, h]; a zero
+    amount draws nothing (None)."""
+    if channels != 3 or policy.per_band:
+        raise ValueError(f"RGB colour jitter: expected 3 bands (R, G, B) and per_band False, found "
+                         f"{channels} bands, per_band {policy.per_band}")
+    out = {"jitter_order": tuple(int(i) for i in rng.permutation(4)), "rgb": True}
+    for name in ("brightness", "contrast", "saturation"):
+        amount = getattr(policy, name)
+        out[name] = _factor(rng, amount, channels, False) if amount > 0 else None
+    out["hue"] = float(rng.uniform(-policy.hue, policy.hue)) if policy.hue > 0 else None
+    return out
+
+
 def sample_photometric(rng: np.random.Generator, policy: Photometric, channels: int) -> dict:
     """Draws the photometric fields of a ViewParams (order: jitter, gray, blur, solarize, then
     the channel drop, drawn only when ``policy.channel_drop_p > 0``)."""
     out = dict(brightness=None, contrast=None, gray=False, blur_sigma=None, solarize=False,
-               dropped=())
+               dropped=(), rgb=policy.rgb)
     if rng.random() < policy.jitter_p:
         if policy.gray_replaces_jitter and rng.random() < policy.gray_p:
             out["gray"] = True
+        elif policy.rgb:
+            out.update(_rgb_jitter(rng, policy, channels))
         else:
             out["brightness"] = _factor(rng, policy.brightness, channels, policy.per_band)
             out["contrast"] = _factor(rng, policy.contrast, channels, policy.per_band)
@@ -204,6 +233,10 @@ class BandPlan:
     index: tuple[int, ...] | None        # None: identity; -1: zero-filled band
     scale: np.ndarray                    # (C,) normalised = x·scale + offset
     offset: np.ndarray
+    unit_scale: np.ndarray               # (C,) photometric domain = x·unit_scale + unit_offset
+    unit_offset: np.ndarray
+    bounded: bool                        # the photometric domain is [0, 1]
+    to_norm: tuple[np.ndarray, np.ndarray] | None  # unit → normalised (gain, bias); None: same
     bounds: tuple[np.ndarray, np.ndarray] | None  # stored-unit clip (softcon)
     norm: str
 
@@ -215,8 +248,10 @@ def band_plan(bands_in: tuple[str, ...], bands_out: tuple[str, ...], norm: str,
     idx = bands_lib.band_indices(bands_in, bands_out, "band_plan", zero_fill)
     scale, offset = bands_lib.norm_coefficients(bands_out, norm)
     index = None if idx == list(range(len(bands_in))) else tuple(idx)
-    return BandPlan(tuple(bands_out), index, scale, offset,
-                    bands_lib.raw_clip_bounds(bands_out, norm), norm)
+    unit_scale, unit_offset, bounded = bands_lib.unit_coefficients(bands_out, norm)
+    return BandPlan(tuple(bands_out), index, scale, offset, unit_scale, unit_offset, bounded,
+                    bands_lib.unit_to_norm(bands_out, norm), bands_lib.raw_clip_bounds(bands_out, norm),
+                    norm)
 
 
 def take_bands(x: np.ndarray, index) -> np.ndarray:
@@ -264,14 +299,17 @@ def render_geometry(image: np.ndarray, plan: BandPlan, params: ViewParams, out_s
 def render_photometric(x: np.ndarray, plan: BandPlan, params: ViewParams, *,
                        jitter_clip: bool = True, solarize_threshold: float = 0.5,
                        blur_truncate: float = 3.0) -> np.ndarray:
-    """(S, S, C) float32 from ``render_geometry`` (overwritten) → the finished view (S, S, C):
-    normalisation and jitter as one per-band affine map, then grayscale, blur, solarize, and the
-    dropped bands set to 0."""
+    """(S, S, C) float32 from ``render_geometry`` (overwritten) → the finished view (S, S, C).
+
+    In the plan's unit domain: brightness / contrast fused with the map to it as one per-band
+    affine (clipped to [0, 1] when the domain is bounded and ``jitter_clip``), or torchvision's
+    ColorJitter for ``rgb`` views; then grayscale, blur, solarize; then the map to the normalised
+    values (identity for softcon) and the dropped bands set to 0."""
     s_h, s_w, c = x.shape
-    scale = plan.scale.astype(np.float64)
-    offset = plan.offset.astype(np.float64)
-    jitter = params.brightness is not None
-    if jitter:
+    scale = plan.unit_scale.astype(np.float64)
+    offset = plan.unit_offset.astype(np.float64)
+    fused = params.brightness is not None and not params.rgb
+    if fused:
         b = np.asarray(params.brightness, np.float64)
         k = np.asarray(params.contrast, np.float64)
         band_mean = x.reshape(s_h, s_w * c).sum(axis=0).reshape(s_w, c).sum(axis=0, dtype=np.float64)
@@ -282,9 +320,14 @@ def render_photometric(x: np.ndarray, plan: BandPlan, params: ViewParams, *,
     flat = x.reshape(s_h, s_w * c)
     flat *= np.tile(gain.astype(np.float32), s_w)
     flat += np.tile(bias.astype(np.float32), s_w)
-    if jitter and jitter_clip:
+    if fused and jitter_clip and plan.bounded:
         np.clip(x, 0.0, 1.0, out=x)
-    if params.gray:   # einsum: a fast reduction over the short band axis
+    if params.jitter_order is not None:
+        x = colour.jitter(x, params.jitter_order, params.brightness, params.contrast,
+                          params.saturation, params.hue)
+    if params.gray and params.rgb:
+        x = colour.luma(x)
+    elif params.gray:   # einsum: a fast reduction over the short band axis
         x = np.einsum("ijk->ij", x)[..., None]
         x *= np.float32(1 / c)
     if params.blur_sigma is not None:
@@ -293,8 +336,20 @@ def render_photometric(x: np.ndarray, plan: BandPlan, params: ViewParams, *,
         np.subtract(np.float32(1), x, out=x, where=x >= solarize_threshold)
     if params.gray:
         x = np.broadcast_to(x, (s_h, s_w, c)).copy()
+    x = _unit_to_normalised(x, plan)
     if params.dropped:
         x[..., list(params.dropped)] = 0.0
+    return x
+
+
+def _unit_to_normalised(x: np.ndarray, plan: BandPlan) -> np.ndarray:
+    """(S, S, C) in the plan's unit domain → normalised values (in place)."""
+    if plan.to_norm is None:
+        return x
+    s_h, s_w, c = x.shape
+    flat = x.reshape(s_h, s_w * c)
+    flat *= np.tile(plan.to_norm[0], s_w)
+    flat += np.tile(plan.to_norm[1], s_w)
     return x
 
 

@@ -116,6 +116,35 @@ def norm_coefficients(bands: Sequence[str], mode: str) -> tuple[np.ndarray, np.n
     return (1 / sd).astype(np.float32), (-mu / sd).astype(np.float32)
 
 
+def unit_coefficients(bands: Sequence[str], mode: str) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(scale, offset, bounded): the per-band affine from stored units to the domain where
+    photometric augmentations act, and whether that domain is [0, 1] (jitter then clips to it).
+
+    softcon: its own normalised values ([0, 1]). 8-bit R, G, B (``RGB``) under any other mode:
+    x / 255, as torchvision's ``ToTensor`` before ``ColorJitter`` (the normalisation follows the
+    augmentations). Otherwise the normalised values themselves, unbounded (meanstd has no range).
+    """
+    if mode == "softcon":
+        scale, offset = norm_coefficients(bands, mode)
+        return scale, offset, True
+    if bands and all(canonical(b) in RGB for b in bands):
+        c = len(bands)
+        return np.full(c, 1 / 255, np.float32), np.zeros(c, np.float32), True
+    scale, offset = norm_coefficients(bands, mode)
+    return scale, offset, False
+
+
+def unit_to_norm(bands: Sequence[str], mode: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(gain, bias), each (C,) float32, with normalised = unit·gain + bias (``unit_coefficients``'
+    domain); None where the two are the same values (softcon, meanstd on non-RGB bands)."""
+    scale, offset = norm_coefficients(bands, mode)
+    unit_scale, unit_offset, _ = unit_coefficients(bands, mode)
+    if np.array_equal(unit_scale, scale) and np.array_equal(unit_offset, offset):
+        return None
+    ratio = scale.astype(np.float64) / unit_scale
+    return ratio.astype(np.float32), (offset - unit_offset * ratio).astype(np.float32)
+
+
 def raw_clip_bounds(bands: Sequence[str], mode: str) -> tuple[np.ndarray, np.ndarray] | None:
     """Bounds (lo, hi), each (C,) float32, in stored units that the normalised clip to [0, 1]
     corresponds to (softcon: μ ∓ 2σ); None for modes without a clip."""

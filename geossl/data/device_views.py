@@ -10,10 +10,11 @@ the same views) and ships, instead of the rendered view,
 
 Device: ``render_views(raw (B,R,R,C), params (B,P), spec) → (B,S,S,C) float32`` does what
 ``augment.render_view`` does on the host: softcon clip in stored units, the crop box and bilinear
-resize (align_corners=False, no antialias) with flips as row / column gathers, normalisation and
-brightness/contrast as one per-band affine map, clip, grayscale, a separable Gaussian blur with
+resize (align_corners=False, no antialias) with flips as row / column gathers, the map to the
+photometric unit domain and brightness/contrast as one per-band affine map, clip (bounded domains),
+grayscale, a separable Gaussian blur with
 reflected borders (fixed taps up to the largest σ's radius, weights per sample), solarize, the
-dropped bands set to 0; all in float32 elementwise arithmetic (no matrix units, so no
+map to the normalised values, the dropped bands set to 0; all in float32 elementwise arithmetic (no matrix units, so no
 reduced-precision matmul passes on TPU). Host-side cost drops to decoding plus copying the
 acquisitions (uint16: 2 bytes a pixel and band, smaller than a rendered float32 view); the device
 pays O(S²·C·taps) a view.
@@ -66,7 +67,11 @@ def views_on_device(setting: str) -> bool:
 # ----- host --------------------------------------------------------------------------------------
 def pack_params(params: augment.ViewParams, channels: int) -> np.ndarray:
     """ViewParams → (PARAMS + 3·C,) float32; brightness / contrast broadcast to C (1 when unset);
-    blur σ 0 means no blur; keep is 0 at the dropped bands."""
+    blur σ 0 means no blur; keep is 0 at the dropped bands. RGB (torchvision) colour jitter is
+    host-only: such params are refused."""
+    if params.rgb:
+        raise ValueError("device views: RGB colour jitter (saturation / hue, Photometric.rgb) is "
+                         "rendered on the host only; set config.data.views = 'host'")
     out = np.zeros(PARAMS + 3 * channels, np.float32)
     out[:4] = params.box
     out[4:PARAMS] = (params.hflip, params.vflip, params.brightness is not None, params.gray,
@@ -155,7 +160,7 @@ def _blur_axis(z: jax.Array, k: jax.Array, axis: int) -> jax.Array:
     return sum(k[t] * jax.lax.slice_in_dim(zp, t, t + n, axis=axis) for t in range(2 * big + 1))
 
 
-def _render_one(raw, p, spec: RenderSpec, scale, offset, bounds) -> jax.Array:
+def _render_one(raw, p, spec: RenderSpec, unit, to_norm, bounds) -> jax.Array:
     """raw (R, R, C), p (P,) → (S, S, C) float32."""
     s = spec.img_size
     c = raw.shape[-1]
@@ -166,11 +171,12 @@ def _render_one(raw, p, spec: RenderSpec, scale, offset, bounds) -> jax.Array:
     y = _lerp(y, resize_taps(p[1], p[3], s, p[4]), axis=1)
     jitter, gray, sigma, solar = p[6] > 0, p[7] > 0, p[8], p[9] > 0
     b, k, keep = p[PARAMS:PARAMS + c], p[PARAMS + c:PARAMS + 2 * c], p[PARAMS + 2 * c:]
+    scale, offset, bounded = unit
     mean_n = scale * y.mean(axis=(0, 1)) + offset
     gain = jnp.where(jitter, k * b * scale, scale)
     bias = jnp.where(jitter, k * b * offset + (1 - k) * b * mean_n, offset)
     z = y * gain + bias
-    if spec.jitter_clip:
+    if spec.jitter_clip and bounded:
         z = jnp.where(jitter, jnp.clip(z, 0.0, 1.0), z)
     z = jnp.where(gray, jnp.broadcast_to(z.mean(-1, keepdims=True), z.shape), z)
     if spec.blur_sigma_max > 0:
@@ -178,6 +184,8 @@ def _render_one(raw, p, spec: RenderSpec, scale, offset, bounds) -> jax.Array:
         z = _blur_axis(_blur_axis(z, w, 0), w, 1)
     if spec.solarize:
         z = jnp.where(solar & (z >= spec.solarize_threshold), 1.0 - z, z)
+    if to_norm is not None:
+        z = z * to_norm[0] + to_norm[1]
     return jnp.where(keep > 0, z, 0.0)
 
 
@@ -188,6 +196,7 @@ def render_views(raw: jax.Array, params: jax.Array, spec: RenderSpec) -> jax.Arr
         raise ValueError(f"render_views: expected raw (..., {len(spec.bands)}) and params "
                          f"(..., {want}) for bands {spec.bands}, found {raw.shape} and "
                          f"{params.shape}")
-    scale, offset = bands_lib.norm_coefficients(spec.bands, spec.norm)
+    unit = bands_lib.unit_coefficients(spec.bands, spec.norm)
+    to_norm = bands_lib.unit_to_norm(spec.bands, spec.norm)
     bounds = bands_lib.raw_clip_bounds(spec.bands, spec.norm)
-    return jax.vmap(lambda r, p: _render_one(r, p, spec, scale, offset, bounds))(raw, params)
+    return jax.vmap(lambda r, p: _render_one(r, p, spec, unit, to_norm, bounds))(raw, params)

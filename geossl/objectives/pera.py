@@ -48,13 +48,18 @@ def _flat(x: jax.Array) -> jax.Array:
 
 def view_config(data, global_size: int) -> pera_views.MultiCropConfig:
     """PerA's views from ``config.data``; ``data.jitter_per_band``: brightness / contrast factors
-    drawn per band for both versions (multispectral input), one factor for all bands otherwise."""
-    per_band = bool(data.jitter_per_band)
+    drawn per band for both versions (multispectral input), one factor for all bands otherwise;
+    ``data.rgb_jitter``: torchvision's ColorJitter with saturation / hue and luma grayscale (R, G,
+    B input)."""
+    per_band, rgb = bool(data.jitter_per_band), bool(data.get("rgb_jitter", False))
+    if rgb and per_band:
+        raise ValueError("config.data: rgb_jitter (torchvision ColorJitter on R, G, B) draws one "
+                         "factor per view; expected jitter_per_band False, found True")
     base = pera_views.MultiCropConfig()
     return dataclass_from_config(
         pera_views.MultiCropConfig, data, global_size=global_size,
-        student=dataclasses.replace(base.student, per_band=per_band),
-        teacher=dataclasses.replace(base.teacher, per_band=per_band))
+        student=dataclasses.replace(base.student, per_band=per_band, rgb=rgb),
+        teacher=dataclasses.replace(base.teacher, per_band=per_band, rgb=rgb))
 
 
 @register("pera")

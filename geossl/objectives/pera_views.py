@@ -18,7 +18,8 @@ from geossl.data import bands as bands_lib
 @dataclasses.dataclass(frozen=True)
 class MultiCropConfig:
     """PerA views (REFERENCE §3): student jitter p 0.8 with gray instead of jitter p 0.1, teacher
-    jitter p 0.1; global crops scale 0.4–1, local crops 0.05–0.4."""
+    jitter p 0.1 (brightness 0.4, contrast 0.4; saturation 0.2 and hue 0.1 apply to ``rgb``
+    policies, torchvision's ColorJitter); global crops scale 0.4–1, local crops 0.05–0.4."""
 
     global_size: int = 224
     local_size: int = 96
@@ -28,8 +29,10 @@ class MultiCropConfig:
     local_scale: tuple[float, float] = (0.05, 0.4)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     student: augment.Photometric = augment.Photometric(jitter_p=0.8, gray_p=0.1,
-                                                       gray_replaces_jitter=True)
-    teacher: augment.Photometric = augment.Photometric(jitter_p=0.1, gray_p=0.0)
+                                                       gray_replaces_jitter=True,
+                                                       saturation=0.2, hue=0.1)
+    teacher: augment.Photometric = augment.Photometric(jitter_p=0.1, gray_p=0.0, saturation=0.2,
+                                                       hue=0.1)
     jitter_clip: bool = True
     hflip: bool = True
     vflip: bool = True
