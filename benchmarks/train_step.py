@@ -16,9 +16,11 @@ PyTorch: timm vit_small_patch14_dinov2 / torchvision resnet50 (conv1 for C bands
 projector and predictor (BatchNorm1d, sizes from config.objective), EMA teacher (backbone +
 projector, no grad, updated after the optimiser step), the symmetrised soft contrastive loss
 (geossl.losses, REFERENCE §1), AdamW (geossl keeps its config's optimiser: LARS for ResNet-50).
-Both float32 on all cores; step time = median of --steps after --warmup; images/s = samples (two
-views each) per second, like the trainer's metrics. FLOPs per step: XLA's cost analysis of the geossl
-executable, reused for PyTorch (same math at mask 0); peak = best n³ fp32 matmul of numpy and jax.
+Both float32 on all cores; the sides take turns (a drifting host slows both alike): step time =
+median over --steps rounds, each side running an untimed then a timed step, after --warmup;
+images/s = samples (two views each) per second, like the trainer's metrics. FLOPs per step: XLA's
+cost analysis of the geossl executable, reused for PyTorch (same math at mask 0); peak = best n³
+fp32 matmul of numpy and jax.
 On a loaded machine PyTorch's OpenMP threads wait on busy cores: compare --torch_threads 1.
 """
 
@@ -102,8 +104,10 @@ def step_flops(compiled) -> float:
     return float((cost or {}).get("flops", float("nan")))
 
 
-def bench_geossl(args, mask_ratio):
-    """(config, host batch, result) of the trainer's step at ``mask_ratio``."""
+def compiled_step(args, mask_ratio):
+    """The trainer's step for ``args`` at ``mask_ratio``, compiled ahead of time: a dict of
+    config, host_batch (numpy), batch (placed), state, compiled (the executable the loop runs)
+    and compile_s."""
     from geossl import objectives
     from geossl.parallel import mesh as mesh_lib
     from geossl.parallel import multihost
@@ -116,19 +120,28 @@ def bench_geossl(args, mask_ratio):
     state = trainer.init_state()
     batch = multihost.global_batch(host_batch, mesh)
     t = time.perf_counter()
-    compiled = trainer.train_step.lower(state, batch).compile()  # the executable the loop runs
-    compile_s = time.perf_counter() - t
-    out = {"state": state}
+    compiled = trainer.train_step.lower(state, batch).compile()
+    return dict(config=config, host_batch=host_batch, batch=batch, state=state, compiled=compiled,
+                compile_s=time.perf_counter() - t)
+
+
+def geossl_side(args, mask_ratio):
+    """(config, host batch, side) of the trainer's step at ``mask_ratio``; side = dict(step=a
+    closure running one step to completion, check=raises if the loss is not finite, row fields)."""
+    built = compiled_step(args, mask_ratio)
+    compiled, batch = built["compiled"], built["batch"]
+    out = {"state": built["state"]}
 
     def step():
         out["state"], out["metrics"] = jax.block_until_ready(compiled(out["state"], batch))
 
-    step_s = statistics.median(step_times(step, args.warmup, args.steps))
-    if not np.isfinite(float(out["metrics"]["loss"])):
-        raise FloatingPointError(f"geossl step at mask ratio {mask_ratio}: {out['metrics']}")
-    result = dict(side="geossl (jax)", mask=config.objective.mask_ratio, compile_s=compile_s,
-                  step_s=step_s, flops=step_flops(compiled))
-    return config, host_batch, result
+    def check():
+        if not np.isfinite(float(out["metrics"]["loss"])):
+            raise FloatingPointError(f"geossl step at mask ratio {mask_ratio}: {out['metrics']}")
+
+    side = dict(side="geossl (jax)", mask=built["config"].objective.mask_ratio,
+                compile_s=built["compile_s"], flops=step_flops(compiled), step=step, check=check)
+    return built["config"], built["host_batch"], side
 
 
 # ----- PyTorch ----------------------------------------------------------------------------------
@@ -177,7 +190,8 @@ def torch_soft_contrastive(torch, q, k, yq, yk, tau, lam):
     return instance + lam * per_row.sum() / rows.sum().clamp(min=1)
 
 
-def bench_torch(args, config, host_batch):
+def torch_side(args, config, host_batch):
+    """The same SoftCon step in PyTorch as a side (see ``geossl_side``)."""
     import torch
     torch.set_num_threads(args.torch_threads)
     torch.manual_seed(0)
@@ -217,11 +231,32 @@ def bench_torch(args, config, host_batch):
             for t, s in zip(teacher.parameters(), encoder.parameters()):
                 t.lerp_(s, 1.0 - momentum)
 
-    step_s = statistics.median(step_times(step, args.warmup, args.steps))
-    if not torch.isfinite(out["loss"]):
-        raise FloatingPointError(f"PyTorch step: loss {out['loss']}")
-    return dict(side=f"PyTorch ({lib})", mask=0.0, compile_s=float("nan"),
-                step_s=step_s, flops=float("nan"))
+    def check():
+        if not torch.isfinite(out["loss"]):
+            raise FloatingPointError(f"PyTorch step: loss {out['loss']}")
+
+    return dict(side=f"PyTorch ({lib})", mask=0.0, compile_s=float("nan"), flops=float("nan"),
+                step=step, check=check)
+
+
+def interleaved_times(sides, warmup: int, steps: int) -> None:
+    """Times the sides in turns, so that a machine whose speed drifts (a shared or virtual host)
+    slows every side alike: ``warmup`` untimed steps of each, then ``steps`` rounds in which each
+    side runs one untimed step (it takes the cost of the previous side's freed memory and idle
+    threads) and one timed step. Sets each side's ``step_s`` to the median of its timed steps."""
+    for side in sides:
+        for _ in range(warmup):
+            side["step"]()
+    times = [[] for _ in sides]
+    for _ in range(steps):
+        for side, record in zip(sides, times):
+            side["step"]()
+            t = time.perf_counter()
+            side["step"]()
+            record.append(time.perf_counter() - t)
+    for side, record in zip(sides, times):
+        side["check"]()
+        side["step_s"] = statistics.median(record)
 
 
 def matmul_peak(n: int, repeats: int = 3) -> tuple[float, str]:
@@ -250,12 +285,13 @@ def main():
     args = p.parse_args()
 
     peak, peak_lib = matmul_peak(args.peak_size)
-    config, host_batch, base = bench_geossl(args, 0.0)
+    config, host_batch, base = geossl_side(args, 0.0)
     rows = [base]
     ratio = float(load_config(args.arch, args.img, args.bands, args.batch, None).objective.mask_ratio)
     if ratio > 0:
-        rows.append(bench_geossl(args, ratio)[2])
-    rows.append(dict(bench_torch(args, config, host_batch), flops=base["flops"]))
+        rows.append(geossl_side(args, ratio)[2])
+    rows.append(dict(torch_side(args, config, host_batch), flops=base["flops"]))
+    interleaved_times(rows, args.warmup, args.steps)
 
     print(f"SoftCon train step: {args.arch}, {args.bands} bands, {args.img} px, batch {args.batch} "
           f"(2 views each), float32, {os.cpu_count()} CPU cores (PyTorch threads {args.torch_threads}), "
@@ -265,7 +301,8 @@ def main():
           "mask-0 count (same math)")
     print(f"optimiser: geossl {config.optim.name} (the config's), PyTorch adamw (elementwise, "
           f"a small share of the step)")
-    print(f"step time: median of {args.steps} steps after {args.warmup} warm-up; images/s = samples/s")
+    print(f"step time: median of {args.steps} rounds (per side one untimed + one timed step) after "
+          f"{args.warmup} warm-up; images/s = samples/s")
     print(f"{'side':22s} {'mask':>5s} {'compile s':>9s} {'step ms':>9s} {'images/s':>9s} "
           f"{'GFLOP/step':>10s} {'GFLOP/s':>8s} {'% peak':>6s}")
     for r in rows:

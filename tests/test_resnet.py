@@ -85,6 +85,51 @@ def test_train_mode_bn_matches_torch():
         np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=1e-5, err_msg=jax.tree_util.keystr(path))
 
 
+def _torch_grads(name, x, w, dtype):
+    """Gradients of sum(embedding · w) (train-mode BN) w.r.t. the input (NHWC) and every
+    parameter (geossl layout), float64 numpy, from torch computing in ``dtype``."""
+    import torch
+    net = torch_resnet(name, x.shape[-1], seed=2, keep_fc=False).train().to(dtype)
+    xt = _nchw(x).to(dtype).requires_grad_(True)
+    (net(xt) * torch.from_numpy(w).to(dtype)).sum().backward()
+    grads = {k: p.grad.float() for k, p in net.named_parameters()}
+    state = {k: grads.get(k, v.float()) for k, v in net.state_dict().items()}
+    params = convert.from_torch(state, name)["params"]
+    return xt.grad.double().numpy().transpose(0, 2, 3, 1), params
+
+
+@pytest.mark.parametrize("name,shape", [("resnet18", (2, 50, 46, 13)), ("resnet50", (4, 65, 72, 4))])
+def test_train_mode_gradients_match_torch(name, shape):
+    """Gradients of a train-mode loss w.r.t. the input and every parameter are as close to torch
+    in float64 as torch's own float32 gradients are (1×1 convolutions as matmuls, strided ones
+    too, and the max pool as nine slices differentiate like torch's layers, at odd sizes)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=shape).astype(np.float32)
+    w = rng.normal(size=(shape[0], models.create(name).num_features)).astype(np.float32)
+    ref_x, ref = _torch_grads(name, x, w, torch.float64)
+    f32_x, f32 = _torch_grads(name, x, w, torch.float32)
+    variables = convert.from_torch(torch_resnet(name, shape[-1], seed=2, keep_fc=False).state_dict(),
+                                   name)
+    model = models.create(name, in_chans=shape[-1])
+
+    def loss(params, x):
+        out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                             train=True, mutable=["batch_stats"])
+        return (out["embedding"] * w).sum()
+
+    g_params, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], jnp.asarray(x))
+
+    def err(a, b):
+        return np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b)
+
+    assert err(g_x, ref_x) <= 3 * err(f32_x, ref_x) + 1e-5
+    leaves = zip(jax.tree_util.tree_leaves_with_path(g_params), jax.tree_util.tree_leaves(ref),
+                 jax.tree_util.tree_leaves(f32))
+    for (path, ours), theirs, torch32 in leaves:
+        assert err(ours, theirs) <= 3 * err(torch32, theirs) + 1e-5, jax.tree_util.keystr(path)
+
+
 def test_batchnorm_unbiased_running_var_and_init():
     x = np.random.default_rng(2).normal(size=(6, 3)).astype(np.float32)
     bn = BatchNorm(momentum=0.9)

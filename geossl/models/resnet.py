@@ -8,6 +8,11 @@ BatchNorm keeps ``batch_stats`` ``{mean, var}`` and, in train mode, normalises w
 of the whole batch it sees: under ``jax.jit`` with a batch sharded over devices that is the global
 batch (like torch's SyncBatchNorm), no axis name needed. The running variance is updated with the
 *unbiased* batch variance, as torch does, so exported running stats follow torch's semantics.
+
+CPU speed (benchmarks/profile_step.py, docs/DESIGN.md "Performance"): 1×1 convolutions are
+matmuls over the channels with a hand-written weight gradient (``channel_matmul``) and train-mode
+BatchNorm has a closed-form gradient (``batch_norm_train``); the sums are torch's (tests compare
+gradients with torch in float64).
 """
 
 from __future__ import annotations
@@ -24,6 +29,96 @@ import jax.numpy as jnp
 _CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 BLOCKS = ("basic", "bottleneck")
+
+
+@jax.custom_vjp
+def channel_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x (..., Cin) @ w (Cin, Cout) → (..., Cout): a 1×1 convolution. Its weight gradient
+    Σ x ⊗ dy over every position is a matmul whose operands both contract their long major axis;
+    XLA's CPU backend then transposes one of them in memory, the second, so the narrower of x and
+    dy goes second (4x fewer elements moved in a bottleneck's expanding conv)."""
+    return jnp.dot(x, w)
+
+
+def _channel_matmul_fwd(x, w):
+    return jnp.dot(x, w), (x, w)
+
+
+def _channel_matmul_bwd(res, dy):
+    x, w = res
+    cin, cout = w.shape
+    x2, dy2 = x.reshape(-1, cin), dy.reshape(-1, cout)
+    contract = (((0,), (0,)), ((), ()))
+    if cout <= cin:
+        dw = jax.lax.dot_general(x2, dy2, contract)
+    else:
+        dw = jax.lax.dot_general(dy2, x2, contract).T
+    return jnp.dot(dy, w.T), dw.astype(w.dtype)
+
+
+channel_matmul.defvjp(_channel_matmul_fwd, _channel_matmul_bwd)
+
+
+class Conv(nn.Module):
+    """Bias-free k×k convolution with symmetric zero padding (B,H,W,Cin) → (B,H',W',Cout); the
+    parameter is flax ``nn.Conv``'s (``kernel`` (k,k,Cin,Cout), same initialiser and rng).
+
+    A 1×1 convolution is computed as a matmul over the channels of the (strided) input: the same
+    sums, but XLA's CPU backend then takes the weight gradient as one matmul instead of a
+    convolution over transposed activations (benchmarks/profile_step.py).
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, s, p = self.kernel_size, self.stride, self.padding
+        kernel = self.param("kernel", _CONV_INIT, (k, k, x.shape[-1], self.features), jnp.float32)
+        x, w = x.astype(self.dtype), kernel.astype(self.dtype)
+        if k == 1 and p == 0:
+            return channel_matmul(x[:, ::s, ::s], w[0, 0])
+        return jax.lax.conv_general_dilated(x, w, (s, s), ((p, p), (p, p)),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float):
+    """Train-mode batch normalisation over every axis but the last: x (..., C) float32, scale and
+    bias (C,) → (y (..., C), mean (C,), biased var (C,)). The statistics are two-pass (mean, then
+    the centred mean square). The gradient is the closed form (for x̂ = (x − mean)·r, r the
+    inverse std, n values per channel): dx = scale·r·(dy − mean(dy) − x̂·mean(dy·x̂)), dscale =
+    Σ dy·x̂, dbias = Σ dy; one reduction pass and one elementwise pass, where autodiff of the
+    forward makes several. mean and var carry no gradient (running statistics only)."""
+    return _bn_forward(x, scale, bias, eps)[0]
+
+
+def _bn_forward(x, scale, bias, eps):
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axes)
+    var = jnp.mean(jnp.square(x - mean), axes)
+    r = jax.lax.rsqrt(var + eps)
+    y = (x - mean) * (r * scale) + bias
+    return (y, mean, var), (x, mean, r, scale)
+
+
+def _bn_backward(eps, res, cotangents):
+    del eps
+    x, mean, r, scale = res
+    dy = cotangents[0]                                 # mean / var: statistics only, no gradient
+    axes = tuple(range(x.ndim - 1))
+    x_hat = (x - mean) * r
+    dbias = jnp.sum(dy, axes)
+    dscale = jnp.sum(dy * x_hat, axes)
+    n = x.size // x.shape[-1]
+    dx = (scale * r) * (dy - (dbias + x_hat * dscale) / n)
+    return dx, dscale, dbias
+
+
+batch_norm_train.defvjp(_bn_forward, _bn_backward)
 
 
 class BatchNorm(nn.Module):
@@ -48,23 +143,19 @@ class BatchNorm(nn.Module):
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
         xf = x.astype(jnp.float32)
+        scale = (self.param("scale", self.scale_init, (c,), jnp.float32) if self.use_scale
+                 else jnp.ones((c,), jnp.float32))
+        bias = (self.param("bias", nn.initializers.zeros, (c,), jnp.float32) if self.use_bias
+                else jnp.zeros((c,), jnp.float32))
         if train:
-            axes = tuple(range(x.ndim - 1))
-            mean = jnp.mean(xf, axes)
-            var = jnp.mean(jnp.square(xf - mean), axes)
+            y, mean, var = batch_norm_train(xf, scale, bias, self.epsilon)
             n = x.size // c
             if not self.is_initializing():
                 unbiased = var * (n / max(n - 1, 1))
                 ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
                 ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * unbiased
         else:
-            mean, var = ra_mean.value, ra_var.value
-        mul = jax.lax.rsqrt(var + self.epsilon)
-        if self.use_scale:
-            mul = mul * self.param("scale", self.scale_init, (c,), jnp.float32)
-        y = (xf - mean) * mul
-        if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+            y = (xf - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
         return y.astype(self.dtype or x.dtype)
 
 
@@ -106,9 +197,7 @@ class _Block(nn.Module):
     zero_init_last_bn: bool = False
 
     def conv(self, features, kernel, stride, name):
-        pad = (kernel - 1) // 2
-        return nn.Conv(features, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
-                       use_bias=False, dtype=self.dtype, kernel_init=_CONV_INIT, name=name)
+        return Conv(features, kernel, stride, (kernel - 1) // 2, self.dtype, name=name)
 
     def norm(self, name, last=False):
         init = nn.initializers.zeros if (last and self.zero_init_last_bn) else nn.initializers.ones
@@ -176,8 +265,7 @@ class ResNet(nn.Module):
         if x.ndim != 4 or x.shape[-1] != self.in_chans:
             raise ValueError(f"ResNet input: expected (B,H,W,{self.in_chans}) NHWC, found {x.shape}")
         x = x.astype(self.dtype)
-        x = nn.Conv(self.width, (7, 7), strides=2, padding=((3, 3), (3, 3)), use_bias=False,
-                    dtype=self.dtype, kernel_init=_CONV_INIT, name="conv1")(x)
+        x = Conv(self.width, 7, 2, 3, self.dtype, name="conv1")(x)
         x = BatchNorm(momentum=self.bn_momentum, epsilon=self.bn_eps, dtype=self.dtype, name="bn1")(
             x, train=train)
         x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
