@@ -6,6 +6,7 @@ CORE = [
     "jax>=0.10", "flax>=0.12.8", "optax>=0.2.8", "orbax-checkpoint>=0.12", "grain>=0.2.18",
     "tensorflow-datasets", "numpy", "ml-collections", "absl-py", "protobuf>=4", "crc32c",
     "tifffile", "tqdm", "safetensors", "tensorboardX", "scipy", "threadpoolctl",
+    "opencv-python-headless",
 ]
 TORCH = ["torch", "torchvision", "timm"]
 TEST = TORCH + [

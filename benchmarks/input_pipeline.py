@@ -17,7 +17,7 @@ Writes ``--records`` SSL4EO-like records (T seasons × 13 × size × size uint16
   train step        the SoftCon step of ``--step_model`` at ``--batch`` samples, views given
                     (host) or rendered inside the step (device): the rate the step consumes.
 "per core" divides by the CPU seconds spent (this process, its threads and its grain workers), so
-it holds when other jobs share the cores; items/s is wall-clock. Target: >= 100 two-view samples/s
+it holds when other jobs share the cores; items/s is wall-clock. Target: >= 200 two-view samples/s
 per core. The last lines give host cores needed to feed the step in each mode.
 """
 
@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from geossl.data import augment, bands, device_views, pipeline  # noqa: E402
+from geossl.data import augment, bands, device_views, malloc, pipeline  # noqa: E402
 from geossl.objectives import softcon_views  # noqa: E402
 
 
@@ -178,6 +178,7 @@ def main(argv=None) -> None:
                    help="model of the train-step rate ('' skips it)")
     args = p.parse_args(argv)
     workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    malloc.reuse_freed_memory()  # as the pipeline does where it builds views (data.tune_malloc)
 
     cfg = softcon_views.ViewConfig(img_size=args.img)
     view_fn = functools.partial(softcon_views.two_view_sample, cfg=cfg)
@@ -231,7 +232,7 @@ def main(argv=None) -> None:
     rate = {name: per_core for name, _, _, per_core in rows}
     two_view, raw = rate["two-view + decode"], rate["raw two-view + decode"]
     print(f"two-view samples/s per core (decode included): host views {two_view:.1f}, device "
-          f"views {raw:.1f} ({'meets' if two_view >= 100 else 'below'} the 100/s/core target)")
+          f"views {raw:.1f} ({'meets' if two_view >= 200 else 'below'} the 200/s/core target)")
     for mode, per_core in (("host", two_view), ("device", raw)):
         if mode in step:
             print(f"{mode} views: the step consumes {step[mode]:.1f} samples/s = "

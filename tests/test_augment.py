@@ -145,7 +145,17 @@ def test_random_resized_crop_box_fallback_is_torchvision_centre_crop():
     assert tuple(tv.RandomResizedCrop.get_params(img, [2.0, 3.0], [0.75, 4 / 3])) == (0, 36, 20, 27)
 
 
-def test_crop_and_resize_matches_direct_bilinear():
+@pytest.fixture(params=["opencv", "numpy"])
+def resize_path(request, monkeypatch):
+    """Runs a test with OpenCV's resize and blur, then with the numpy kernels."""
+    if request.param == "opencv" and blur.cv2 is None:
+        pytest.skip("OpenCV not installed")
+    if request.param == "numpy":
+        monkeypatch.setattr(blur, "cv2", None)
+    return request.param
+
+
+def test_crop_and_resize_matches_direct_bilinear(resize_path):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 1000, (30, 40, 3)).astype(np.uint16)
     for box, out in [((3, 5, 17, 23), 9), ((0, 0, 30, 40), (11, 7)), ((10, 20, 6, 5), 13),
@@ -162,11 +172,12 @@ def test_crop_and_resize_matches_direct_bilinear():
                                    want[::-1], rtol=1e-5, atol=1e-3)
 
 
-def test_crop_and_resize_matches_torch_interpolate():
+def test_crop_and_resize_matches_torch_interpolate(resize_path):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(1)
     image = rng.random((50, 60, 13), dtype=np.float32)
-    for box, out in [((4, 7, 37, 45), 24), ((10, 3, 12, 15), 32), ((0, 0, 50, 60), (20, 25))]:
+    for box, out in [((4, 7, 37, 45), 24), ((10, 3, 12, 15), 32), ((0, 0, 50, 60), (20, 25)),
+                     ((1, 2, 30, 40), (15, 20)), ((0, 0, 50, 60), (50, 17)), ((5, 5, 3, 2), 7)]:
         top, left, h, w = box
         crop = torch.from_numpy(np.ascontiguousarray(image[top:top + h, left:left + w]))
         want = torch.nn.functional.interpolate(crop.permute(2, 0, 1)[None], size=aug._pair(out),
@@ -186,9 +197,16 @@ def test_reference_brightness_contrast_math():
     assert _brightness_contrast(x, 1.4, 1.4).max() == 1.0
 
 
+@pytest.mark.parametrize("opencv", [True, False])
 @pytest.mark.parametrize("sigma,shape", [(0.1, (33, 29, 4)), (0.7, (33, 29, 4)),
-                                         (1.9, (70, 41, 2)), (1.9, (5, 4, 3))])
-def test_gaussian_blur_matches_scipy_gaussian_filter1d(sigma, shape):
+                                         (1.9, (70, 41, 2)), (1.9, (5, 4, 3)),
+                                         (1.3, (40, 37, 13)), (2.0, (24, 20, 1))])
+def test_gaussian_blur_matches_scipy_gaussian_filter1d(sigma, shape, opencv, monkeypatch):
+    """Both paths (OpenCV's sepFilter2D and the banded matmuls) equal scipy's reflect filter."""
+    if opencv and blur.cv2 is None:
+        pytest.skip("OpenCV not installed")
+    if not opencv:
+        monkeypatch.setattr(blur, "cv2", None)
     x = np.random.default_rng(0).random(shape, dtype=np.float32)   # (5, 4): radius 6 > size
     want = ndimage.gaussian_filter1d(x.astype(np.float64), sigma, axis=0, mode="reflect",
                                      truncate=3.0)
@@ -239,7 +257,7 @@ def _reference_view(image, bands_in, bands, norm, nodata, jitter_clip, params, s
 
 @pytest.mark.parametrize("norm,per_band,l2a", [("softcon", False, False),
                                                ("meanstd", True, True)])
-def test_render_view_equals_unfused_chain(norm, per_band, l2a):
+def test_render_view_equals_unfused_chain(norm, per_band, l2a, resize_path):
     policy = aug.Photometric(jitter_p=0.7, per_band=per_band, gray_p=0.4, blur_p=0.6,
                              solarize_p=0.4, channel_drop_p=0.5, channel_drop_min=1,
                              channel_drop_max=4)

@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from geossl.data import bands as bands_lib
-from geossl.data import colour
+from geossl.data import blur, colour
 from geossl.data.blur import gaussian_blur
 
 Box = tuple[int, int, int, int]  # top, left, height, width
@@ -107,6 +107,21 @@ def _lerp_cols(x: np.ndarray, out: int, flip: bool) -> np.ndarray:
     b *= np.repeat(frac, c)
     b += a
     return b.reshape(h, out, c)
+
+
+def resize_bilinear(x: np.ndarray, out_h: int, out_w: int, vflip: bool = False,
+                    hflip: bool = False) -> np.ndarray:
+    """(h, w, C) float32 → (out_h, out_w, C): bilinear, align_corners=False, no antialiasing, then
+    the flips. OpenCV's ``resize`` (INTER_LINEAR: the same taps and border clamp) when installed,
+    else two passes of numpy gathers (``_lerp_rows``, ``_lerp_cols``); they agree to float32
+    rounding of the weights (tests: both against torch's ``interpolate``)."""
+    h, w, c = x.shape
+    if blur.cv2 is None or c > 512 or (h, w) == (out_h, out_w):
+        return _lerp_cols(_lerp_rows(x, out_h, vflip), out_w, hflip)
+    y = blur.cv2.resize(x, (out_w, out_h), interpolation=blur.cv2.INTER_LINEAR).reshape(out_h, out_w, c)
+    if vflip or hflip:
+        y = np.ascontiguousarray(y[::-1 if vflip else 1, ::-1 if hflip else 1])
+    return y
 
 
 def _pair(size) -> tuple[int, int]:
@@ -293,7 +308,7 @@ def render_geometry(image: np.ndarray, plan: BandPlan, params: ViewParams, out_s
         np.maximum(region.reshape(h, w * c), np.tile(plan.bounds[0], w), out=flat)
         np.minimum(flat, np.tile(plan.bounds[1], w), out=flat)
     out_h, out_w = _pair(out_size)
-    return _lerp_cols(_lerp_rows(x, out_h, params.vflip), out_w, params.hflip)
+    return resize_bilinear(x, out_h, out_w, params.vflip, params.hflip)
 
 
 def render_photometric(x: np.ndarray, plan: BandPlan, params: ViewParams, *,
