@@ -6,8 +6,8 @@
 
 The profiler records one event per executed operation (``hlo_op``: an instruction of the optimised
 HLO module). Each is classed by what it computes: its opcode, or for a fusion the heaviest
-operation inside it (convolution > dot > reduce-window > reduce > gather/scatter > elementwise; fusions that only
-transpose, copy, pad or slice are "copy / transpose").
+operation inside it (convolution > dot > reduce-window > reduce > gather/scatter > elementwise;
+fusions that only transpose, copy, pad or slice are "copy / transpose").
 Times are per step, summed over threads (operations that run side by side both count), beside the
 step's wall time. ``--top`` lists the costliest operations with their shapes; ``--trace_dir``
 keeps the trace for Perfetto / TensorBoard.

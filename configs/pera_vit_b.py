@@ -11,9 +11,9 @@ path 0.3 in every block; 2 global pairs (scale 0.4–1) + 8 local pairs of 96 px
 0.05–0.4), one geometry per pair, student / teacher photometry as in
 ``pera_views.MultiCropConfig`` (RGB: torchvision's ColorJitter, brightness 0.4 / contrast 0.4 /
 saturation 0.2 / hue 0.1 in random order on x / 255, luma grayscale, then ImageNet's mean and std:
-8-bit R, G, B bands as ``data_prep.images`` writes them, ``data.rgb_jitter``); masks student round(0.2·L), learn round(0.4·L) − round(0.2·L),
-teacher the rest (local crops: no learn positions); the student's mask token enters before block
-depth//2; class head 768→2048→2048→384 → L2 → weight-normalised prototypes (g trained from 1,
+8-bit R, G, B bands as ``data_prep.images`` writes them, ``data.rgb_jitter``); masks student
+round(0.2·L), learn round(0.4·L) − round(0.2·L), teacher the rest (local crops: no learn
+positions); the student's mask token enters before block depth//2; class head 768→2048→2048→384 → L2 → weight-normalised prototypes (g trained from 1,
 K = 131072), pixel head of the same shape to p²·C; loss 1.0·DINO (same-index pairs) + 0.1·KoLeo
 + 0.01·MSE; student τ 0.1, teacher τ 0.03 → 0.05 linear over 30 epochs, centre momentum 0.9;
 EMA cosine 0.992 → 1; AdamW (0.9, 0.999, eps 2e-5) decaying every parameter, weight decay cosine

@@ -81,6 +81,8 @@ def test_rgb_draws_follow_torchvision_ranges_and_refuse_other_band_counts():
     assert all(sorted(o) == [0, 1, 2, 3] for o in orders) and len(orders) == 24
     with pytest.raises(ValueError, match="expected 3 bands .* found 13 bands"):
         augment.sample_photometric(rng, policy, 13)
+    with pytest.raises(ValueError, match=r"jitter_per_band\) False, found True"):
+        dataclasses.replace(policy, per_band=True)
 
 
 def _rgb_record(seed=0, size=40):

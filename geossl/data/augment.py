@@ -118,7 +118,8 @@ def resize_bilinear(x: np.ndarray, out_h: int, out_w: int, vflip: bool = False,
     h, w, c = x.shape
     if blur.cv2 is None or c > 512 or (h, w) == (out_h, out_w):
         return _lerp_cols(_lerp_rows(x, out_h, vflip), out_w, hflip)
-    y = blur.cv2.resize(x, (out_w, out_h), interpolation=blur.cv2.INTER_LINEAR).reshape(out_h, out_w, c)
+    y = blur.cv2.resize(x, (out_w, out_h), interpolation=blur.cv2.INTER_LINEAR)
+    y = y.reshape(out_h, out_w, c)
     if vflip or hflip:
         y = np.ascontiguousarray(y[::-1 if vflip else 1, ::-1 if hflip else 1])
     return y
@@ -143,6 +144,12 @@ class Photometric:
     saturation: float = 0.0         # rgb only: saturation factor in [1 - s, 1 + s]
     hue: float = 0.0                # rgb only: hue shift in [-h, h] turns
     rgb: bool = False               # torchvision ColorJitter + luma grayscale on R, G, B views
+
+    def __post_init__(self):
+        if self.rgb and self.per_band:
+            raise ValueError("RGB colour jitter (torchvision ColorJitter, config.data.rgb_jitter) "
+                             "draws one factor per view; expected per_band "
+                             "(config.data.jitter_per_band) False, found True")
     gray_p: float = 0.2
     gray_replaces_jitter: bool = False  # PerA: within jitter_p, gray (p=gray_p) instead of jitter
     blur_p: float = 0.0
@@ -194,9 +201,8 @@ def _rgb_jitter(rng: np.random.Generator, policy: Photometric, channels: int) ->
     """torchvision ``ColorJitter.get_params``: an order of the four operations, then brightness,
     contrast, saturation factors in [max(0, 1 − a), 1 + a] and a hue shift in [−h, h]; a zero
     amount draws nothing (None)."""
-    if channels != 3 or policy.per_band:
-        raise ValueError(f"RGB colour jitter: expected 3 bands (R, G, B) and per_band False, found "
-                         f"{channels} bands, per_band {policy.per_band}")
+    if channels != 3:
+        raise ValueError(f"RGB colour jitter: expected 3 bands (R, G, B), found {channels} bands")
     out = {"jitter_order": tuple(int(i) for i in rng.permutation(4)), "rgb": True}
     for name in ("brightness", "contrast", "saturation"):
         amount = getattr(policy, name)
@@ -265,8 +271,8 @@ def band_plan(bands_in: tuple[str, ...], bands_out: tuple[str, ...], norm: str,
     index = None if idx == list(range(len(bands_in))) else tuple(idx)
     unit_scale, unit_offset, bounded = bands_lib.unit_coefficients(bands_out, norm)
     return BandPlan(tuple(bands_out), index, scale, offset, unit_scale, unit_offset, bounded,
-                    bands_lib.unit_to_norm(bands_out, norm), bands_lib.raw_clip_bounds(bands_out, norm),
-                    norm)
+                    bands_lib.unit_to_norm(bands_out, norm),
+                    bands_lib.raw_clip_bounds(bands_out, norm), norm)
 
 
 def take_bands(x: np.ndarray, index) -> np.ndarray:

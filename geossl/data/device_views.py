@@ -11,11 +11,11 @@ the same views) and ships, instead of the rendered view,
 Device: ``render_views(raw (B,R,R,C), params (B,P), spec) → (B,S,S,C) float32`` does what
 ``augment.render_view`` does on the host: softcon clip in stored units, the crop box and bilinear
 resize (align_corners=False, no antialias) with flips as row / column gathers, the map to the
-photometric unit domain and brightness/contrast as one per-band affine map, clip (bounded domains),
-grayscale, a separable Gaussian blur with
-reflected borders (fixed taps up to the largest σ's radius, weights per sample), solarize, the
-map to the normalised values, the dropped bands set to 0; all in float32 elementwise arithmetic (no matrix units, so no
-reduced-precision matmul passes on TPU). Host-side cost drops to decoding plus copying the
+photometric unit domain and brightness/contrast as one per-band affine map, clip (bounded
+domains), grayscale, a separable Gaussian blur with reflected borders (fixed taps up to the largest
+σ's radius, weights per sample), solarize, the map to the normalised values, the dropped bands set
+to 0 (the coefficients of the host's ``augment.band_plan``); all in float32 elementwise arithmetic
+(no matrix units, so no reduced-precision matmul passes on TPU). Host-side cost drops to decoding plus copying the
 acquisitions (uint16: 2 bytes a pixel and band, smaller than a rendered float32 view); the device
 pays O(S²·C·taps) a view.
 """
@@ -160,23 +160,23 @@ def _blur_axis(z: jax.Array, k: jax.Array, axis: int) -> jax.Array:
     return sum(k[t] * jax.lax.slice_in_dim(zp, t, t + n, axis=axis) for t in range(2 * big + 1))
 
 
-def _render_one(raw, p, spec: RenderSpec, unit, to_norm, bounds) -> jax.Array:
+def _render_one(raw, p, spec: RenderSpec, plan: augment.BandPlan) -> jax.Array:
     """raw (R, R, C), p (P,) → (S, S, C) float32."""
     s = spec.img_size
     c = raw.shape[-1]
     x = raw.astype(jnp.float32)
-    if bounds is not None:
-        x = jnp.clip(x, bounds[0], bounds[1])
+    if plan.bounds is not None:
+        x = jnp.clip(x, plan.bounds[0], plan.bounds[1])
     y = _lerp(x, resize_taps(p[0], p[2], s, p[5]), axis=0)
     y = _lerp(y, resize_taps(p[1], p[3], s, p[4]), axis=1)
     jitter, gray, sigma, solar = p[6] > 0, p[7] > 0, p[8], p[9] > 0
     b, k, keep = p[PARAMS:PARAMS + c], p[PARAMS + c:PARAMS + 2 * c], p[PARAMS + 2 * c:]
-    scale, offset, bounded = unit
+    scale, offset = plan.unit_scale, plan.unit_offset
     mean_n = scale * y.mean(axis=(0, 1)) + offset
     gain = jnp.where(jitter, k * b * scale, scale)
     bias = jnp.where(jitter, k * b * offset + (1 - k) * b * mean_n, offset)
     z = y * gain + bias
-    if spec.jitter_clip and bounded:
+    if spec.jitter_clip and plan.bounded:
         z = jnp.where(jitter, jnp.clip(z, 0.0, 1.0), z)
     z = jnp.where(gray, jnp.broadcast_to(z.mean(-1, keepdims=True), z.shape), z)
     if spec.blur_sigma_max > 0:
@@ -184,8 +184,8 @@ def _render_one(raw, p, spec: RenderSpec, unit, to_norm, bounds) -> jax.Array:
         z = _blur_axis(_blur_axis(z, w, 0), w, 1)
     if spec.solarize:
         z = jnp.where(solar & (z >= spec.solarize_threshold), 1.0 - z, z)
-    if to_norm is not None:
-        z = z * to_norm[0] + to_norm[1]
+    if plan.to_norm is not None:
+        z = z * plan.to_norm[0] + plan.to_norm[1]
     return jnp.where(keep > 0, z, 0.0)
 
 
@@ -196,7 +196,5 @@ def render_views(raw: jax.Array, params: jax.Array, spec: RenderSpec) -> jax.Arr
         raise ValueError(f"render_views: expected raw (..., {len(spec.bands)}) and params "
                          f"(..., {want}) for bands {spec.bands}, found {raw.shape} and "
                          f"{params.shape}")
-    unit = bands_lib.unit_coefficients(spec.bands, spec.norm)
-    to_norm = bands_lib.unit_to_norm(spec.bands, spec.norm)
-    bounds = bands_lib.raw_clip_bounds(spec.bands, spec.norm)
-    return jax.vmap(lambda r, p: _render_one(r, p, spec, unit, to_norm, bounds))(raw, params)
+    plan = augment.band_plan(tuple(spec.bands), tuple(spec.bands), spec.norm)
+    return jax.vmap(lambda r, p: _render_one(r, p, spec, plan))(raw, params)

@@ -52,9 +52,6 @@ def view_config(data, global_size: int) -> pera_views.MultiCropConfig:
     ``data.rgb_jitter``: torchvision's ColorJitter with saturation / hue and luma grayscale (R, G,
     B input)."""
     per_band, rgb = bool(data.jitter_per_band), bool(data.get("rgb_jitter", False))
-    if rgb and per_band:
-        raise ValueError("config.data: rgb_jitter (torchvision ColorJitter on R, G, B) draws one "
-                         "factor per view; expected jitter_per_band False, found True")
     base = pera_views.MultiCropConfig()
     return dataclass_from_config(
         pera_views.MultiCropConfig, data, global_size=global_size,
