@@ -1,14 +1,25 @@
 """Pretraining entry point: ``python main.py --config=configs/NAME.py[:variant] --workdir=DIR``.
 
-Any config field can be overridden with ``--config.a.b=value``. Resumes from DIR automatically.
+Any config field can be overridden with ``--config.a.b=value``; ``--config.optim.name=sgd`` (or
+lars, adamw) switches the optimiser, whose own fields then follow (``--config.optim.momentum=0.9``).
+Resumes from DIR automatically; one run per DIR (DIR/run.lock).
+
+Exit status: 0 done; 1 the workdir or data does not fit the run (nothing changed), or a checkpoint
+could not be written (its reason first, e.g. "No space left on device"); 2 a bad flag or
+config value, or DIR in use by another run (nothing changed); 143 stopped by SIGTERM (or a
+preemption notice), 130 by SIGINT (Ctrl-C): the step reached is checkpointed first, and the same
+command resumes from it.
 """
 
 import ast
 import os
+import signal
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from geossl.train import signals
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/softcon_vit_s.py:demo.")
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and exports go (resumed from).")
@@ -25,12 +36,36 @@ flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
+class _OptimizerSwitch(flags.ArgumentParser):
+    """ml_collections' config-file parser, then ``configs.common.switch_optim_from_argv``: the
+    config's optimiser section follows ``--config.optim.name`` before the overrides apply."""
+
+    def __init__(self, config_file_parser):
+        self.config_file_parser = config_file_parser
+
+    def parse(self, argument):
+        from configs.common import switch_optim_from_argv
+        config = self.config_file_parser.parse(argument)
+        argv = FLAGS.read_flags_from_files(sys.argv, force_gnu=False)
+        return switch_optim_from_argv(config, argv)
+
+    def flag_type(self):
+        return self.config_file_parser.flag_type()
+
+
+FLAGS["config"].parser = _OptimizerSwitch(FLAGS["config"].parser)
+
+
 def parse_flags(argv):
     """absl's flag parsing; a bad flag or ``--config.*`` override is one line and exit status 2."""
+    from geossl.errors import ConfigError
     try:
         return FLAGS(argv)
     except flags.Error as e:
-        print(f"main.py: {e} (--helpshort lists the flags)", file=sys.stderr)
+        if isinstance(e.__context__, ConfigError):  # from the optimiser switch
+            print(f"main.py: {e.__context__}", file=sys.stderr)
+        else:
+            print(f"main.py: {e} (--helpshort lists the flags)", file=sys.stderr)
         sys.exit(2)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         message = str(e.args[0] if e.args else e)
@@ -61,12 +96,20 @@ def main(argv):
     config = FLAGS.config
     hooks = [h for h in (online.make_online_probe(config),) if h]
     from geossl.errors import ConfigError, DataConfigMismatchError
-    from geossl.train.checkpoint import CheckpointMismatchError, NoReadableCheckpointError
+    from geossl.train.checkpoint import (CheckpointMismatchError, CheckpointWriteError,
+                                         NoReadableCheckpointError)
+    from geossl.train.workdir_lock import WorkdirInUseError
     try:
         summary = loop.run(config, FLAGS.workdir, hooks=hooks)
-    except ConfigError as e:  # nothing was built or written: one line is enough
+    except (ConfigError, WorkdirInUseError) as e:  # nothing was built or written: one line
         print(f"main.py: {e}", file=sys.stderr)
         sys.exit(2)
+    except signals.Stopped as e:  # the step reached is checkpointed
+        print(f"main.py: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except CheckpointWriteError as e:  # the reason first; the earlier checkpoints are kept
+        print(f"main.py: {e}", file=sys.stderr)
+        sys.exit(1)
     except (CheckpointMismatchError, NoReadableCheckpointError,
             DataConfigMismatchError) as e:  # the workdir is untouched
         print(f"main.py: {e}", file=sys.stderr)
@@ -82,4 +125,12 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    signals.install_interrupt_handlers()  # until the trainer's own: stop at once, in one line
+    try:
+        app.run(main, flags_parser=parse_flags)
+    except (signals.Interrupted, KeyboardInterrupt) as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"main.py: stopped by {signals.signal_name(signum)} before a step boundary; "
+              f"nothing new was saved (the same command resumes from the last checkpoint)",
+              file=sys.stderr)
+        sys.exit(signals.exit_code(signum))

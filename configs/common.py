@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import ml_collections
 
-S2_L1C_BANDS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12")
-S1_BANDS = ("VV", "VH")
+from geossl.data import bands
+from geossl.errors import ConfigError
+
+S2_L1C_BANDS = bands.S2_L1C
+S1_BANDS = bands.S1
+RGB_BANDS = bands.RGB
 
 #: SSL4EO-S12: 250k locations (REFERENCE §2).
 SSL4EO_LOCATIONS = 250_000
@@ -22,6 +26,44 @@ def parse_arg(arg: str | None, known: tuple[str, ...]) -> set[str]:
 
 def steps_for(epochs: float, num_examples: int, batch: int) -> int:
     return max(1, int(round(epochs * num_examples / batch)))
+
+
+def epoch_schedule(c, epochs: float, num_examples: int) -> int:
+    """Sets ``c.epochs``, ``c.num_examples`` and ``c.total_steps`` (at ``c.global_batch``); returns
+    the steps of one epoch. Computed once here: a later ``--config.global_batch`` does not rescale."""
+    c.epochs, c.num_examples = epochs, num_examples
+    c.total_steps = steps_for(epochs, num_examples, c.global_batch)
+    return steps_for(1, num_examples, c.global_batch)
+
+
+def warmup_cosine(base: float, warmup_steps: int, final: float,
+                  warmup_init: float | None = None) -> ml_collections.ConfigDict:
+    """A ``config.lr`` section: linear warmup (from ``warmup_init``, default 0) then cosine."""
+    lr = dict(name="warmup_cosine", base=base, warmup_steps=warmup_steps, final=final)
+    if warmup_init is not None:
+        lr["warmup_init"] = warmup_init
+    return ml_collections.ConfigDict(lr)
+
+
+def demo_run(c, *, batch: int, steps: int | None = None, lr: float | None = None,
+             warmup_steps: int = 0, final_lr: float = 1e-5, adamw: bool = True,
+             ema_base: float | None = 0.98, checkpoint_every: int = 100, log_every: int = 10,
+             probe_every: int = 0) -> None:
+    """The CPU-sized tail of a ``:demo`` variant on the 32 px synthetic scenes: batch, steps, a
+    warmup-cosine lr (when ``lr`` is given), AdamW (β2 0.95, weight decay 0.05, clip 1; MoCo v3's
+    ViT setting: a short run adapts faster than with 0.999) unless ``adamw=False``, the EMA base
+    and the checkpoint / log / probe cadences."""
+    c.global_batch = batch
+    if steps is not None:
+        c.total_steps = steps
+    if adamw:
+        c.optim = optim("adamw", weight_decay=0.05, b1=0.9, b2=0.95, clip_norm=1.0)
+    if lr is not None:
+        c.lr = warmup_cosine(lr, warmup_steps, final_lr)
+    if ema_base is not None:
+        c.ema.base = ema_base
+    c.checkpoint_every, c.log_every = checkpoint_every, log_every
+    c.probe.every = probe_every
 
 
 #: Each optimiser's own fields and their defaults (the trainer reads them without defaults).
@@ -49,6 +91,56 @@ def optim(name: str, *, weight_decay, decay: str = "matrices", clip_norm: float 
                                           clip_norm=clip_norm, **{**OPTIMIZER_FIELDS[name], **fields}))
 
 
+def switch_optim(section: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """``section`` (a ``config.optim``) made for the optimiser ``name``: weight_decay, decay and
+    clip_norm kept, the previous optimiser's own fields replaced by ``name``'s defaults. The same
+    section when ``name`` is already its optimiser or unknown (the trainer's check names it)."""
+    if name == section.name or name not in OPTIMIZER_FIELDS:
+        return section
+    switched = optim(name, weight_decay=section.weight_decay, decay=section.decay,
+                     clip_norm=section.clip_norm)
+    if section.is_locked:
+        switched.lock()
+    return switched
+
+
+def _override_values(argv, path: str) -> list[str]:
+    """The values given to ``--path`` in ``argv`` (``--path=v`` or ``--path v``), in order."""
+    values = []
+    for i, arg in enumerate(argv):
+        flag = arg.lstrip("-")
+        if not arg.startswith("-") or not flag.startswith(path):
+            continue
+        if flag.startswith(path + "="):
+            values.append(flag[len(path) + 1:])
+        elif flag == path and i + 1 < len(argv):
+            values.append(argv[i + 1])
+    return values
+
+
+def switch_optim_from_argv(config, argv, flag: str = "config") -> ml_collections.ConfigDict:
+    """A command-line pre-pass (main.py), before the ``--config.*`` overrides apply: with
+    ``--config.optim.name=NAME`` the section becomes NAME's (:func:`switch_optim`), so that NAME's
+    own fields (``--config.optim.momentum=0.9``) can be overridden. An override of another
+    optimiser's field is a ConfigError naming the fields the section's optimiser takes."""
+    if "optim" not in config:
+        return config
+    names = _override_values(argv, f"{flag}.optim.name")
+    if names:
+        config.optim = switch_optim(config.optim, names[-1])
+    name = config.optim.name
+    if name not in OPTIMIZER_FIELDS:
+        return config
+    own = set(OPTIMIZER_FIELDS[name])
+    foreign = sorted({f for fields in OPTIMIZER_FIELDS.values() for f in fields} - own)
+    for field in foreign:
+        if _override_values(argv, f"{flag}.optim.{field}"):
+            owners = ", ".join(o for o, fields in OPTIMIZER_FIELDS.items() if field in fields)
+            raise ConfigError(f"config.optim.{field}: a field of {owners}, not of "
+                              f"optim.name={name!r}, which takes {sorted(own)}")
+    return config
+
+
 def s2_backbone(model: str) -> ml_collections.ConfigDict:
     """``config.model`` of a 13-band S2 L1C backbone at 224 px, float32 (ViTs: no drop path)."""
     c = ml_collections.ConfigDict(dict(name=model, img_size=224, in_chans=13, dtype="float32"))
@@ -61,24 +153,27 @@ def ssl4eo_recipe(c, *, optim_name: str, lr: float) -> None:
     """SSL4EO-S12's MoCo-v3 schedule on ``c.global_batch``: 100 epochs of its locations, 10 of
     linear warmup to ``lr`` then cosine to 0; LARS (ResNet: wd 1e-6, momentum 0.9) or AdamW (ViT:
     wd 0.1, betas (0.9, 0.999)). Sets ``epochs``, ``total_steps``, ``optim`` and ``lr``."""
-    c.epochs = 100
-    c.total_steps = steps_for(c.epochs, SSL4EO_LOCATIONS, c.global_batch)
-    warmup = steps_for(10, SSL4EO_LOCATIONS, c.global_batch)
+    epoch_schedule(c, 100, SSL4EO_LOCATIONS)
     if optim_name == "lars":
         c.optim = optim("lars", weight_decay=1e-6, momentum=0.9)
     else:
         c.optim = optim("adamw", weight_decay=0.1, b1=0.9, b2=0.999)
-    c.lr = ml_collections.ConfigDict(dict(name="warmup_cosine", base=lr, warmup_steps=warmup,
-                                          final=0.0))
+    c.lr = warmup_cosine(lr, steps_for(10, SSL4EO_LOCATIONS, c.global_batch), 0.0)
 
 
 def teacher(model: dict | None = None, **kw) -> ml_collections.ConfigDict:
     """A ``config.teacher`` section describing a frozen teacher network (GFM): ``model`` = a
     ``config.model``-like section (name, img_size, in_chans, dtype, ...); ``torch_checkpoint`` its
-    weights (converted by geossl.convert); ``bands`` the input bands it sees and ``norm`` its
-    normalisation. Empty (no model name) for objectives without a frozen teacher."""
+    weights: a .pth / .safetensors path converted by geossl.convert; ``random:seed=N``, a random
+    network (tests); or ``pretrained:METHOD``, the network pretrained by geossl with the run in
+    ``pretrain`` (a whole run config less ``model``, whose ``objective.name`` is METHOD; the
+    teacher's ``model`` is what it trains; configs/gfm_swin_b.py ``demo_teacher_run``). The last
+    two are written once, when the trainer first builds the teacher, into $GEOSSL_DEMO_TEACHERS
+    (default ~/.cache/geossl/demo-teachers) under a name hashed from their settings, and imported
+    like a real checkpoint. ``bands`` the input bands it sees. Empty (no model name) for
+    objectives without a frozen teacher."""
     c = ml_collections.ConfigDict(dict(model=ml_collections.ConfigDict(dict(model or {})),
-                                       torch_checkpoint="", bands=(), norm=""))
+                                       torch_checkpoint="", bands=()))
     c.update(kw)
     return c
 

@@ -5,11 +5,11 @@ The paper's code and training details were never released: every choice below is
 field to change. Objective (``geossl.objectives.dense``): per-location InfoNCE, τ 0.2, K = 32
 sampled cells per image and direction (logits (B·K)² = 16384² at batch 512), no image-level term
 (``image_weight`` 0), EMA key encoder (momentum cosine 0.99 → 1), a 2-layer per-location MLP head
-(2048 → 128, BatchNorm). Views (``geossl.objectives.dense_views.DenseViewConfig``, in
-``c.data``): one acquisition for both views, crops of scale 0.2–1 sharing at least a quarter of
-the smaller crop, horizontal and vertical flips, SSL4EO-style brightness/contrast 0.4 p 0.8,
-grayscale p 0.2, blur p 1.0 / 0.1. 13-band S2 L1C at 224 px, 100 epochs of SSL4EO-S12's 250k
-locations, 10 of warmup.
+(2048 → 128, BatchNorm). Views (``c.data``, filled from the defaults of
+``geossl.objectives.dense_views.DenseViewConfig``): one acquisition for both views, crops of
+scale 0.2–1 sharing at least a quarter of the smaller crop, horizontal and vertical flips,
+SSL4EO-style brightness/contrast 0.4 p 0.8, grayscale p 0.2, blur p 1.0 / 0.1. 13-band S2 L1C
+at 224 px, 100 epochs of SSL4EO-S12's 250k locations, 10 of warmup.
 
 ``:demo`` trains on the 32 px synthetic scenes in minutes on the CPU.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import common
+from geossl.objectives import dense_views
 
 VARIANTS = ("demo",)
 
@@ -42,20 +43,7 @@ def dense(model: str, arg: str | None, *, optim: str, lr: float) -> ml_collectio
     if not vit:
         c.objective.feature_stage = 4  # ResNet stage whose map gives the per-location features
     c.ema = ml_collections.ConfigDict(dict(name="cosine", base=0.99, final=1.0))
-    c.data.update(dict(
-        seasons="same",        # "same" acquisition for both views, "independent" or "distinct"
-        crop_scale=(0.2, 1.0),  # RandomResizedCrop area fraction of each view
-        crop_ratio=(3 / 4, 4 / 3),
-        min_overlap=0.25,      # view 2's crop redrawn until it shares this much of the smaller crop
-        overlap_tries=10,      # ... at most this many times
-        brightness=0.4, contrast=0.4, jitter_p=0.8,  # one brightness / contrast factor per view
-        gray_p=0.2,            # grayscale (mean over bands)
-        blur_p=(1.0, 0.1),     # Gaussian blur probability of view 1, view 2
-        blur_sigma=(0.1, 2.0),
-        flip=True,             # horizontal flip p 0.5
-        vflip=True,            # vertical flip p 0.5 (overhead imagery has no "up")
-        keep_masks=False,      # carry the views' land_cover maps in the samples (inspection only)
-    ))
+    c.data.update(dense_views.config_fields())   # every view field, at its default
     c.global_batch = 512
     common.ssl4eo_recipe(c, optim_name=optim, lr=lr)
     c.checkpoint_every = 1000
@@ -80,11 +68,4 @@ def demo(c, vit: bool) -> None:
         c.objective.image_weight = 0.5
     c.objective.update(dict(proj_hidden=256, proj_dim=64))
     c.data.update(dict(crop_scale=(0.3, 1.0), blur_p=(0.5, 0.1), blur_sigma=(0.1, 1.0)))
-    c.global_batch = 64
-    c.total_steps = 300
-    c.optim = common.optim("adamw", weight_decay=0.05, b1=0.9, b2=0.95, clip_norm=1.0)
-    c.lr = ml_collections.ConfigDict(dict(name="warmup_cosine", base=1e-3, warmup_steps=30,
-                                          final=1e-5))
-    c.ema.base = 0.98
-    c.checkpoint_every = 100
-    c.log_every = 10
+    common.demo_run(c, batch=64, steps=300, lr=1e-3, warmup_steps=30)

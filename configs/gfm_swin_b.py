@@ -40,14 +40,12 @@ Not faithful or not confirmed:
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
 
-from configs import common
+from configs import common, softcon_rn50
+from geossl.objectives import gfm_views
 
 VARIANTS = ("ms", "demo")
-RGB_BANDS = ("R", "G", "B")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: GeoPile: NAIP, RSD46-WHU, MLRSNet, RESISC45, PatternNet (REFERENCE §4).
@@ -77,20 +75,17 @@ def get_config(arg=None):
         dict(name="swin_base_patch4_window7_224", img_size=224, window_size=7, in_chans=3,
              dtype="float32"),
         torch_checkpoint="",  # swin_base_patch4_window7_224_22k.pth (Microsoft) or timm's
-        bands=RGB_BANDS, norm="imagenet", input_scale=(1.0, 1.0, 1.0),
+        bands=common.RGB_BANDS, input_scale=(1.0, 1.0, 1.0),
         input_offset=(0.0, 0.0, 0.0))
-    c.data.bands = RGB_BANDS
+    c.data.update(gfm_views.config_fields())   # every view field, at its default
+    c.data.bands = common.RGB_BANDS
     c.data.norm = "meanstd"
-    c.data.crop_scale = (0.67, 1.0)
-    c.data.crop_ratio = (3 / 4, 4 / 3)
-    c.data.flip = True
     c.data.num_classes = 45      # probe labels of RESISC45-like folders
     c.optim = common.optim("adamw", weight_decay=0.05, decay="matrices", b1=0.9, b2=0.999,
                            eps=1e-8, clip_norm=5.0)
     c.global_batch = 1024
-    c.num_examples = GEOPILE_IMAGES
-    c.epochs = 100
-    schedule(c, base=2e-4, warmup_init=1e-6, final=1e-5, warmup_epochs=10)
+    schedule(c, GEOPILE_IMAGES, epochs=100, base=2e-4, warmup_init=1e-6, final=1e-5,
+             warmup_epochs=10)
     c.checkpoint_every = 1000
     c.log_every = 50
     if "ms" in variants:
@@ -105,27 +100,25 @@ def get_config(arg=None):
     return c
 
 
-def schedule(c, *, base: float, warmup_init: float, final: float, warmup_epochs: float) -> None:
-    """``total_steps`` and the warmup-cosine lr from ``epochs``, ``num_examples`` and
-    ``global_batch``; the three lrs are per 512 images (× global_batch/512, as GFM / SimMIM).
-    Computed once here: a ``--config.global_batch`` override does not rescale them."""
+def schedule(c, num_examples: int, *, epochs: float, base: float, warmup_init: float,
+             final: float, warmup_epochs: float) -> None:
+    """Epochs, ``total_steps`` and the warmup-cosine lr at ``global_batch``; the three lrs are per
+    512 images (× global_batch/512, as GFM / SimMIM). Computed once here: a
+    ``--config.global_batch`` override does not rescale them."""
     scale = c.global_batch / 512
-    c.total_steps = common.steps_for(c.epochs, c.num_examples, c.global_batch)
-    c.lr = ml_collections.ConfigDict(dict(
-        name="warmup_cosine", base=base * scale, warmup_init=warmup_init * scale,
-        final=final * scale,
-        warmup_steps=common.steps_for(warmup_epochs, c.num_examples, c.global_batch)))
-
-
-def demo_teacher_dir() -> str:
-    return os.path.expanduser(os.environ.get("GEOSSL_DEMO_TEACHERS", "~/.cache/geossl/demo-teachers"))
+    common.epoch_schedule(c, epochs, num_examples)
+    c.lr = common.warmup_cosine(base * scale, common.steps_for(warmup_epochs, num_examples,
+                                                               c.global_batch),
+                                final * scale, warmup_init=warmup_init * scale)
 
 
 def demo(c) -> None:
     """Tiny 2-stage Swins on the 32 px synthetic demo scenes (13 bands): the student (embed 32,
     window 4, stride 8) masks 10 of 16 units of 8 px; the teacher (embed 32, window 6, 48 px, RGB
-    B4, B3, B2) is a random network written once to a safetensors checkpoint in the Microsoft
-    layout and imported through ``teacher.torch_checkpoint`` like a real one."""
+    B4, B3, B2) is pretrained by geossl with SoftCon (``teacher.torch_checkpoint =
+    "pretrained:softcon"``, the run :func:`demo_teacher_run`) when the trainer first builds it,
+    written once as a safetensors checkpoint in the Microsoft layout and imported like a real one.
+    It read the same normalised bands as the student's, so its input map is the identity."""
     tiny = dict(name="swin_tiny_patch4_window7_224", embed_dim=32, depths=(2, 2), num_heads=(2, 4))
     c.model.update(dict(tiny, img_size=32, window_size=4, in_chans=len(common.S2_L1C_BANDS)))
     c.data.bands = common.S2_L1C_BANDS
@@ -133,14 +126,26 @@ def demo(c) -> None:
     c.data.num_classes = 9
     c.objective.mask_unit = 8
     c.teacher.model.update(dict(tiny, img_size=48, window_size=6, in_chans=3))
-    c.teacher.bands = ("B4", "B3", "B2")
-    c.teacher.update(unit_to_imagenet())
-    from geossl.train.pretrained import write_random_teacher
-    c.teacher.torch_checkpoint = write_random_teacher(c.teacher.model, demo_teacher_dir(), seed=1)
+    c.teacher.bands = DEMO_TEACHER_BANDS
+    c.teacher.torch_checkpoint = "pretrained:softcon"   # written once, read like a real checkpoint
+    c.teacher.pretrain = demo_teacher_run(c.data.norm)
     c.global_batch = 64
-    c.num_examples = 2048        # the synthetic training locations
-    c.epochs = 10
-    schedule(c, base=8e-3, warmup_init=1e-5, final=1e-5, warmup_epochs=1)  # 1e-3 at 64
-    c.checkpoint_every = 100
-    c.log_every = 10
-    c.probe.every = 100
+    schedule(c, 2048, epochs=10, base=8e-3, warmup_init=1e-5, final=1e-5,  # 1e-3 at 64
+             warmup_epochs=1)                        # 2048: the synthetic training locations
+    common.demo_run(c, batch=64, adamw=False, ema_base=None, probe_every=100)
+
+
+DEMO_TEACHER_BANDS = ("B4", "B3", "B2")
+
+
+def demo_teacher_run(norm: str, steps: int = 400) -> ml_collections.ConfigDict:
+    """``config.teacher.pretrain`` of the demo: SoftCon's ResNet demo run (configs/softcon.py:
+    masked 8 px squares filled with 0, batch 64, AdamW 1e-3) for ``steps`` on the teacher's bands
+    in the student's normalisation ``norm``, less its ``model``: the trainer pretrains
+    ``config.teacher.model`` (a Swin, which SoftCon masks like a ResNet, by pixels)."""
+    run = softcon_rn50.get_config("demo")
+    del run.model
+    run.data.bands = DEMO_TEACHER_BANDS
+    run.data.norm = norm
+    run.total_steps = steps
+    return run

@@ -15,7 +15,9 @@ saturation 0.2 / hue 0.1 in random order on x / 255, luma grayscale, then ImageN
 round(0.2·L), learn round(0.4·L) − round(0.2·L), teacher the rest (local crops: no learn
 positions); the student's mask token enters before block depth//2; class head 768→2048→2048→384 → L2 → weight-normalised prototypes (g trained from 1,
 K = 131072), pixel head of the same shape to p²·C; loss 1.0·DINO (same-index pairs) + 0.1·KoLeo
-+ 0.01·MSE; student τ 0.1, teacher τ 0.03 → 0.05 linear over 30 epochs, centre momentum 0.9;
++ 0.01·MSE; student τ 0.1, teacher τ 0.03 → 0.05 over 30 epochs (numpy linspace: 0.05 at the
+last warmup step), centre momentum 0.9; position table resized for the 96 px local crops (6×6
+patches) as DINOv2's ``interpolate_pos_encoding`` (``model.pos_embed_resize="dinov2"``);
 EMA cosine 0.992 → 1; AdamW (0.9, 0.999, eps 2e-5) decaying every parameter, weight decay cosine
 0.04 → 0.2; lr warmup 20 epochs to 1e-3, cosine to 1e-6; clip 3.0; 200 epochs.
 
@@ -37,9 +39,9 @@ from __future__ import annotations
 import ml_collections
 
 from configs import common
+from geossl.objectives import pera_views
 
 VARIANTS = ("ms", "demo")
-RGB_BANDS = ("R", "G", "B")  # 8-bit, ImageNet statistics (geossl.data.bands.RGB)
 
 
 def get_config(arg=None):
@@ -48,6 +50,7 @@ def get_config(arg=None):
     c.model = ml_collections.ConfigDict(dict(
         name="vit_base_patch16", img_size=448, in_chans=3,
         drop_path_rate=0.3, drop_path_uniform=True,  # the student's; the teacher has none
+        pos_embed_resize="dinov2",  # local crops: DINOv2's interpolate_pos_encoding (28 → 6)
         dtype="float32"))
     c.objective = ml_collections.ConfigDict(dict(
         name="pera",
@@ -64,27 +67,18 @@ def get_config(arg=None):
         dino_weight=1.0, koleo_weight=0.1, mse_weight=0.01,
         dense_student=False,        # True: every token visible (memory reference, benchmarks)
     ))
-    c.data.bands = RGB_BANDS
+    c.data.update(pera_views.config_fields())   # every view field, at its default
+    c.data.bands = common.RGB_BANDS  # 8-bit, ImageNet statistics
     c.data.norm = "meanstd"
-    c.data.local_size = 96
-    c.data.num_global = 2
-    c.data.num_local = 8
-    c.data.global_scale = (0.4, 1.0)
-    c.data.local_scale = (0.05, 0.4)
-    c.data.jitter_per_band = False  # RGB: one brightness / contrast factor for the three bands
     c.data.rgb_jitter = True        # torchvision ColorJitter (+ saturation / hue), luma grayscale
     c.data.num_classes = 45         # class folders of the probe labels (RESISC45-like)
     c.ema = ml_collections.ConfigDict(dict(name="cosine", base=0.992, final=1.0))
     c.optim = common.optim("adamw", weight_decay=dict(name="cosine", base=0.04, final=0.2),
                            decay="all", b1=0.9, b2=0.999, eps=2e-5, clip_norm=3.0)
     c.global_batch = 128
-    c.num_examples = common.SSL4EO_LOCATIONS
-    c.epochs = 200
-    c.total_steps = common.steps_for(c.epochs, c.num_examples, c.global_batch)
-    steps_per_epoch = common.steps_for(1, c.num_examples, c.global_batch)
+    steps_per_epoch = common.epoch_schedule(c, 200, common.SSL4EO_LOCATIONS)
     c.objective.teacher_temp_warmup_steps = 30 * steps_per_epoch
-    c.lr = ml_collections.ConfigDict(dict(name="warmup_cosine", base=1e-3,
-                                          warmup_steps=20 * steps_per_epoch, final=1e-6))
+    c.lr = common.warmup_cosine(1e-3, 20 * steps_per_epoch, 1e-6)
     c.checkpoint_every = 1000
     c.log_every = 50
     if "ms" in variants:
@@ -117,11 +111,6 @@ def demo(c) -> None:
     c.data.num_local = 4
     c.objective.update(dict(insert_at_block=2, num_prototypes=256, head_hidden=256,
                             head_bottleneck=64, teacher_temp_warmup_steps=150))
-    c.global_batch = 32
-    c.total_steps = 2000
-    c.lr = ml_collections.ConfigDict(dict(name="warmup_cosine", base=1e-3, warmup_steps=50,
-                                          final=1e-6))
-    c.ema.base = 0.98
-    c.checkpoint_every = 1000
-    c.log_every = 50
-    c.probe.every = 0  # the offline probe: python -m geossl.eval.linear_probe --dataset=synthetic
+    # the offline probe: python -m geossl.eval.linear_probe --dataset=synthetic
+    common.demo_run(c, batch=32, steps=2000, lr=1e-3, warmup_steps=50, final_lr=1e-6, adamw=False,
+                    checkpoint_every=1000, log_every=50)

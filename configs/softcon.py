@@ -7,13 +7,13 @@ defaults: temperature 0.2, soft_weight 1.0, soft_loss "ce", mask_ratio 0.5.
 Views: the paper's figure draws the two views from two seasons; the augmentation recipe and
 whether the seasons may coincide are not confirmed from the paper. geossl follows the SSL4EO-S12
 MoCo-v3 code of the same lab (zhu-xlab/SSL4EO-S12,
-src/benchmark/pretrain_ssl/pretrain_moco_v3_s2c.py), each choice settable in ``c.data`` (a field
-of ``objectives.softcon_views.ViewConfig``): crop scale 0.08–1, brightness/contrast 0.4 p 0.8,
-grayscale p 0.2, blur p 1.0 / 0.1, horizontal flip; the two seasons drawn independently
-(``distinct_seasons`` False: the same season twice with probability 1/4); RandomChannelDrop off
-(``channel_drop_p`` 0: commented out in that script since its second commit; its arguments, 1–6
-bands with p 0.5, are the other fields; where it ran, in the first commit, it zeroed pixel rows
-instead of bands).
+src/benchmark/pretrain_ssl/pretrain_moco_v3_s2c.py), each choice a field of ``c.data`` filled
+from the defaults of ``objectives.softcon_views.ViewConfig``: crop scale 0.08–1,
+brightness/contrast 0.4 p 0.8, grayscale p 0.2, blur p 1.0 / 0.1, horizontal flip; the two
+seasons drawn independently (``distinct_seasons`` False: the same season twice with probability
+1/4); RandomChannelDrop off (``channel_drop_p`` 0: commented out in that script since its second
+commit; its arguments, 1–6 bands with p 0.5, are the other fields; where it ran, in the first
+commit, it zeroed pixel rows instead of bands).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import common
+from geossl.objectives import softcon_views
 
 VARIANTS = ("demo", "sar")
 
@@ -42,11 +43,7 @@ def softcon(model: str, arg: str | None, *, optim: str, lr: float) -> ml_collect
         pred_hidden=4096, pred_layers=2,
     ))
     c.ema = ml_collections.ConfigDict(dict(name="cosine", base=0.99, final=1.0))
-    c.data.crop_scale = (0.08, 1.0)
-    c.data.distinct_seasons = False  # True: t1 != t2; SSL4EO draws the two seasons independently
-    c.data.channel_drop_p = 0.0      # RandomChannelDrop per view (bands set to 0); SSL4EO: off
-    c.data.channel_drop_min = 1      # bands dropped: uniform in [min, max] (SSL4EO's arguments)
-    c.data.channel_drop_max = 6      # (the SAR variant: 1 of its 2 bands)
+    c.data.update(softcon_views.config_fields())   # every view field, at its default
     c.global_batch = 4096
     # SSL4EO-S12 MoCo-v3 recipes (REFERENCE §1): LARS for ResNets; AdamW betas (0.9, 0.999) for
     # ViTs, not confirmed for SoftCon
@@ -75,13 +72,4 @@ def demo(c, vit: bool) -> None:
         c.objective.mask_patch_size = 8
     c.objective.update(dict(proj_hidden=512, proj_dim=128, pred_hidden=512))
     c.data.crop_scale = (0.5, 1.0)
-    c.global_batch = 64
-    c.total_steps = 600
-    # b2 0.95 (MoCo-v3 ViT): the 600-step demo adapts faster than with the paper-scale 0.999
-    c.optim = common.optim("adamw", weight_decay=0.05, b1=0.9, b2=0.95, clip_norm=1.0)
-    c.lr = ml_collections.ConfigDict(dict(name="warmup_cosine", base=1e-3, warmup_steps=50,
-                                          final=1e-5))
-    c.ema.base = 0.98
-    c.checkpoint_every = 100
-    c.log_every = 10
-    c.probe.every = 100
+    common.demo_run(c, batch=64, steps=600, lr=1e-3, warmup_steps=50, probe_every=100)

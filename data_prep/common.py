@@ -11,11 +11,34 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+import signal
+import sys
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from geossl.data.parallel_writer import BadInputError, write_shards  # noqa: F401 - re-exported
+from geossl.train import signals
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a CLI
+
+
+def run_cli(main: Callable[[], object], prog: str) -> None:
+    """Runs a data_prep CLI's ``main()``: SIGINT (Ctrl-C) or SIGTERM stops it with one line on
+    stderr and exit status 130 / 143, no traceback. Shards being written are left as an
+    incomplete set (``PREFIX.incomplete``, which readers refuse), their temporary files removed;
+    the same command writes them again."""
+    signals.install_interrupt_handlers()
+    try:
+        main()
+    except (signals.Interrupted, KeyboardInterrupt) as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"{prog}: stopped by {signals.signal_name(signum)}; a shard set being written "
+              f"stays marked PREFIX.incomplete and is refused until the same command is run "
+              f"again", file=sys.stderr)
+        sys.exit(signals.exit_code(signum))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,9 +86,20 @@ def stack_bands(arrays: Sequence[np.ndarray], paths: Sequence[str]) -> np.ndarra
     return np.stack(arrays, axis=-1)
 
 
-def add_writer_flags(parser: argparse.ArgumentParser, *, prefix: str, num_shards: int) -> None:
+def channels_last(array: np.ndarray, channels: int) -> np.ndarray:
+    """(channels, H, W) band planes -> (H, W, channels); any other array is returned as it is."""
+    if array.ndim == 3 and array.shape[0] == channels and array.shape[-1] != channels:
+        return np.moveaxis(array, 0, -1)
+    return array
+
+
+def add_writer_flags(parser: argparse.ArgumentParser, *, prefix: str | None, num_shards: int,
+                     with_prefix: bool = True) -> None:
+    """--output, --prefix (not with ``with_prefix=False``: CLIs naming their sets by split),
+    --num_shards, --num_workers, --skip_bad."""
     parser.add_argument("--output", required=True, help="folder for the shards")
-    parser.add_argument("--prefix", default=prefix, help="shard name prefix")
+    if with_prefix:
+        parser.add_argument("--prefix", default=prefix, help="shard name prefix")
     parser.add_argument("--num_shards", type=int, default=num_shards, help="shards to write")
     parser.add_argument("--num_workers", type=int, default=None,
                         help="processes (default: min(num_shards, CPUs))")

@@ -26,10 +26,11 @@ import random
 import numpy as np
 
 from data_prep.common import BadInputError, add_writer_flags, write_shards
+from geossl.data import bands as bands_lib
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 MASK_EXTENSIONS = (".png", ".tif", ".tiff")
-RGB_BANDS = ("R", "G", "B")
+RGB_BANDS = bands_lib.RGB
 STORED_DTYPES = ("uint8", "uint16", "int16", "float32")
 
 
@@ -206,4 +207,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from data_prep.common import run_cli
+    run_cli(main, "python -m data_prep.images")

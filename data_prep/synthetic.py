@@ -40,4 +40,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from data_prep.common import run_cli
+    run_cli(main, "python -m data_prep.synthetic")

@@ -6,7 +6,8 @@ token positions, and consecutive slices of it are the index sets.
 
 Counts from fractions use :func:`count_for`: round half up (2.5 → 3), not Python's round-half-even,
 so a count never depends on the parity of its neighbour. For the ratios used by PerA (0.2, 0.4)
-no ties arise at integer token counts, so this matches PerA's ``round``.
+no ties arise at integer token counts, so this matches PerA's ``round``. SimMIM's mask generator
+takes the ceiling instead (:func:`ceil_count`).
 
 Token indices are row-major over the patch grid (index = row · grid_w + col), as the ViT flattens.
 """
@@ -27,6 +28,8 @@ __all__ = [
     "keep_mask_indices",
     "indices_to_mask",
     "pera_split",
+    "ceil_count",
+    "unit_mask",
     "simmim_mask",
     "upsample_mask",
 ]
@@ -41,6 +44,14 @@ def count_for(fraction: float, total: int) -> int:
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"expected a fraction in [0, 1], found {fraction!r}")
     return int(math.floor(round(fraction * total, 9) + 0.5))
+
+
+def ceil_count(fraction: float, total: int) -> int:
+    """ceil(fraction · total) as a Python int (SimMIM's ``MaskGenerator``), float noise rounded
+    away first (0.6·10 is 6, not 7)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"expected a fraction in [0, 1], found {fraction!r}")
+    return int(math.ceil(round(fraction * total, 9)))
 
 
 def _check_static(name: str, value, minimum: int = 0) -> int:
@@ -141,12 +152,21 @@ def pera_split(rng, batch: int, num_tokens: int, student: float = 0.2, learn: fl
     return random_split(rng, batch, num_tokens, (s, sl - s, num_tokens - sl), sort=sort)
 
 
+def unit_mask(rng, batch: int, grid: tuple[int, int], ratio: float) -> jax.Array:
+    """(B, gh, gw) bool over mask units, exactly ``ceil_count(ratio, gh·gw)`` True per sample (SimMIM),
+    drawn independently per sample."""
+    gh, gw = (_check_static(f"grid[{i}]", g, 1) for i, g in enumerate(grid))
+    n = gh * gw
+    (masked,) = random_split(rng, batch, n, (ceil_count(ratio, n),))
+    return indices_to_mask(masked, n).reshape(batch, gh, gw)
+
+
 def simmim_mask(rng, batch: int, grid: tuple[int, int], unit: int, ratio: float) -> jax.Array:
     """SimMIM mask over a patch grid (REFERENCE.md §4): (B, gh, gw) bool, True = masked.
 
     The grid is tiled by square mask units of ``unit`` × ``unit`` patches (e.g. 32 px units with
-    16 px patches: unit=2); exactly count_for(ratio, U) of the U = (gh/unit)·(gw/unit) units are
-    masked per sample, then the unit mask is upsampled to patches.
+    16 px patches: unit=2); exactly ceil(ratio·U) of the U = (gh/unit)·(gw/unit) units are masked
+    per sample (:func:`unit_mask`), then the unit mask is upsampled to patches.
     """
     if len(grid) != 2:
         raise ValueError(f"grid: expected (gh, gw), found {grid!r}")
@@ -154,11 +174,7 @@ def simmim_mask(rng, batch: int, grid: tuple[int, int], unit: int, ratio: float)
     unit = _check_static("unit", unit, 1)
     if gh % unit or gw % unit:
         raise ValueError(f"simmim_mask: grid {(gh, gw)} is not divisible by the mask unit {unit}")
-    uh, uw = gh // unit, gw // unit
-    n_units = uh * uw
-    (masked,) = random_split(rng, batch, n_units, (count_for(ratio, n_units),))
-    unit_mask = indices_to_mask(masked, n_units).reshape(batch, uh, uw)
-    return upsample_mask(unit_mask, unit)
+    return upsample_mask(unit_mask(rng, batch, (gh // unit, gw // unit), ratio), unit)
 
 
 def upsample_mask(mask, factor: int | tuple[int, int]) -> jax.Array:

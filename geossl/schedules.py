@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-__all__ = ["constant", "warmup_cosine", "cosine", "linear", "make_schedule"]
+__all__ = ["constant", "warmup_cosine", "cosine", "linear", "linspace", "make_schedule"]
 
 Schedule = Callable[[jax.typing.ArrayLike], jax.Array]
 
@@ -69,6 +69,23 @@ def linear(step, *, start, end, steps) -> jax.Array:
     return (start + (end - start) * frac).astype(jnp.float32)
 
 
+def linspace(step, *, start, end, steps) -> jax.Array:
+    """numpy's ``linspace(start, end, steps)[s]`` for s < ``steps``, then ``end``: the ramp
+    start + (end − start) · s / (steps − 1) reaches ``end`` at its last step, s = steps − 1.
+
+    PerA's teacher-temperature warmup (official ``CosineScheduler`` with warmup_iters =
+    total_iters = W: 0.03 + 0.02 · s / (W − 1) for s < W, then 0.05); ``linear`` is the ramp
+    s / W, one step behind. steps = 1: start at step 0, end after; steps = 0: end.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise ValueError(f"linspace: steps must be an int >= 0, found {steps!r}")
+    s = _step(step)
+    if steps == 0:
+        return jnp.full(jnp.shape(s), end, dtype=jnp.float32)
+    frac = jnp.clip(s / max(steps - 1, 1), 0.0, 1.0)
+    return (start + (end - start) * frac).astype(jnp.float32)
+
+
 def _check_steps(total_steps, warmup_steps) -> None:
     for name, v in (("total_steps", total_steps), ("warmup_steps", warmup_steps)):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
@@ -85,11 +102,13 @@ _SCHEDULES = {
                       ("warmup_steps", "final", "warmup_init")),
     "cosine": (cosine, ("base", "final", "total_steps"), ()),
     "linear": (linear, ("start", "end", "steps"), ()),
+    "linspace": (linspace, ("start", "end", "steps"), ()),
 }
 # Keys that hold step counts (converted to int); the rest are values (converted to float).
 _STEP_KEYS = ("total_steps", "warmup_steps", "steps")
-# The uniform config spelling (name/base/final) is also accepted for "linear".
+# The uniform config spelling (name/base/final) is also accepted for "linear" and "linspace".
 _LINEAR_ALIASES = {"base": "start", "final": "end"}
+_RAMPS = ("linear", "linspace")
 
 
 def make_schedule(cfg: Mapping) -> Schedule:
@@ -101,6 +120,7 @@ def make_schedule(cfg: Mapping) -> Schedule:
     - warmup_cosine: base, total_steps [, warmup_steps=0, final=0.0, warmup_init=0.0]
     - cosine: base, final, total_steps
     - linear: start (or base), end (or final) [, steps, defaulting to total_steps]
+    - linspace: as linear (the ramp reaches end one step earlier: s / (steps − 1))
 
     ``total_steps`` is accepted (and ignored where unused) by every schedule. Unknown or missing
     keys raise ValueError naming the schedule and the keys it takes.
@@ -113,11 +133,11 @@ def make_schedule(cfg: Mapping) -> Schedule:
         raise ValueError(f"make_schedule: unknown schedule name {name!r}; expected one of "
                          f"{sorted(_SCHEDULES)}")
     fn, required, optional = _SCHEDULES[name]
-    if name == "linear":
+    if name in _RAMPS:
         for alias, key in _LINEAR_ALIASES.items():
             if alias in cfg:
                 if key in cfg:
-                    raise ValueError(f"schedule 'linear': give {key!r} or {alias!r}, not both")
+                    raise ValueError(f"schedule {name!r}: give {key!r} or {alias!r}, not both")
                 cfg[key] = cfg.pop(alias)
         if "steps" not in cfg and "total_steps" in cfg:
             cfg["steps"] = cfg["total_steps"]
@@ -137,8 +157,8 @@ def make_schedule(cfg: Mapping) -> Schedule:
         kwargs[k] = _as_int(name, k, v) if k in _STEP_KEYS else float(v)
     if name == "warmup_cosine":
         _check_steps(kwargs["total_steps"], kwargs.get("warmup_steps", 0))
-    if name == "linear" and kwargs["steps"] < 0:
-        raise ValueError(f"schedule 'linear': steps must be >= 0, found {kwargs['steps']}")
+    if name in _RAMPS and kwargs["steps"] < 0:
+        raise ValueError(f"schedule {name!r}: steps must be >= 0, found {kwargs['steps']}")
 
     def schedule(step) -> jax.Array:
         return fn(step, **kwargs)

@@ -9,24 +9,32 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("override, message", [
-    ("--config.total_stepz=5", 'bad --config override: \'total_stepz\' Did you mean "total_steps"'),
-    ("--config.total_steps=abc", "flag --config.total_steps=abc: invalid literal for int()"),
-    ("--config.lr.base=-0.001", "config.lr.base: expected >= 0.0, found -0.001"),
-    ("--config.objective.mask_ratio=1.5",
-     "config.objective.mask_ratio: expected a fraction in [0, 1), found 1.5"),
+@pytest.mark.parametrize("config, override, message", [
+    ("softcon_vit_s.py:demo", "--config.total_stepz=5",
+     'bad --config override: \'total_stepz\' Did you mean "total_steps"'),
+    ("softcon_vit_s.py:demo", "--config.total_steps=abc",
+     "flag --config.total_steps=abc: invalid literal for int()"),
+    ("softcon_vit_s.py:demo", "--config.lr.base=-0.001",
+     "config.lr.base: expected >= 0.0, found -0.001"),
+    ("softcon_vit_s.py:demo", "--config.objective.mask_ratio=1.5",
+     "config.objective.mask_ratio: expected a number in [0, 1), found 1.5"),
+    ("pera_vit_b.py:demo", "--config.objective.insert_at_block=4",
+     "config.objective.insert_at_block: expected an integer in [1, 3], found 4"),
+    ("gfm_swin_b.py:demo", "--config.objective.mask_ratio=1.2",
+     "config.objective.mask_ratio: expected a number in (0, 1), found 1.2"),
 ])
-def test_bad_config_is_one_line_and_writes_nothing(tmp_path, override, message):
+def test_bad_config_is_one_line_and_writes_nothing(tmp_path, config, override, message):
     workdir = tmp_path / "w"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT,
+               GEOSSL_DEMO_TEACHERS=str(tmp_path / "teachers"))
     done = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"),
-                           f"--config={ROOT}/configs/softcon_vit_s.py:demo", f"--workdir={workdir}",
+                           f"--config={ROOT}/configs/{config}", f"--workdir={workdir}",
                            override], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-3000:]
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("main.py: ") and message in lines[-1], lines[-5:]
     assert "Traceback" not in done.stderr
-    assert not workdir.exists()
+    assert not workdir.exists() and not (tmp_path / "teachers").exists()
 
 
 def test_data_that_does_not_fit_the_config_is_one_line(tmp_path):

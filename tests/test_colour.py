@@ -144,11 +144,9 @@ def test_unit_domains():
 def test_pera_multi_crop_renders_rgb_jitter_for_rgb_policies():
     """The PerA sampler with rgb policies: student versions jittered (hue moves), teacher mostly
     not; every pixel is a valid ImageNet-normalised value of [0, 1] intensities."""
-    base = pera_views.MultiCropConfig()
-    cfg = dataclasses.replace(
-        base, global_size=16, local_size=8, num_local=2, bands=("R", "G", "B"), norm="meanstd",
-        student=dataclasses.replace(base.student, rgb=True),
-        teacher=dataclasses.replace(base.teacher, rgb=True))
+    cfg = pera_views.MultiCropConfig(global_size=16, local_size=8, num_local=2,
+                                     bands=("R", "G", "B"), norm="meanstd", rgb_jitter=True)
+    assert cfg.student.rgb and cfg.teacher.rgb
     out = pera_views.multi_crop_sample(_rgb_record(3), np.random.default_rng(0), cfg)
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     for v in out.values():

@@ -2,14 +2,13 @@
 maps move with their images, and one shared-trainer step whose loss terms equal numpy."""
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
 from configs import dense_rn50, dense_vit_s
 from geossl import objectives
-from geossl.data import augment, synthetic
+from geossl.data import augment, synthetic, views
 from geossl.errors import ConfigError
 from geossl.objectives import dense_views
 from geossl.parallel import mesh as mesh_lib
@@ -120,7 +119,7 @@ def test_views_carry_their_masks():
     sample = dense_views.two_view_sample(rec, np.random.default_rng(3), cfg)
     # replay the draws: acquisitions, then view 1 and view 2 (same rng order)
     rng = np.random.default_rng(3)
-    acq = dense_views._pick_acquisitions(rng, 2, "distinct")
+    acq = views.pick_acquisitions(rng, 2, "distinct")
     assert acq[0] != acq[1]
     for v in (1, 2):
         g = sample[f"geometry{v}"]
@@ -195,10 +194,10 @@ def test_trainer_step_loss_equals_numpy_and_reports_metrics():
 
     r_cells1, r_cells2, _, _ = jax.random.split(jax.random.fold_in(v.rng, 0), 4)
 
-    forward = jax.jit(lambda p, bs, x: obj.forward(p, bs, x)[0])   # one compile, four calls
-    bs, tbs = v.extra["batch_stats"], v.extra["teacher_batch_stats"]
-    s1, s2, t1, t2 = jax.device_get([forward(p, b, batch[f"view{i}"]) for p, b, i in (
-        (v.params, bs, 1), (v.params, bs, 2), (v.teacher, tbs, 1), (v.teacher, tbs, 2))])
+    forward = jax.jit(lambda w, x: obj.forward(w, x)[0])   # one compile, four calls
+    student = {"params": v.params, "batch_stats": v.extra["batch_stats"]}
+    s1, s2, t1, t2 = jax.device_get([forward(w, batch[f"view{i}"]) for w, i in (
+        (student, 1), (student, 2), (v.teacher, 1), (v.teacher, 2))])
     idx1, idx2 = (obj.sample_cells(r, 8, (4, 4)) for r in (r_cells1, r_cells2))
     geo = {1: batch["geometry1"], 2: batch["geometry2"]}
     tau, dense, fractions = 0.2, [], []
@@ -225,8 +224,8 @@ def test_trainer_step_loss_equals_numpy_and_reports_metrics():
 # ----- config -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("field,value,match", [
     ("teacher_mode", "frozen", "teacher_mode: expected one of"),
-    ("temperature", 0.0, "temperature: expected > 0"),
-    ("feature_stage", 5, "feature_stage: expected a ResNet stage"),
+    ("temperature", 0.0, r"temperature: expected a number in \(0, inf\)"),
+    ("feature_stage", 5, r"feature_stage: expected an integer in \[1, 4\]"),
 ])
 def test_bad_objective_fields_are_named(field, value, match):
     c = dense_rn50.get_config("demo")

@@ -25,7 +25,7 @@ class _Distill(objectives.Objective):
     """Student: one linear map of the mean pixel to the teacher's width; loss: cosine
     distillation against the frozen ResNet teacher's embedding of the same images."""
 
-    teacher_mode = "frozen"
+    teacher_spec = objectives.TeacherSpec("frozen")
 
     def make_views(self, record, rng):
         """The first acquisition's first 3 bands scaled to ~[0, 1]: image (S, S, 3)."""

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from configs import gfm_swin_b
-from geossl import convert, objectives
-from geossl.objectives import gfm
+from geossl import convert, masking, objectives, patches
 from geossl.parallel import mesh as mesh_lib
 from geossl.parallel.multihost import global_batch
+from geossl.train import teacher as teacher_lib
 from geossl.train.loop import build_trainer
 from geossl.train.pretrained import write_random_teacher
 
@@ -66,7 +66,7 @@ def np_pixel_shuffle(y: np.ndarray, s: int, c: int) -> np.ndarray:
 # ----- pieces ---------------------------------------------------------------------------------------
 def test_resize_align_corners_matches_numpy_and_torch():
     x = np.random.default_rng(0).random((2, 5, 7, 3)).astype(np.float32)
-    got = np.asarray(gfm.resize_align_corners(jnp.asarray(x), 9))
+    got = np.asarray(patches.resize_align_corners(jnp.asarray(x), 9))
     np.testing.assert_allclose(got, np_resize_align_corners(x, 9), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(got[:, 0, 0], x[:, 0, 0])      # corners are the input's
     np.testing.assert_array_equal(got[:, -1, -1], x[:, -1, -1])
@@ -77,8 +77,8 @@ def test_resize_align_corners_matches_numpy_and_torch():
 
 
 def test_masks_are_32px_units_with_ceil_of_60_percent():
-    assert gfm.mask_count(0.6, 36) == 22 and gfm.mask_count(0.6, 7) == 5  # ceil, not round (4)
-    assert gfm.mask_count(0.6, 10) == 6                                    # 0.6·10 is 6, not 7
+    assert masking.ceil_count(0.6, 36) == 22 and masking.ceil_count(0.6, 7) == 5  # ceil, not round (4)
+    assert masking.ceil_count(0.6, 10) == 6                                    # 0.6·10 is 6, not 7
     obj = objectives.create(gfm_swin_b.get_config())   # Swin-B at 192 px: 6×6 units of 32 px
     patches, pixels = obj.masks(jax.random.PRNGKey(0), 4)
     patches, pixels = np.asarray(patches), np.asarray(pixels)
@@ -95,6 +95,7 @@ def test_loss_terms_match_numpy():
     obj = objectives.create(c)
     x = np.random.default_rng(1).random((4, 16, 16, 13)).astype(np.float32)
     v = jax.jit(obj.init)(jax.random.PRNGKey(0), {"image": x})
+    v = v.replace(teacher=teacher_lib.build_frozen(c, obj, jax.random.PRNGKey(7)))
     rng = jax.random.PRNGKey(3)
     loss, aux = jax.jit(obj.loss)(v.params, v.teacher, v.extra, {"image": jnp.asarray(x)}, rng, 0)
 
@@ -133,7 +134,10 @@ def test_bfloat16_teacher_is_stored_in_bfloat16():
     c.teacher.model.dtype = "bfloat16"
     obj = objectives.create(c)
     v = jax.eval_shape(obj.init, jax.random.PRNGKey(0), {"image": np.zeros((1, 16, 16, 13), np.float32)})
-    assert {x.dtype for x in jax.tree_util.tree_leaves(v.teacher)} == {jnp.dtype(jnp.bfloat16)}
+    teacher = teacher_lib.frozen_shapes(c, obj)
+    assert {x.dtype for x in jax.tree_util.tree_leaves(teacher)} == {jnp.dtype(jnp.bfloat16)}
+    assert {x.dtype for x in jax.tree_util.tree_leaves(teacher_lib.build_frozen(
+        c, obj, jax.random.PRNGKey(0)))} == {jnp.dtype(jnp.bfloat16)}
     assert {x.dtype for x in jax.tree_util.tree_leaves(v.params)} == {jnp.dtype(jnp.float32)}
 
 
@@ -179,3 +183,26 @@ def test_teacher_imported_from_torch_layout_is_frozen_and_not_in_the_optimiser(t
     assert "projector" in state.params and "teacher" not in state.params
     assert sorted(str(x.shape) for x in jax.tree_util.tree_leaves(state.opt_state)
                   if x.ndim) == sorted(student_shapes * 2)
+
+
+def test_demo_config_writes_nothing_and_a_random_teacher_is_written_once(tmp_path, monkeypatch):
+    """``teacher.torch_checkpoint = "random:seed=N"`` is resolved by the trainer: loading the
+    config writes no file; the first resolution writes the network once (no partial file left),
+    later ones reuse it; a malformed source is one ConfigError (the demo's "pretrained:softcon":
+    tests/test_demo_teacher.py)."""
+    import os
+    from geossl.errors import ConfigError
+    from geossl.train import pretrained
+    monkeypatch.setenv("GEOSSL_DEMO_TEACHERS", str(tmp_path / "teachers"))
+    c = gfm_swin_b.get_config("demo")
+    assert c.teacher.torch_checkpoint == "pretrained:softcon"
+    assert not (tmp_path / "teachers").exists()
+    path = pretrained.resolve_checkpoint("random:seed=1", c.teacher.model)
+    assert os.listdir(tmp_path / "teachers") == [os.path.basename(path)]
+    stamp = os.stat(path).st_mtime_ns
+    assert pretrained.resolve_checkpoint("random:seed=1", c.teacher.model) == path
+    assert os.stat(path).st_mtime_ns == stamp
+    assert pretrained.resolve_checkpoint("random:seed=2", c.teacher.model) != path
+    assert pretrained.resolve_checkpoint("/w/teacher.pth", c.teacher.model) == "/w/teacher.pth"
+    with pytest.raises(ConfigError, match=r"torch_checkpoint: expected a path, 'random:seed=N' or"):
+        pretrained.resolve_checkpoint("random:7", c.teacher.model)

@@ -96,14 +96,15 @@ def test_pera_split_counts(n):
 
 
 def test_simmim_mask_exact_units_and_upsampling():
-    grid, unit, ratio = (6, 8), 2, 0.6  # 3 × 4 = 12 units, round(7.2) = 7 masked
+    grid, unit, ratio = (6, 8), 2, 0.6  # 3 × 4 = 12 units, ceil(7.2) = 8 masked (SimMIM)
     m = np.asarray(masking.simmim_mask(jax.random.key(6), 5, grid, unit, ratio))
     assert m.shape == (5, 6, 8) and m.dtype == bool
     units = m.reshape(5, 3, 2, 4, 2)
-    # every unit is all-masked or all-visible, and exactly 7 units are masked per sample
+    # every unit is all-masked or all-visible, and exactly 8 units are masked per sample
     assert (units.all(axis=(2, 4)) == units.any(axis=(2, 4))).all()
-    assert (units.all(axis=(2, 4)).sum(axis=(1, 2)) == 7).all()
-    assert (m.sum(axis=(1, 2)) == 7 * unit * unit).all()
+    assert (units.all(axis=(2, 4)).sum(axis=(1, 2)) == 8).all()
+    assert (m.sum(axis=(1, 2)) == 8 * unit * unit).all()
+    assert masking.ceil_count(0.6, 36) == 22 and masking.ceil_count(0.6, 10) == 6
     px = np.asarray(masking.upsample_mask(m, 4))
     assert px.shape == (5, 24, 32)
     np.testing.assert_array_equal(px, np.repeat(np.repeat(m, 4, axis=1), 4, axis=2))

@@ -1,4 +1,5 @@
-"""Each method's view sampler (geossl.objectives.softcon_views, .pera_views, .gfm_views)."""
+"""Each method's view sampler (geossl.objectives.softcon_views, .pera_views, .gfm_views) and the
+kit's shared steps (geossl.data.views)."""
 
 import dataclasses
 
@@ -7,6 +8,7 @@ import pytest
 
 from geossl.data import augment as aug
 from geossl.data import bands as bl
+from geossl.data import views
 from geossl.objectives import gfm_views, pera_views, softcon_views
 
 
@@ -71,7 +73,7 @@ def test_seasons_independent_by_default_distinct_on_request():
         assert abs(same - want) < 4 * np.sqrt(0.25 * 0.75 / n), (distinct, same)
         counts = np.bincount([b for _, b in draws], minlength=4) / n
         np.testing.assert_allclose(counts, 0.25, atol=0.05)   # view 2's season is uniform
-    assert softcon_views.pick_two(np.random.default_rng(0), 1, distinct=True) == (0, 0)
+    assert views.pick_two(np.random.default_rng(0), 1, distinct=True) == (0, 0)
 
 
 def test_two_view_sample_is_deterministic_and_converts_l2a():
@@ -160,18 +162,17 @@ def test_view_config_rejects_impossible_channel_drop():
 def test_multi_crop_sample_pairs_share_geometry():
     record = _record(t=2, size=32, seed=1)
     same = pera_views.MultiCropConfig(global_size=16, local_size=8, num_global=2, num_local=3,
-                                      student=aug.Photometric(jitter_p=0.0, gray_p=0.0),
-                                      teacher=aug.Photometric(jitter_p=0.0, gray_p=0.0))
+                                      jitter_p=0.0, gray_p=0.0, gray_replaces_jitter=False)
     s = pera_views.multi_crop_sample(record, np.random.default_rng(0), same)
     assert s["global_student"].shape == (2, 16, 16, 13) and s["local_teacher"].shape == (3, 8, 8, 13)
     np.testing.assert_array_equal(s["global_student"], s["global_teacher"])
     np.testing.assert_array_equal(s["local_student"], s["local_teacher"])
     assert not np.array_equal(s["global_student"][0], s["global_student"][1])
-    jitter = dataclasses.replace(same, student=aug.Photometric(jitter_p=1.0, gray_p=0.0))
+    jitter = dataclasses.replace(same, jitter_p=(1.0, 0.0))       # (student, teacher)
     j = pera_views.multi_crop_sample(record, np.random.default_rng(0), jitter)
     assert not np.array_equal(j["global_student"], j["global_teacher"])
-    gray = dataclasses.replace(same, student=aug.Photometric(jitter_p=1.0, gray_p=1.0,
-                                                             gray_replaces_jitter=True))
+    gray = dataclasses.replace(same, jitter_p=(1.0, 0.0), gray_p=(1.0, 0.0),
+                               gray_replaces_jitter=(True, False))
     g = pera_views.multi_crop_sample(record, np.random.default_rng(0), gray)
     teacher_mean = g["global_teacher"].mean(axis=-1, keepdims=True)
     np.testing.assert_allclose(g["global_student"],
@@ -179,19 +180,26 @@ def test_multi_crop_sample_pairs_share_geometry():
 
 
 # ----- GFM --------------------------------------------------------------------------------------
-def test_masked_crop_sample_with_teacher_view():
-    record = _record(t=1, size=40, seed=2)
-    cfg = gfm_views.MaskedCropConfig(img_size=24, teacher_size=32, teacher_bands=bl.S2_RGB)
-    s = gfm_views.masked_crop_sample(record, np.random.default_rng(0), cfg)
-    assert s["image"].shape == (24, 24, 13) and s["teacher_image"].shape == (32, 32, 3)
-    # the same crop: resizing the student's source box at 32 px gives the teacher's RGB
-    full = dataclasses.replace(cfg, img_size=32)
-    big = gfm_views.masked_crop_sample(record, np.random.default_rng(0), full)["image"]
-    np.testing.assert_allclose(big[..., [3, 2, 1]], s["teacher_image"], atol=1e-6)
+def test_masked_crop_sample_is_one_plain_crop_of_a_random_acquisition():
+    """rng order: the acquisition, then the crop box and the horizontal flip; no photometry."""
+    record = _record(t=3, size=40, seed=2)
+    cfg = gfm_views.MaskedCropConfig(img_size=24)
+    flips, seasons = 0, set()
+    for seed in range(16):
+        s = gfm_views.masked_crop_sample(record, np.random.default_rng(seed), cfg)
+        rng = np.random.default_rng(seed)
+        t = int(rng.integers(3))
+        box = aug.random_resized_crop_box(rng, 40, 40, (0.67, 1.0), (3 / 4, 4 / 3))
+        hflip = bool(rng.random() < 0.5)
+        plan = aug.band_plan(bl.S2_L1C, bl.S2_L1C, "softcon")
+        want = aug.render_view(record["image"][t], plan, aug.ViewParams(box=box, hflip=hflip), 24)
+        np.testing.assert_array_equal(s["image"], want)
+        flips, seasons = flips + hflip, seasons | {t}
+    assert 0 < flips < 16 and seasons == {0, 1, 2}
 
 
 def test_labels_outside_the_configured_classes_name_the_config_field():
-    from geossl.objectives.softcon_views import acquisition_labels
+    from geossl.data.views import acquisition_labels
     record = {"image": np.zeros((2, 4, 4, 1), np.uint16), "labels": np.array([3, 17]),
               "key": "S2A_patch", "label_set": "bigearthnet_19"}
     with pytest.raises(ValueError, match=r"record S2A_patch: labels \[3, 17\] outside \[0, 9\) of "
@@ -202,15 +210,14 @@ def test_labels_outside_the_configured_classes_name_the_config_field():
 
 
 def test_records_without_labels_warn_at_1_10_100(monkeypatch):
-    from geossl.objectives import softcon_views
     warnings = []
-    monkeypatch.setattr(softcon_views, "_unlabelled_seen", 0)
-    monkeypatch.setattr(softcon_views.logging, "warning", lambda msg, *a: warnings.append(msg % a))
+    monkeypatch.setattr(views, "_unlabelled_seen", 0)
+    monkeypatch.setattr(views.logging, "warning", lambda msg, *a: warnings.append(msg % a))
     labelled = {"image": np.zeros((1, 4, 4, 1), np.uint16), "labels": np.array([], np.int64),
                 "key": "empty-label-set"}
-    softcon_views.acquisition_labels(labelled, 9)  # an explicitly empty label set is not a warning
+    views.acquisition_labels(labelled, 9)  # an explicitly empty label set is not a warning
     for i in range(100):
-        hot = softcon_views.acquisition_labels({"image": labelled["image"], "key": f"r{i}"}, 9)
+        hot = views.acquisition_labels({"image": labelled["image"], "key": f"r{i}"}, 9)
         assert not hot.any()
     assert [w.split(" has no")[0] for w in warnings] == ["record r0", "record r9", "record r99"]
     assert "100 such record(s)" in warnings[-1]

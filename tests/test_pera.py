@@ -153,7 +153,7 @@ def test_trainer_step_loss_terms_equal_numpy_and_the_centre_advances(setup):
     *outs, li = jax.device_get(forwards(params, teacher))
     sg, pred, sl, tg, tl = (np.asarray(a, np.float64) for a in outs)
 
-    tau_t = 0.03 + (0.05 - 0.03) * step / 100
+    tau_t = 0.03 + (0.05 - 0.03) * step / 99   # official: np.linspace(0.03, 0.05, W)[step]
     c64 = center.astype(np.float64)
     sg3, tg3 = sg.reshape(b, g, K), tg.reshape(b, g, K)
     sl3, tl3 = sl.reshape(b, nl, K), tl.reshape(b, nl, K)

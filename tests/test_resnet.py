@@ -39,7 +39,7 @@ def test_layout_and_num_features():
 
 def test_registry():
     assert {"resnet18", "resnet50", "vit_small_patch14", "vit_base_patch14"} <= set(models.names())
-    assert models.is_vit("vit_tiny_patch16") and not models.is_vit("resnet50")
+    assert models.family("vit_tiny_patch16").name == "vit" and models.family("resnet50").name == "resnet"
     assert models.create("resnet18", img_size=32, in_chans=2).in_chans == 2  # img_size: any, ignored
     with pytest.raises(ValueError, match="expected one of .*resnet18"):
         models.create("resnet51")

@@ -148,3 +148,40 @@ def test_optax_consumes_make_schedule():
     tx2 = optax.inject_hyperparams(optax.adamw)(learning_rate=lr, weight_decay=0.05)
     s2 = tx2.init({"w": jnp.ones((2, 2))})
     np.testing.assert_allclose(float(s2.hyperparams["learning_rate"]), 0.0)
+
+
+def _official_pera_teacher_temp(it, start, end, warmup):
+    """PerA's teacher temperature (Utils/builder.py: CosineScheduler with warmup_iters = total_iters
+    = W): np.linspace(start, end, W)[it] for it < W, then the final value."""
+    return np.linspace(start, end, warmup)[it] if it < warmup else end
+
+
+@pytest.mark.parametrize("warmup", [30, 2, 1, 0])
+def test_linspace_is_pera_official_teacher_temperature(warmup):
+    steps = [0, 1, 2, 15, 28, 29, 30, 31, 500]
+    got = values(lambda s: schedules.linspace(s, start=0.03, end=0.05, steps=warmup), steps)
+    want = [_official_pera_teacher_temp(s, 0.03, 0.05, warmup) for s in steps]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    if warmup > 1:  # the formula: 0.03 + 0.02 · it / (W − 1) for it < W
+        ramp = [s for s in steps if s < warmup]
+        np.testing.assert_allclose(got[:len(ramp)], [0.03 + 0.02 * s / (warmup - 1) for s in ramp],
+                                   rtol=1e-6)
+    if warmup == 30:  # "linear" is one step behind: 0.05 only at step 30, not 29
+        linear = values(lambda s: schedules.linear(s, start=0.03, end=0.05, steps=30), [29])
+        assert abs(float(linear[0]) - 0.05) > 5e-4 and abs(float(got[steps.index(29)]) - 0.05) < 1e-8
+
+
+def test_make_schedule_linspace():
+    temp = schedules.make_schedule(dict(name="linspace", start=0.03, end=0.05, steps=30,
+                                        total_steps=100))
+    np.testing.assert_allclose(values(temp, [0, 1, 29, 30, 99]),
+                               [0.03, 0.03 + 0.02 / 29, 0.05, 0.05, 0.05], rtol=1e-6)
+    assert temp.config == dict(name="linspace", start=0.03, end=0.05, steps=30)
+    temp2 = schedules.make_schedule(dict(name="linspace", base=0.03, final=0.05, total_steps=30))
+    np.testing.assert_allclose(values(temp2, [0, 29]), [0.03, 0.05], rtol=1e-6)
+    with pytest.raises(ValueError, match="schedule 'linspace': give 'end' or 'final', not both"):
+        schedules.make_schedule(dict(name="linspace", start=0.0, end=1.0, final=1.0, steps=3))
+    with pytest.raises(ValueError, match="schedule 'linspace': steps must be >= 0, found -1"):
+        schedules.make_schedule(dict(name="linspace", start=0.0, end=1.0, steps=-1))
+    with pytest.raises(ValueError, match="linspace: steps must be an int >= 0, found 2.5"):
+        schedules.linspace(0, start=0.0, end=1.0, steps=2.5)

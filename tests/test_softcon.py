@@ -10,7 +10,8 @@ import pytest
 
 from configs import softcon_rn50, softcon_vit_s
 from geossl import objectives
-from geossl.objectives.softcon import fill_masked_patches
+from geossl.patches import fill_masked_patches
+from geossl.train import teacher as teacher_lib
 from geossl.parallel import mesh as mesh_lib
 from geossl.train import pretrained
 from geossl.train.loop import build_trainer
@@ -66,7 +67,8 @@ def test_loss_equals_symmetrised_numpy_formula_without_masking():
     obj = objectives.create(config)
     batch = batch_of(obj)
     v = obj.init(jax.random.PRNGKey(0), batch)
-    teacher = jax.tree_util.tree_map(lambda x: x * 1.01, obj.teacher_source(v.params))
+    teacher = {"params": jax.tree_util.tree_map(lambda x: x * 1.01, obj.teacher_source(v.params)),
+               "batch_stats": obj.teacher_spec.select(v.extra["batch_stats"])}
     loss, aux = obj.loss(v.params, teacher, v.extra, batch, jax.random.PRNGKey(1), 0)
 
     def student(x, stats):
@@ -75,13 +77,13 @@ def test_loss_equals_symmetrised_numpy_formula_without_masking():
         return np.asarray(out, np.float64), new["batch_stats"]
 
     def teach(x, stats):
-        out, new = obj.net.apply({"params": teacher, "batch_stats": stats}, x, train=True,
+        out, new = obj.net.apply({"params": teacher["params"], "batch_stats": stats}, x, train=True,
                                  predict=False, mutable=["batch_stats"])
         return np.asarray(out, np.float64), new["batch_stats"]
 
     q1, s = student(batch["view1"], v.extra["batch_stats"])
     q2, s = student(batch["view2"], s)
-    k1, t = teach(batch["view1"], v.extra["teacher_batch_stats"])
+    k1, t = teach(batch["view1"], teacher["batch_stats"])
     k2, t = teach(batch["view2"], t)
     y1, y2 = batch["labels1"].astype(np.float64), batch["labels2"].astype(np.float64)
     expected = 0.5 * (_numpy_soft_contrastive(q1, k2, y1, y2, 0.3, 0.7)
@@ -100,7 +102,7 @@ def test_labels_are_routed_to_their_own_view():
     obj = objectives.create(tiny_vit_config(mask_ratio=0.0))
     batch = batch_of(obj)
     v = obj.init(jax.random.PRNGKey(0), batch)
-    t = obj.teacher_source(v.params)
+    t = teacher_lib.initial(obj, v)
     swapped = dict(batch, labels1=batch["labels2"], labels2=batch["labels1"])
     l1 = obj.loss(v.params, t, v.extra, batch, jax.random.PRNGKey(1), 0)[0]
     l2 = obj.loss(v.params, t, v.extra, swapped, jax.random.PRNGKey(1), 0)[0]
@@ -115,7 +117,7 @@ def test_masking_changes_only_the_student_and_depends_on_the_key():
     obj = objectives.create(tiny_vit_config(mask_ratio=0.5))
     batch = batch_of(obj)
     v = obj.init(jax.random.PRNGKey(0), batch)
-    t = obj.teacher_source(v.params)
+    t = teacher_lib.initial(obj, v)
     a = obj.loss(v.params, t, v.extra, batch, jax.random.PRNGKey(1), 0)[0]
     b = obj.loss(v.params, t, v.extra, batch, jax.random.PRNGKey(1), 0)[0]
     c = obj.loss(v.params, t, v.extra, batch, jax.random.PRNGKey(2), 0)[0]
@@ -154,11 +156,12 @@ def test_vit_with_drop_path_trains_and_its_teacher_is_deterministic():
     s1, _ = obj._student(v.params, bs, x, jax.random.PRNGKey(1))
     s2, _ = obj._student(v.params, bs, x, jax.random.PRNGKey(2))
     assert not np.allclose(np.asarray(s1), np.asarray(s2))  # drop path is on in the student
-    teacher = obj.teacher_source(v.params)
-    t1, _ = obj._teacher(teacher, v.extra["teacher_batch_stats"], x)
+    teacher = {"params": obj.teacher_source(v.params),
+               "batch_stats": obj.teacher_spec.select(bs)}
+    t1, _ = obj._teacher(teacher, x)
     c0 = tiny_vit_config(mask_ratio=0.0)
     c0.model.update(dict(depth=3, drop_path_rate=0.0))
-    t0, _ = objectives.create(c0)._teacher(teacher, v.extra["teacher_batch_stats"], x)
+    t0, _ = objectives.create(c0)._teacher(teacher, x)
     np.testing.assert_array_equal(np.asarray(t1), np.asarray(t0))
 
     mesh = mesh_lib.make_mesh(c.mesh)
@@ -185,7 +188,7 @@ def test_resnet_softcon_step_runs_for_ms_and_sar(variant):
     state = trainer.init_state()
     # teacher starts equal to the student (backbone + projector)
     for a, b in zip(jax.tree_util.tree_leaves(obj.teacher_source(state.params)),
-                    jax.tree_util.tree_leaves(state.teacher)):
+                    jax.tree_util.tree_leaves(state.teacher["params"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     state, metrics = trainer.train_step(state, global_batch(batch, mesh))
     assert np.isfinite(float(metrics["loss"])) and int(state.step) == 1

@@ -271,7 +271,7 @@ def test_remat_bf16_from_config_and_sizes(small):
     assert (cfg.window_size, cfg.depths, cfg.num_features, cfg.drop_path_rate) == (4, (2, 2), 32, 0.1)
     # 64 px, window 4: stage sizes 16, 8 → windows 4, 4 with shift 2
     assert [s[1:] for s in cfg.stage_windows()] == [((4, 4), (2, 2)), ((4, 4), (2, 2))]
-    assert models.is_swin(TINY) and not models.is_vit(TINY) and models.create(
+    assert models.family(TINY).name == "swin" and models.create(
         "swin_base_patch4_window7_224").num_features == 1024
     with pytest.raises(ValueError, match="not a multiple of window"):
         jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 60, 60, 3)))

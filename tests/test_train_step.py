@@ -22,14 +22,15 @@ class _Regression(objectives.Objective):
 
     def __init__(self, config, teacher_mode="ema"):
         super().__init__(config)
-        self.teacher_mode = teacher_mode
+        self.teacher_spec = objectives.TeacherSpec(teacher_mode, exclude=("b1", "w2"))
 
     def init(self, rng, batch):
         k1, k2 = jax.random.split(rng)
         d = batch["x"].shape[-1]
         params = {"w1": jax.random.normal(k1, (d, 256)) * 0.1, "b1": jnp.zeros(256),
                   "w2": jax.random.normal(k2, (256, 1)) * 0.1}
-        teacher = {"w1": jnp.ones((d, 256))} if self.teacher_mode == "frozen" else None
+        frozen = self.teacher_spec.kind == "frozen"
+        teacher = {"params": {"w1": jnp.ones((d, 256))}} if frozen else None
         return objectives.Variables(params=params, teacher=teacher,
                                     extra={"count": jnp.zeros(()), "center": jnp.zeros(256)})
 
@@ -40,9 +41,6 @@ class _Regression(objectives.Objective):
         center = 0.9 * extra["center"] + 0.1 * jnp.mean(jax.lax.stop_gradient(h), axis=0)
         return loss, {"metrics": {"loss_mse": loss},
                       "extra": {"count": extra["count"] + 1, "center": center}}
-
-    def teacher_source(self, params):
-        return {"w1": params["w1"]}
 
 
 def _config(**kw):
@@ -90,7 +88,7 @@ def test_fsdp_shards_large_weights_and_optimizer_state():
     adam = state.opt_state[1][0]  # chain(clip, adamw) -> adamw = chain(scale_by_adam, ...)
     assert {s.data.shape for s in adam.mu["w1"].addressable_shards} == {(64, 128)}
     assert {s.data.shape for s in adam.nu["w1"].addressable_shards} == {(64, 128)}
-    assert {s.data.shape for s in state.teacher["w1"].addressable_shards} == {(64, 128)}
+    assert {s.data.shape for s in state.teacher["params"]["w1"].addressable_shards} == {(64, 128)}
     assert {s.data.shape for s in state.params["b1"].addressable_shards} == {(256,)}  # small: replicated
     state, _ = step(state, batch)  # shardings survive the step
     assert {s.data.shape for s in state.params["w1"].addressable_shards} == {(64, 128)}
@@ -112,8 +110,8 @@ def test_step_matches_plain_optax_and_ema_formula():
     np.testing.assert_allclose(float(metrics["loss"]), float(loss), rtol=1e-6)
     m = 0.9  # cosine 0.9 -> 1.0 at step 0
     np.testing.assert_allclose(float(metrics["momentum"]), m, rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(state.teacher["w1"]),
-                               m * teacher0["w1"] + (1 - m) * np.asarray(state.params["w1"]),
+    np.testing.assert_allclose(np.asarray(state.teacher["params"]["w1"]),
+                               m * teacher0["params"]["w1"] + (1 - m) * np.asarray(state.params["w1"]),
                                rtol=1e-5, atol=1e-6)
     assert int(state.step) == 1 and float(state.extra["count"]) == 1.0
     assert float(metrics["lr"]) == 0.0  # warmup starts at 0
@@ -145,7 +143,7 @@ def test_frozen_teacher_is_never_updated():
     _, state, step, batch, _ = _setup(_config(), dict(data=-1, fsdp=1, model=1), teacher_mode="frozen")
     for _ in range(2):
         state, metrics = step(state, batch)
-    np.testing.assert_array_equal(np.asarray(state.teacher["w1"]), np.ones((64, 256)))
+    np.testing.assert_array_equal(np.asarray(state.teacher["params"]["w1"]), np.ones((64, 256)))
     assert "momentum" not in metrics
 
 
@@ -245,7 +243,7 @@ def test_config_is_checked_before_anything_is_built():
             check_config(c)
     c = softcon_vit_s.get_config("demo")
     c.objective.mask_ratio = 1.5
-    with pytest.raises(ValueError, match=r"config.objective.mask_ratio: expected a fraction in \[0, 1\), found 1.5"):
+    with pytest.raises(ValueError, match=r"config.objective.mask_ratio: expected a number in \[0, 1\), found 1.5"):
         objectives.create(c)
     c.objective.mask_ratio, c.objective.name = 0.5, "softconn"
     with pytest.raises(ValueError, match=r"unknown objective 'softconn'; expected one of \[.*'softcon'"):

@@ -12,6 +12,7 @@ from geossl.convert.lib import (
     ConversionReport,
     entries,
     from_torch,
+    layouts,
     load_state_dict,
     read_metadata,
     resolve_model_kwargs,
@@ -22,5 +23,5 @@ from geossl.convert.lib import (
 from geossl.convert.lib.export import export_backbone
 
 __all__ = ["FIRST_LAYER_MODES", "ConversionError", "ConversionReport", "entries", "export_backbone",
-           "from_torch", "load_state_dict", "read_metadata", "resolve_model_kwargs",
+           "from_torch", "layouts", "load_state_dict", "read_metadata", "resolve_model_kwargs",
            "save_state_dict", "timm_model", "to_torch"]

@@ -94,9 +94,8 @@ def import_(arch: str | None, input_path: str, output: str, *, in_chans: int | N
         sd, arch, strict=strict, first_layer=first_layer, rng=seed,
         drop_prefixes=tuple(drop_prefixes), return_report=True, **kw)
     logging.info("%s", report)
-    if not (models.is_vit(arch) or models.is_swin(arch)):
-        kw.pop("img_size", None)
-    save_backbone(variables, arch, output, **kw)
+    ignored = models.family(arch).ignores  # a ResNet's img_size: any size fits
+    save_backbone(variables, arch, output, **{k: v for k, v in kw.items() if k not in ignored})
     return variables
 
 

@@ -18,8 +18,10 @@ check it) because the normalisation after its clip is affine per band and biline
 one; flips reverse the resize taps (the later steps are mirror symmetric). ``render_class_map``
 moves a per-pixel class map through the same box and flips, nearest neighbour.
 
-Which acquisitions a sample uses and how many views it has belong to each method: its sampler
-lives beside its loss (``softcon_views.py``, ``pera_views.py``, ``gfm_views.py``).
+These are the kernels; the specs and sampler steps the methods share (bands, crops, photometric
+policies as config dataclasses; acquisitions, labels, rendering) are the view kit,
+``geossl.data.views``. Which acquisitions a sample uses and how many views it has belong to each
+method: its sampler lives beside its loss (``objectives/*_views.py``).
 """
 
 from __future__ import annotations

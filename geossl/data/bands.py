@@ -39,6 +39,43 @@ MEAN = {**dict(zip(S2_L1C, _S2_MEAN)), "VV": -12.548, "VH": -20.192,
         **dict(zip(RGB, _IMAGENET_MEAN))}
 STD = {**dict(zip(S2_L1C, _S2_STD)), "VV": 5.257, "VH": 5.912, **dict(zip(RGB, _IMAGENET_STD))}
 
+#: Landsat 8 / 9 OLI bands 1-9, named "L8_B1".."L8_B9" ("L9_B1".. the same bands of OLI-2): the
+#: sensor prefix keeps them apart from Sentinel-2's B1.. (torchgeo names them "B1".. per dataset).
+LANDSAT_OLI = tuple(f"L8_B{i}" for i in range(1, 10))
+_OLI_WAVELENGTHS = (0.44, 0.48, 0.56, 0.655, 0.865, 1.61, 2.20, 0.59, 1.37)
+
+#: Central wavelength of each band in micrometres (what DOFA's wavelength embedding reads).
+#: Sentinel-2 (L1C and L2A share them): Sentinel-2A's central wavelengths, as torchgeo's
+#: ``Sentinel2.wavelengths``. Landsat 8/9 OLI: midpoints of the USGS band edges (as torchgeo's
+#: ``Landsat8``). 8-bit R, G, B: 0.665, 0.56, 0.49, DOFA's RGB values (Sentinel-2 B4, B3, B2
+#: rounded). Sentinel-1 VV, VH: 3.75, not a physical wavelength. The C-band radar wavelength is
+#: 5.55 cm (55 500 µm, torchgeo 0.8.1's ``Sentinel1.wavelength``), far outside what the
+#: hypernetwork saw in pretraining. 3.75 is the placeholder that DOFA v1's pretraining table gives
+#: its 2-channel Sentinel-1 input. The DOFA weights torchgeo 0.8.1 ships are v1 weights (torchgeo
+#: issue 3931 and PR 3942 later documented 3.75 for them and 5.405 for DOFA v2). geossl converts
+#: those weights, so it follows their convention.
+WAVELENGTHS: dict[str, float] = {
+    **dict(zip(S2_L1C, (0.4427, 0.4927, 0.5598, 0.6646, 0.7041, 0.7405, 0.7828, 0.8328, 0.8647,
+                        0.9451, 1.3735, 1.6137, 2.2024))),
+    "VV": 3.75, "VH": 3.75,
+    **dict(zip(LANDSAT_OLI, _OLI_WAVELENGTHS)),
+    **{f"L9_B{i}": w for i, w in enumerate(_OLI_WAVELENGTHS, start=1)},
+    **dict(zip(RGB, (0.665, 0.56, 0.49))),
+}
+
+
+def wavelengths(names: Sequence[str]) -> np.ndarray:
+    """(C,) float32 central wavelengths (µm) of the bands ``names`` (:data:`WAVELENGTHS`, names in
+    canonical form: "B02" == "B2"); unknown bands raise ValueError naming them."""
+    if isinstance(names, str):
+        raise ValueError(f"wavelengths: expected a sequence of band names, found the string {names!r}")
+    unknown = [b for b in names if canonical(b) not in WAVELENGTHS]
+    if unknown:
+        raise ValueError(f"wavelengths: no central wavelength for bands {unknown}; known: "
+                         f"{sorted(WAVELENGTHS)}")
+    return np.array([WAVELENGTHS[canonical(b)] for b in names], np.float32)
+
+
 #: Bands that may be absent from the data and are then zeros in the stored units (L2A has no B10).
 #: The zeros are normalised like stored B10 values (and count as no-data when ``nodata == 0``).
 ZERO_FILL = ("B10",)

@@ -6,6 +6,8 @@ removes the older set's shards of the same prefix and then the marker. Readers c
 :func:`check_shard_set`: a marker means an interrupted run (refused); with a manifest, a listed
 shard that is missing or has another size, or a shard of that prefix that is not listed, is
 refused by name. Shards without either file (written by TensorFlow or another tool) pass.
+Training checks sizes only; :func:`verify_shard_set` (``python -m data_prep.verify``) reads every
+byte against the recorded CRC32C.
 """
 
 from __future__ import annotations
@@ -44,11 +46,14 @@ def begin(folder: str, prefix: str) -> None:
         os.remove(manifest_path(folder, prefix))
 
 
-def file_crc32c(path: str, chunk: int = 1 << 24) -> int:
+def file_crc32c(path: str, chunk: int = 1 << 24, progress=None) -> int:
+    """CRC32C of a file's bytes; ``progress(n)`` is called with each chunk's size."""
     value = 0
     with open(path, "rb") as f:
         while block := f.read(chunk):
             value = crc32c.crc32c(block, value)
+            if progress is not None:
+                progress(len(block))
     return value
 
 
@@ -102,3 +107,59 @@ def check_shard_set(files: Sequence[str]) -> None:
             raise IncompleteDatasetError(
                 f"{folder}: the {prefix!r} shards do not match {os.path.basename(manifest_path(folder, prefix))}:"
                 "\n  " + "\n  ".join(problems[:20]))
+
+
+def read_manifest(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def verify_shard_set(path: str, *, workers: int = 8, progress=None) -> list[tuple[str, str]]:
+    """``[(shard name, problem)]`` of the set whose manifest is ``path`` (empty: whole and
+    intact): the writer's marker, listed shards missing, resized or with another CRC32C (read in
+    ``workers`` threads; ``progress(n)`` gets the bytes read), unlisted shards of the prefix."""
+    from concurrent.futures import ThreadPoolExecutor
+    folder = os.path.dirname(os.path.abspath(path))
+    manifest = read_manifest(path)
+    prefix = manifest["prefix"]
+    problems = []
+    if os.path.exists(marker_path(folder, prefix)):
+        problems.append((os.path.basename(marker_path(folder, prefix)),
+                         "a data_prep run writing this set stopped: run it again"))
+    listed = {s["name"]: s for s in manifest["shards"]}
+    on_disk = {os.path.basename(p): p for p in _shards_on_disk(folder, prefix)}
+    to_read = []
+    for name, shard in listed.items():
+        if name not in on_disk:
+            problems.append((name, f"missing (listed with {shard['records']} records)"))
+        elif (size := os.path.getsize(on_disk[name])) != shard["bytes"]:
+            problems.append((name, f"{size} bytes, the manifest says {shard['bytes']}"))
+        else:
+            to_read.append((name, shard))
+    problems += [(name, "not in the manifest") for name in sorted(on_disk) if name not in listed]
+
+    def check(item):
+        name, shard = item
+        found = file_crc32c(on_disk[name], progress=progress)
+        if found != shard["crc32c"]:
+            return name, f"CRC32C {found:#010x}, the manifest says {shard['crc32c']:#010x}"
+        return None
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        problems += [p for p in pool.map(check, to_read) if p is not None]
+    return problems
+
+
+def find_manifests(target: str) -> list[str]:
+    """Manifests named by ``target``: a folder (each ``*.manifest.json`` in it), a manifest file,
+    a set's path prefix (``DIR/train``) or a glob of shards (their sets' manifests)."""
+    if os.path.isdir(target):
+        return sorted(glob.glob(os.path.join(glob.escape(target), "*.manifest.json")))
+    if target.endswith(".manifest.json"):
+        return [target] if os.path.exists(target) else []
+    if os.path.exists(target + ".manifest.json"):
+        return [target + ".manifest.json"]
+    sets = {(os.path.dirname(os.path.abspath(f)), m.group("prefix")) for f in glob.glob(target)
+            if (m := _SHARD.match(os.path.basename(f)))}
+    paths = [manifest_path(folder, prefix) for folder, prefix in sets]
+    return sorted(p for p in paths if os.path.exists(p))

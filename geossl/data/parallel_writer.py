@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import queue as queue_lib
+import signal
 import time
 from collections.abc import Callable, Sequence
 
@@ -33,6 +34,8 @@ _progress_queue = None
 def _init_worker(progress_queue) -> None:
     global _progress_queue
     _progress_queue = progress_queue
+    if progress_queue is not None:  # a pool worker: Ctrl-C is the parent's to handle (it ends
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pool), not a traceback per worker
 
 
 def _write_one_shard(task) -> dict:

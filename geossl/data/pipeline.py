@@ -128,10 +128,18 @@ def make_dataset(source, view_fn: Callable[[dict, np.random.Generator], dict], *
         from absl import flags
         if not flags.FLAGS.is_parsed():   # grain reads its absl flags; outside absl.app nobody
             flags.FLAGS.mark_as_parsed()  # parsed them, so take their defaults
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
+                            worker_init_fn=_worker_leaves_ctrl_c_to_the_trainer)
     if unit != local_batch_size:
         it = it.batch(local_batch_size // unit, drop_remainder=drop_remainder, batch_fn=concat)
     return it
+
+
+def _worker_leaves_ctrl_c_to_the_trainer(worker_index: int, worker_count: int) -> None:
+    """grain worker processes ignore SIGINT (Ctrl-C reaches the whole process group): the trainer
+    checkpoints and ends them, instead of a KeyboardInterrupt traceback from each."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def train_files(pattern: str | Sequence[str]) -> list[str]:

@@ -1,60 +1,48 @@
 """Backbones by name: ``models.create("vit_small_patch14", in_chans=13, img_size=224)``.
 
-Every model is a ``flax.linen.Module`` with a ``num_features`` attribute and
-``__call__(x, *, train=False, stochastic=False, ...) -> dict`` holding at least ``"embedding"``
-(B, num_features). ``train``: BatchNorm uses batch statistics; ``stochastic``: drop path on (needs a
-``"dropout"`` rng). Teachers run ``stochastic=False`` whatever their BatchNorm mode.
+Every model is a ``flax.linen.Module`` with ``num_features`` (embedding width) and ``stride``
+(downsampling of its final feature map) attributes and ``__call__(x, *, train=False,
+stochastic=False, ...) -> dict`` holding at least ``"embedding"`` (B, num_features). ``train``:
+BatchNorm uses batch statistics; ``stochastic``: drop path on (needs a ``"dropout"`` rng). Teachers
+run ``stochastic=False`` whatever their BatchNorm mode.
+
+What a model can do is declared by its family (:class:`Family`, ``FAMILY`` in each model file):
+ask ``models.family(name)``, never test the name.
 """
 
 from __future__ import annotations
 
 import flax.linen as nn
 
-_VIT_NAMES = ("vit_tiny_patch16", "vit_base_patch16", "vit_small_patch14", "vit_base_patch14",
-              "vit_large_patch14")
-_RESNET_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101")
-_SWIN_NAMES = ("swin_tiny_patch4_window7_224", "swin_small_patch4_window7_224",
-               "swin_base_patch4_window7_224", "swin_large_patch4_window7_224")
+from geossl.models import dofa, resnet, swin, vit
+from geossl.models.family import Family
+
+__all__ = ["Family", "create", "families", "family", "names"]
+
+_FAMILIES: tuple[Family, ...] = (vit.FAMILY, resnet.FAMILY, swin.FAMILY, dofa.FAMILY)
+
+
+def families() -> tuple[Family, ...]:
+    """Every backbone family (ViT, ResNet, Swin, DOFA)."""
+    return _FAMILIES
 
 
 def names() -> list[str]:
     """All model names ``create`` accepts."""
-    return list(_VIT_NAMES + _RESNET_NAMES + _SWIN_NAMES)
+    return [n for f in _FAMILIES for n in f.names]
 
 
-def is_vit(name: str) -> bool:
-    """True for the ViT names (global-attention token models), False for ResNets and Swins;
-    unknown names raise."""
-    _check(name)
-    return name in _VIT_NAMES
-
-
-def is_swin(name: str) -> bool:
-    """True for the Swin Transformer names (hierarchical, windowed; take ``img_size`` and
-    ``window_size``); unknown names raise."""
-    _check(name)
-    return name in _SWIN_NAMES
+def family(name: str) -> Family:
+    """The family of the model ``name``; unknown names raise ValueError listing the known ones."""
+    for f in _FAMILIES:
+        if name in f.names:
+            return f
+    raise ValueError(f"unknown model {name!r}: expected one of {', '.join(names())}")
 
 
 def create(name: str, **kw) -> nn.Module:
-    """The model ``name`` with its configuration overridden by ``kw`` (e.g. ``in_chans=13``).
+    """The model ``name`` with its configuration overridden by ``kw`` (e.g. ``in_chans=13``);
+    ``family(name).kwargs`` lists the keywords (ResNets accept ``img_size`` and ignore it, so one
+    ``config.model`` serves every family)."""
+    return family(name).create(name, **kw)
 
-    ResNets take any image size: an ``img_size`` keyword is accepted and ignored for them, so
-    one ``config.model`` serves both families. Swins: ``window_size``, ``embed_dim``, ``depths``,
-    ``num_heads`` as well (``geossl.models.swin``).
-    """
-    _check(name)
-    if name in _VIT_NAMES:
-        from geossl.models.vit import vit
-        return vit(name, **kw)
-    if name in _SWIN_NAMES:
-        from geossl.models.swin import swin
-        return swin(name, **kw)
-    from geossl.models.resnet import resnet
-    kw.pop("img_size", None)
-    return resnet(name, **kw)
-
-
-def _check(name: str) -> None:
-    if name not in _VIT_NAMES + _RESNET_NAMES + _SWIN_NAMES:
-        raise ValueError(f"unknown model {name!r}: expected one of {', '.join(names())}")

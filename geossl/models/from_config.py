@@ -28,16 +28,10 @@ def architecture_kwargs(model_cfg) -> dict:
             if k != "name" and k not in COMPUTE_OPTIONS}
 
 
-#: config.model fields that only ViTs (and, in part, Swins) take; dropped for ResNets, which read
-#: the input size from the data. Swins get every field (an unknown one raises).
-VIT_ONLY = ("img_size", "patch_size", "depth", "num_heads", "embed_dim", "drop_path_rate",
-            "drop_path_uniform",
-            "layerscale_init", "num_register_tokens", "mlp_ratio", "qkv_bias")
-
-
 def create_from_config(model_cfg):
+    """``models.create(name, **kwargs)`` from a ``config.model`` section, without the fields its
+    family ignores (``Family.ignores``: a ResNet drops a ViT's structure fields)."""
     from geossl import models
-    kw = model_kwargs(model_cfg)
-    if not (models.is_vit(model_cfg["name"]) or models.is_swin(model_cfg["name"])):
-        kw = {k: v for k, v in kw.items() if k not in VIT_ONLY}
+    ignored = models.family(model_cfg["name"]).ignores
+    kw = {k: v for k, v in model_kwargs(model_cfg).items() if k not in ignored}
     return models.create(model_cfg["name"], **kw)

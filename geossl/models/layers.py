@@ -2,7 +2,8 @@
 
 The resampling reproduces PyTorch's ``F.interpolate(mode="bicubic", align_corners=False)`` as two
 small matrices (one per axis) computed in numpy at trace time, so a position table resized here
-equals the one timm resizes, both with ``antialias=True`` (timm's default) and without.
+equals the one timm resizes, both with ``antialias=True`` (timm's default) and without, and, with
+the coordinate scale of a ``scale_factor``, the one DINOv2 resizes (:func:`resize_pos_table`).
 """
 
 from __future__ import annotations
@@ -27,14 +28,20 @@ def _cubic(x: np.ndarray, a: float) -> np.ndarray:
     return np.where(x <= 1, near, np.where(x < 2, far, 0.0))
 
 
-def bicubic_matrix(in_size: int, out_size: int, antialias: bool = True) -> np.ndarray:
+def bicubic_matrix(in_size: int, out_size: int, antialias: bool = True,
+                   scale: float | None = None) -> np.ndarray:
     """(out_size, in_size) float64 weights W with ``y = W @ x`` = PyTorch's 1-D bicubic resize.
 
     antialias=False: ``upsample_bicubic2d`` (a=-0.75, source index clamped at the border).
-    antialias=True: ``_upsample_bicubic2d_aa`` (a=-0.5, support widened by in/out when
+    antialias=True: ``_upsample_bicubic2d_aa`` (a=-0.5, support widened by the scale when
     shrinking, weights renormalised over the in-range taps), which is what timm uses.
+    scale: input pixels per output pixel, output pixel i centred on input ``scale·(i + ½)``;
+    default in_size / out_size (``F.interpolate(size=...)``). ``F.interpolate(scale_factor=f)``
+    maps with 1 / f instead, whatever the output size floor(in_size·f) works out to.
     """
-    scale = in_size / out_size
+    scale = in_size / out_size if scale is None else float(scale)
+    if scale <= 0:
+        raise ValueError(f"bicubic_matrix: expected a scale > 0, found {scale}")
     w = np.zeros((out_size, in_size))
     rows = np.arange(out_size)
     if not antialias:
@@ -56,12 +63,18 @@ def bicubic_matrix(in_size: int, out_size: int, antialias: bool = True) -> np.nd
     return w
 
 
-def resize_grid(table, grid: tuple[int, int], antialias: bool = True):
-    """(g0h, g0w, D) → (gh, gw, D) bicubic; numpy in → numpy float64 math, jax in → float32 jax."""
+def resize_grid(table, grid: tuple[int, int], antialias: bool = True,
+                scale: tuple[float, float] | None = None):
+    """(g0h, g0w, D) → (gh, gw, D) bicubic; numpy in → numpy float64 math, jax in → float32 jax.
+
+    scale: (rows, columns) coordinate scales of :func:`bicubic_matrix` (default g0 / g per axis).
+    The same grid returns ``table`` unchanged.
+    """
     (h0, w0), (gh, gw) = table.shape[:2], grid
     if (h0, w0) == (gh, gw):
         return table
-    mh, mw = bicubic_matrix(h0, gh, antialias), bicubic_matrix(w0, gw, antialias)
+    sh, sw = (None, None) if scale is None else scale
+    mh, mw = bicubic_matrix(h0, gh, antialias, sh), bicubic_matrix(w0, gw, antialias, sw)
     if isinstance(table, np.ndarray):
         return np.einsum("ih,jw,hwd->ijd", mh, mw, table.astype(np.float64))
     f32 = jnp.float32
@@ -70,19 +83,49 @@ def resize_grid(table, grid: tuple[int, int], antialias: bool = True):
     return jnp.einsum("ih,hjd->ijd", jnp.asarray(mh, f32), out, precision=jax.lax.Precision.HIGHEST)
 
 
+#: How a ViT resizes its stored position table for another patch grid (``pos_embed_resize``).
+POS_EMBED_RESIZE = ("timm", "dinov2")
+#: DINOv2 adds 0.1 to the target grid in its scale factor (against a floating-point error of
+#: floor(g0·g/g0); facebookresearch/dino issue 8).
+DINOV2_OFFSET = 0.1
+
+
+def resize_pos_table(table, grid: tuple[int, int], rule: str = "timm"):
+    """Patch position table (g0h, g0w, D) → (gh, gw, D) by ``rule``; the same grid: ``table``.
+
+    "timm": timm's ``resample_abs_pos_embed`` (``dynamic_img_size``, weight loading):
+    ``F.interpolate(size=(gh, gw), mode="bicubic", antialias=True)``.
+    "dinov2": DINOv2's ``interpolate_pos_encoding`` (PerA's local crops):
+    ``F.interpolate(scale_factor=((gh + 0.1) / g0h, (gw + 0.1) / g0w), mode="bicubic",
+    antialias=False)``: output gh × gw, coordinates mapped with g0 / (g + 0.1), not g0 / g.
+    """
+    if rule not in POS_EMBED_RESIZE:
+        raise ValueError(f"pos_embed_resize: expected one of {POS_EMBED_RESIZE}, found {rule!r}")
+    (h0, w0), (gh, gw) = table.shape[:2], grid
+    if rule == "timm":
+        return resize_grid(table, grid, antialias=True)
+    return resize_grid(table, grid, antialias=False,
+                       scale=(h0 / (gh + DINOV2_OFFSET), w0 / (gw + DINOV2_OFFSET)))
+
+
 # ----- transformer layers -----------------------------------------------------------------------
 class PatchEmbed(nn.Module):
-    """(B,H,W,C) → (B,H/p,W/p,D): a p×p stride-p conv named ``proj`` (DINOv2 ``patch_embed.proj``)."""
+    """(B,H,W,C) → (B,H/p,W/p,D): a p×p stride-p conv named ``proj`` (timm / DINOv2
+    ``patch_embed.proj``), then, when ``norm_eps`` is set, a LayerNorm ``norm`` (Swin)."""
 
     embed_dim: int
     patch_size: int
     dtype: Any = jnp.float32
+    norm_eps: float | None = None  # None: no norm (ViT); Swin: torch's 1e-5
 
     @nn.compact
     def __call__(self, x):
         p = self.patch_size
-        return nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                       kernel_init=nn.initializers.lecun_normal(), name="proj")(x.astype(self.dtype))
+        x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                    kernel_init=nn.initializers.lecun_normal(), name="proj")(x.astype(self.dtype))
+        if self.norm_eps is not None:
+            x = nn.LayerNorm(self.norm_eps, dtype=self.dtype, name="norm")(x)
+        return x
 
 
 class LayerScale(nn.Module):
@@ -186,3 +229,19 @@ class Block(nn.Module):
         y = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm2")(x)
         y = Mlp(int(d * self.mlp_ratio), self.dtype, name="mlp")(y)
         return x + self._branch(y, "ls2")
+
+
+def check_token_options(b: int, n: int, depth: int, keep_idx=None, mask=None,
+                        return_layers=()) -> list[int]:
+    """Validates a token model's call options for a batch of b images of n patches: mask (B,N),
+    keep_idx (B,K); returns ``return_layers`` as non-negative block indices (negative allowed)."""
+    if mask is not None and tuple(mask.shape) != (b, n):
+        raise ValueError(f"mask: expected shape {(b, n)} (batch, patches), found {tuple(mask.shape)}")
+    if keep_idx is not None and (keep_idx.ndim != 2 or keep_idx.shape[0] != b):
+        raise ValueError(f"keep_idx: expected shape ({b}, K), found {tuple(keep_idx.shape)}")
+    layers = []
+    for i in return_layers:
+        if not -depth <= i < depth:
+            raise ValueError(f"return_layers: expected indices in [-{depth}, {depth}), found {i}")
+        layers.append(i % depth)
+    return layers

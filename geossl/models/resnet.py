@@ -25,6 +25,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from geossl.models import vit
+from geossl.models.family import Family, module_fields
+
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"), an untruncated normal.
 _CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -254,6 +257,11 @@ class ResNet(nn.Module):
     def num_features(self) -> int:
         return self.width * 2 ** (len(self.stage_sizes) - 1) * (4 if self.block == "bottleneck" else 1)
 
+    @property
+    def stride(self) -> int:
+        """Downsampling of the last stage: 4 in the stem (conv1, max pool), then 2 per stage."""
+        return 4 * 2 ** (len(self.stage_sizes) - 1)
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False, stochastic: bool = False) -> dict:
         """x (B,H,W,C) → {"embedding" (B,F), "features" [4 stage maps], "feature_map"}.
@@ -293,8 +301,17 @@ RESNET_CONFIGS: dict[str, dict] = {
 }
 
 
-def resnet(name: str, **overrides) -> ResNet:
-    """``resnet("resnet50", in_chans=13)``: a named configuration with field overrides."""
+def resnet(name: str, *, img_size=None, **overrides) -> ResNet:
+    """``resnet("resnet50", in_chans=13)``: a named configuration with field overrides. A ResNet
+    takes any image size: ``img_size`` is accepted and ignored."""
+    del img_size
     if name not in RESNET_CONFIGS:
         raise ValueError(f"unknown ResNet {name!r}: expected one of {sorted(RESNET_CONFIGS)}")
     return ResNet(**{**RESNET_CONFIGS[name], **overrides})
+
+
+FAMILY = Family(
+    name="resnet", names=tuple(RESNET_CONFIGS), build=resnet,
+    kwargs=module_fields(ResNet) | {"img_size"}, first_layer=("conv1",),
+    # a ViT's config.model serves a ResNet: its structure fields are dropped by create_from_config
+    ignores=vit.FAMILY.kwargs - module_fields(ResNet), feature_maps=True)

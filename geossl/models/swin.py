@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geossl.models.layers import Mlp, dense_init
+from geossl.models.family import Family, module_fields
+from geossl.models.layers import Mlp, PatchEmbed, dense_init
 
 LN_EPS = 1e-5  # torch nn.LayerNorm default, used by timm and the original Swin
 MASK_VALUE = -100.0  # attention logit added between tokens of different shifted regions
@@ -166,21 +167,6 @@ class PatchMerging(nn.Module):
         return nn.Dense(2 * c, use_bias=False, dtype=self.dtype, kernel_init=dense_init, name="reduction")(x)
 
 
-class SwinPatchEmbed(nn.Module):
-    """(B,H,W,C) → (B,H/p,W/p,D): p×p stride-p conv ``proj`` then LayerNorm ``norm``."""
-
-    embed_dim: int
-    patch_size: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        p = self.patch_size
-        x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                    kernel_init=nn.initializers.lecun_normal(), name="proj")(x.astype(self.dtype))
-        return nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm")(x)
-
-
 class SwinStage(nn.Module):
     """timm's ``SwinTransformerStage``: optional patch merging, then ``len(drop_paths)`` blocks."""
 
@@ -236,6 +222,11 @@ class SwinTransformer(nn.Module):
     def num_features(self) -> int:
         return int(self.embed_dim * 2 ** (len(self.depths) - 1))
 
+    @property
+    def stride(self) -> int:
+        """Downsampling of the last stage: the patch size, then 2 per patch merging."""
+        return self.patch_size * 2 ** (len(self.depths) - 1)
+
     def stage_windows(self, img_size: int | tuple[int, int] | None = None):
         """Per stage: ((h, w) feature size, (wh, ww) window, (sh, sw) shift) for ``img_size``;
         raises if a size does not fit the patch, merging and window grid."""
@@ -272,7 +263,7 @@ class SwinTransformer(nn.Module):
         self.stage_windows((h, w))
         d = self.embed_dim
         mask_token = self.param("mask_token", nn.initializers.truncated_normal(0.02), (1, 1, d))
-        x = SwinPatchEmbed(d, self.patch_size, self.dtype, name="patch_embed")(x)
+        x = PatchEmbed(d, self.patch_size, self.dtype, norm_eps=LN_EPS, name="patch_embed")(x)
         if mask is not None:
             if tuple(mask.shape) != x.shape[:3]:
                 raise ValueError(f"mask: expected shape {x.shape[:3]} (batch, H/{self.patch_size}, "
@@ -300,3 +291,8 @@ def swin(name: str, **overrides) -> SwinTransformer:
     for key in ("depths", "num_heads"):
         kw[key] = tuple(int(v) for v in kw[key])
     return SwinTransformer(**kw)
+
+
+FAMILY = Family(
+    name="swin", names=tuple(SWIN_CONFIGS), build=swin, kwargs=module_fields(SwinTransformer),
+    first_layer=("patch_embed", "proj"), mask_token=True, feature_maps=True, merging=True)

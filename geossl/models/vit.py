@@ -2,9 +2,11 @@
 
 Tokens are ``[cls, registers, patches]``; ``pos_embed`` (1, 1+G*G, D) covers cls and patches, not
 the registers (DINOv2). An input whose patch grid differs from ``img_size``'s is served by resizing
-the patch part of ``pos_embed`` at call time: bicubic with antialiasing, exactly timm's
-``resample_abs_pos_embed`` (``dynamic_img_size``). DINOv2's own ``interpolate_pos_encoding`` differs
-slightly: it resizes by ``scale_factor=(g+0.1)/G0`` and without antialiasing.
+the patch part of ``pos_embed`` at call time, by ``pos_embed_resize``: "timm" (default) bicubic
+with antialiasing, exactly timm's ``resample_abs_pos_embed`` (``dynamic_img_size``); "dinov2"
+exactly DINOv2's ``interpolate_pos_encoding`` (PerA's local crops), bicubic by
+``scale_factor=(g+0.1)/G0`` without antialiasing (``layers.resize_pos_table``). At 28 → 6 the two
+differ by 26% (relative norm, on a 2-D sin-cos table).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from geossl.models.layers import LN_EPS, Block, PatchEmbed, resize_grid
+from geossl.models.family import Family, module_fields
+from geossl.models.layers import (LN_EPS, POS_EMBED_RESIZE, Block, PatchEmbed,
+                                  check_token_options, resize_pos_table)
 
 VIT_CONFIGS = {
     # PerA-style small model: patch 16, no LayerScale (like timm vit_tiny_patch16_224)
@@ -56,10 +60,16 @@ class VisionTransformer(nn.Module):
     drop_path_uniform: bool = False  # True: drop_path_rate in every block (PerA); False: linear
     dtype: Any = jnp.float32
     remat: bool = False
+    pos_embed_resize: str = "timm"  # another patch grid: "timm" | "dinov2" (resize_pos_table)
 
     @property
     def num_features(self) -> int:
         return self.embed_dim
+
+    @property
+    def stride(self) -> int:
+        """Pixels per patch-token step: the downsampling of the patch-token grid."""
+        return self.patch_size
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -98,6 +108,9 @@ class VisionTransformer(nn.Module):
         layers = self._check_options(b, n, keep_idx, mask, insert_idx, insert_at_block, return_layers)
 
         g0 = self.grid_size
+        if self.pos_embed_resize not in POS_EMBED_RESIZE:
+            raise ValueError(f"pos_embed_resize: expected one of {POS_EMBED_RESIZE}, found "
+                             f"{self.pos_embed_resize!r}")
         cls_token = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, d))
         pos_embed = self.param("pos_embed", nn.initializers.truncated_normal(0.02),
                                (1, 1 + g0[0] * g0[1], d))
@@ -108,7 +121,8 @@ class VisionTransformer(nn.Module):
             tokens = jnp.where(mask[..., None], mask_token.astype(tokens.dtype)[None], tokens)
         patch_pos = pos_embed[0, 1:]
         if grid != g0:
-            patch_pos = resize_grid(patch_pos.reshape(*g0, d), grid).reshape(n, d)
+            patch_pos = resize_pos_table(patch_pos.reshape(*g0, d), grid,
+                                         self.pos_embed_resize).reshape(n, d)
         tokens = tokens + patch_pos.astype(tokens.dtype)
         if keep_idx is not None:
             tokens = jnp.take_along_axis(tokens, keep_idx[..., None].astype(jnp.int32), axis=1)
@@ -146,23 +160,14 @@ class VisionTransformer(nn.Module):
 
     def _check_options(self, b, n, keep_idx, mask, insert_idx, insert_at_block, return_layers):
         """Validates the call options; returns ``return_layers`` as non-negative block indices."""
-        if mask is not None and tuple(mask.shape) != (b, n):
-            raise ValueError(f"mask: expected shape {(b, n)} (batch, patches), found {tuple(mask.shape)}")
-        for name, idx in (("keep_idx", keep_idx), ("insert_idx", insert_idx)):
-            if idx is not None and (idx.ndim != 2 or idx.shape[0] != b):
-                raise ValueError(f"{name}: expected shape ({b}, K), found {tuple(idx.shape)}")
+        if insert_idx is not None and (insert_idx.ndim != 2 or insert_idx.shape[0] != b):
+            raise ValueError(f"insert_idx: expected shape ({b}, L), found {tuple(insert_idx.shape)}")
         if (insert_idx is None) != (insert_at_block is None):
             raise ValueError("insert_idx and insert_at_block go together; found only "
                              + ("insert_idx" if insert_at_block is None else "insert_at_block"))
         if insert_at_block is not None and not 0 <= insert_at_block < self.depth:
             raise ValueError(f"insert_at_block: expected 0..{self.depth - 1}, found {insert_at_block}")
-        layers = []
-        for i in return_layers:
-            if not -self.depth <= i < self.depth:
-                raise ValueError(f"return_layers: expected indices in [-{self.depth}, {self.depth}), "
-                                 f"found {i}")
-            layers.append(i % self.depth)
-        return layers
+        return check_token_options(b, n, self.depth, keep_idx, mask, return_layers)
 
 
 def vit(name: str, **overrides) -> VisionTransformer:
@@ -170,3 +175,9 @@ def vit(name: str, **overrides) -> VisionTransformer:
     if name not in VIT_CONFIGS:
         raise ValueError(f"unknown ViT {name!r}: expected one of {', '.join(VIT_CONFIGS)}")
     return VisionTransformer(**{**VIT_CONFIGS[name], **overrides})
+
+
+FAMILY = Family(
+    name="vit", names=tuple(VIT_CONFIGS), build=vit, kwargs=module_fields(VisionTransformer),
+    first_layer=("patch_embed", "proj"), keep_tokens=True, insert_tokens=True, mask_token=True,
+    patch_tokens=True, register_tokens=True)

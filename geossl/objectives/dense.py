@@ -23,12 +23,11 @@ import numpy as np
 
 from geossl import losses, masking
 from geossl.errors import ConfigError
-from geossl.models import is_swin, is_vit
+from geossl.models import family
 from geossl.models.from_config import create_from_config
 from geossl.models.heads import MLPHead
 from geossl.objectives import dense_views
-from geossl.objectives.base import (Objective, Variables, dataclass_from_config,
-                                    ema_backbone_variables, register)
+from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, register)
 
 TEACHER_MODES = ("ema", "none")
 
@@ -106,7 +105,7 @@ class DenseNet(nn.Module):
     with ``with_image`` the pooled embedding → image head (B, proj_dim)."""
 
     backbone: nn.Module
-    vit: bool
+    tokens: bool               # per-location features are the patch tokens (else a stage map)
     feature_stage: int = 4
     proj_hidden: int = 2048
     proj_dim: int = 128
@@ -123,11 +122,15 @@ class DenseNet(nn.Module):
 
     def feature_map(self, out: dict, x: jax.Array) -> jax.Array:
         """The backbone output's per-location features (B, h, w, F)."""
-        if self.vit:
+        if self.tokens:
             p = self.backbone.patch_size
             tokens = out["patch_tokens"]
             return tokens.reshape(x.shape[0], x.shape[1] // p, x.shape[2] // p, tokens.shape[-1])
-        return out["features"][self.feature_stage - 1]
+        maps = out["features"]
+        if self.feature_stage > len(maps):
+            raise ConfigError(f"config.objective.feature_stage: expected a stage in 1..{len(maps)}, "
+                              f"found {self.feature_stage}")
+        return maps[self.feature_stage - 1]
 
     def __call__(self, x, *, train: bool = True, stochastic: bool = False) -> dict:
         """x (B,H,W,C) → {"dense" (B,h,w,proj_dim), "image" (B,proj_dim) or None}."""
@@ -144,22 +147,25 @@ class Dense(Objective):
 
     def __init__(self, config):
         super().__init__(config)
-        o = config.objective
-        if is_swin(config.model.name):
-            raise ConfigError(f"config.model.name: the dense objective takes a ViT or a ResNet, "
-                              f"found the Swin {config.model.name!r}")
-        self.vit = is_vit(config.model.name)
-        _check_fields(o, self.vit, config.export.teacher)
-        self.teacher_mode = o.teacher_mode
+        o, f = config.objective, Fields(config.objective)
+        fam = family(config.model.name)
+        if not fam.patch_tokens:
+            self.require_backbone("feature_maps", why="dense features without patch tokens")
+        self.tokens = fam.patch_tokens
+        mode = f.choice("teacher_mode", TEACHER_MODES)
+        self.teacher_spec = TeacherSpec(mode, batch_stats=True) if mode == "ema" else TeacherSpec()
+        self.temperature = f.number("temperature", "(0, inf)")
+        self.image_weight = f.number("image_weight", "[0, inf)")
+        for name in ("num_locations", "proj_hidden", "proj_dim", "proj_layers"):
+            f.integer(name, "[1, inf)")
+        stage = 4 if self.tokens else f.integer("feature_stage", "[1, 4]")
         self.backbone = create_from_config(config.model)
         self.net = DenseNet(
-            backbone=self.backbone, vit=self.vit,
-            feature_stage=4 if self.vit else int(o.feature_stage),
+            backbone=self.backbone, tokens=self.tokens, feature_stage=stage,
             proj_hidden=int(o.proj_hidden), proj_dim=int(o.proj_dim),
             proj_layers=int(o.proj_layers), head_bn=bool(o.head_bn),
-            with_image=float(o.image_weight) > 0)
-        self.view_config = dataclass_from_config(
-            dense_views.DenseViewConfig, config.data, img_size=config.model.img_size)
+            with_image=self.image_weight > 0)
+        self.view_config = dense_views.view_config(config)
 
     # ----- host ------------------------------------------------------------------------------
     def make_views(self, record, rng: np.random.Generator):
@@ -170,18 +176,14 @@ class Dense(Objective):
     def init(self, rng, batch) -> Variables:
         x = jnp.asarray(batch["view1"])
         variables = self.net.init({"params": rng, "dropout": rng}, x, train=False)
-        bs = variables.get("batch_stats", {})
-        extra = {"batch_stats": bs}
-        if self.teacher_mode == "ema":
-            extra["teacher_batch_stats"] = bs
-        return Variables(params=variables["params"], teacher=None, extra=extra)
+        return Variables(params=variables["params"],
+                         extra={"batch_stats": variables.get("batch_stats", {})})
 
-    def forward(self, params, batch_stats, x, rng=None):
-        """Train-mode forward (BatchNorm on batch statistics; drop path when ``rng`` is given):
-        ({"dense" (B,h,w,P), "image"}, new batch statistics)."""
+    def forward(self, variables, x, rng=None):
+        """Train-mode forward of ``{"params", "batch_stats"}`` (BatchNorm on batch statistics; drop
+        path when ``rng`` is given): ({"dense" (B,h,w,P), "image"}, new batch statistics)."""
         kw = dict(stochastic=True, rngs={"dropout": rng}) if rng is not None else {}
-        out, state = self.net.apply({"params": params, "batch_stats": batch_stats}, x,
-                                    train=True, mutable=["batch_stats"], **kw)
+        out, state = self.net.apply(variables, x, train=True, mutable=["batch_stats"], **kw)
         return out, state["batch_stats"]
 
     def sample_cells(self, rng, batch: int, grid: tuple[int, int]) -> jax.Array:
@@ -200,25 +202,24 @@ class Dense(Objective):
         return gather_cells(query, idx), bilinear_sample(key, coords), valid
 
     def loss(self, params, teacher, extra, batch, rng, step):
-        o = self.config.objective
         r_cells1, r_cells2, r_drop1, r_drop2 = jax.random.split(rng, 4)
         x1, x2 = batch["view1"], batch["view2"]
         g1 = batch["geometry1"].astype(jnp.float32)
         g2 = batch["geometry2"].astype(jnp.float32)
-        s1, bs = self.forward(params, extra["batch_stats"], x1, r_drop1)
-        s2, bs = self.forward(params, bs, x2, r_drop2)
-        new_extra = {"batch_stats": bs}
-        if self.teacher_mode == "ema":
-            t1, tbs = self.forward(teacher, extra["teacher_batch_stats"], x1)
-            t2, tbs = self.forward(teacher, tbs, x2)
+        s1, bs = self.forward({"params": params, "batch_stats": extra["batch_stats"]}, x1, r_drop1)
+        s2, bs = self.forward({"params": params, "batch_stats": bs}, x2, r_drop2)
+        aux = {"extra": {"batch_stats": bs}}
+        if self.teacher_spec.kind == "ema":
+            t1, tbs = self.forward(teacher, x1)
+            t2, tbs = self.forward(dict(teacher, batch_stats=tbs), x2)
             t1, t2 = jax.lax.stop_gradient((t1, t2))
-            new_extra["teacher_batch_stats"] = tbs
+            aux["teacher_batch_stats"] = tbs
         else:
             t1, t2 = s1, s2
 
         size = x1.shape[1:3]
         b, grid = x1.shape[0], s1["dense"].shape[1:3]
-        tau = float(o.temperature)
+        tau = self.temperature
         q1, k2, v12 = self.pair_features(s1["dense"], t2["dense"],
                                          self.sample_cells(r_cells1, b, grid), g1, g2, size)
         q2, k1, v21 = self.pair_features(s2["dense"], t1["dense"],
@@ -231,40 +232,6 @@ class Dense(Objective):
         if self.net.with_image:
             loss_image = 0.5 * (losses.info_nce_loss(s1["image"], t2["image"], temperature=tau)
                                 + losses.info_nce_loss(s2["image"], t1["image"], temperature=tau))
-            total = total + float(o.image_weight) * loss_image
+            total = total + self.image_weight * loss_image
             metrics["loss_image"] = loss_image
-        return total, {"metrics": metrics, "extra": new_extra}
-
-    # ----- init / export ---------------------------------------------------------------------
-    def with_backbone(self, variables: Variables, backbone: dict) -> Variables:
-        params = dict(variables.params, backbone=backbone["params"])
-        extra = dict(variables.extra)
-        if "batch_stats" in backbone:
-            for name in ("batch_stats", "teacher_batch_stats"):
-                if name in extra:
-                    extra[name] = dict(extra[name], backbone=backbone["batch_stats"])
-        return Variables(params=params, teacher=variables.teacher, extra=extra)
-
-    def backbone_variables(self, variables: Variables) -> dict:
-        return ema_backbone_variables(variables, self.config.export.teacher)
-
-
-def _check_fields(o, vit: bool, export_teacher: bool) -> None:
-    """config.objective fields out of range, named before anything compiles."""
-    if o.teacher_mode not in TEACHER_MODES:
-        raise ConfigError(f"config.objective.teacher_mode: expected one of {TEACHER_MODES}, "
-                          f"found {o.teacher_mode!r}")
-    if export_teacher and o.teacher_mode != "ema":
-        raise ConfigError(f"config.export.teacher: exporting the teacher needs "
-                          f"config.objective.teacher_mode 'ema', found {o.teacher_mode!r}")
-    if not float(o.temperature) > 0.0:
-        raise ConfigError(f"config.objective.temperature: expected > 0, found {o.temperature!r}")
-    if float(o.image_weight) < 0.0:
-        raise ConfigError(f"config.objective.image_weight: expected >= 0, found "
-                          f"{o.image_weight!r}")
-    for name in ("num_locations", "proj_hidden", "proj_dim", "proj_layers"):
-        if int(o[name]) < 1:
-            raise ConfigError(f"config.objective.{name}: expected >= 1, found {o[name]!r}")
-    if not vit and int(o.feature_stage) not in (1, 2, 3, 4):
-        raise ConfigError(f"config.objective.feature_stage: expected a ResNet stage 1-4, found "
-                          f"{o.feature_stage!r}")
+        return total, dict(aux, metrics=metrics)

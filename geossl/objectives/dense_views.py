@@ -1,8 +1,8 @@
 """Dense objective's views: two overlapping augmented crops of one location, geometry kept.
 
 Each view is a random resized crop (+ flips, brightness/contrast, grayscale, blur) rendered on the
-host with ``geossl.data.augment``. Its geometry travels with the sample as numbers, so the
-objective can find which point of view 2 sees the ground under a point of view 1
+host with the view kit (``geossl.data.views``). Its geometry travels with the sample as numbers,
+so the objective can find which point of view 2 sees the ground under a point of view 1
 (``geometry`` below). The paper (REFERENCE §5) states only "two overlapping augmented views";
 the second crop is redrawn (at most ``overlap_tries`` times) until it shares at least
 ``min_overlap`` of the smaller crop's area with the first.
@@ -19,69 +19,56 @@ import dataclasses
 
 import numpy as np
 
-from geossl.data import augment
-from geossl.data import bands as bands_lib
-from geossl.objectives import softcon_views
+from geossl.data import augment, views
+from geossl.errors import ConfigError
 
-SEASONS = ("same", "independent", "distinct")
+SEASONS = views.SEASONS
 GEOMETRY_FIELDS = ("top", "left", "height", "width", "vflip", "hflip")
 
 
-@dataclasses.dataclass(frozen=True)
-class DenseViewConfig:
-    """Dense views, filled from ``config.data`` by ``objectives.base.dataclass_from_config``.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DenseViewConfig(views.BandSpec, views.CropSpec, views.PhotometricSpec):
+    """Dense views (the kit's specs, ``geossl.data.views``, plus):
 
     seasons: "same" (both views from one random acquisition), "independent" (each drawn
     uniformly) or "distinct" (two different acquisitions when T > 1).
     min_overlap / overlap_tries: view 2's crop is redrawn until it shares min_overlap of the
     smaller crop's area with view 1's (0: independent crops), at most overlap_tries times.
-    blur_p, solarize_p: per view (view 1, view 2). keep_masks: carry each view's ``land_cover``
-    map (nearest neighbour) as mask1 / mask2 (S, S) uint8, for inspection; the loss ignores them.
+    keep_masks: carry each view's ``land_cover`` map (nearest neighbour) as mask1 / mask2 (S, S)
+    uint8, for inspection; the loss ignores them.
+    Differs from the kit's defaults: crops of scale 0.2–1 with vertical flips too (overhead
+    imagery has no "up"), blur p 1.0 / 0.1 (SSL4EO-S12's two views).
     """
 
-    img_size: int = 224
-    bands: tuple[str, ...] = bands_lib.S2_L1C
-    norm: str = "softcon"
-    seasons: str = "same"
     crop_scale: tuple[float, float] = (0.2, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    vflip: bool = True
+    blur_p: views.PerView = (1.0, 0.1)
+    seasons: str = "same"
     min_overlap: float = 0.25
     overlap_tries: int = 10
-    brightness: float = 0.4
-    contrast: float = 0.4
-    jitter_p: float = 0.8
-    jitter_per_band: bool = False
-    jitter_clip: bool = True
-    gray_p: float = 0.2
-    blur_p: tuple[float, float] = (1.0, 0.1)
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    blur_truncate: float = 3.0
-    solarize_p: tuple[float, float] = (0.0, 0.0)
-    solarize_threshold: float = 0.5
-    flip: bool = True
-    vflip: bool = True
     keep_masks: bool = False
-    nodata: float | None = None
-    nodata_fill: str = "zero"
-    zero_fill_b10: bool = True
 
     def __post_init__(self):
+        super().__post_init__()
         if self.seasons not in SEASONS:
-            raise ValueError(f"config.data.seasons: expected one of {SEASONS}, found "
-                             f"{self.seasons!r}")
+            raise ConfigError(f"config.data.seasons: expected one of {SEASONS}, found "
+                              f"{self.seasons!r}")
         if not 0.0 <= self.min_overlap <= 1.0:
-            raise ValueError(f"config.data.min_overlap: expected a fraction in [0, 1], found "
-                             f"{self.min_overlap!r}")
+            raise ConfigError(f"config.data.min_overlap: expected a fraction in [0, 1], found "
+                              f"{self.min_overlap!r}")
         if self.overlap_tries < 1:
-            raise ValueError(f"config.data.overlap_tries: expected >= 1, found "
-                             f"{self.overlap_tries!r}")
+            raise ConfigError(f"config.data.overlap_tries: expected >= 1, found "
+                              f"{self.overlap_tries!r}")
 
-    def photometric(self, view: int) -> augment.Photometric:
-        """The photometric policy of view 0 or 1."""
-        return augment.Photometric(
-            jitter_p=self.jitter_p, brightness=self.brightness, contrast=self.contrast,
-            per_band=self.jitter_per_band, gray_p=self.gray_p, blur_p=self.blur_p[view],
-            blur_sigma=tuple(self.blur_sigma), solarize_p=self.solarize_p[view])
+
+def config_fields() -> dict:
+    """``config.data`` fields of the dense views (``img_size`` is ``config.model.img_size``)."""
+    return views.config_fields(DenseViewConfig, fixed=("img_size",))
+
+
+def view_config(config) -> DenseViewConfig:
+    """The dense views from ``config.data`` at ``config.model.img_size``."""
+    return views.from_config(DenseViewConfig, config.data, img_size=config.model.img_size)
 
 
 def overlap_fraction(a: augment.Box, b: augment.Box) -> float:
@@ -96,19 +83,10 @@ def geometry(params: augment.ViewParams) -> np.ndarray:
     return np.array([*params.box, float(params.vflip), float(params.hflip)], np.float32)
 
 
-def _pick_acquisitions(rng: np.random.Generator, t: int, seasons: str) -> tuple[int, int]:
-    if seasons == "same":
-        t1 = int(rng.integers(t))
-        return t1, t1
-    return softcon_views.pick_two(rng, t, distinct=seasons == "distinct")
-
-
 def _draw_geometry(rng, height, width, cfg: DenseViewConfig, first: augment.Box | None) -> dict:
-    hflip_p, vflip_p = 0.5 if cfg.flip else 0.0, 0.5 if cfg.vflip else 0.0
     tries = 1 if first is None or cfg.min_overlap == 0 else cfg.overlap_tries
     for _ in range(tries):
-        geo = augment.sample_geometry(rng, height, width, cfg.crop_scale, cfg.crop_ratio,
-                                      hflip_p, vflip_p)
+        geo = cfg.draw(rng, height, width)
         if first is None or overlap_fraction(first, geo["box"]) >= cfg.min_overlap:
             break
     return geo
@@ -120,19 +98,15 @@ def two_view_sample(record: dict, rng: np.random.Generator, cfg: DenseViewConfig
     acquisitions, view 1 (geometry, photometric), view 2 (geometry tries, photometric)."""
     image = augment.record_image(record)
     t, height, width = image.shape[:3]
-    plan = augment.record_band_plan(record, cfg.bands, cfg.norm, cfg.zero_fill_b10)
+    plan = cfg.band_plan(record)
     c = len(plan.bands_out)
     masks = _land_cover(record, image.shape) if cfg.keep_masks else None
     out, first = {}, None
-    for view, acq in enumerate(_pick_acquisitions(rng, t, cfg.seasons)):
+    for view, acq in enumerate(views.pick_acquisitions(rng, t, cfg.seasons)):
         geo = _draw_geometry(rng, height, width, cfg, first)
         first = geo["box"] if first is None else first
-        params = augment.ViewParams(**geo, **augment.sample_photometric(
-            rng, cfg.photometric(view), c))
-        out[f"view{view + 1}"] = augment.render_view(
-            image[acq], plan, params, cfg.img_size, nodata=cfg.nodata, fill=cfg.nodata_fill,
-            jitter_clip=cfg.jitter_clip, solarize_threshold=cfg.solarize_threshold,
-            blur_truncate=cfg.blur_truncate)
+        params = cfg.draw_view(rng, geo, view, c)
+        out[f"view{view + 1}"] = views.render(cfg, image[acq], plan, params, cfg.img_size)
         out[f"geometry{view + 1}"] = geometry(params)
         if masks is not None:
             out[f"mask{view + 1}"] = augment.render_class_map(masks[acq], params, cfg.img_size)

@@ -1,7 +1,6 @@
 """GFM's views: one random crop, normalised, no photometric change (REFERENCE §4).
 
-Masks are drawn on the device; with ``teacher_size`` the same crop is also rendered for the frozen
-teacher at its own size and bands.
+Masks are drawn on the device, where the frozen teacher's input is made from the same crop.
 """
 
 from __future__ import annotations
@@ -10,41 +9,32 @@ import dataclasses
 
 import numpy as np
 
-from geossl.data import augment
-from geossl.data import bands as bands_lib
+from geossl.data import augment, views
 
 
-@dataclasses.dataclass(frozen=True)
-class MaskedCropConfig:
-    """GFM views: RandomResizedCrop(img_size, scale 0.67–1) + horizontal flip; the teacher view
-    (``teacher_size``, ``teacher_bands``, default ``bands``) is the same crop."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MaskedCropConfig(views.BandSpec, views.CropSpec):
+    """GFM views (the kit's specs, ``geossl.data.views``): RandomResizedCrop(img_size 192,
+    scale 0.67–1) + horizontal flip."""
 
     img_size: int = 192
     crop_scale: tuple[float, float] = (0.67, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip: bool = True
-    teacher_size: int | None = None
-    teacher_bands: tuple[str, ...] | None = None
-    bands: tuple[str, ...] = bands_lib.S2_L1C
-    norm: str = "softcon"
-    nodata: float | None = None
-    nodata_fill: str = "zero"
-    zero_fill_b10: bool = True
+
+
+def config_fields() -> dict:
+    """``config.data`` fields of GFM's views (``img_size`` is ``config.model.img_size``)."""
+    return views.config_fields(MaskedCropConfig, fixed=("img_size",))
+
+
+def view_config(config) -> MaskedCropConfig:
+    """GFM's views from ``config.data`` at ``config.model.img_size``."""
+    return views.from_config(MaskedCropConfig, config.data, img_size=config.model.img_size)
 
 
 def masked_crop_sample(record: dict, rng: np.random.Generator, cfg: MaskedCropConfig) -> dict:
-    """GFM sample from one random acquisition: image (S, S, C) float32, and teacher_image
-    (S_t, S_t, C_t) of the same crop when ``cfg.teacher_size`` is set."""
+    """GFM sample from one random acquisition: image (S, S, C) float32."""
     image = augment.record_image(record)
-    x = image[int(rng.integers(image.shape[0]))]
-    plan = augment.record_band_plan(record, cfg.bands, cfg.norm, cfg.zero_fill_b10)
-    params = augment.ViewParams(**augment.sample_geometry(
-        rng, x.shape[0], x.shape[1], cfg.crop_scale, cfg.crop_ratio, 0.5 if cfg.flip else 0.0))
-    out = {"image": augment.render_view(x, plan, params, cfg.img_size, nodata=cfg.nodata,
-                                        fill=cfg.nodata_fill)}
-    if cfg.teacher_size:
-        t_plan = augment.record_band_plan(record, cfg.teacher_bands or cfg.bands, cfg.norm,
-                                          cfg.zero_fill_b10)
-        out["teacher_image"] = augment.render_view(x, t_plan, params, cfg.teacher_size,
-                                                   nodata=cfg.nodata, fill=cfg.nodata_fill)
-    return out
+    x = image[views.pick_one(rng, image.shape[0])]
+    plan = cfg.band_plan(record)
+    params = augment.ViewParams(**cfg.draw(rng, x.shape[0], x.shape[1]))
+    return {"image": views.render(cfg, x, plan, params, cfg.img_size)}

@@ -20,25 +20,16 @@ returns 0.9·c + 0.1·mean(teacher logits over every crop of the global batch).
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from geossl import losses, masking, schedules
-from geossl.models import is_vit
 from geossl.models.from_config import create_from_config
 from geossl.models.heads import DINOHead
 from geossl.objectives import pera_views
-from geossl.objectives.base import Objective, Variables, dataclass_from_config, register
-
-
-def patchify(x: jax.Array, p: int) -> jax.Array:
-    """(B,H,W,C) → (B, (H/p)(W/p), p·p·C): row-major patches, each flattened in (p, p, C) order."""
-    b, h, w, c = x.shape
-    x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, (h // p) * (w // p), p * p * c)
+from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, check, register)
+from geossl.patches import patchify
 
 
 def _flat(x: jax.Array) -> jax.Array:
@@ -46,29 +37,25 @@ def _flat(x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
 
 
-def view_config(data, global_size: int) -> pera_views.MultiCropConfig:
-    """PerA's views from ``config.data``; ``data.jitter_per_band``: brightness / contrast factors
-    drawn per band for both versions (multispectral input), one factor for all bands otherwise;
-    ``data.rgb_jitter``: torchvision's ColorJitter with saturation / hue and luma grayscale (R, G,
-    B input)."""
-    per_band, rgb = bool(data.jitter_per_band), bool(data.get("rgb_jitter", False))
-    base = pera_views.MultiCropConfig()
-    return dataclass_from_config(
-        pera_views.MultiCropConfig, data, global_size=global_size,
-        student=dataclasses.replace(base.student, per_band=per_band, rgb=rgb),
-        teacher=dataclasses.replace(base.teacher, per_band=per_band, rgb=rgb))
-
-
 @register("pera")
 class PerA(Objective):
-    teacher_mode = "ema"
+    teacher_spec = TeacherSpec("ema", exclude=("pixel_head", "mask_token"))
 
     def __init__(self, config):
         super().__init__(config)
-        o = config.objective
-        if not is_vit(config.model.name):
-            raise ValueError(f"config.model.name: PerA needs a ViT (token masks), found "
-                             f"{config.model.name!r}")
+        o, f = config.objective, Fields(config.objective)
+        self.require_backbone("keep_tokens", "insert_tokens", why="PerA's disjoint token masks")
+        for name in ("student_ratio", "learn_ratio", "center_momentum"):
+            f.number(name, "[0, 1]")
+        check(float(o.student_ratio) <= float(o.learn_ratio), "config.objective.learn_ratio",
+              f"at least student_ratio {o.student_ratio} (the cumulative student + learn share)",
+              o.learn_ratio)
+        for name in ("student_temp", "teacher_temp", "teacher_temp_final"):
+            f.number(name, "(0, inf)")
+        for name in ("dino_weight", "koleo_weight", "mse_weight"):
+            f.number(name, "[0, inf)")
+        for name in ("num_prototypes", "head_hidden", "head_bottleneck", "head_layers"):
+            f.integer(name, "[1, inf)")
         self.backbone = create_from_config(config.model)
         self.patch_size = self.backbone.patch_size
         self.in_chans = self.backbone.in_chans
@@ -76,15 +63,12 @@ class PerA(Objective):
                     num_layers=int(o.head_layers), norm_last_layer=False)
         self.class_head = DINOHead(out_dim=int(o.num_prototypes), **head)
         self.pixel_head = DINOHead(out_dim=self.patch_size ** 2 * self.in_chans, **head)
-        self.insert_at_block = int(o.insert_at_block)
-        if not 0 < self.insert_at_block < self.backbone.depth:
-            raise ValueError(f"config.objective.insert_at_block: expected 1..{self.backbone.depth - 1}"
-                             f" (PerA: depth//2), found {self.insert_at_block}")
+        self.insert_at_block = f.integer("insert_at_block", f"[1, {self.backbone.depth - 1}]")
         self.teacher_temp = schedules.make_schedule(dict(
-            name="linear", start=float(o.teacher_temp), end=float(o.teacher_temp_final),
-            steps=int(o.teacher_temp_warmup_steps)))
+            name="linspace", start=float(o.teacher_temp), end=float(o.teacher_temp_final),
+            steps=f.integer("teacher_temp_warmup_steps")))
         self.dense_student = bool(o.dense_student)
-        self.view_config = view_config(config.data, config.model.img_size)
+        self.view_config = pera_views.view_config(config)
 
     # ----- host ------------------------------------------------------------------------------
     def make_views(self, record, rng: np.random.Generator):
@@ -105,10 +89,7 @@ class PerA(Objective):
             "mask_token": 0.02 * jax.random.normal(r_tok, (1, d), jnp.float32),
         }
         center = jnp.zeros((1, int(self.config.objective.num_prototypes)), jnp.float32)
-        return Variables(params=params, teacher=None, extra={"center": center})
-
-    def teacher_source(self, params):
-        return {"backbone": params["backbone"], "class_head": params["class_head"]}
+        return Variables(params=params, extra={"center": center})
 
     def split(self, rng, n: int, num_tokens: int):
         """(student_idx, learn_idx, teacher_idx) for n crops of num_tokens patches each."""
@@ -148,9 +129,10 @@ class PerA(Objective):
 
     def teacher(self, teacher, x, teacher_idx):
         """Deterministic teacher on [cls + teacher_idx] of crops x: class logits (n,K)."""
-        out = self.backbone.apply({"params": teacher["backbone"]}, x, keep_idx=teacher_idx,
+        tp = teacher["params"]
+        out = self.backbone.apply({"params": tp["backbone"]}, x, keep_idx=teacher_idx,
                                   stochastic=False)
-        logits = self.class_head.apply({"params": teacher["class_head"]}, out["embedding"])
+        logits = self.class_head.apply({"params": tp["class_head"]}, out["embedding"])
         return jax.lax.stop_gradient(logits)
 
     def loss(self, params, teacher, extra, batch, rng, step):
@@ -189,13 +171,3 @@ class PerA(Objective):
         metrics = {"loss_dino": loss_dino, "loss_koleo": loss_koleo, "loss_mse": loss_mse,
                    "teacher_temp": tau_t, "center_norm": jnp.linalg.norm(new_center)}
         return total, {"metrics": metrics, "extra": {"center": new_center}}
-
-    # ----- init / export ---------------------------------------------------------------------
-    def with_backbone(self, variables: Variables, backbone: dict) -> Variables:
-        return variables.replace(params=dict(variables.params, backbone=backbone["params"]))
-
-    def backbone_variables(self, variables: Variables) -> dict:
-        params = variables.teacher if self.config.export.teacher else variables.params
-        return {"params": params["backbone"]}
-
-

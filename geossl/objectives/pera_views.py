@@ -11,58 +11,88 @@ import dataclasses
 
 import numpy as np
 
-from geossl.data import augment
-from geossl.data import bands as bands_lib
+from geossl.data import augment, views
+from geossl.errors import ConfigError
+
+STUDENT, TEACHER = 0, 1   # the two photometric policies (views.PhotometricSpec's view 0, 1)
 
 
-@dataclasses.dataclass(frozen=True)
-class MultiCropConfig:
-    """PerA views (REFERENCE §3): student jitter p 0.8 with gray instead of jitter p 0.1, teacher
-    jitter p 0.1 (brightness 0.4, contrast 0.4; saturation 0.2 and hue 0.1 apply to ``rgb``
-    policies, torchvision's ColorJitter); global crops scale 0.4–1, local crops 0.05–0.4."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MultiCropConfig(views.BandSpec, views.CropShape, views.PhotometricSpec):
+    """PerA views (REFERENCE §3; the kit's specs, ``geossl.data.views``, with per-view
+    photometric fields as (student, teacher)): student jitter p 0.8 with gray instead of jitter
+    p 0.1, teacher jitter p 0.1 (brightness 0.4, contrast 0.4; saturation 0.2 and hue 0.1 apply
+    with ``rgb_jitter``, torchvision's ColorJitter); vertical flips too; global crops
+    (``global_size``: the model's input) of scale 0.4–1, local crops of 96 px, scale 0.05–0.4.
+    """
 
+    vflip: bool = True
+    jitter_p: views.PerView = (0.8, 0.1)
+    gray_p: views.PerView = (0.1, 0.0)
+    gray_replaces_jitter: views.PerView = (True, False)
+    saturation: float = 0.2
+    hue: float = 0.1
     global_size: int = 224
     local_size: int = 96
     num_global: int = 2
     num_local: int = 8
     global_scale: tuple[float, float] = (0.4, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.4)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    student: augment.Photometric = augment.Photometric(jitter_p=0.8, gray_p=0.1,
-                                                       gray_replaces_jitter=True,
-                                                       saturation=0.2, hue=0.1)
-    teacher: augment.Photometric = augment.Photometric(jitter_p=0.1, gray_p=0.0, saturation=0.2,
-                                                       hue=0.1)
-    jitter_clip: bool = True
-    hflip: bool = True
-    vflip: bool = True
-    bands: tuple[str, ...] = bands_lib.S2_L1C
-    norm: str = "softcon"
-    nodata: float | None = None
-    nodata_fill: str = "zero"
-    zero_fill_b10: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        views.check_range("global_scale", self.global_scale)
+        views.check_range("local_scale", self.local_scale)
+        for name in ("num_global", "num_local"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"config.data.{name}: expected a count >= 0, found "
+                                  f"{getattr(self, name)!r}")
+
+    @property
+    def student(self) -> augment.Photometric:
+        return self.photometric(STUDENT)
+
+    @property
+    def teacher(self) -> augment.Photometric:
+        return self.photometric(TEACHER)
+
+    def crops(self) -> tuple[tuple[str, int, views.CropSpec], ...]:
+        """(name, count, CropSpec) of the global and the local crops."""
+        shape = dict(crop_ratio=self.crop_ratio, flip=self.flip, vflip=self.vflip)
+        return (("global", self.num_global, views.CropSpec(
+                    img_size=self.global_size, crop_scale=self.global_scale, **shape)),
+                ("local", self.num_local, views.CropSpec(
+                    img_size=self.local_size, crop_scale=self.local_scale, **shape)))
+
+
+def config_fields() -> dict:
+    """``config.data`` fields of PerA's views (``global_size`` is ``config.model.img_size``)."""
+    return views.config_fields(MultiCropConfig, fixed=("global_size",))
+
+
+def view_config(config) -> MultiCropConfig:
+    """PerA's views from ``config.data``, global crops at ``config.model.img_size``."""
+    return views.from_config(MultiCropConfig, config.data, global_size=config.model.img_size)
 
 
 def multi_crop_sample(record: dict, rng: np.random.Generator, cfg: MultiCropConfig) -> dict:
     """PerA sample from one random acquisition: global_student / global_teacher (G, S, S, C) and
     local_student / local_teacher (L, s, s, C) float32; pair i shares its crop and flips."""
     image = augment.record_image(record)
-    x = image[int(rng.integers(image.shape[0]))]
-    plan = augment.record_band_plan(record, cfg.bands, cfg.norm, cfg.zero_fill_b10)
+    x = image[views.pick_one(rng, image.shape[0])]
+    plan = cfg.band_plan(record)
     c = len(plan.bands_out)
     out = {}
-    for name, n, size, scale in (("global", cfg.num_global, cfg.global_size, cfg.global_scale),
-                                 ("local", cfg.num_local, cfg.local_size, cfg.local_scale)):
+    for name, n, crop in cfg.crops():
+        size = crop.img_size
         student = np.empty((n, size, size, c), np.float32)
         teacher = np.empty((n, size, size, c), np.float32)
         for i in range(n):
-            geo = augment.sample_geometry(rng, x.shape[0], x.shape[1], scale, cfg.crop_ratio,
-                                          0.5 if cfg.hflip else 0.0, 0.5 if cfg.vflip else 0.0)
-            raw = augment.render_geometry(x, plan, augment.ViewParams(**geo), size, cfg.nodata,
-                                          cfg.nodata_fill)
-            pairs = ((student, cfg.student, raw.copy()), (teacher, cfg.teacher, raw))
-            for dst, policy, src in pairs:
-                params = augment.ViewParams(**geo, **augment.sample_photometric(rng, policy, c))
-                dst[i] = augment.render_photometric(src, plan, params, jitter_clip=cfg.jitter_clip)
+            geo = crop.draw(rng, x.shape[0], x.shape[1])
+            raw = cfg.render_geometry(x, plan, augment.ViewParams(**geo), size)
+            pairs = ((student, STUDENT, raw.copy()), (teacher, TEACHER, raw))
+            for dst, version, src in pairs:
+                params = cfg.draw_view(rng, geo, version, c)
+                dst[i] = augment.render_photometric(src, plan, params, **cfg.render_constants())
         out[f"{name}_student"], out[f"{name}_teacher"] = student, teacher
     return out

@@ -14,22 +14,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geossl import losses, masking
-from geossl.errors import ConfigError
+from geossl import losses, masking, patches
 from geossl.data import device_views
-from geossl.models import is_vit
+from geossl.models import family
 from geossl.models.from_config import create_from_config
 from geossl.models.heads import MLPHead
 from geossl.objectives import softcon_views
-from geossl.objectives.base import (Objective, Variables, dataclass_from_config,
-                                    ema_backbone_variables, register)
+from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, register)
 
 
 class SoftConNet(nn.Module):
     """Backbone + MoCo-v3 projector (+ predictor on the student path)."""
 
     backbone: nn.Module
-    vit: bool
+    keep_tokens: bool
     proj_hidden: int = 4096
     proj_dim: int = 256
     proj_layers: int = 3
@@ -46,35 +44,30 @@ class SoftConNet(nn.Module):
                  predict: bool = True):
         """x (B,H,W,C) → (B, proj_dim); keep_idx (B,K) patch subset for a ViT student.
         train: BatchNorm on batch statistics; stochastic: the backbone's drop path on."""
-        kw = {"keep_idx": keep_idx} if (self.vit and keep_idx is not None) else {}
+        kw = {"keep_idx": keep_idx} if (self.keep_tokens and keep_idx is not None) else {}
         out = self.backbone(x, train=train, stochastic=stochastic, **kw)
         z = self.projector(out["embedding"], train=train)
         return self.predictor(z, train=train) if predict else z
 
 
-def fill_masked_patches(x: jax.Array, mask: jax.Array, fill: float = 0.0) -> jax.Array:
-    """x (B,H,W,C), mask (B,gh,gw) bool (True = dropped) → x with dropped patches set to fill."""
-    b, h, w, _ = x.shape
-    fh, fw = h // mask.shape[1], w // mask.shape[2]
-    pixel = jnp.repeat(jnp.repeat(mask, fh, axis=1), fw, axis=2)
-    return jnp.where(pixel[..., None], jnp.asarray(fill, x.dtype), x)
-
-
 @register("softcon")
 class SoftCon(Objective):
-    teacher_mode = "ema"
+    teacher_spec = TeacherSpec("ema", exclude=("predictor",), batch_stats=True)
 
     def __init__(self, config):
         super().__init__(config)
-        o = config.objective
-        _check_fields(o)
-        self.vit = is_vit(config.model.name)
+        o, f = config.objective, Fields(config.objective)
+        self.mask_ratio = f.number("mask_ratio", "[0, 1)")
+        self.temperature = f.number("temperature", "(0, inf)")
+        self.soft_weight = f.number("soft_weight", "[0, inf)")
+        self.soft_loss = f.choice("soft_loss", ("ce", "mse"))
+        self.keep_tokens = family(config.model.name).keep_tokens
         self.backbone = create_from_config(config.model)
         self.net = SoftConNet(
-            backbone=self.backbone, vit=self.vit, proj_hidden=o.proj_hidden, proj_dim=o.proj_dim,
-            proj_layers=o.proj_layers, pred_hidden=o.pred_hidden, pred_layers=o.pred_layers)
-        self.view_config = dataclass_from_config(
-            softcon_views.ViewConfig, config.data, img_size=config.model.img_size)
+            backbone=self.backbone, keep_tokens=self.keep_tokens, proj_hidden=o.proj_hidden,
+            proj_dim=o.proj_dim, proj_layers=o.proj_layers, pred_hidden=o.pred_hidden,
+            pred_layers=o.pred_layers)
+        self.view_config = softcon_views.view_config(config)
         self.views_on_device = device_views.views_on_device(config.data.views)
 
     # ----- host ------------------------------------------------------------------------------
@@ -96,22 +89,18 @@ class SoftCon(Objective):
     def init(self, rng, batch) -> Variables:
         view1 = jnp.asarray(self._view(batch, 1))
         variables = self.net.init({"params": rng, "dropout": rng}, view1, train=False)
-        bs = variables.get("batch_stats", {})
-        teacher_bs = {k: v for k, v in bs.items() if k != "predictor"}
-        return Variables(params=variables["params"], teacher=None,
-                         extra={"batch_stats": bs, "teacher_batch_stats": teacher_bs})
-
-    def teacher_source(self, params):
-        return {k: v for k, v in params.items() if k != "predictor"}
+        return Variables(params=variables["params"],
+                         extra={"batch_stats": variables.get("batch_stats", {})})
 
     def _student(self, params, batch_stats, x, rng):
-        """Masked student forward: (B,H,W,C) → (B,proj_dim), new batch stats."""
+        """Masked student forward: (B,H,W,C) → (B,proj_dim), new batch stats. Token models drop the
+        masked patches; others see them filled with ``objective.mask_fill``."""
         o = self.config.objective
-        ratio = float(o.mask_ratio)
+        ratio = self.mask_ratio
         mask_rng, drop_rng = jax.random.split(rng)
         keep_idx = None
         if ratio > 0:
-            if self.vit:
+            if self.keep_tokens:
                 n = (x.shape[1] // self.backbone.patch_size) * (x.shape[2] // self.backbone.patch_size)
                 keep_idx, _ = masking.keep_mask_indices(mask_rng, x.shape[0], n, ratio)
             else:
@@ -119,31 +108,30 @@ class SoftCon(Objective):
                 grid = (x.shape[1] // p, x.shape[2] // p)
                 keep, _ = masking.keep_mask_indices(mask_rng, x.shape[0], grid[0] * grid[1], ratio)
                 kept = masking.indices_to_mask(keep, grid[0] * grid[1]).reshape(-1, *grid)
-                x = fill_masked_patches(x, ~kept, float(o.mask_fill))
+                x = patches.fill_masked_patches(x, ~kept, float(o.mask_fill))
         out, state = self.net.apply({"params": params, "batch_stats": batch_stats}, x,
                                     keep_idx=keep_idx, train=True, stochastic=True, predict=True,
                                     rngs={"dropout": drop_rng}, mutable=["batch_stats"])
         return out, state["batch_stats"]
 
-    def _teacher(self, teacher, batch_stats, x):
-        """Unmasked, deterministic (no drop path) teacher forward; BatchNorm on batch statistics."""
-        out, state = self.net.apply({"params": teacher, "batch_stats": batch_stats}, x, train=True,
-                                    stochastic=False, predict=False, mutable=["batch_stats"])
-        return jax.lax.stop_gradient(out), state["batch_stats"]
+    def _teacher(self, teacher, x):
+        """Unmasked, deterministic (no drop path) teacher forward; BatchNorm on batch statistics.
+        Returns the teacher with its new statistics."""
+        out, state = self.net.apply(teacher, x, train=True, stochastic=False, predict=False,
+                                    mutable=["batch_stats"])
+        return jax.lax.stop_gradient(out), dict(teacher, batch_stats=state["batch_stats"])
 
     def loss(self, params, teacher, extra, batch, rng, step):
-        o = self.config.objective
         r1, r2 = jax.random.split(rng)
         x1, x2 = self._view(batch, 1), self._view(batch, 2)
         y1, y2 = batch["labels1"], batch["labels2"]
         bs = extra["batch_stats"]
         q1, bs = self._student(params, bs, x1, r1)
         q2, bs = self._student(params, bs, x2, r2)
-        tbs = extra["teacher_batch_stats"]
-        k1, tbs = self._teacher(teacher, tbs, x1)
-        k2, tbs = self._teacher(teacher, tbs, x2)
-        kw = dict(temperature=float(o.temperature), soft_loss=o.soft_loss)
-        lam = float(o.soft_weight)
+        k1, teacher = self._teacher(teacher, x1)
+        k2, teacher = self._teacher(teacher, x2)
+        kw = dict(temperature=self.temperature, soft_loss=self.soft_loss)
+        lam = self.soft_weight
 
         def sym(weight):
             return 0.5 * (losses.soft_contrastive_loss(q1, k2, y1, y2, soft_weight=weight, **kw)
@@ -153,33 +141,5 @@ class SoftCon(Objective):
         instance = jax.lax.stop_gradient(sym(0.0))
         soft = (jax.lax.stop_gradient(total) - instance) / lam if lam else jnp.zeros(())
         metrics = {"loss_instance": instance, "loss_soft": soft}
-        return total, {"metrics": metrics, "extra": {"batch_stats": bs, "teacher_batch_stats": tbs}}
-
-    # ----- init / export ---------------------------------------------------------------------
-    def with_backbone(self, variables: Variables, backbone: dict) -> Variables:
-        params = dict(variables.params, backbone=backbone["params"])
-        extra = dict(variables.extra)
-        if "batch_stats" in backbone:
-            extra["batch_stats"] = dict(extra["batch_stats"], backbone=backbone["batch_stats"])
-            extra["teacher_batch_stats"] = dict(extra["teacher_batch_stats"],
-                                                backbone=backbone["batch_stats"])
-        return Variables(params=params, teacher=variables.teacher, extra=extra)
-
-    def backbone_variables(self, variables: Variables) -> dict:
-        return ema_backbone_variables(variables, self.config.export.teacher)
-
-
-
-
-def _check_fields(o) -> None:
-    """config.objective fields out of range, named before anything compiles."""
-    if not 0.0 <= float(o.mask_ratio) < 1.0:
-        raise ConfigError(f"config.objective.mask_ratio: expected a fraction in [0, 1), "
-                         f"found {o.mask_ratio!r}")
-    if not float(o.temperature) > 0.0:
-        raise ConfigError(f"config.objective.temperature: expected > 0, found {o.temperature!r}")
-    if float(o.soft_weight) < 0.0:
-        raise ConfigError(f"config.objective.soft_weight: expected >= 0, found {o.soft_weight!r}")
-    if o.soft_loss not in ("ce", "mse"):
-        raise ConfigError(f"config.objective.soft_loss: expected 'ce' or 'mse', "
-                         f"found {o.soft_loss!r}")
+        return total, {"metrics": metrics, "extra": {"batch_stats": bs},
+                       "teacher_batch_stats": teacher["batch_stats"]}

@@ -3,6 +3,7 @@
 Layout of a workdir::
 
     config.json              the run's config
+    run.lock                 while a run uses the workdir (train/workdir_lock.py)
     metrics.jsonl            one object per step (process 0)
     checkpoints/<step>/{state,data,meta}   state less a frozen teacher (rebuilt from config.teacher
                                            on resume; meta holds its fingerprint)
@@ -12,9 +13,11 @@ Layout of a workdir::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging as py_logging
 import os
+import re
 import sys
 
 import grain
@@ -35,14 +38,42 @@ class NoReadableCheckpointError(RuntimeError):
     """Every checkpoint of the workdir failed to restore."""
 
 
-def _first_line(error: BaseException) -> str:
-    """The first line of the root cause (orbax wraps tensorstore's error, which names the file)."""
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written; the message starts with the root cause's reason (e.g.
+    "No space left on device")."""
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost exception of the ``__cause__`` / ``__context__`` chain."""
     seen = {id(error)}
     while (inner := error.__cause__ or error.__context__) is not None and id(inner) not in seen:
         error = inner
         seen.add(id(error))
+    return error
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of the root cause (orbax wraps tensorstore's error, which names the file)."""
+    error = _root_cause(error)
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _os_reason(error: BaseException) -> str | None:
+    """The operating system's reason behind ``error`` ("No space left on device"): an OSError's
+    strerror, or tensorstore's ``[os_error_code='28']`` spelled out."""
+    root = _root_cause(error)
+    if isinstance(root, OSError) and root.strerror:
+        return root.strerror
+    code = re.search(r"os_error_code='(\d+)'", str(root))
+    return os.strerror(int(code.group(1))) if code else None
+
+
+def write_failure(directory: str, error: BaseException) -> CheckpointWriteError:
+    """One line: the reason first, then where and the root cause's first line."""
+    reason = _os_reason(error)
+    return CheckpointWriteError(f"{reason + ': ' if reason else ''}checkpoint {directory} was not "
+                                f"written ({_first_line(error)})")
 
 
 def shape_summary(tree) -> dict[str, list[int]]:
@@ -100,6 +131,9 @@ class Checkpointer:
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
+        self._in_flight: int | None = None  # the step whose asynchronous write may still run
+        _drop_background_save_errors()
+        _silence_abandoned_reads()  # a failed save's writes call back into its closed event loop
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "data", "meta"),
             item_handlers={"state": ocp.StandardCheckpointHandler(),
@@ -110,10 +144,14 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state, data_iter, meta: dict) -> None:
+        """Starts writing ``step`` (asynchronously unless ``async_save=False``). A failed write
+        (this one's, or the previous one's still in flight) raises CheckpointWriteError."""
         args = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
         if data_iter is not None:
             args["data"] = grain.checkpoint.CheckpointSave(data_iter)
-        self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+        with self._write_errors(step):
+            self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+        self._in_flight = step
 
     def restore(self, step: int, abstract_state, data_iter, expected_meta: dict):
         """Restores onto ``abstract_state``'s shardings (ShapeDtypeStructs with .sharding);
@@ -176,11 +214,26 @@ class Checkpointer:
         item = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
         return jax.tree_util.tree_map(np.asarray, item["state"])
 
+    @contextlib.contextmanager
+    def _write_errors(self, step: int | None):
+        """Turns orbax's errors into one CheckpointWriteError naming the step being written (the
+        one in flight when a background write failed) and silences the leftovers of the
+        abandoned writes."""
+        try:
+            yield
+        except Exception as e:  # orbax / tensorstore / grain raise many kinds
+            _silence_abandoned_reads()
+            failed = self._in_flight if self._in_flight is not None else step
+            self._in_flight = None
+            raise write_failure(os.path.join(self.directory, str(failed)), e) from e
+
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._write_errors(None):
+            self.manager.wait_until_finished()
+        self._in_flight = None
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
 
 
@@ -263,11 +316,34 @@ class _AbandonedReads(py_logging.Filter):
 
 
 def _abandoned_read_noise(exc_value, obj=None) -> bool:
-    """True for what the reads of a failed orbax restore raise after it was given up: tensorstore
-    callbacks into the closed event loop, and the abandoned read coroutines."""
+    """True for what the reads of a failed orbax restore (or the writes of a failed save) raise
+    after they were given up: tensorstore callbacks into the closed event loop, and the abandoned
+    read / write coroutines."""
     if isinstance(exc_value, RuntimeError) and "Event loop is closed" in str(exc_value):
         return True
-    return "_read_array_index_and_device_put" in repr(obj)
+    text = repr(obj)
+    return "_read_array_index_and_device_put" in text or "async_serialize" in text
+
+
+#: orbax's ERROR lines (each with a traceback) from its background save threads; the same error is
+#: raised again in the main thread at the next save or wait, which reports it in one line.
+_BACKGROUND_SAVE_ERRORS = ("_SignalingThread.run() raised an exception",
+                           "Commit operations or the Commit callback in background save thread",
+                           "Save Finalize thread")
+
+
+class _BackgroundSaveErrors(py_logging.Filter):
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        if record.levelno < py_logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname:
+            return True
+        return not any(s in record.getMessage() for s in _BACKGROUND_SAVE_ERRORS)
+
+
+def _drop_background_save_errors() -> None:
+    """Installs :class:`_BackgroundSaveErrors` once on absl's logger (orbax logs through it)."""
+    absl_logger = py_logging.getLogger("absl")
+    if not any(isinstance(f, _BackgroundSaveErrors) for f in absl_logger.filters):
+        absl_logger.addFilter(_BackgroundSaveErrors())
 
 
 def _silence_abandoned_reads() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numbers
 
 from geossl.errors import ConfigError
+from geossl.train.optim import OPTIMIZER_FIELDS
 
 __all__ = ["ConfigError", "check_config"]
 
@@ -32,6 +33,27 @@ def _at_least(config, path: str, low, *, integer: bool = False) -> None:
         raise ConfigError(f"config.{path}: expected >= {low}, found {value!r}")
 
 
+def _check_optimizer(config) -> None:
+    """``config.optim.name`` known, its own fields numbers, no other optimiser's fields."""
+    name = config.optim.get("name")
+    if name not in OPTIMIZER_FIELDS:
+        raise ConfigError(f"config.optim.name: expected one of {sorted(OPTIMIZER_FIELDS)}, "
+                          f"found {name!r}")
+    own = OPTIMIZER_FIELDS[name]
+    others = sorted({f for fields in OPTIMIZER_FIELDS.values() for f in fields} - set(own))
+    for field in others:
+        if field in config.optim:
+            raise ConfigError(
+                f"config.optim.{field}: not a field of optim.name={name!r}, which takes "
+                f"{list(own)} (a section for {name}: configs.common.optim({name!r}, ...); on the "
+                f"command line --config.optim.name={name} switches the section)")
+    for field in own:
+        if field not in config.optim:
+            raise ConfigError(f"config.optim.{field}: missing; optim.name={name!r} takes "
+                              f"{list(own)}")
+        _number(config, f"optim.{field}")
+
+
 def check_config(config) -> None:
     """Raises :class:`ConfigError` for the first field of the trainer's sections out of range."""
     for path in ("total_steps", "global_batch", "checkpoint_every", "log_every",
@@ -53,6 +75,7 @@ def check_config(config) -> None:
             if key in wd:
                 _at_least(config, f"optim.weight_decay.{key}", 0.0)
     _at_least(config, "optim.clip_norm", 0.0)
+    _check_optimizer(config)
     for key in ("base", "final"):
         if key in config.ema:
             value = _number(config, f"ema.{key}")

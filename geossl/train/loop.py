@@ -21,7 +21,8 @@ from geossl.parallel import multihost
 from geossl.parallel.sharding import tree_shardings
 from geossl.train import checkpoint as ckpt_lib
 from geossl.train import metrics as metrics_lib
-from geossl.train import pretrained
+from geossl.train import pretrained, signals, workdir_lock
+from geossl.train import teacher as teacher_lib
 from geossl.train.config_checks import check_config
 from geossl.train.optim import make_optimizer
 from geossl.train.step import make_state, make_train_step
@@ -64,7 +65,7 @@ class Trainer:
 
     @property
     def has_frozen_teacher(self) -> bool:
-        return self.objective.teacher_mode == "frozen"
+        return self.objective.teacher_spec.kind == "frozen"
 
     def saved_part(self, state):
         """What a checkpoint holds: the state less a frozen teacher, which is rebuilt from
@@ -81,6 +82,9 @@ def build_trainer(config, objective, mesh, batch0) -> Trainer:
     ``batch0``: a small host batch of samples, used for shapes only."""
     init_rng, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     abstract_vars = jax.eval_shape(lambda r: objective.init(r, batch0), init_rng)
+    frozen = objective.teacher_spec.kind == "frozen"
+    if frozen:
+        abstract_vars = abstract_vars.replace(teacher=teacher_lib.frozen_shapes(config, objective))
     tx, lr_fn = make_optimizer(config, abstract_vars.params)
 
     def build(variables):
@@ -92,18 +96,16 @@ def build_trainer(config, objective, mesh, batch0) -> Trainer:
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_state, shardings)
 
     def frozen_teacher():
-        if objective.teacher_mode != "frozen":
+        if not frozen:
             return None
-        loaded = pretrained.build_frozen_teacher(config, objective.teacher_model,
-                                                 jax.random.fold_in(init_rng, 1))
-        return objective.with_teacher(objectives.Variables(params=None), loaded).teacher
+        return teacher_lib.build_frozen(config, objective, jax.random.fold_in(init_rng, 1))
 
     def init_state(teacher=None):
         variables = jax.device_get(jax.jit(objective.init)(init_rng, batch0))
         loaded = pretrained.load_student_backbone(config, objective.backbone_variables(variables))
         if loaded is not None:
             variables = objective.with_backbone(variables, loaded)
-        if objective.teacher_mode == "frozen":
+        if frozen:
             teacher = frozen_teacher() if teacher is None else teacher
             variables = variables.replace(teacher=teacher)
         return jax.jit(build, out_shardings=shardings)(variables)
@@ -124,9 +126,18 @@ def run(config, workdir: str, devices=None, *, hooks=(), progress_bar: bool | No
     join that step's row of metrics.jsonl.
 
     progress_bar: a tqdm bar of the steps on stdout, updated every ``log_every`` steps (default:
-    on inside a Jupyter / Colab kernel, off elsewhere)."""
+    on inside a Jupyter / Colab kernel, off elsewhere).
+
+    One run per workdir (``train/workdir_lock.py``): a workdir in use raises WorkdirInUseError
+    before it changes. SIGTERM / SIGINT (and jax's preemption notice) checkpoint the next step and
+    raise ``signals.Stopped`` (its ``exit_code`` is 128 + the signal number)."""
     workdir = os.path.abspath(workdir)
     check_config(config)
+    with workdir_lock.hold(workdir), signals.StopRequest(jax.process_count()) as stop:
+        return _run(config, workdir, devices, hooks, progress_bar, stop)
+
+
+def _run(config, workdir: str, devices, hooks, progress_bar, stop) -> dict:
     mesh = mesh_lib.make_mesh(config.mesh, devices)
     if config.global_batch % mesh_lib.batch_divisor(mesh):
         raise ValueError(f"global_batch {config.global_batch} is not divisible by data×fsdp = "
@@ -141,9 +152,6 @@ def run(config, workdir: str, devices=None, *, hooks=(), progress_bar: bool | No
 
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
                                          async_save=config.async_checkpoints)
-    if progress_bar is None:
-        progress_bar = metrics_lib.in_notebook()
-    writer = metrics_lib.MetricsWriter(workdir, config.total_steps, progress_bar)
     teacher = trainer.frozen_teacher()  # rebuilt from its source, never read from checkpoints
     if teacher is not None:
         meta = dict(meta, teacher=ckpt_lib.fingerprint(teacher))
@@ -158,12 +166,22 @@ def run(config, workdir: str, devices=None, *, hooks=(), progress_bar: bool | No
         state = trainer.init_state(teacher)
     # Only now, with the run checked against the workdir, may the workdir change.
     ckpt_lib.write_config(workdir, config)
+    if progress_bar is None:
+        progress_bar = metrics_lib.in_notebook()
+    writer = metrics_lib.MetricsWriter(workdir, config.total_steps, progress_bar)
     writer.truncate_after(start)  # rows of an earlier attempt past the restored step are redone
     def save(step, state):
         checkpointer.save(step, trainer.saved_part(state), data_iter, meta)
 
-    summary = _loop(config, state, start, trainer.train_step, data_iter, mesh, save, checkpointer,
-                    writer, _backbone_hooks(objective, hooks))
+    try:
+        summary = _loop(config, state, start, trainer.train_step, data_iter, mesh, save,
+                        checkpointer, writer, _backbone_hooks(objective, hooks), stop)
+    except signals.Stopped:
+        checkpointer.close()
+        writer.close()
+        if hasattr(data_iter, "close"):  # grain worker processes and their shared memory
+            data_iter.close()
+        raise
     summary["export"] = _export(config, objective, checkpointer, workdir)
     if jax.process_count() > 1:  # nobody leaves while process 0 still exports
         from jax.experimental import multihost_utils
@@ -186,7 +204,9 @@ def _backbone_hooks(objective, hooks):
 
 
 def _loop(config, state, start, train_step, data_iter, mesh, save, checkpointer, writer,
-          hooks=()) -> dict:
+          hooks=(), stop=None) -> dict:
+    """Steps ``start + 1 .. total``. ``stop`` (signals.StopRequest) is asked after every step: when
+    due, that step is checkpointed (unless just done) and signals.Stopped raised."""
     total, every = int(config.total_steps), int(config.checkpoint_every)
     log_every = max(1, int(config.log_every))
     pending: list[tuple[int, dict, float]] = []
@@ -221,6 +241,8 @@ def _loop(config, state, start, train_step, data_iter, mesh, save, checkpointer,
         pending.clear()
         window_start = time.perf_counter()
 
+    if stop is not None and start < total and stop.due(start):  # asked while starting up
+        raise signals.Stopped(stop.signum, start, None)
     for step in range(start + 1, total + 1):
         t0 = time.perf_counter()
         local = next(data_iter)
@@ -245,8 +267,16 @@ def _loop(config, state, start, train_step, data_iter, mesh, save, checkpointer,
                 logging.info("step %d evaluation: %s", step, result)
         if step % log_every == 0 or step % every == 0 or step == total:
             flush()  # raises on a non-finite loss before anything is saved
-        if step % every == 0 or step == total:
+        saved = step % every == 0 or step == total
+        if saved:
             save(step, state)
+        if stop is not None and step < total and stop.due(step):
+            if not saved:
+                flush()
+                save(step, state)
+            checkpointer.wait()
+            raise signals.Stopped(stop.signum, step,
+                                  os.path.join(checkpointer.directory, str(step)))
     flush()
     checkpointer.wait()
     return {"final_step": total, "last_metrics": last_row, "state": state}

@@ -11,6 +11,11 @@ from absl import logging
 from geossl.parallel.sharding import path_str
 from geossl import schedules
 
+#: Each optimiser's own fields in ``config.optim`` (their defaults: ``configs.common.optim``); the
+#: section holds those of ``optim.name`` only (``config_checks`` refuses others).
+OPTIMIZER_FIELDS = {"adamw": ("b1", "b2", "eps"), "lars": ("momentum", "trust_coefficient"),
+                    "sgd": ("momentum",)}
+
 #: Token and position tables, never decayed under the "matrices" rule.
 TOKEN_TABLES = r"(pos_embed|cls_token|mask_token|register_tokens|relative_position_bias_table)$"
 

@@ -4,7 +4,10 @@ Student (``config.init``): ``torch_checkpoint`` = a DINOv2 / DINO / torchvision 
 (.pth or .safetensors) converted by ``geossl.convert`` (position embeddings resampled to the
 configured grid; the first layer re-initialised for the band count, or adapted:
 ``first_layer`` = "reinit" | "repeat"), or ``workdir`` = the backbone of another geossl run.
-Frozen teacher (``config.teacher``): ``model`` (name and arguments) plus ``torch_checkpoint``.
+Frozen teacher (``config.teacher``): ``model`` (name and arguments) plus ``torch_checkpoint``: a
+path, ``random:seed=N`` (a random network) or ``pretrained:METHOD`` (the teacher pretrained by
+geossl with the run ``config.teacher.pretrain``); the last two are written once into
+:func:`demo_teacher_dir` and imported like a real checkpoint.
 """
 
 from __future__ import annotations
@@ -12,14 +15,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
+import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import logging
 
-from geossl import convert
-from geossl.models import is_swin
+from geossl import convert, models
+from geossl.errors import ConfigError
 from geossl.models.from_config import architecture_kwargs, create_from_config
 from geossl.train.checkpoint import load_backbone
 
@@ -51,7 +58,8 @@ def load_student_backbone(config, current: dict) -> dict | None:
                                     first_layer=mode, rng=np.random.default_rng(config.seed),
                                     **architecture_kwargs(config.model))
         if mode == "reinit":
-            loaded = _take_first_layer(loaded, current["params"])
+            loaded = _take_first_layer(loaded, current["params"],
+                                       models.family(config.model.name).first_layer)
         name = path
     else:
         return None
@@ -71,7 +79,7 @@ def build_frozen_teacher(config, model, rng) -> dict:
     x = jnp.zeros((1, size, size, int(t.model.in_chans)), jnp.float32)
     variables = jax.device_get(jax.jit(model.init)(rng, x))
     current = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
-    path = t.torch_checkpoint
+    path = resolve_checkpoint(t.torch_checkpoint, t.model, t.get("pretrain"))
     if not path:
         logging.warning("config.teacher.torch_checkpoint is empty: the frozen teacher %s keeps its "
                         "random initialisation", t.model.name)
@@ -85,35 +93,148 @@ def build_frozen_teacher(config, model, rng) -> dict:
     return {k: loaded[k] for k in current}
 
 
-def _take_first_layer(loaded: dict, params) -> dict:
-    """Puts the freshly initialised first layer (ViT patch_embed / ResNet conv1) into ``loaded``."""
-    new = dict(loaded["params"])
-    if "patch_embed" in params:
-        new["patch_embed"] = params["patch_embed"]
-    elif "conv1" in params:
-        new["conv1"] = params["conv1"]
-    return dict(loaded, params=new)
+def _take_first_layer(loaded: dict, params, path: tuple[str, ...]) -> dict:
+    """``loaded`` with the params subtree at ``path`` (the family's ``first_layer``, e.g. ViT / Swin
+    ``patch_embed/proj``, ResNet ``conv1``) taken from the freshly initialised ``params``."""
+    def put(tree, fresh, keys):
+        if not keys:
+            return fresh
+        if keys[0] not in tree or keys[0] not in fresh:
+            raise ValueError(f"first layer {'/'.join(path)}: params have no {keys[0]!r}")
+        return {**tree, keys[0]: put(tree[keys[0]], fresh[keys[0]], keys[1:])}
+    return dict(loaded, params=put(dict(loaded["params"]), params, tuple(path)))
 
 
 def write_random_teacher(model_cfg, directory: str, *, seed: int = 0, layout: str = "original") -> str:
     """A randomly initialised ``model_cfg`` network written once as a torch-layout safetensors
-    checkpoint in ``directory`` (the original Microsoft layout for a Swin, like the ImageNet-22k
-    weights GFM distils from); returns its path. The name holds a hash of the architecture and
-    the seed, so an existing file is that very network and is reused. Demo runs and tests use it
-    as ``config.teacher.torch_checkpoint``, imported like a real checkpoint."""
+    checkpoint in ``directory`` in ``layout`` where the family has it (the original Microsoft
+    layout for a Swin, like the ImageNet-22k weights GFM distils from; DINOv2's for a ViT;
+    torchvision's for a ResNet, its only one); returns its path. The name holds a hash of the
+    architecture and the seed, so an existing file is that very network and is reused. Demo runs
+    and tests use it as ``config.teacher.torch_checkpoint``, imported like a real checkpoint."""
     arch = architecture_kwargs(model_cfg)
-    key = json.dumps({"name": model_cfg["name"], "seed": seed, "layout": layout,
-                      **{k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}},
-                     sort_keys=True)
-    path = os.path.join(directory, f"random-{model_cfg['name']}-"
-                                   f"{hashlib.sha256(key.encode()).hexdigest()[:12]}.safetensors")
+    digest = settings_hash({"name": model_cfg["name"], "seed": seed, "layout": layout, **arch})
+    path = os.path.join(directory, f"random-{model_cfg['name']}-{digest}.safetensors")
     if os.path.isfile(path):
         return path
+    os.makedirs(directory, exist_ok=True)
     size = int(model_cfg["img_size"])
     x = jnp.zeros((1, size, size, int(model_cfg["in_chans"])), jnp.float32)
     variables = jax.device_get(create_from_config(model_cfg).init(jax.random.PRNGKey(seed), x))
     variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
-    kw = {"layout": layout} if is_swin(model_cfg["name"]) else {}
-    state_dict = convert.to_torch(variables, model_cfg["name"], **kw, **arch)
-    convert.save_state_dict(state_dict, path, {"note": "random initialisation (demo teacher)"})
+    layout = layout if layout in convert.layouts(model_cfg["name"]) else None  # ResNets: one
+    state_dict = convert.to_torch(variables, model_cfg["name"], layout=layout, **arch)
+    partial = path.replace(".safetensors", f".partial-{os.getpid()}.safetensors")
+    convert.save_state_dict(state_dict, partial, {"note": "random initialisation (demo teacher)"})
+    os.replace(partial, path)  # atomic: a reader sees the whole file or none
     return path
+
+
+def settings_hash(settings: dict) -> str:
+    """The first 12 hex digits of the sha256 of ``settings`` as sorted JSON (tuples as lists):
+    the part of a written teacher's name that changes with any of its settings."""
+    key = json.dumps(settings, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def teacher_pretraining_run(model_cfg, pretrain) -> ml_collections.ConfigDict:
+    """The geossl run that pretrains a frozen teacher: ``pretrain`` (``config.teacher.pretrain``, a
+    run config without ``model``) with ``model`` = ``model_cfg`` (``config.teacher.model``), the
+    last step checkpointed, one metrics row, no probe and no export of its own (the caller exports
+    in the teacher's layout). Those run settings leave the trained weights unchanged."""
+    if not pretrain:
+        raise ConfigError("config.teacher.pretrain: expected the run config that pretrains the "
+                          "teacher (see configs/gfm_swin_b.py demo_teacher_run), found none")
+    if "model" in pretrain:
+        raise ConfigError(f"config.teacher.pretrain.model: expected none (the run pretrains "
+                          f"config.teacher.model), found {dict(pretrain.model)}")
+    run = ml_collections.ConfigDict(pretrain.to_dict())
+    run.model = ml_collections.ConfigDict(dict(model_cfg))
+    steps = int(run.total_steps)
+    run.checkpoint_every, run.log_every, run.async_checkpoints = steps, steps, False
+    run.probe = ml_collections.ConfigDict(dict(every=0))
+    run.export = ml_collections.ConfigDict(dict(torch=False, teacher=False))
+    return run
+
+
+def write_pretrained_teacher(model_cfg, pretrain, directory: str, *, layout: str = "original") -> str:
+    """``model_cfg``'s network pretrained by geossl with the run ``pretrain`` (see
+    :func:`teacher_pretraining_run`), its backbone written once as a safetensors checkpoint in
+    ``directory`` in ``layout`` (as :func:`write_random_teacher`); returns its path. The name holds
+    a hash of the whole run config (method, data, optimiser, steps, seed, architecture) and the
+    layout, so an existing file is that very network and is reused. The run trains in the
+    workdir ``directory/NAME.run`` (resumed if an earlier attempt stopped, removed after the
+    export); the checkpoint appears whole, through a temporary name and ``os.replace``."""
+    run = teacher_pretraining_run(model_cfg, pretrain)
+    name = (f"pretrained-{run.objective.name}-{model_cfg['name']}-"
+            f"{settings_hash({'run': run.to_dict(), 'layout': layout})}")
+    path = os.path.join(directory, f"{name}.safetensors")
+    if os.path.isfile(path):
+        return path
+    if jax.process_count() > 1:
+        raise ConfigError(f"config.teacher.torch_checkpoint: a teacher is pretrained in one "
+                          f"process; found {jax.process_count()} (write {path} in a "
+                          f"single-process run first, or give a checkpoint path)")
+    workdir = os.path.join(directory, f"{name}.run")
+    logging.info("pretraining the frozen teacher once (%s, %d steps) in %s", run.objective.name,
+                 run.total_steps, workdir)
+    start = time.perf_counter()
+    variables, loss = pretrain_backbone(run, workdir)
+    layout = layout if layout in convert.layouts(model_cfg["name"]) else None
+    convert.export_backbone(variables, model_cfg["name"], architecture_kwargs(model_cfg), path, run,
+                            layout=layout)
+    shutil.rmtree(workdir, ignore_errors=True)
+    logging.info("frozen teacher pretrained in %.0f s (final loss %.4g): %s",
+                 time.perf_counter() - start, loss, path)
+    return path
+
+
+def pretrain_backbone(run, workdir: str) -> tuple[dict, float]:
+    """Trains ``run`` in ``workdir`` (resuming it), its own log lines silenced; returns the
+    backbone's ``{"params", ["batch_stats"]}`` at the last step and the last logged loss."""
+    from geossl.train import loop  # here: loop imports this module
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.WARNING)
+    try:
+        summary = loop.run(run, workdir, progress_bar=False)
+    except ConfigError as e:
+        raise ConfigError(f"the teacher's pretraining run (config.teacher.pretrain): {e}") from e
+    finally:
+        logging.set_verbosity(verbosity)
+    _, variables = load_backbone(workdir)
+    return variables, float(summary["last_metrics"].get("loss", float("nan")))
+
+
+RANDOM_PREFIX = "random:"
+PRETRAINED_PREFIX = "pretrained:"
+
+
+def demo_teacher_dir() -> str:
+    """Where ``random:`` and ``pretrained:`` checkpoints are written: ``$GEOSSL_DEMO_TEACHERS`` or
+    ``~/.cache/geossl/demo-teachers``."""
+    return os.path.expanduser(os.environ.get("GEOSSL_DEMO_TEACHERS", "~/.cache/geossl/demo-teachers"))
+
+
+def resolve_checkpoint(source: str, model_cfg, pretrain=None) -> str:
+    """A checkpoint path from ``config.teacher.torch_checkpoint``: a path as given; for
+    ``random:seed=N`` the path of ``model_cfg``'s random network of seed N
+    (:func:`write_random_teacher`); for ``pretrained:METHOD`` the path of ``model_cfg`` pretrained
+    by the run ``pretrain`` (``config.teacher.pretrain``, whose ``objective.name`` is METHOD;
+    :func:`write_pretrained_teacher`). Both are written once, in :func:`demo_teacher_dir`."""
+    expected = "a path, 'random:seed=N' or 'pretrained:METHOD'"
+    if source.startswith(RANDOM_PREFIX):
+        seed = re.fullmatch(r"seed=([0-9]+)", source[len(RANDOM_PREFIX):])
+        if seed is None:
+            raise ConfigError(f"config.teacher.torch_checkpoint: expected {expected}, found {source!r}")
+        return write_random_teacher(model_cfg, demo_teacher_dir(), seed=int(seed.group(1)))
+    if source.startswith(PRETRAINED_PREFIX):
+        method = source[len(PRETRAINED_PREFIX):]
+        if not re.fullmatch(r"[a-z0-9_]+", method):
+            raise ConfigError(f"config.teacher.torch_checkpoint: expected {expected}, found {source!r}")
+        teacher_pretraining_run(model_cfg, pretrain)  # config.teacher.pretrain present, no model
+        if method != pretrain.objective.name:
+            raise ConfigError(f"config.teacher.torch_checkpoint: expected 'pretrained:"
+                              f"{pretrain.objective.name}' (the objective of config.teacher."
+                              f"pretrain), found {source!r}")
+        return write_pretrained_teacher(model_cfg, pretrain, demo_teacher_dir())
+    return source

@@ -10,6 +10,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from geossl.objectives.base import Objective, Variables
 from geossl.parallel import mesh as mesh_lib
 from geossl import schedules
+from geossl.train import teacher as teacher_lib
 from geossl.train.state import TrainState
 
 
@@ -24,11 +25,9 @@ def momentum_schedule(config):
 
 def make_state(objective: Objective, tx, variables: Variables, rng) -> TrainState:
     """Builds the train state; an EMA teacher starts equal to the student."""
-    teacher = variables.teacher
-    if objective.teacher_mode == "ema":
-        teacher = jax.tree_util.tree_map(jnp.copy, objective.teacher_source(variables.params))
     return TrainState(step=jnp.zeros((), jnp.int32), params=variables.params,
-                      opt_state=tx.init(variables.params), teacher=teacher,
+                      opt_state=tx.init(variables.params),
+                      teacher=teacher_lib.initial(objective, variables),
                       extra=variables.extra, rng=rng)
 
 
@@ -48,6 +47,11 @@ def make_train_step(objective: Objective, tx, lr_fn, config, mesh, state_shardin
     over ("data", "fsdp"), metrics replicated float32 scalars."""
     accum = int(config.grad_accum_steps)
     momentum_fn = momentum_schedule(config)
+    ema = objective.teacher_spec.kind == "ema"
+
+    def carried(aux):
+        """The state the loss updates: extra and an EMA teacher's BatchNorm statistics."""
+        return {k: aux[k] for k in ("extra", "teacher_batch_stats") if k in aux}
 
     def loss_and_grad(params, teacher, extra, batch, rng, step):
         def f(p):
@@ -59,7 +63,7 @@ def make_train_step(objective: Objective, tx, lr_fn, config, mesh, state_shardin
         if accum == 1:
             (loss, aux), grads = loss_and_grad(state.params, state.teacher, state.extra, batch,
                                                rng, state.step)
-            extra, terms = aux["extra"], aux["metrics"]
+            new, terms = carried(aux), aux["metrics"]
         else:
             micro = _split_micro(batch, accum)
 
@@ -69,13 +73,13 @@ def make_train_step(objective: Objective, tx, lr_fn, config, mesh, state_shardin
                 (l, aux), g = loss_and_grad(state.params, state.teacher, state.extra, mb,
                                             jax.random.fold_in(rng, i), state.step)
                 grads_sum = jax.tree_util.tree_map(jnp.add, grads_sum, g)
-                return grads_sum, (l, aux["metrics"], aux["extra"])
+                return grads_sum, (l, aux["metrics"], carried(aux))
 
             zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
             grads, (losses, terms, extras) = jax.lax.scan(
                 body, zeros, (micro, jnp.arange(accum)))
             grads = jax.tree_util.tree_map(lambda g: g / accum, grads)
-            extra = objective.merge_extra(extras)
+            new = objective.merge_extra(extras)
             loss = losses.mean()
             terms = jax.tree_util.tree_map(jnp.mean, terms)
 
@@ -83,16 +87,16 @@ def make_train_step(objective: Objective, tx, lr_fn, config, mesh, state_shardin
         params = optax.apply_updates(state.params, updates)
         teacher = state.teacher
         momentum = momentum_fn(state.step)
-        if objective.teacher_mode == "ema":
-            teacher = optax.incremental_update(objective.teacher_source(params), state.teacher,
-                                               step_size=1.0 - momentum)
+        if ema:
+            teacher = teacher_lib.ema_update(objective, state.teacher, params, momentum,
+                                             new.get("teacher_batch_stats"))
         metrics = {"loss": loss, **terms, "grad_norm": optax.global_norm(grads),
                    "param_norm": optax.global_norm(params), "lr": lr_fn(state.step)}
-        if objective.teacher_mode == "ema":
+        if ema:
             metrics["momentum"] = momentum
         metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                                  teacher=teacher, extra=extra)
+                                  teacher=teacher, extra=new["extra"])
         return new_state, metrics
 
     batch_sharding = NamedSharding(mesh, P(mesh_lib.BATCH_AXES))

@@ -61,3 +61,15 @@ class Entry:
             raise ValueError(f"{self.torch_key}: unknown transform {self.transform!r}")
         if self.flax_path is None and self.torch_only is None:
             raise ValueError(f"{self.torch_key}: a torch-only entry needs torch_only")
+
+
+def linear(torch_name: str, *flax_path: str, bias: bool = True) -> list[Entry]:
+    """The entries of a torch ``Linear`` at ``torch_name`` ↔ a flax ``Dense`` at ``flax_path``."""
+    table = [Entry(f"{torch_name}.weight", ("params", *flax_path, "kernel"), "linear")]
+    return table + ([Entry(f"{torch_name}.bias", ("params", *flax_path, "bias"))] if bias else [])
+
+
+def layer_norm(torch_name: str, *flax_path: str) -> list[Entry]:
+    """The entries of a torch ``LayerNorm`` ↔ a flax ``LayerNorm`` (weight ↔ scale)."""
+    return [Entry(f"{torch_name}.weight", ("params", *flax_path, "scale")),
+            Entry(f"{torch_name}.bias", ("params", *flax_path, "bias"))]

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
 
+from geossl.convert.lib.family_adapter import FamilyAdapter
 from geossl.convert.lib.keymap import Entry
 from geossl.models.resnet import ResNet, stage_plan
+
+LAYOUTS = ("torchvision",)  # timm's ResNets share it
 
 
 def _num_batches_tracked() -> np.ndarray:
@@ -26,8 +31,10 @@ def _bn(torch_prefix: str, flax_path: tuple[str, ...]) -> list[Entry]:
     ]
 
 
-def resnet_entries(model: ResNet) -> list[Entry]:
+def resnet_entries(model: ResNet, layout: str = "torchvision") -> list[Entry]:
     """One :class:`Entry` per torchvision key, in torchvision's state-dict order."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"ResNet layout: expected one of {LAYOUTS}, found {layout!r}")
     entries = _conv("conv1", ("conv1",)) + _bn("bn1", ("bn1",))
     convs = 3 if model.block == "bottleneck" else 2
     for spec in stage_plan(model.stage_sizes, model.block, model.width):
@@ -40,3 +47,24 @@ def resnet_entries(model: ResNet) -> list[Entry]:
             entries += _conv(f"{torch_block}.downsample.0", (spec.name, "downsample_0"))
             entries += _bn(f"{torch_block}.downsample.1", (spec.name, "downsample_1"))
     return entries
+
+
+def _detect_layout(keys) -> str:
+    del keys
+    return LAYOUTS[0]
+
+
+def _resolve_structure(state_dict: Mapping, arch: str, kw: dict, img_size: int | None) -> dict:
+    """Nothing to read beyond the channel count: a ResNet takes any image size."""
+    del state_dict, arch, img_size
+    return kw
+
+
+def timm_model(model: ResNet, arch: str) -> tuple[str, dict]:
+    """``(name, kwargs)``: timm's ResNet of that name reads the torchvision layout."""
+    return arch, dict(in_chans=model.in_chans, num_classes=0)
+
+
+ADAPTER = FamilyAdapter(
+    layouts=LAYOUTS, entries=resnet_entries, detect=_detect_layout, structure=_resolve_structure,
+    timm_model=timm_model, timm_layout="torchvision")

@@ -10,9 +10,14 @@ here on export and ignored on import. "simmim": "original" plus SimMIM's ``mask_
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Mapping
 
+from geossl import models
+from geossl.convert.lib.adapters import resample_rel_pos_bias_table
+from geossl.convert.lib.family_adapter import FamilyAdapter
+from geossl.convert.lib import keymap
 from geossl.convert.lib.keymap import Entry
 from geossl.models.swin import SwinTransformer, relative_position_index, shifted_window_mask
 
@@ -30,13 +35,11 @@ def detect_layout(keys) -> str:
 
 
 def _linear(torch_name: str, flax_path: tuple[str, ...], bias: bool = True) -> list[Entry]:
-    table = [Entry(f"{torch_name}.weight", ("params", *flax_path, "kernel"), "linear")]
-    return table + ([Entry(f"{torch_name}.bias", ("params", *flax_path, "bias"))] if bias else [])
+    return keymap.linear(torch_name, *flax_path, bias=bias)
 
 
 def _layer_norm(torch_name: str, flax_path: tuple[str, ...]) -> list[Entry]:
-    return [Entry(f"{torch_name}.weight", ("params", *flax_path, "scale")),
-            Entry(f"{torch_name}.bias", ("params", *flax_path, "bias"))]
+    return keymap.layer_norm(torch_name, *flax_path)
 
 
 def _downsample(torch_name: str, flax_path: tuple[str, ...], original: bool) -> list[Entry]:
@@ -120,3 +123,52 @@ def checkpoint_img_size(state_dict: Mapping, patch_size: int) -> int | None:
     tokens = int(mask.shape[0]) * int(mask.shape[1])
     side = round(tokens ** 0.5)
     return side * patch_size if side * side == tokens else None
+
+
+# ----- import adapters ----------------------------------------------------------------------------
+def resolve_structure(state_dict: Mapping, arch: str, kw: dict, img_size: int | None) -> dict:
+    """``kw`` plus the checkpoint's ``embed_dim``, ``depths``, ``num_heads`` and ``window_size``
+    (where absent) and, for ``img_size=None``, the size its stage-0 ``attn_mask`` covers (original
+    layout; the name's 224 otherwise)."""
+    for name, value in checkpoint_structure(state_dict).items():
+        kw.setdefault(name, value)
+    window = checkpoint_window_size(state_dict)
+    if "window_size" not in kw and window is not None:
+        kw["window_size"] = window
+    if img_size is None:
+        img_size = checkpoint_img_size(state_dict, models.create(arch, **kw).patch_size)
+    if img_size is not None:
+        kw["img_size"] = img_size
+    return kw
+
+
+def resample_bias_tables(state_dict: dict, torch_shape: dict, model: SwinTransformer,
+                         adapted: list[str]) -> None:
+    """Bias tables ((2W-1)², heads) of another window → the model's, per block."""
+    del model
+    for key, value in list(state_dict.items()):
+        expected = torch_shape.get(key)
+        if (not key.endswith("relative_position_bias_table") or expected is None
+                or value.shape == expected):
+            continue
+        side, new_side = math.isqrt(value.shape[0]), math.isqrt(expected[0])
+        if (value.ndim != 2 or value.shape[1] != expected[1] or side * side != value.shape[0]
+                or new_side * new_side != expected[0]):
+            continue  # reported as a wrong shape
+        state_dict[key] = resample_rel_pos_bias_table(value, (new_side + 1) // 2)
+        adapted.append(f"{key}: resampled window {(side + 1) // 2} → {(new_side + 1) // 2}")
+
+
+def timm_model(model: SwinTransformer, arch: str) -> tuple[str, dict]:
+    """``(name, kwargs)``: timm's ``SwinTransformer`` of ``model``'s structure (num_classes 0)."""
+    size = model.img_size
+    return arch, dict(img_size=size if isinstance(size, int) else list(size),
+                      patch_size=model.patch_size, in_chans=model.in_chans, num_classes=0,
+                      embed_dim=model.embed_dim, depths=list(model.depths),
+                      num_heads=list(model.num_heads), window_size=model.window_size,
+                      mlp_ratio=model.mlp_ratio, qkv_bias=model.qkv_bias)
+
+
+ADAPTER = FamilyAdapter(
+    layouts=LAYOUTS, entries=swin_entries, detect=detect_layout, structure=resolve_structure,
+    timm_model=timm_model, buffer_suffixes=BUFFER_SUFFIXES, resample=resample_bias_tables)

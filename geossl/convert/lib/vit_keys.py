@@ -10,14 +10,19 @@ timm converts DINOv2 weights). ``qkv.weight`` (3D, D) keeps its rows [q | k | v]
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping
+import math
+import re
+from typing import Mapping
 
 import numpy as np
 
+from geossl import models
+from geossl.convert.lib.adapters import resample_pos_embed
+from geossl.convert.lib.family_adapter import FamilyAdapter
 from geossl.convert.lib.keymap import Entry
-
-if TYPE_CHECKING:
-    from geossl.models.vit import VisionTransformer
+from geossl.convert.lib.keymap import layer_norm as _layer_norm
+from geossl.convert.lib.keymap import linear as _linear
+from geossl.models.vit import VisionTransformer
 
 LAYOUTS = ("timm", "original")
 
@@ -32,23 +37,13 @@ TIMM_NAMES = {
 }
 
 
-def _linear(torch_name: str, *flax_path: str) -> list[Entry]:
-    return [Entry(f"{torch_name}.weight", ("params", *flax_path, "kernel"), "linear"),
-            Entry(f"{torch_name}.bias", ("params", *flax_path, "bias"))]
-
-
-def _layer_norm(torch_name: str, *flax_path: str) -> list[Entry]:
-    return [Entry(f"{torch_name}.weight", ("params", *flax_path, "scale")),
-            Entry(f"{torch_name}.bias", ("params", *flax_path, "bias"))]
-
-
 def detect_layout(keys) -> str:
     """"original" when the keys hold DINOv2's ``register_tokens``, else "timm" (without registers
     the two differ only by the optional ``mask_token``)."""
     return "original" if "register_tokens" in keys else "timm"
 
 
-def vit_entries(model: "VisionTransformer", layout: str = "timm") -> list[Entry]:
+def vit_entries(model: VisionTransformer, layout: str = "timm") -> list[Entry]:
     """One :class:`Entry` per state-dict key of ``model`` in ``layout``, in checkpoint order."""
     if layout not in LAYOUTS:
         raise ValueError(f"ViT layout: expected one of {LAYOUTS}, found {layout!r}")
@@ -99,7 +94,7 @@ def unfold_class_position(state_dict: dict) -> dict:
 
 
 # ----- the timm model of an export ----------------------------------------------------------------
-def timm_model(model: "VisionTransformer", arch: str) -> tuple[str, dict]:
+def timm_model(model: VisionTransformer, arch: str) -> tuple[str, dict]:
     """``(name, kwargs)`` such that ``timm.create_model(name, **kwargs)`` loads ``model``'s
     timm-layout state dict with ``strict=True`` and computes the same embedding (num_classes 0)."""
     name = TIMM_NAMES[arch][1 if model.num_register_tokens else 0]
@@ -120,3 +115,72 @@ def checkpoint_structure(state_dict: Mapping) -> dict:
     if tokens is None or np.ndim(tokens) != 3:
         return {}
     return {"num_register_tokens": int(np.shape(tokens)[1])}
+
+
+# ----- import adapters ----------------------------------------------------------------------------
+def resolve_structure(state_dict: Mapping, arch: str, kw: dict, img_size: int | None) -> dict:
+    """``kw`` plus the checkpoint's register count and, for ``img_size=None``, the size whose
+    patch grid its ``pos_embed`` covers (518 for DINOv2 hub weights)."""
+    for name, value in checkpoint_structure(state_dict).items():
+        kw.setdefault(name, value)
+    pos = state_dict.get("pos_embed")
+    if img_size is None and pos is not None and np.ndim(pos) == 3:
+        grid = math.isqrt(np.shape(pos)[1] - 1)
+        if grid * grid == np.shape(pos)[1] - 1:
+            img_size = grid * models.create(arch, **kw).patch_size
+    if img_size is not None:
+        kw["img_size"] = img_size
+    return kw
+
+
+def resample_position_table(state_dict: dict, torch_shape: dict, model: VisionTransformer,
+                            adapted: list[str]) -> None:
+    """A square ``pos_embed`` (1, 1+G0², D) of another grid → the model's (1, 1+gh·gw, D)."""
+    found, expected = state_dict.get("pos_embed"), torch_shape.get("pos_embed")
+    if found is None or expected is None or found.shape == expected:
+        return
+    square = found.ndim == 3 and math.isqrt(found.shape[1] - 1) ** 2 == found.shape[1] - 1
+    if not square or found.shape[-1] != expected[-1]:
+        return  # reported as a wrong shape
+    size = model.img_size
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    grid = (h // model.patch_size, w // model.patch_size)
+    if 1 + grid[0] * grid[1] != expected[1]:
+        return
+    state_dict["pos_embed"] = np.asarray(resample_pos_embed(found, grid, num_prefix_tokens=1))
+    g = math.isqrt(found.shape[1] - 1)
+    adapted.append(f"pos_embed: resampled {g}x{g} → {grid[0]}x{grid[1]}")
+
+
+def mismatch_hints(mismatched: dict, state_dict: Mapping, model: VisionTransformer) -> list[str]:
+    """Causes of a wrong ``pos_embed`` shape and of another depth."""
+    hints = []
+    if "pos_embed" in mismatched:
+        (_, rows, width), found = mismatched["pos_embed"]
+        if len(found) != 3 or found[2] != width:
+            hints.append(f"pos_embed is {list(found)}, the model's (1, tokens, {width}): another "
+                         "model size")
+        elif math.isqrt(found[1] - 1) ** 2 != found[1] - 1:
+            hints.append(f"pos_embed has {found[1]} rows, not 1 class row + a square grid: a "
+                         "table with register rows, or without the class row (timm's "
+                         "no_embed_class) belongs to a checkpoint with registers (reg_token)")
+        else:
+            hints.append(f"pos_embed ({found[1]} rows) cannot be resampled to the model's {rows} "
+                         "rows: pass a square img_size that is a multiple of the patch size")
+    depth = len({m.group(1) for m in map(re.compile(r"blocks\.(\d+)\.").match, state_dict) if m})
+    if depth and depth != model.depth:
+        hints.append(f"the checkpoint has {depth} blocks, the model {model.depth}: pass "
+                     f"depth={depth}")
+    return hints
+
+
+def _to_reference(state_dict: dict, model: VisionTransformer, layout: str) -> dict:
+    if layout == "timm" and model.num_register_tokens:
+        return fold_class_position(state_dict)
+    return state_dict
+
+
+ADAPTER = FamilyAdapter(
+    layouts=LAYOUTS, entries=vit_entries, detect=detect_layout, structure=resolve_structure,
+    timm_model=timm_model, allow_missing=("mask_token",), from_reference=unfold_class_position,
+    to_reference=_to_reference, resample=resample_position_table, hints=mismatch_hints)

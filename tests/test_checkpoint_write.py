@@ -1,0 +1,40 @@
+"""A checkpoint that cannot be written is one CheckpointWriteError, its reason first."""
+
+import errno
+import os
+
+import jax.numpy as jnp
+import pytest
+from orbax.checkpoint._src.handlers import json_checkpoint_handler
+
+from geossl.train import checkpoint as ckpt_lib
+
+
+def test_disk_full_in_the_background_write_is_one_line_reason_first(tmp_path, monkeypatch,
+                                                                   capfd, caplog):
+    async def disk_full(self, x, directory):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory / "meta"))
+    monkeypatch.setattr(json_checkpoint_handler.JsonCheckpointHandler, "_save_fn", disk_full)
+    checkpointer = ckpt_lib.Checkpointer(str(tmp_path), async_save=True)
+    checkpointer.save(2, {"w": jnp.ones((4, 4))}, None, {"model": "m"})  # starts in background
+    with pytest.raises(ckpt_lib.CheckpointWriteError) as error:
+        checkpointer.wait()
+    message = str(error.value)
+    assert message.startswith(f"No space left on device: checkpoint {tmp_path}/checkpoints/2 was "
+                              f"not written (OSError: [Errno 28] No space left on device: ")
+    assert "\n" not in message
+    # orbax's own ERROR lines (each with a traceback) are not repeated
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.records
+    assert "Traceback" not in capfd.readouterr().err
+    assert checkpointer.latest_step() is None  # nothing half-written counts as a checkpoint
+
+
+def test_tensorstore_error_codes_are_spelled_out():
+    error = ValueError("RESOURCE_EXHAUSTED: Failed to write 6365184 bytes to file 11: No space "
+                       "left on device [os_error_code='28']")
+    assert ckpt_lib._os_reason(error) == "No space left on device"
+    wrapped = RuntimeError("save failed")
+    wrapped.__cause__ = error
+    assert str(ckpt_lib.write_failure("/w/checkpoints/4", wrapped)).startswith(
+        "No space left on device: checkpoint /w/checkpoints/4 was not written (ValueError: "
+        "RESOURCE_EXHAUSTED: ")

@@ -1,0 +1,210 @@
+"""SIGINT / SIGTERM stop main.py at a step boundary with a checkpoint of that step, one line and
+exit status 130 / 143; the reruns resume bit-exactly. A workdir in use is refused (exit 2)."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from geossl.train import checkpoint as ckpt_lib
+from geossl.train import loop
+from geossl.train.workdir_lock import WorkdirLock
+from test_engine_run import _env, _flags, read_metrics, tiny_config
+
+#: Runs main.py with an evaluator hook that sends this process a signal after a given step (so
+#: the signal arrives mid-run at a known step, through the real handlers).
+#: argv: STEP SIGNAL main.py FLAGS...
+SIGNAL_AT_STEP = """
+import os, runpy, signal, sys
+from geossl.train import loop
+at, signum = int(sys.argv[1]), getattr(signal, sys.argv[2])
+
+class SignalAt:
+    every = 1
+    def __call__(self, step, backbone):
+        if step == at:
+            os.kill(os.getpid(), signum)
+        return {}
+
+run = loop.run
+loop.run = lambda config, workdir, hooks=(), **kw: run(config, workdir,
+                                                      hooks=[*hooks, SignalAt()], **kw)
+sys.argv = sys.argv[3:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+_ABSL_LINE = re.compile(r"^[IWEF]\d{4} ")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    from data_prep import synthetic
+    out = str(tmp_path_factory.mktemp("synthetic"))
+    synthetic.generate(out, num_locations=64, heldout=0, size=16, seasons=2, num_shards=2,
+                       num_workers=1, verbose=False)
+    return os.path.join(out, "train-*.tfrecord")
+
+
+def _own_lines(stderr: str) -> list[str]:
+    """stderr less absl's log lines: what the program itself printed."""
+    return [l for l in stderr.splitlines() if l.strip() and not _ABSL_LINE.match(l)]
+
+
+def _checkpoint_steps(workdir):
+    return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+
+
+def _main(cmd):
+    return subprocess.run(cmd, env=_env(1), capture_output=True, text=True, timeout=300)
+
+
+def _signal_at(step, name, shards, workdir):
+    return _main([sys.executable, "-c", SIGNAL_AT_STEP, str(step), name]
+                 + _flags(shards, workdir)[1:])
+
+
+def test_sigint_then_sigterm_checkpoint_the_step_and_resume_bit_exactly(shards, tmp_path):
+    full, stopped = str(tmp_path / "full"), str(tmp_path / "stopped")
+    done = _main(_flags(shards, full))  # 6 steps, checkpoints every 2
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    done = _signal_at(3, "SIGINT", shards, stopped)
+    assert done.returncode == 130, done.stderr[-3000:]
+    assert _own_lines(done.stderr) == [
+        f"main.py: stopped by SIGINT after step 3: checkpoint {stopped}/checkpoints/3 written; "
+        f"the same command resumes from it (exit status 130)"], done.stderr[-3000:]
+    assert _checkpoint_steps(stopped) == [2, 3]
+    assert [r["step"] for r in read_metrics(stopped)] == [1, 2, 3]
+    assert not os.path.exists(os.path.join(stopped, "run.lock"))  # released on the way out
+
+    done = _signal_at(5, "SIGTERM", shards, stopped)
+    assert done.returncode == 143, done.stderr[-3000:]
+    assert _own_lines(done.stderr) == [
+        f"main.py: stopped by SIGTERM after step 5: checkpoint {stopped}/checkpoints/5 written; "
+        f"the same command resumes from it (exit status 143)"], done.stderr[-3000:]
+    assert 5 in _checkpoint_steps(stopped) and 6 not in _checkpoint_steps(stopped)
+
+    done = _main(_flags(shards, stopped))
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = read_metrics(full), read_metrics(stopped)
+    assert [r["step"] for r in b] == list(range(1, 7))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    ra = ckpt_lib.Checkpointer(full, async_save=False).restore_raw(6)
+    rb = ckpt_lib.Checkpointer(stopped, async_save=False).restore_raw(6)
+    la, lb = jax.tree_util.tree_leaves(ra), jax.tree_util.tree_leaves(rb)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb):
+        np.testing.assert_array_equal(x, y)
+
+    # a resume refused (another projector) changes nothing: no TensorBoard file, no lock left
+    before = _snapshot(stopped)
+    with pytest.raises(ckpt_lib.CheckpointMismatchError, match="projector"):
+        loop.run(tiny_config(shards, **{"objective.proj_dim": 24}), stopped)
+    assert _snapshot(stopped) == before
+
+
+def _snapshot(folder):
+    """{relative path: (size, mtime_ns)} of every file under ``folder``."""
+    found = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            stat = os.stat(os.path.join(root, name))
+            found[os.path.relpath(os.path.join(root, name), folder)] = (stat.st_size,
+                                                                       stat.st_mtime_ns)
+    return found
+
+
+def test_workdir_in_use_is_refused_in_one_line_before_it_changes(shards, tmp_path):
+    workdir = tmp_path / "busy"
+    workdir.mkdir()
+    (workdir / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    with WorkdirLock(str(workdir)):
+        before = _snapshot(workdir)
+        done = _main(_flags(shards, str(workdir)))
+        after = _snapshot(workdir)
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = _own_lines(done.stderr)
+    assert len(lines) == 1 and lines[0].startswith(
+        f"main.py: workdir {workdir} is in use by process {os.getpid()} on host "), lines
+    assert "Traceback" not in done.stderr
+    assert before == after  # nothing written, not even a TensorBoard file or the config
+
+
+def test_sigterm_before_the_first_step_boundary_is_one_line(tmp_path):
+    """A signal during start-up (here: while the config loads) stops at once, in one line."""
+    config = tmp_path / "slow_config.py"
+    config.write_text("import os, signal, time\n"
+                      "def get_config():\n"
+                      "    os.kill(os.getpid(), signal.SIGTERM)\n"
+                      "    time.sleep(30)\n")
+    done = _main([sys.executable, os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "main.py"), f"--config={config}", f"--workdir={tmp_path}/w"])
+    assert done.returncode == 128 + signal.SIGTERM
+    assert _own_lines(done.stderr) == [
+        "main.py: stopped by SIGTERM before a step boundary; nothing new was saved (the same "
+        "command resumes from the last checkpoint)"], done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("signum, group", [(signal.SIGINT, True), (signal.SIGTERM, False)])
+def test_data_prep_stops_in_one_line_leaving_a_refused_set(tmp_path, signum, group):
+    """Ctrl-C (SIGINT to the process group, workers included) or SIGTERM to the CLI while shards
+    are written: one line, 130 / 143, no temporaries, the set marked incomplete and refused."""
+    import glob
+    import time
+    from geossl.data import manifest
+    out = str(tmp_path / "data")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "data_prep.synthetic", "--output", out, "--num_locations", "3000",
+         "--size", "16", "--seasons", "2", "--num_shards", "4", "--num_workers", "2",
+         "--heldout", "0"], env=_env(1), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not glob.glob(os.path.join(out, ".train-*.tmp-*")) and time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.02)
+    (os.killpg if group else os.kill)(proc.pid, signum)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signum, stderr[-3000:]
+    name = signal.Signals(signum).name
+    assert re.split(r"[\r\n]+", stderr.strip())[-1] == (
+        f"python -m data_prep.synthetic: stopped by {name}; a shard set being written stays "
+        f"marked PREFIX.incomplete and is refused until the same command is run again")
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    assert os.path.exists(manifest.marker_path(out, "train"))
+    assert not glob.glob(os.path.join(out, ".*.tmp-*"))
+    with pytest.raises(manifest.IncompleteDatasetError, match="incomplete"):
+        manifest.check_shard_set([os.path.join(out, "train-00000-of-00004.tfrecord")])
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(shards, tmp_path):
+    """jax's preemption service: SIGTERM reaches process 1 only; both processes checkpoint the
+    sync step together, exit 143, and resume (~1 min on 2 cores: run with -m slow)."""
+    import portpicker
+    workdir = str(tmp_path / "w")
+
+    def launch(signal_step):
+        port = portpicker.pick_unused_port()
+        cluster = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+        flags = _flags(shards, workdir)
+        cmds = [flags + cluster + ["--process_id=0"],
+                ([sys.executable, "-c", SIGNAL_AT_STEP, str(signal_step), "SIGTERM"]
+                 if signal_step else [sys.executable]) + flags[1:] + cluster + ["--process_id=1"]]
+        procs = [subprocess.Popen(c, env=_env(4), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True) for c in cmds]
+        return [(p.communicate(timeout=600)[1], p.returncode) for p in procs]
+
+    for stderr, code in launch(3):
+        assert code == 143, stderr[-3000:]
+        assert _own_lines(stderr)[-1] == (
+            f"main.py: stopped by SIGTERM after step 3: checkpoint {workdir}/checkpoints/3 "
+            f"written; the same command resumes from it (exit status 143)")
+    for stderr, code in launch(None):
+        assert code == 0, stderr[-3000:]
+    assert [r["step"] for r in read_metrics(workdir)] == list(range(1, 7))
