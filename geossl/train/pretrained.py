@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging as py_logging
 import os
 import re
 import shutil
@@ -193,14 +194,15 @@ def pretrain_backbone(run, workdir: str) -> tuple[dict, float]:
     """Trains ``run`` in ``workdir`` (resuming it), its own log lines silenced; returns the
     backbone's ``{"params", ["batch_stats"]}`` at the last step and the last logged loss."""
     from geossl.train import loop  # here: loop imports this module
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity(logging.WARNING)
+    absl_logger = logging.get_absl_logger()
+    level = absl_logger.level  # restored exactly (set_verbosity would pin NOTSET to a level)
+    absl_logger.setLevel(py_logging.WARNING)
     try:
         summary = loop.run(run, workdir, progress_bar=False)
     except ConfigError as e:
         raise ConfigError(f"the teacher's pretraining run (config.teacher.pretrain): {e}") from e
     finally:
-        logging.set_verbosity(verbosity)
+        absl_logger.setLevel(level)
     _, variables = load_backbone(workdir)
     return variables, float(summary["last_metrics"].get("loss", float("nan")))
 
