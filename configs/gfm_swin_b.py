@@ -114,38 +114,40 @@ def schedule(c, num_examples: int, *, epochs: float, base: float, warmup_init: f
 
 def demo(c) -> None:
     """Tiny 2-stage Swins on the 32 px synthetic demo scenes (13 bands): the student (embed 32,
-    window 4, stride 8) masks 10 of 16 units of 8 px; the teacher (embed 32, window 6, 48 px, RGB
-    B4, B3, B2) is pretrained by geossl with SoftCon (``teacher.torch_checkpoint =
+    window 4, stride 8) masks 10 of 16 units of 8 px; the teacher (embed 32, window 6, 48 px, the
+    same 13 bands) is pretrained by geossl with SoftCon (``teacher.torch_checkpoint =
     "pretrained:softcon"``, the run :func:`demo_teacher_run`) when the trainer first builds it,
     written once as a safetensors checkpoint in the Microsoft layout and imported like a real one.
-    It read the same normalised bands as the student's, so its input map is the identity."""
+    It reads the bands it was pretrained on, in the student's normalisation: input map identity.
+    (An RGB teacher on B4, B3, B2 left the student below a random encoder: the synthetic classes
+    are told apart by their 13-band spectra.)"""
     tiny = dict(name="swin_tiny_patch4_window7_224", embed_dim=32, depths=(2, 2), num_heads=(2, 4))
     c.model.update(dict(tiny, img_size=32, window_size=4, in_chans=len(common.S2_L1C_BANDS)))
     c.data.bands = common.S2_L1C_BANDS
     c.data.norm = "softcon"
     c.data.num_classes = 9
     c.objective.mask_unit = 8
-    c.teacher.model.update(dict(tiny, img_size=48, window_size=6, in_chans=3))
-    c.teacher.bands = DEMO_TEACHER_BANDS
+    c.teacher.model.update(dict(tiny, img_size=48, window_size=6, in_chans=len(c.data.bands)))
+    c.teacher.update(dict(bands=c.data.bands, input_scale=(1.0,) * len(c.data.bands),
+                          input_offset=(0.0,) * len(c.data.bands)))
     c.teacher.torch_checkpoint = "pretrained:softcon"   # written once, read like a real checkpoint
-    c.teacher.pretrain = demo_teacher_run(c.data.norm)
+    c.teacher.pretrain = demo_teacher_run(c.teacher.bands, c.data.norm)
     c.global_batch = 64
     schedule(c, 2048, epochs=10, base=8e-3, warmup_init=1e-5, final=1e-5,  # 1e-3 at 64
              warmup_epochs=1)                        # 2048: the synthetic training locations
     common.demo_run(c, batch=64, adamw=False, ema_base=None, probe_every=100)
 
 
-DEMO_TEACHER_BANDS = ("B4", "B3", "B2")
-
-
-def demo_teacher_run(norm: str, steps: int = 400) -> ml_collections.ConfigDict:
+def demo_teacher_run(bands, norm: str, steps: int = 400) -> ml_collections.ConfigDict:
     """``config.teacher.pretrain`` of the demo: SoftCon's ResNet demo run (configs/softcon.py:
-    masked 8 px squares filled with 0, batch 64, AdamW 1e-3) for ``steps`` on the teacher's bands
-    in the student's normalisation ``norm``, less its ``model``: the trainer pretrains
-    ``config.teacher.model`` (a Swin, which SoftCon masks like a ResNet, by pixels)."""
+    masked 8 px squares filled with 0, batch 64, AdamW) for ``steps`` on ``bands`` in ``norm``,
+    less its ``model``: the trainer pretrains ``config.teacher.model`` (a Swin, which SoftCon masks
+    like a ResNet, by pixels). Two changes for this teacher: lr 3e-3 instead of 1e-3, and no
+    grayscale views (their band mean erases the spectra that tell the synthetic classes apart):
+    linear probe micro mAP 85.1 instead of 73.7 (71.1 at random init)."""
     run = softcon_rn50.get_config("demo")
     del run.model
-    run.data.bands = DEMO_TEACHER_BANDS
-    run.data.norm = norm
+    run.data.update(dict(bands=tuple(bands), norm=norm, gray_p=0.0))
+    run.lr.base = 3e-3
     run.total_steps = steps
     return run

@@ -22,21 +22,23 @@ TINY = dict(name="swin_tiny_patch4_window7_224", embed_dim=16, depths=(1, 1), nu
 
 
 def demo_teacher() -> ml_collections.ConfigDict:
-    """The demo's ``config.teacher`` with a 24 px Swin of 16 channels (window 6)."""
+    """The demo's ``config.teacher`` with a 24 px Swin of 16 channels (window 6), 13 bands."""
     c = gfm_swin_b.get_config("demo")
     c.teacher.model.update(dict(TINY, img_size=24, window_size=6))
     return c.teacher
 
 
 def stand_in(calls: list):
-    """A ``pretrain_backbone`` that records its run and returns the run's model initialised with
-    the run's seed plus its step count (so that other steps give other weights), loss 1.5."""
+    """A ``pretrain_backbone`` that records its run and returns normal noise (seeded by the run's
+    seed plus its step count: other steps, other weights) in the shapes of the run's model."""
     def pretrain(run, workdir):
         calls.append((run, workdir))
         size, chans = int(run.model.img_size), int(run.model.in_chans)
-        variables = create_from_config(run.model).init(
-            jax.random.PRNGKey(run.seed + run.total_steps), np.zeros((1, size, size, chans), np.float32))
-        return jax.device_get(dict(variables)), 1.5
+        shapes = jax.eval_shape(create_from_config(run.model).init, jax.random.PRNGKey(0),
+                                np.zeros((1, size, size, chans), np.float32))
+        rng = np.random.default_rng(run.seed + run.total_steps)
+        return jax.tree_util.tree_map(lambda s: rng.standard_normal(s.shape).astype(s.dtype),
+                                      dict(shapes)), 1.5
     return pretrain
 
 
@@ -64,10 +66,12 @@ def test_demo_config_asks_for_a_softcon_teacher_and_writes_nothing(teachers):
     assert c.teacher.torch_checkpoint == "pretrained:softcon"
     run = pretrained.teacher_pretraining_run(c.teacher.model, c.teacher.pretrain)
     assert run.objective.name == "softcon" and run.objective.mask_patch_size == 8
-    assert tuple(run.data.bands) == ("B4", "B3", "B2") == tuple(c.teacher.bands)
+    assert tuple(run.data.bands) == tuple(c.teacher.bands) == tuple(c.data.bands)
+    assert len(c.teacher.bands) == c.teacher.model.in_chans == 13
     assert run.data.norm == c.data.norm                      # the student's normalisation ...
-    assert tuple(c.teacher.input_scale) == (1.0, 1.0, 1.0)   # ... so the input map is the identity
-    assert tuple(c.teacher.input_offset) == (0.0, 0.0, 0.0)
+    assert tuple(c.teacher.input_scale) == (1.0,) * 13       # ... so the input map is the identity
+    assert tuple(c.teacher.input_offset) == (0.0,) * 13
+    assert run.data.gray_p == 0.0 and run.lr.base == 3e-3 and run.total_steps == 400
     assert dict(run.model) == dict(c.teacher.model) and run.model.img_size == 48
     assert "model" not in c.teacher.pretrain
     assert not teachers.exists()
@@ -92,7 +96,20 @@ def test_a_bad_source_is_one_config_error_and_writes_nothing(teachers, monkeypat
     assert not calls and not teachers.exists()
 
 
+def test_good_sources_parse_to_their_kind_without_writing(teachers):
+    t = demo_teacher()
+    assert pretrained.parse_source("random:seed=12") == ("random", 12)
+    assert pretrained.parse_source("pretrained:softcon", t.pretrain) == ("pretrained", "softcon")
+    assert pretrained.parse_source("/w/teacher.pth") == ("path", "/w/teacher.pth")
+    assert pretrained.resolve_checkpoint("/w/teacher.pth", t.model, t.pretrain) == "/w/teacher.pth"
+    assert not teachers.exists()
+
+
 def test_pretrained_source_needs_a_run_without_model(teachers):
+    t = demo_teacher()
+    del t.pretrain.objective.name
+    with pytest.raises(ConfigError, match=r"^config.teacher.pretrain.objective.name: expected"):
+        pretrained.resolve_checkpoint("pretrained:softcon", t.model, t.pretrain)
     t = demo_teacher()
     with pytest.raises(ConfigError, match=r"^config.teacher.pretrain: expected the run config"):
         pretrained.resolve_checkpoint("pretrained:softcon", t.model, None)
@@ -121,7 +138,7 @@ def test_the_name_changes_with_every_setting_of_the_run(teachers, monkeypatch):
     assert os.path.basename(base).startswith("pretrained-softcon-swin_tiny_patch4_window7_224-")
     variants = [resolve(**{"pretrain.total_steps": 401}), resolve(**{"pretrain.seed": 1}),
                 resolve(**{"pretrain.objective.temperature": 0.1}),
-                resolve(**{"pretrain.data.bands": ("B8", "B4", "B3")}),
+                resolve(**{"pretrain.data.bands": tuple(reversed(t.bands))}),
                 resolve(**{"pretrain.lr.base": 2e-3}), resolve(**{"model.embed_dim": 8})]
     assert len({base, *variants}) == 7
     # Settings that leave the weights unchanged (the resolver sets them) name the same file.
@@ -150,13 +167,13 @@ def test_written_once_atomically_in_the_microsoft_layout(teachers, monkeypatch):
     sd = convert.load_state_dict(path)
     assert replaced[0][0] == sorted(sd)
     assert "layers.0.downsample.reduction.weight" in sd   # Microsoft layout (timm: layers.1.downsample)
-    assert json.loads(convert.read_metadata(path)["geossl.bands"]) == ["B4", "B3", "B2"]
+    assert json.loads(convert.read_metadata(path)["geossl.bands"]) == list(t.bands)
     assert os.listdir(teachers) == [os.path.basename(path)]   # no workdir, no temporary file
     assert calls[0][1] == path.replace(".safetensors", ".run")
 
     run, _ = calls[0]
     want, _ = stand_in([])(run, "")
-    got = convert.from_torch(sd, t.model.name, img_size=24, window_size=6, in_chans=3,
+    got = convert.from_torch(sd, t.model.name, img_size=24, window_size=6, in_chans=13,
                              embed_dim=16, depths=(1, 1), num_heads=(2, 2))
     assert_same_weights(got["params"], want["params"])
 

@@ -138,17 +138,25 @@ def settings_hash(settings: dict) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def teacher_pretraining_run(model_cfg, pretrain) -> ml_collections.ConfigDict:
-    """The geossl run that pretrains a frozen teacher: ``pretrain`` (``config.teacher.pretrain``, a
-    run config without ``model``) with ``model`` = ``model_cfg`` (``config.teacher.model``), the
-    last step checkpointed, one metrics row, no probe and no export of its own (the caller exports
-    in the teacher's layout). Those run settings leave the trained weights unchanged."""
+def check_pretrain(pretrain) -> None:
+    """``config.teacher.pretrain`` is a run config with an ``objective.name`` and no ``model``."""
     if not pretrain:
         raise ConfigError("config.teacher.pretrain: expected the run config that pretrains the "
                           "teacher (see configs/gfm_swin_b.py demo_teacher_run), found none")
     if "model" in pretrain:
         raise ConfigError(f"config.teacher.pretrain.model: expected none (the run pretrains "
                           f"config.teacher.model), found {dict(pretrain.model)}")
+    if not pretrain.get("objective", {}).get("name"):
+        raise ConfigError("config.teacher.pretrain.objective.name: expected the pretraining "
+                          "method, found none")
+
+
+def teacher_pretraining_run(model_cfg, pretrain) -> ml_collections.ConfigDict:
+    """The geossl run that pretrains a frozen teacher: ``pretrain`` (``config.teacher.pretrain``, a
+    run config without ``model``) with ``model`` = ``model_cfg`` (``config.teacher.model``), the
+    last step checkpointed, one metrics row, no probe and no export of its own (the caller exports
+    in the teacher's layout). Those run settings leave the trained weights unchanged."""
+    check_pretrain(pretrain)
     run = ml_collections.ConfigDict(pretrain.to_dict())
     run.model = ml_collections.ConfigDict(dict(model_cfg))
     steps = int(run.total_steps)
@@ -217,26 +225,39 @@ def demo_teacher_dir() -> str:
     return os.path.expanduser(os.environ.get("GEOSSL_DEMO_TEACHERS", "~/.cache/geossl/demo-teachers"))
 
 
-def resolve_checkpoint(source: str, model_cfg, pretrain=None) -> str:
-    """A checkpoint path from ``config.teacher.torch_checkpoint``: a path as given; for
-    ``random:seed=N`` the path of ``model_cfg``'s random network of seed N
-    (:func:`write_random_teacher`); for ``pretrained:METHOD`` the path of ``model_cfg`` pretrained
-    by the run ``pretrain`` (``config.teacher.pretrain``, whose ``objective.name`` is METHOD;
-    :func:`write_pretrained_teacher`). Both are written once, in :func:`demo_teacher_dir`."""
+def parse_source(source: str, pretrain=None) -> tuple[str, str | int]:
+    """``config.teacher.torch_checkpoint`` read strictly, nothing written: ("path", source),
+    ("random", N) for ``random:seed=N`` or ("pretrained", METHOD) for ``pretrained:METHOD``,
+    which needs ``pretrain`` (``config.teacher.pretrain``: a run without ``model`` whose
+    ``objective.name`` is METHOD). Anything else with those prefixes: one ConfigError."""
     expected = "a path, 'random:seed=N' or 'pretrained:METHOD'"
     if source.startswith(RANDOM_PREFIX):
         seed = re.fullmatch(r"seed=([0-9]+)", source[len(RANDOM_PREFIX):])
         if seed is None:
             raise ConfigError(f"config.teacher.torch_checkpoint: expected {expected}, found {source!r}")
-        return write_random_teacher(model_cfg, demo_teacher_dir(), seed=int(seed.group(1)))
+        return "random", int(seed.group(1))
     if source.startswith(PRETRAINED_PREFIX):
         method = source[len(PRETRAINED_PREFIX):]
         if not re.fullmatch(r"[a-z0-9_]+", method):
             raise ConfigError(f"config.teacher.torch_checkpoint: expected {expected}, found {source!r}")
-        teacher_pretraining_run(model_cfg, pretrain)  # config.teacher.pretrain present, no model
+        check_pretrain(pretrain)
         if method != pretrain.objective.name:
             raise ConfigError(f"config.teacher.torch_checkpoint: expected 'pretrained:"
                               f"{pretrain.objective.name}' (the objective of config.teacher."
                               f"pretrain), found {source!r}")
+        return "pretrained", method
+    return "path", source
+
+
+def resolve_checkpoint(source: str, model_cfg, pretrain=None) -> str:
+    """A checkpoint path from ``config.teacher.torch_checkpoint`` (:func:`parse_source`): a path
+    as given; for ``random:seed=N`` the path of ``model_cfg``'s random network of seed N
+    (:func:`write_random_teacher`); for ``pretrained:METHOD`` the path of ``model_cfg`` pretrained
+    by the run ``pretrain`` (:func:`write_pretrained_teacher`). Both are written once, in
+    :func:`demo_teacher_dir`."""
+    kind, value = parse_source(source, pretrain)
+    if kind == "random":
+        return write_random_teacher(model_cfg, demo_teacher_dir(), seed=value)
+    if kind == "pretrained":
         return write_pretrained_teacher(model_cfg, pretrain, demo_teacher_dir())
     return source
