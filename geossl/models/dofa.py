@@ -28,7 +28,7 @@ import numpy as np
 
 from geossl.models.family import Family, module_fields
 from geossl.models.layers import (LN_EPS, POS_EMBED_RESIZE, Attention, Block,
-                                  check_token_options, resize_pos_table)
+                                  check_token_options, drop_path_rates, positioned_patch_tokens)
 
 DOFA_CONFIGS = {
     "dofa_small_patch16_224": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
@@ -218,21 +218,13 @@ class DOFA(nn.Module):
         mask_token = self.param("mask_token", nn.initializers.zeros, (1, d))
 
         tokens = DOFAEmbedding(d, p, self.dtype, name="patch_embed")(x, wavelengths).reshape(b, n, d)
-        if mask is not None:
-            tokens = jnp.where(mask[..., None], mask_token.astype(tokens.dtype)[None], tokens)
-        patch_pos = pos_embed[0, 1:]
-        if grid != g0:
-            patch_pos = resize_pos_table(patch_pos.reshape(*g0, d), grid,
-                                         self.pos_embed_resize).reshape(n, d)
-        tokens = tokens + patch_pos.astype(tokens.dtype)
-        if keep_idx is not None:
-            tokens = jnp.take_along_axis(tokens, keep_idx[..., None].astype(jnp.int32), axis=1)
+        tokens, _ = positioned_patch_tokens(tokens, pos_embed[0, 1:], grid, g0,
+                                            self.pos_embed_resize, mask, mask_token, keep_idx)
         prefix = jnp.broadcast_to(cls_token + pos_embed[:, :1], (b, 1, d)).astype(tokens.dtype)
         x = jnp.concatenate([prefix, tokens], axis=1)
 
         block = nn.remat(Block) if self.remat else Block
-        rates = (np.full(self.depth, self.drop_path_rate) if self.drop_path_uniform
-                 else np.linspace(0.0, self.drop_path_rate, self.depth))
+        rates = drop_path_rates(self.depth, self.drop_path_rate, self.drop_path_uniform)
         fc_norm = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="fc_norm")
         kept = {}
         for i in range(self.depth):

@@ -245,3 +245,27 @@ def check_token_options(b: int, n: int, depth: int, keep_idx=None, mask=None,
             raise ValueError(f"return_layers: expected indices in [-{depth}, {depth}), found {i}")
         layers.append(i % depth)
     return layers
+
+
+def drop_path_rates(depth: int, rate: float, uniform: bool) -> np.ndarray:
+    """(depth,) drop-path rate of each block: timm / DINOv2's linear 0 → ``rate``, or ``rate`` in
+    every block with ``uniform`` (PerA)."""
+    return np.full(depth, rate) if uniform else np.linspace(0.0, rate, depth)
+
+
+def positioned_patch_tokens(tokens, pos_table, grid: tuple[int, int], g0: tuple[int, int],
+                            rule: str, mask=None, mask_token=None, keep_idx=None):
+    """Patch embeddings (B,N,D) of a ``grid`` → (tokens (B,M,D), patch position table (N,D)):
+    masked positions replaced by ``mask_token`` (1,D), the (G0h·G0w, D) ``pos_table`` of the stored
+    grid ``g0`` added (resized by ``rule`` when the grid differs), then only ``keep_idx`` (B,K)
+    kept (M = K or N)."""
+    n, d = tokens.shape[1], tokens.shape[2]
+    if mask is not None:
+        tokens = jnp.where(mask[..., None], mask_token.astype(tokens.dtype)[None], tokens)
+    patch_pos = pos_table
+    if grid != g0:
+        patch_pos = resize_pos_table(pos_table.reshape(*g0, d), grid, rule).reshape(n, d)
+    tokens = tokens + patch_pos.astype(tokens.dtype)
+    if keep_idx is not None:
+        tokens = jnp.take_along_axis(tokens, keep_idx[..., None].astype(jnp.int32), axis=1)
+    return tokens, patch_pos

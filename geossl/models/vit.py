@@ -19,7 +19,7 @@ import numpy as np
 
 from geossl.models.family import Family, module_fields
 from geossl.models.layers import (LN_EPS, POS_EMBED_RESIZE, Block, PatchEmbed,
-                                  check_token_options, resize_pos_table)
+                                  check_token_options, drop_path_rates, positioned_patch_tokens)
 
 VIT_CONFIGS = {
     # PerA-style small model: patch 16, no LayerScale (like timm vit_tiny_patch16_224)
@@ -117,15 +117,9 @@ class VisionTransformer(nn.Module):
         mask_token = self.param("mask_token", nn.initializers.zeros, (1, d))
 
         tokens = PatchEmbed(d, p, self.dtype, name="patch_embed")(x).reshape(b, n, d)
-        if mask is not None:
-            tokens = jnp.where(mask[..., None], mask_token.astype(tokens.dtype)[None], tokens)
-        patch_pos = pos_embed[0, 1:]
-        if grid != g0:
-            patch_pos = resize_pos_table(patch_pos.reshape(*g0, d), grid,
-                                         self.pos_embed_resize).reshape(n, d)
-        tokens = tokens + patch_pos.astype(tokens.dtype)
-        if keep_idx is not None:
-            tokens = jnp.take_along_axis(tokens, keep_idx[..., None].astype(jnp.int32), axis=1)
+        tokens, patch_pos = positioned_patch_tokens(tokens, pos_embed[0, 1:], grid, g0,
+                                                    self.pos_embed_resize, mask, mask_token,
+                                                    keep_idx)
 
         prefix = [jnp.broadcast_to(cls_token + pos_embed[:, :1], (b, 1, d))]
         if r:
@@ -154,9 +148,7 @@ class VisionTransformer(nn.Module):
     def drop_path_rates(self) -> np.ndarray:
         """(depth,) drop-path rate of each block: timm / DINOv2's linear 0 → ``drop_path_rate``, or
         ``drop_path_rate`` in every block with ``drop_path_uniform`` (PerA)."""
-        if self.drop_path_uniform:
-            return np.full(self.depth, self.drop_path_rate)
-        return np.linspace(0.0, self.drop_path_rate, self.depth)
+        return drop_path_rates(self.depth, self.drop_path_rate, self.drop_path_uniform)
 
     def _check_options(self, b, n, keep_idx, mask, insert_idx, insert_at_block, return_layers):
         """Validates the call options; returns ``return_layers`` as non-negative block indices."""
