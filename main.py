@@ -91,15 +91,15 @@ def main(argv):
         from geossl.train import compile_cache
         if compile_cache.enable(FLAGS.compilation_cache_dir or None) is None:
             logging.info("compilation cache off: CPU runs over several devices do not support it")
-    from geossl.eval import online
+    from geossl.eval import monitor, online
     from geossl.train import loop
     config = FLAGS.config
-    hooks = [h for h in (online.make_online_probe(config),) if h]
     from geossl.errors import ConfigError, DataConfigMismatchError
     from geossl.train.checkpoint import (CheckpointMismatchError, CheckpointWriteError,
                                          NoReadableCheckpointError)
     from geossl.train.workdir_lock import WorkdirInUseError
     try:
+        hooks = [h for h in (online.make_online_probe(config), monitor.make_monitor(config)) if h]
         summary = loop.run(config, FLAGS.workdir, hooks=hooks)
     except (ConfigError, WorkdirInUseError) as e:  # nothing was built or written: one line
         print(f"main.py: {e}", file=sys.stderr)

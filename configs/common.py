@@ -218,4 +218,14 @@ def base() -> ml_collections.ConfigDict:
         mode="cls",           # feature: "cls" token / pooled embedding
         knn_k=20, knn_temperature=0.07,
         linear_epochs=30, linear_lr=0.1, batch_size=256, seed=0))
+    # Collapse monitor (geossl.eval.monitor), handed to the loop by main.py: embedding std,
+    # RankMe and mean cosine of one fixed batch in metrics.jsonl.
+    c.monitor = ml_collections.ConfigDict(dict(
+        every=-1,             # steps between figures; -1 = every log_every steps, 0 = off
+        data="",              # glob of shards; "" = heldout-* beside the training shards (else
+                              # training records drawn with a fixed seed)
+        num_examples=256,     # images of the fixed batch (one forward)
+        std_ratio_threshold=0.02,  # warn when embedding_std·sqrt(D) falls under it (1: spread
+                                   # evenly; healthy demos 0.05-0.6, lr 10 about 0.001-0.02)
+    ))
     return c

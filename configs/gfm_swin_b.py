@@ -2,7 +2,8 @@
 SimMIM reconstruction, on GeoPile-like RGB image folders (REFERENCE §4). ``:ms`` for a 13-band S2
 student, ``:demo`` for the CPU.
 
-    python -m data_prep.images --input /data/GeoPile/NAIP,/data/GeoPile/RESISC45,... --output /data/geopile
+    python -m data_prep.images --input /data/GeoPile/NAIP,/data/GeoPile/RESISC45,... --output /data/geopile \
+        --mixed_sizes   # the sources differ in size; the 192 px training crops take any
     python main.py --config=configs/gfm_swin_b.py --workdir=DIR \
         --config.data.train='/data/geopile/train-*.tfrecord' \
         --config.teacher.torch_checkpoint=/weights/swin_base_patch4_window7_224_22k.pth

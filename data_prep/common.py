@@ -29,10 +29,19 @@ def run_cli(main: Callable[[], object], prog: str) -> None:
     """Runs a data_prep CLI's ``main()``: SIGINT (Ctrl-C) or SIGTERM stops it with one line on
     stderr and exit status 130 / 143, no traceback. Shards being written are left as an
     incomplete set (``PREFIX.incomplete``, which readers refuse), their temporary files removed;
-    the same command writes them again."""
+    the same command writes them again. An input it cannot use (BadInputError, naming the file)
+    or a missing input folder is one line and exit status 1 (bad flags: argparse's, status 2)."""
     signals.install_interrupt_handlers()
     try:
         main()
+    except BadInputError as e:
+        hint = ("" if "--skip_bad" in str(e) else
+                " [--skip_bad skips such inputs, counted in the summary]")
+        print(f"{prog}: {e}{hint}", file=sys.stderr)
+        sys.exit(1)
+    except FileNotFoundError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        sys.exit(1)
     except (signals.Interrupted, KeyboardInterrupt) as e:
         signum = getattr(e, "signum", signal.SIGINT)
         print(f"{prog}: stopped by {signals.signal_name(signum)}; a shard set being written "

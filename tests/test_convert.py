@@ -170,7 +170,7 @@ def test_io_safetensors_and_pth(tmp_path):
 
 def test_cli_import_then_export(tmp_path):
     torch = pytest.importorskip("torch")
-    from geossl.convert.__main__ import build_parser, main
+    from geossl.cli.convert import build_parser, main
 
     args = build_parser().parse_args(["import", "--arch", "resnet18", "--input", "a.pth", "--output", "d",
                                       "--in_chans", "13", "--first_layer", "repeat"])
@@ -246,7 +246,7 @@ def test_vit_pos_embed_resampled_and_channels_adapted(tmp_path):
     assert convert.resolve_model_kwargs(sd, "vit_small_patch14")["img_size"] == 518
 
     # the same through the command line: a 13-band 56 px backbone workdir, exported again
-    from geossl.convert.__main__ import main
+    from geossl.cli.convert import main
     io.save_state_dict(sd, str(tmp_path / "dinov2.safetensors"))
     workdir, out = str(tmp_path / "wd"), str(tmp_path / "out.safetensors")
     main(["import", "--arch", "vit_small_patch14", "--input", str(tmp_path / "dinov2.safetensors"),
@@ -311,7 +311,7 @@ def test_export_loads_strictly_into_the_timm_model_its_metadata_names(tmp_path, 
 def test_cli_import_reads_a_geossl_export(tmp_path, capsys):
     """A demo-like export (depth 2, patch 4: not the name's defaults) comes back through the
     command line without --arch, from its metadata; a wrong --arch is refused by name."""
-    from geossl.convert.__main__ import main
+    from geossl.cli.convert import main
     from geossl.train.checkpoint import load_backbone
     kw = dict(img_size=16, in_chans=13, patch_size=4, depth=2, embed_dim=32, num_heads=2)
     _, variables = _random_vit("vit_tiny_patch16", **kw)

@@ -301,7 +301,7 @@ def test_probe_clis_run_on_the_bigearthnet_sample_shards(ben_examples, tmp_path)
     import jax
     import jax.numpy as jnp
     from geossl import models
-    from geossl.eval import knn, linear_probe
+    from geossl.cli import knn, linear_probe
     from geossl.train.checkpoint import save_backbone
     bigearthnet.convert(str(ben_examples / "BigEarthNet-S2-Example"), str(tmp_path / "ben"),
                         num_shards=1, num_workers=1, verbose=False)

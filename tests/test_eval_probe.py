@@ -1,4 +1,5 @@
-"""geossl.eval: feature extraction, linear probe, kNN, datasets, online probe, CLI."""
+"""geossl.eval: feature extraction, linear probe, kNN, datasets, online probe; their CLIs
+(geossl.cli)."""
 
 import json
 import os
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 
 from configs import common
+from geossl.cli import knn as knn_cli
+from geossl.cli import linear_probe as linear_probe_cli
 from geossl.eval import datasets, features, knn, linear_probe, online
 
 
@@ -331,8 +334,8 @@ def test_make_online_probe_is_a_loop_hook(tmp_path):
 def _run_clis(tmp_path, workdir, data, mode, feature_dim, full=True):
     common = ["--workdir", workdir, "--dataset", data, "--label_fraction", "1.0", "--norm", "none",
               "--bands", ",".join(BANDS)]
-    report = linear_probe.main(common + ["--epochs", "20", "--mode", mode,
-                                         "--output", str(tmp_path / "probe.json")])
+    report = linear_probe_cli.main(common + ["--epochs", "20", "--mode", mode,
+                                             "--output", str(tmp_path / "probe.json")])
     saved = json.loads((tmp_path / "probe.json").read_text())
     assert saved["metrics"]["map_micro"] == pytest.approx(report["metrics"]["map_micro"])
     assert saved["num_train"] == 20 and saved["num_test"] == 20
@@ -340,10 +343,10 @@ def _run_clis(tmp_path, workdir, data, mode, feature_dim, full=True):
     assert 0 < saved["metrics"]["map_micro"] <= 1 and "divided by seed 0" in saved["splits"]
     if not full:
         return report, None
-    rand = linear_probe.main(common + ["--epochs", "5", "--random_init"])
+    rand = linear_probe_cli.main(common + ["--epochs", "5", "--random_init"])
     assert rand["random_init"]
     assert os.path.exists(os.path.join(workdir, "linear_probe_random_init.json"))
-    knn_report = knn.main(common + ["--k", "3,5"])
+    knn_report = knn_cli.main(common + ["--k", "3,5"])
     assert set(knn_report["metrics"]) >= {"k3/map_micro", "k5/map_micro"}
     return report, rand
 
@@ -402,11 +405,11 @@ def test_labels_follow_the_acquisition_read():
 
 
 @pytest.mark.parametrize("cli, flags, message", [
-    (knn, ["--k", "0"], "--k: expected comma-separated integers >= 1, found '0'"),
-    (knn, ["--k", "5,x"], "--k: expected comma-separated integers >= 1"),
-    (knn, ["--temperature", "0"], "--temperature: expected > 0, found 0.0"),
-    (linear_probe, ["--epochs", "0"], "--epochs: expected > 0, found 0"),
-    (linear_probe, ["--weight_decay", "-1"], "--weight_decay: expected >= 0, found -1.0"),
+    (knn_cli, ["--k", "0"], "--k: expected comma-separated integers >= 1, found '0'"),
+    (knn_cli, ["--k", "5,x"], "--k: expected comma-separated integers >= 1"),
+    (knn_cli, ["--temperature", "0"], "--temperature: expected > 0, found 0.0"),
+    (linear_probe_cli, ["--epochs", "0"], "--epochs: expected > 0, found 0"),
+    (linear_probe_cli, ["--weight_decay", "-1"], "--weight_decay: expected >= 0, found -1.0"),
 ])
 def test_probe_cli_refuses_bad_settings_before_reading_anything(capsys, cli, flags, message):
     with pytest.raises(SystemExit) as stop:

@@ -107,6 +107,7 @@ TINY = {
                 "--config.probe.every=0", "--config.log_every=1"],
     "geossl.eval.linear_probe": ["--feature_batch=16"],
     "geossl.eval.segmentation": ["--steps=3", "--batch_size=4"],
+    "geossl.eval.suite": ["--tasks=synthetic_multilabel_linear_10pct", "--budget=smoke"],
     "data_prep.synthetic": ["--num_locations=8", "--heldout=4", "--num_shards=2", "--size=16",
                             "--seasons=2", "--num_workers=1"],
 }

@@ -1,5 +1,5 @@
 """geossl.eval.segmentation: IoU metrics, per-pixel loss, decoders that learn, label-fraction
-seeding, flag and data errors."""
+seeding; its CLI (geossl.cli.segmentation): reports, flag and data errors."""
 
 import json
 import os
@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from geossl.cli import segmentation as segmentation_cli
 from geossl.eval import datasets, segmentation
 from geossl.eval import segmentation_heads as heads
 from geossl.eval import segmentation_metrics as seg_metrics
@@ -141,9 +142,9 @@ def test_linear_head_on_vit_tokens_learns_a_separable_segmentation(tmp_path, seg
     ViT's tokens segments them almost perfectly; the report is written."""
     workdir = _backbone(tmp_path, "vit_tiny_patch16", img_size=SIZE, patch_size=4, depth=1)
     out = tmp_path / "seg.json"
-    report = segmentation.main(_flags(workdir, seg_data, "--label_fraction", "1", "--steps",
-                                      "150", "--batch_size", "8", "--lr", "3e-3",
-                                      "--random_init", "--output", str(out)))
+    report = segmentation_cli.main(_flags(workdir, seg_data, "--label_fraction", "1", "--steps",
+                                          "150", "--batch_size", "8", "--lr", "3e-3",
+                                          "--random_init", "--output", str(out)))
     saved = json.loads(out.read_text())
     assert saved["metrics"]["miou"] == pytest.approx(report["metrics"]["miou"])
     assert (saved["task"], saved["mode"], saved["num_train"], saved["num_test"]) == (
@@ -198,8 +199,8 @@ def test_label_fraction_subsets_are_seeded(seg_data):
 
 def test_cli_reports_the_seeded_training_scenes(tmp_path, seg_data):
     workdir = _backbone(tmp_path, "vit_tiny_patch16", img_size=SIZE, patch_size=4, depth=1)
-    runs = [segmentation.main(_flags(workdir, seg_data, "--label_fraction", "0.1", "--seed",
-                                     str(seed), "--steps", "2"))
+    runs = [segmentation_cli.main(_flags(workdir, seg_data, "--label_fraction", "0.1",
+                                         "--seed", str(seed), "--steps", "2"))
             for seed in (5, 6)]
     want = datasets.probe_splits(seg_data, label_fraction=0.1, seed=5).train_indices
     assert runs[0]["train_indices"] == want.tolist() and runs[0]["num_train"] == 4
@@ -233,7 +234,7 @@ def test_resnet_stage_maps_feed_the_fpn_head():
 ])
 def test_bad_flags_exit_before_reading(capsys, flags, message):
     with pytest.raises(SystemExit) as info:
-        segmentation.main(["--workdir", "/nonexistent", "--dataset", "/nonexistent", *flags])
+        segmentation_cli.main(["--workdir", "/nonexistent", "--dataset", "/nonexistent", *flags])
     assert info.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -242,7 +243,7 @@ def test_dataset_without_land_cover_names_the_feature_and_file(tmp_path):
     folder = str(tmp_path / "nocover")
     _write(folder, "heldout", _records(6, 2, with_cover=False))
     with pytest.raises(ValueError, match=r"heldout-00000-of-00001\.tfrecord: no 'land_cover'"):
-        segmentation.main(_flags(str(tmp_path / "unused"), folder, "--label_fraction", "1"))
+        segmentation_cli.main(_flags(str(tmp_path / "unused"), folder, "--label_fraction", "1"))
 
 
 def test_land_cover_checks():

@@ -279,7 +279,7 @@ def test_remat_bf16_from_config_and_sizes(small):
 
 def test_cli_import_original_then_export_timm(tmp_path, small):
     """A GFM-style checkpoint (original layout under ``encoder.``) → workdir → timm layout file."""
-    from geossl.convert.__main__ import main
+    from geossl.cli.convert import main
     net = small[1]
     sd = _np_sd(net)
     original = {"encoder." + k: v for k, v in _original_layout(sd, SMALL_KW["depths"], 14, 7).items()}

@@ -1,9 +1,9 @@
 """PyTorch state dicts ↔ geossl variables (public face of :mod:`geossl.convert.lib`).
 
-The library lives in ``geossl.convert.lib`` (layer "objectives | convert": it imports models only);
-``geossl.convert.__main__`` is the command line (top layer: it reads and writes workdirs through
-``geossl.train``). The import-linter layers contract lists the two apart, as a layer may not
-contain another.
+The library lives in ``geossl.convert.lib`` (layer "objectives | convert": it imports models only).
+The command line, which reads and writes workdirs through ``geossl.train``, is
+:mod:`geossl.cli.convert` (top layer); ``geossl/convert/__main__.py`` only hands
+``python -m geossl.convert`` to it.
 """
 
 from geossl.convert.lib import (

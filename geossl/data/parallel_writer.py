@@ -141,10 +141,26 @@ def write_shards(items: Sequence, make_record: Callable, output_dir: str, prefix
     return summary
 
 
+def _spawn_pool(ctx, num_workers: int, progress):
+    """``ctx.Pool`` whose workers ignore Ctrl-C from birth: SIGINT is ignored in this process
+    while they are spawned (an ignored signal stays ignored across exec, and Python then installs
+    no KeyboardInterrupt handler), so a Ctrl-C to the process group while a worker still imports
+    is not a traceback from it. A Ctrl-C to this process in that window (well under a second) is
+    lost."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return ctx.Pool(num_workers, initializer=_init_worker, initargs=(progress,))
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return ctx.Pool(num_workers, initializer=_init_worker, initargs=(progress,))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _run_pool(tasks, num_workers: int, bar) -> list[dict]:
     ctx = multiprocessing.get_context("spawn")
     progress = ctx.Queue()
-    with ctx.Pool(num_workers, initializer=_init_worker, initargs=(progress,)) as pool:
+    with _spawn_pool(ctx, num_workers, progress) as pool:
         pending = [pool.apply_async(_write_one_shard, (task,)) for task in tasks]
         while True:
             try:

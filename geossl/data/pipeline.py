@@ -3,7 +3,8 @@
 Global stream (identical on every process):
     source → shuffle(seed; a new permutation each epoch) → repeat(num_epochs)
            → random_map(view_fn, seed)   # rng of row i depends only on (seed, i)
-Global batch layout: batch s holds stream rows [s·G, (s+1)·G), G = local_batch_size·process_count.
+Global batch layout: batch s holds stream rows [P + s·G, P + (s+1)·G), G = local_batch_size·
+process_count, P the start position (rows an earlier run consumed; 0 for a fresh run).
 Process p reads rows [s·G + p·b, s·G + (p+1)·b) (b = local_batch_size) — the rows that
 ``jax.make_array_from_process_local_data`` assigns to it — so the process-local batches concatenated
 in process order are exactly the single-process global batch of the same seed.
@@ -11,7 +12,9 @@ in process order are exactly the single-process global batch of the same seed.
 Each process-local batch (or ``worker_batch_size`` slice of it) is one element of a ``MapDataset``;
 the ``IterDataset`` on top reads elements with ``read_threads`` threads and, with ``num_workers > 0``,
 in worker processes (``mp_prefetch``, which keeps the element order), so neither changes the content
-or order of batches. The iterator's ``get_state()`` / ``set_state()`` resume exactly.
+or order of batches. Where the stream resumes depends on P alone — not on the process count, the
+devices, the workers or the batch split — so a run checkpoints its global position (rows consumed)
+and resumes on any number of processes with none repeated or skipped (elastic resume).
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ def make_dataset(source, view_fn: Callable[[dict, np.random.Generator], dict], *
                  shuffle: bool = True, num_epochs: int | None = None, drop_remainder: bool = True,
                  num_workers: int = 0, worker_batch_size: int | None = None,
                  read_threads: int = 1, prefetch_batches: int = 2,
-                 tune_malloc: bool = True) -> grain.IterDataset:
+                 tune_malloc: bool = True, start_position: int = 0) -> grain.IterDataset:
     """Process-local batches of ``view_fn(record, rng)`` samples: dicts of (b, ...) arrays.
 
     source: a random-access sequence of records (``ShardSource``, a list, ...).
@@ -99,6 +102,8 @@ def make_dataset(source, view_fn: Callable[[dict, np.random.Generator], dict], *
     the main process concatenates (bounds the memory and latency of a worker). Default: whole.
     read_threads / prefetch_batches: threads and buffer (in worker batches) of each reader.
     tune_malloc: apply ``malloc.reuse_freed_memory`` where views are built (see there).
+    start_position: global stream rows already consumed (by every process together): the first
+    batch starts there.
     """
     if len(source) == 0:
         raise ValueError("make_dataset: the data source is empty")
@@ -111,6 +116,8 @@ def make_dataset(source, view_fn: Callable[[dict, np.random.Generator], dict], *
     if unit <= 0 or local_batch_size % unit:
         raise ValueError(f"make_dataset: worker_batch_size {worker_batch_size} must divide "
                          f"local_batch_size {local_batch_size}")
+    if start_position < 0:
+        raise ValueError(f"make_dataset: start_position must be >= 0, found {start_position}")
     if not drop_remainder and process_count > 1:
         raise ValueError("make_dataset: drop_remainder=False needs process_count == 1 (a partial "
                          f"global batch cannot be split over {process_count} processes)")
@@ -119,6 +126,8 @@ def make_dataset(source, view_fn: Callable[[dict, np.random.Generator], dict], *
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)
     ds = ds.random_map(_TunedViews(view_fn) if tune_malloc else view_fn, seed=seed)
+    if start_position:  # the rng of a row depends on its stream index, so slicing keeps the rows
+        ds = ds[start_position:]
     if process_count > 1:
         ds = _ProcessRows(ds, local_batch_size * process_count, local_batch_size, process_index)
     ds = ds.batch(unit, drop_remainder=drop_remainder, batch_fn=stack)
@@ -154,11 +163,12 @@ def train_files(pattern: str | Sequence[str]) -> list[str]:
 
 
 def make_train_iterator(config, view_fn, *, source=None, process_index: int | None = None,
-                        process_count: int | None = None):
+                        process_count: int | None = None, start_position: int = 0):
     """``iter(make_dataset(...))`` from a config: ``config.data.train`` (glob, unless ``source`` is
     given), ``config.seed``, ``config.global_batch`` split over processes, and the
     ``config.data`` fields num_workers, worker_batch_size (0 = the local batch), read_threads,
-    prefetch_batches, tune_malloc (defaults in configs/common.py)."""
+    prefetch_batches, tune_malloc (defaults in configs/common.py); ``start_position``: global
+    stream rows a resumed run has already consumed."""
     if process_index is None or process_count is None:
         import jax
         process_index, process_count = jax.process_index(), jax.process_count()
@@ -176,5 +186,5 @@ def make_train_iterator(config, view_fn, *, source=None, process_index: int | No
                       worker_batch_size=int(data.worker_batch_size) or None,
                       read_threads=int(data.read_threads),
                       prefetch_batches=int(data.prefetch_batches),
-                      tune_malloc=bool(data.tune_malloc))
+                      tune_malloc=bool(data.tune_malloc), start_position=int(start_position))
     return iter(ds)

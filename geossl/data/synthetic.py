@@ -1,4 +1,5 @@
-"""Synthetic multi-season Sentinel-2 L1C scenes with Dynamic-World labels: the embedded demo data.
+"""Synthetic multi-season Sentinel-2 L1C scenes (and their Sentinel-1 rendering) with Dynamic-World
+labels: the embedded demo data.
 
 Each location is a few land-cover regions (warped Voronoi cells) of the 9 Dynamic World classes.
 Every class has its own 13-band top-of-atmosphere spectrum (uint16 reflectance x 10000, near the
@@ -10,12 +11,19 @@ separate classes perfectly. Labels: a class is present in an acquisition when it
 the pixels; ``acq_labels`` (T*9 multi-hot), ``labels`` (the union) and the per-pixel map
 ``land_cover`` (T, H, W) uint8 are stored with every record.
 
-``generate(output_dir, **kw)`` writes ``train-0000k-of-0000K.tfrecord`` and the labelled probe
-split ``heldout-...`` (reusing matching existing output); the synthetic converter CLI runs it.
+The scene of a location (:class:`Scene`: land cover, textures, seasons, snow) is drawn first;
+the S2 rendering continues the same random stream. :mod:`geossl.data.synthetic_s1` renders the same
+scene as Sentinel-1 backscatter (VV, VH dB, speckled) from a stream of its own, so the S1 record
+of a location is co-registered with its S2 record (same key, labels and ``land_cover``).
+
+``generate(output_dir, modality=...)`` writes ``train-0000k-of-0000K.tfrecord`` and the labelled
+probe split ``heldout-...`` (S2), ``s1-train-...`` and ``s1-heldout-...`` (S1), or both, reusing
+matching existing output; the synthetic converter CLI runs it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -117,40 +125,98 @@ def greenness(season: int, seasons: int, phase: float) -> float:
     return float(0.5 - 0.5 * np.cos(2 * np.pi * season / seasons + phase))
 
 
-def make_location(index: int, *, split: str, seasons: int, size: int, seed: int) -> dict:
-    """One record: image (T, S, S, 13) uint16, labels, acq_labels (T*9,), land_cover (T, S, S)."""
-    rng = np.random.default_rng([seed, {"train": 0, "heldout": 1}.get(split, 2), index])
-    k = len(CLASSES)
+@dataclasses.dataclass(frozen=True)
+class Scene:
+    """The land cover of one location through its seasons: what every rendering (S2, S1) shares.
+
+    base (S, S) class per pixel without snow; textures {class: (S, S)} of base's classes;
+    parcel_shift (S, S) crop phenology offset of each field; snow_field / snow_max / cold: where
+    and how far snow spreads in winter; phase: the location's vegetation-cycle phase.
+    """
+
+    base: np.ndarray
+    textures: dict
+    phase: float
+    cold: bool
+    snow_field: np.ndarray
+    snow_max: float
+    parcel_shift: np.ndarray
+    seasons: int
+
+    def greenness(self, t: int) -> float:
+        return greenness(t, self.seasons, self.phase)
+
+    def cover(self, t: int) -> np.ndarray:
+        """(S, S) int class map of acquisition ``t``: base, snow over land in a cold winter."""
+        g = self.greenness(t)
+        cover = self.base.copy()
+        if self.cold and g < 0.3:
+            snowy_fraction = self.snow_max * (0.3 - g) / 0.3
+            threshold = (np.quantile(self.snow_field, snowy_fraction) if snowy_fraction > 0
+                         else -np.inf)
+            cover[(self.snow_field <= threshold) & (self.base != 0)] = CLASSES.index("snow_and_ice")
+        return cover
+
+
+def location_rng(index: int, split: str, seed: int, *stream: int) -> np.random.Generator:
+    """The generator of a location: the scene and its S2 rendering; a ``stream`` tag gives an
+    independent one (the S1 rendering) that leaves the S2 draws untouched."""
+    return np.random.default_rng([seed, {"train": 0, "heldout": 1}.get(split, 2), index, *stream])
+
+
+def draw_scene(rng: np.random.Generator, seasons: int, size: int) -> Scene:
+    """The scene: the first draws of a location's generator (the S2 rendering's order)."""
     base = _regions(rng, size)
-    present = np.unique(base)
-    textures = {int(c): _texture(int(c), rng, size) for c in present}
+    textures = {int(c): _texture(int(c), rng, size) for c in np.unique(base)}
     phase = rng.uniform(0, 2 * np.pi)
     cold = rng.random() < 0.25
     snow_field = smooth_noise(rng, size, size / 4)
     snow_max = rng.uniform(0.4, 1.0)
     parcel_shift = 0.15 * smooth_noise(rng, size, size / 3)  # crops of different fields differ
+    return Scene(base, textures, phase, cold, snow_field, snow_max, parcel_shift, seasons)
 
+
+def location_key(index: int, split: str) -> str:
+    return f"synthetic-{split}-{index:06d}"
+
+
+def label_fields(land_cover: np.ndarray) -> dict:
+    """The label features of a record from its (T, S, S) map: labels (union), acq_labels (T*9
+    multi-hot, a class covering >= MIN_FRACTION of an acquisition), num_classes, land_cover."""
+    k = len(CLASSES)
+    fractions = np.stack([np.bincount(m.ravel(), minlength=k) / m.size for m in land_cover])
+    acq = (fractions >= MIN_FRACTION).astype(np.int64)
+    return {
+        "labels": np.flatnonzero(acq.any(axis=0)).astype(np.int64),
+        "label_set": LABEL_SET,
+        "acq_labels": acq.ravel(),
+        "num_classes": np.array([k], np.int64),
+        "land_cover": land_cover,
+    }
+
+
+def make_location(index: int, *, split: str, seasons: int, size: int, seed: int) -> dict:
+    """One S2 record: image (T, S, S, 13) uint16, labels, acq_labels (T*9,), land_cover
+    (T, S, S)."""
+    rng = location_rng(index, split, seed)
+    scene = draw_scene(rng, seasons, size)
     images, maps = [], []
     for t in range(seasons):
-        g = greenness(t, seasons, phase)
-        cover = base.copy()
-        if cold and g < 0.3:
-            snowy_fraction = snow_max * (0.3 - g) / 0.3
-            threshold = np.quantile(snow_field, snowy_fraction) if snowy_fraction > 0 else -np.inf
-            cover[(snow_field <= threshold) & (base != 0)] = CLASSES.index("snow_and_ice")
+        g = scene.greenness(t)
+        cover = scene.cover(t)
         image = np.zeros((size, size, len(BANDS)))
         for c in np.unique(cover):
             where = cover == c
             v = SEASONALITY[c]
             if CLASSES[c] == "crops":
-                w = np.clip(g + parcel_shift, 0, 1)[where][:, None]
+                w = np.clip(g + scene.parcel_shift, 0, 1)[where][:, None]
                 spectrum = PEAK[CLASSES.index("bare_ground")] * 0.85 * (1 - w) + PEAK[c] * w
             else:
                 w = 1 - v * (1 - g)
                 spectrum = (PEAK[c] * DORMANT_GAIN * (1 - w) + PEAK[c] * w)[None, :]
             if CLASSES[c] == "water":
-                spectrum = spectrum * (1 + 0.1 * np.sin(2 * np.pi * t / seasons + phase))
-            texture = textures.get(int(c), None)
+                spectrum = spectrum * (1 + 0.1 * np.sin(2 * np.pi * t / seasons + scene.phase))
+            texture = scene.textures.get(int(c), None)
             if texture is None:
                 texture = 1 + 0.03 * smooth_noise(rng, size, 6)
             image[where] = spectrum * texture[where][:, None]
@@ -161,54 +227,97 @@ def make_location(index: int, *, split: str, seasons: int, size: int, seed: int)
         image += rng.standard_normal(image.shape) * (0.02 * image + 15)
         images.append(np.clip(np.rint(image), 1, 20000).astype(np.uint16))
         maps.append(cover.astype(np.uint8))
+    return {"image": np.stack(images), "bands": list(BANDS), "sensor": SENSOR,
+            "key": location_key(index, split), **label_fields(np.stack(maps))}
 
-    land_cover = np.stack(maps)
-    fractions = np.stack([np.bincount(m.ravel(), minlength=k) / m.size for m in land_cover])
-    acq = (fractions >= MIN_FRACTION).astype(np.int64)
-    return {
-        "image": np.stack(images),
-        "bands": list(BANDS),
-        "sensor": SENSOR,
-        "key": f"synthetic-{split}-{index:06d}",
-        "labels": np.flatnonzero(acq.any(axis=0)).astype(np.int64),
-        "label_set": LABEL_SET,
-        "acq_labels": acq.ravel(),
-        "num_classes": np.array([k], np.int64),
-        "land_cover": land_cover,
-    }
+
+MODALITIES = ("s2", "s1", "both")
+#: Metadata file of each rendering's shard sets (parameters and the write summaries).
+META = {"s2": "synthetic.json", "s1": "synthetic-s1.json"}
+
+
+def set_prefix(modality: str, split: str) -> str:
+    """Shard-set name of a rendering's split: S2 ``train``, S1 ``s1-train`` (same folder)."""
+    return split if modality == "s2" else f"{modality}-{split}"
+
+
+def read_meta(output_dir: str, modality: str = "s2") -> dict | None:
+    """The rendering's metadata in ``output_dir`` (None when absent or unreadable)."""
+    try:
+        with open(os.path.join(output_dir, META[modality])) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def is_current(output_dir: str, modality: str, params: dict | None = None) -> bool:
+    """Whether the rendering's sets in ``output_dir`` are whole and generated with ``params``
+    (default: those of the S2 sets there, so that an S1 set is co-registered with them)."""
+    meta = read_meta(output_dir, modality)
+    params = params if params is not None else (read_meta(output_dir, "s2") or {}).get("params")
+    if meta is None or (params is not None and meta.get("params") != params):
+        return False
+    files = meta.get("train", {}).get("shards", []) + meta.get("heldout", {}).get("shards", [])
+    return all(os.path.isfile(os.path.join(output_dir, name)) for name in files)
 
 
 def generate(output_dir: str, *, num_locations: int = 2048, seasons: int = 4, size: int = 32,
              num_shards: int = 4, seed: int = 0, heldout: int = 512, heldout_shards: int = 1,
-             num_workers: int | None = None, overwrite: bool = False,
+             num_workers: int | None = None, overwrite: bool = False, modality: str = "s2",
              verbose: bool = True) -> dict:
-    """Writes the train and heldout shards into ``output_dir``; returns a summary dict.
+    """Writes the train and heldout shards of ``modality`` into ``output_dir``: "s2" (``train-``,
+    ``heldout-``), "s1" (``s1-train-``, ``s1-heldout-``, :mod:`geossl.data.synthetic_s1`) or
+    "both"; returns the summary (S2's, with S1's under "s1" for "both").
 
-    When ``output_dir/synthetic.json`` records the same parameters and every shard exists, the
-    existing data is reused (summary["reused"] = True) unless ``overwrite``.
+    A rendering whose metadata records the same parameters and whose shards all exist is reused
+    (summary["reused"] = True) unless ``overwrite``; so "s1" or "both" adds the S1 sets to an S2
+    folder without rewriting S2. S1 beside S2 sets of other parameters is refused (the two would
+    not be co-registered).
     """
+    if modality not in MODALITIES:
+        raise ValueError(f"synthetic modality: expected one of {MODALITIES}, found {modality!r}")
     params = {"num_locations": num_locations, "seasons": seasons, "size": size,
               "num_shards": num_shards, "seed": seed, "heldout": heldout,
               "heldout_shards": heldout_shards}
-    meta_path = os.path.join(output_dir, "synthetic.json")
-    if not overwrite and os.path.isfile(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
-        files = meta.get("train", {}).get("shards", []) + meta.get("heldout", {}).get("shards", [])
-        if meta.get("params") == params and all(
-                os.path.isfile(os.path.join(output_dir, name)) for name in files):
-            return dict(meta, reused=True)
-    splits = [("train", num_locations, num_shards)]
-    if heldout > 0:
-        splits.append(("heldout", heldout, heldout_shards))
-    meta = {"params": params, "classes": list(CLASSES), "bands": list(BANDS),
-            "label_set": LABEL_SET, "sensor": SENSOR}
+    kw = dict(params=params, num_workers=num_workers, overwrite=overwrite, verbose=verbose)
+    if modality == "s1":
+        s2 = read_meta(output_dir, "s2")
+        if s2 is not None and s2.get("params") != params:
+            raise ValueError(
+                f"{output_dir}: its S2 sets were generated with {s2.get('params')}, the S1 sets "
+                f"were asked with {params}: they would not be co-registered; pass the same "
+                f"parameters, or modality='both' to regenerate both")
+        return _write_rendering(output_dir, "s1", **kw)
+    summary = _write_rendering(output_dir, "s2", **kw)
+    if modality == "both":
+        summary["s1"] = _write_rendering(output_dir, "s1", **kw)
+    return summary
+
+
+def _write_rendering(output_dir: str, modality: str, *, params: dict, num_workers, overwrite: bool,
+                     verbose: bool) -> dict:
+    if not overwrite and is_current(output_dir, modality, params):
+        return dict(read_meta(output_dir, modality), reused=True)
+    if modality == "s2":
+        make, bands, sensor = make_location, BANDS, SENSOR
+    else:
+        from geossl.data import synthetic_s1
+        make, bands = synthetic_s1.make_s1_location, synthetic_s1.BANDS
+        sensor = synthetic_s1.SENSOR
+    splits = [("train", params["num_locations"], params["num_shards"])]
+    if params["heldout"] > 0:
+        splits.append(("heldout", params["heldout"], params["heldout_shards"]))
+    meta = {"params": params, "classes": list(CLASSES), "bands": list(bands),
+            "label_set": LABEL_SET, "sensor": sensor}
     for split, count, shards in splits:
-        make = functools.partial(make_location, split=split, seasons=seasons, size=size,
-                                 seed=seed)
-        meta[split] = write_shards(list(range(count)), make, output_dir, split, num_shards=shards,
-                                   num_workers=num_workers, desc=f"synthetic {split}",
-                                   verbose=verbose)
-    with open(meta_path, "w") as f:
+        render = functools.partial(make, split=split, seasons=params["seasons"],
+                                   size=params["size"], seed=params["seed"])
+        prefix = set_prefix(modality, split)
+        meta[split] = write_shards(list(range(count)), render, output_dir, prefix,
+                                   num_shards=shards, num_workers=num_workers,
+                                   desc=f"synthetic {prefix}", verbose=verbose)
+    tmp = os.path.join(output_dir, META[modality] + ".tmp")
+    with open(tmp, "w") as f:
         json.dump(meta, f, indent=1)
+    os.replace(tmp, os.path.join(output_dir, META[modality]))
     return dict(meta, reused=False)

@@ -2,7 +2,10 @@
 
 ``open_split(dataset, split)``:
 - a folder of geossl shards: the records of ``{folder}/{split}-*.tfrecord[.gz]``;
-- ``"synthetic"``: the demo data of the trainer (``$GEOSSL_DATA``, generated when missing);
+- ``"synthetic"``: the demo data of the trainer (``$GEOSSL_DATA``, generated when missing), its
+  Sentinel-2 rendering (``train-*``, ``heldout-*``); ``"synthetic:s1"`` its Sentinel-1 rendering
+  of the same locations (``s1-train-*``, ``s1-heldout-*``: VV, VH in dB, for a checkpoint trained
+  on S1 bands, e.g. ``configs/softcon_vit_b.py:sar,demo``); ``"synthetic:s2"`` = ``"synthetic"``;
 - ``"tfds:NAME"`` (e.g. ``tfds:eurosat/all``, ``tfds:bigearthnet/all``): a TFDS builder, only where
   ``tensorflow_datasets`` is importable and the data are prepared.
 
@@ -12,8 +15,10 @@ unlabelled or the same as the eval split (a folder holding only ``heldout-*`` sh
 with one split, ``--train_split train --eval_split train``), the eval split is divided
 deterministically: a permutation of its indices seeded with ``split_seed`` (default 0), the first
 ``round(holdout_train_fraction · N)`` (default half) train the probe, the rest test it.
-A ``label_fraction`` subset of the probe-train indices is then drawn with ``seed`` (10 % by default
-on the command line, the lab's BigEarthNet-10% protocol).
+A ``label_fraction`` subset of the probe-train indices is then drawn with ``seed``, stratified by
+the labels of the acquisition read (:mod:`geossl.eval.sampling`: per class for single-label data,
+an iterative stratification for multi-label data; nested across fractions); 10 % by default on
+the command line, the lab's BigEarthNet-10% protocol.
 
 Labels of multi-acquisition records are those of the acquisition read (``acq_labels``, T·K
 multi-hot, where present; else ``labels``).
@@ -37,6 +42,7 @@ import numpy as np
 
 from geossl.data import bands as bands_lib
 from geossl.data import manifest
+from geossl.eval import sampling
 
 #: label_set → (number of classes, multi-label).
 LABEL_SETS = {
@@ -116,6 +122,10 @@ class LabelledSplit:
         (b, K) float32 for multi-label data, class ids (b,) int32 otherwise."""
         raise NotImplementedError
 
+    def labels(self, indices: Sequence[int], acquisition: int = 0) -> np.ndarray:
+        """The encoded labels of ``indices`` (as ``read`` yields them) without reading images."""
+        raise NotImplementedError
+
     def encode_labels(self, label_lists: Sequence[np.ndarray]) -> np.ndarray:
         if self.multilabel:
             out = np.zeros((len(label_lists), self.num_classes), np.float32)
@@ -185,6 +195,10 @@ class RecordSplit(LabelledSplit):
             return np.flatnonzero(rows[acquisition]).astype(np.int64)
         return np.asarray(record["labels"])
 
+    def labels(self, indices, acquisition=0):
+        return self.encode_labels([self.record_labels(self.records[int(i)], acquisition)
+                                   for i in indices])
+
     def read(self, indices, preprocess, chunk=64):
         images, labels = [], []
         for i in indices:
@@ -252,6 +266,21 @@ class TfdsSplit(LabelledSplit):
             return np.asarray(example["image"]), ("B4", "B3", "B2")
         raise ValueError(f"{self.name}: no image feature in {sorted(example)}")
 
+    def labels(self, indices, acquisition=0):
+        del acquisition  # one acquisition per TFDS example
+        wanted = {int(i) for i in indices}
+        found = {}
+        ds = self.tfds.as_numpy(self.builder.as_dataset(split=self.split, shuffle_files=False))
+        for i, example in enumerate(ds):
+            if len(found) == len(wanted):
+                break
+            if i in wanted:
+                found[i] = np.asarray(example[self.label_key])
+        if len(found) != len(wanted):
+            raise ValueError(f"{self.name}: only {len(found)} of {len(wanted)} wanted examples "
+                             f"found")
+        return self.encode_labels([found[int(i)] for i in indices])
+
     def read(self, indices, preprocess, chunk=64):
         wanted = np.asarray(sorted(set(int(i) for i in indices)))
         order = {int(i): k for k, i in enumerate(indices)}
@@ -286,15 +315,32 @@ def _shard_files(folder: str, split: str) -> list[str]:
     return sorted(files)
 
 
-def resolve_dataset(dataset: str) -> str:
-    """"synthetic" → the trainer's demo data folder (generated when missing); else unchanged."""
-    if dataset == "synthetic":
-        import ml_collections
+SYNTHETIC = {"synthetic": "s2", "synthetic:s2": "s2", "synthetic:s1": "s1"}
 
-        from geossl.data import resolve_train_files
-        files = resolve_train_files(ml_collections.ConfigDict({"data": {"train": ""}}))
-        return os.path.dirname(files[0])
+
+def synthetic_modality(dataset: str) -> str | None:
+    """The demo data rendering ("s2" / "s1") that ``dataset`` names, None for other datasets."""
+    if dataset.startswith("synthetic:") and dataset not in SYNTHETIC:
+        raise ValueError(f"--dataset {dataset!r}: expected one of {sorted(SYNTHETIC)}")
+    return SYNTHETIC.get(dataset)
+
+
+def resolve_dataset(dataset: str) -> str:
+    """"synthetic[:s2|:s1]" → the trainer's demo data folder, with that rendering (generated when
+    missing); else unchanged."""
+    modality = synthetic_modality(dataset)
+    if modality is not None:
+        from geossl.data.files import demo_files
+        return os.path.dirname(demo_files(modality))
     return dataset
+
+
+def split_prefix(dataset: str, split: str) -> str:
+    """The shard-set name of ``split`` in ``dataset``'s folder: ``s1-{split}`` for
+    ``synthetic:s1``, else ``split``."""
+    from geossl.data.synthetic import set_prefix
+    modality = synthetic_modality(dataset)
+    return set_prefix(modality, split) if modality else split
 
 
 def shard_prefixes(folder: str) -> list[str]:
@@ -312,13 +358,14 @@ def open_split(dataset: str, split: str, **kw) -> LabelledSplit | None:
         return TfdsSplit(dataset[len("tfds:"):], split, **kw)
     folder = resolve_dataset(dataset)
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"--dataset {dataset!r}: not a folder of shards, 'synthetic' or "
-                                f"'tfds:NAME'")
-    files = _shard_files(folder, split)
+        raise FileNotFoundError(f"--dataset {dataset!r}: not a folder of shards, 'synthetic', "
+                                f"'synthetic:s1' or 'tfds:NAME'")
+    prefix = split_prefix(dataset, split)
+    files = _shard_files(folder, prefix)
     if not files:
         return None
     from geossl.data import ShardSource
-    return RecordSplit(ShardSource(files), name=f"{folder}/{split}", **kw)
+    return RecordSplit(ShardSource(files), name=f"{folder}/{prefix}", **kw)
 
 
 @dataclasses.dataclass
@@ -330,16 +377,17 @@ class ProbeData:
     note: str = ""
 
 
-def subsample(indices: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """A seeded ``fraction`` of ``indices`` (at least one), sorted."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"label_fraction must be in (0, 1], found {fraction}")
+def subsample(indices: np.ndarray, fraction: float, seed: int, labels=None) -> np.ndarray:
+    """A seeded ``fraction`` of ``indices``, sorted: stratified by ``labels`` (rows parallel to
+    ``indices``: (N,) class ids or (N, K) multi-hot; :func:`sampling.stratified_subset`), or a
+    seeded permutation's first ``max(1, round(fraction · N))`` without labels. Nested across
+    fractions for one seed."""
     indices = np.asarray(indices)
-    if fraction == 1:
-        return indices
-    count = max(1, int(round(fraction * len(indices))))
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(indices, size=count, replace=False))
+    if labels is None:
+        return indices[sampling.random_subset(len(indices), fraction, seed)]
+    if len(labels) != len(indices):
+        raise ValueError(f"subsample: {len(labels)} label rows for {len(indices)} indices")
+    return indices[sampling.stratified_subset(labels, fraction, seed)]
 
 
 def split_indices(n: int, train_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -353,8 +401,9 @@ def split_indices(n: int, train_fraction: float, seed: int) -> tuple[np.ndarray,
 
 def probe_splits(dataset: str, train_split: str = "train", eval_split: str = "heldout", *,
                  label_fraction: float = 1.0, seed: int = 0, holdout_train_fraction: float = 0.5,
-                 split_seed: int = 0) -> ProbeData:
-    """Probe-train / probe-test examples of ``dataset`` (see the module docstring)."""
+                 split_seed: int = 0, acquisition: int = 0) -> ProbeData:
+    """Probe-train / probe-test examples of ``dataset`` (see the module docstring); the label
+    subset is stratified by the labels of ``acquisition``."""
     test = open_split(dataset, eval_split)
     if test is None:
         prefixes = shard_prefixes(resolve_dataset(dataset)) if not dataset.startswith("tfds:") else []
@@ -376,7 +425,14 @@ def probe_splits(dataset: str, train_split: str = "train", eval_split: str = "he
         train_idx, test_idx = split_indices(len(test), holdout_train_fraction, split_seed)
         note = (f"split {train_split!r} {reason}: {eval_split!r} divided by seed {split_seed} into "
                 f"{len(train_idx)} probe-train / {len(test_idx)} probe-test examples")
-    train_idx = subsample(train_idx, label_fraction, seed)
+    if not 0 < label_fraction <= 1:
+        raise ValueError(f"label_fraction: expected a fraction in (0, 1], found {label_fraction}")
+    if label_fraction < 1:
+        pool = len(train_idx)
+        train_idx = subsample(train_idx, label_fraction, seed,
+                              labels=train.labels(train_idx, acquisition))
+        note += (f"; label fraction {label_fraction:g}: {len(train_idx)} of {pool} probe-train "
+                 f"examples, stratified by {'label' if train.multilabel else 'class'}, seed {seed}")
     if (train.num_classes, train.multilabel) != (test.num_classes, test.multilabel):
         raise ValueError(f"{train.name} ({train.num_classes} classes, multilabel={train.multilabel}) "
                          f"and {test.name} ({test.num_classes}, {test.multilabel}) differ")
@@ -385,9 +441,11 @@ def probe_splits(dataset: str, train_split: str = "train", eval_split: str = "he
 
 def features_and_labels(model, variables, split: LabelledSplit, indices, preprocess: Preprocess,
                         *, mode: str = "cls", batch_size: int = 256, img_size: int | None = None,
-                        devices=None) -> tuple[np.ndarray, np.ndarray]:
-    """Frozen features (N, F) and labels of ``split[indices]``."""
-    from geossl.eval.features import extract_features
+                        devices=None, layers: tuple[int, ...] | None = None, family=None):
+    """Frozen features (N, F) and labels of ``split[indices]``; with ``layers`` (block / stage
+    indices of ``family``'s models, :func:`features.extract_layer_features`) the features are a
+    list of (N, F_l) arrays, one per layer, from one forward pass."""
+    from geossl.eval import features
     labels = []
 
     def images():
@@ -395,7 +453,11 @@ def features_and_labels(model, variables, split: LabelledSplit, indices, preproc
             labels.append(chunk_labels)
             yield chunk
 
-    batch_size = max(1, min(int(batch_size), len(indices)))  # no padding beyond the data
-    feats = extract_features(model, variables, images(), mode=mode, batch_size=batch_size,
-                             img_size=img_size, devices=devices)
+    kw = dict(mode=mode, batch_size=max(1, min(int(batch_size), len(indices))),  # no padding
+              img_size=img_size, devices=devices)
+    if layers is None:
+        feats = features.extract_features(model, variables, images(), **kw)
+    else:
+        feats = features.extract_layer_features(model, variables, images(), layers=layers,
+                                                family=family, **kw)
     return feats, np.concatenate(labels)

@@ -8,6 +8,14 @@ Feature modes (the linear heads of DINOv2's linear evaluation):
 - ``"dinov2_4layer+avgpool"``: the same plus the mean patch token of the last block (5·D).
 Only ``"cls"`` applies to backbones without tokens (ResNets).
 
+Per-layer features (``extract_layer_features``, the probes' ``--layers``), all layers from one
+forward pass: for token families (ViT; ``Family.patch_tokens``) the output of block i, final-normed
+(the model's ``return_layers``), read by ``mode`` in ``LAYER_MODES`` (its CLS token, its mean patch
+token, or both); the last block's equal the model's own ``cls`` / ``avgpool`` features. For
+feature-map families (ResNet, Swin; ``Family.feature_maps``) stage i's map average-pooled over
+space, the last stage being the model's ``embedding`` (a Swin's final-normed map pooled), with
+``mode="cls"``. ``--mode cls --layers=-4,-3,-2,-1`` concatenated is ``dinov2_4layer``.
+
 Images are resized to the model's input size as the lab's eval transform does ("resize 256 +
 centre crop 224"): shorter side to ``round(img_size / crop_ratio)``, then the central
 ``img_size × img_size``; images already ``img_size`` square pass untouched.
@@ -23,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 MODES = ("cls", "avgpool", "cls+avgpool", "dinov2_4layer", "dinov2_4layer+avgpool")
+#: Modes of per-layer features (token families; feature-map families take "cls").
+LAYER_MODES = ("cls", "avgpool", "cls+avgpool")
 #: 224 / 256: the eval transform resize-then-crop ratio.
 CROP_RATIO = 0.875
 
@@ -87,6 +97,80 @@ def apply_features(model, variables, images, mode: str = "cls"):
     return jnp.concatenate(parts, axis=-1).astype(jnp.float32)
 
 
+def layer_source(family) -> str:
+    """"blocks" for a token family (``family.patch_tokens``), "stages" for a feature-map family
+    (``family.feature_maps``); any other family has no per-layer features."""
+    if family.patch_tokens:
+        return "blocks"
+    if family.feature_maps:
+        return "stages"
+    raise ValueError(f"per-layer features: the {family.name} family has neither patch tokens nor "
+                     "stage feature maps")
+
+
+def layer_count(model, family, variables, img_size: int | None = None) -> int:
+    """Blocks (token families: ``model.depth``) or stages (feature-map families: the length of
+    the model's ``"features"``, found by tracing one ``img_size`` image, default the model's)."""
+    if layer_source(family) == "blocks":
+        return _num_blocks(model)
+    size = img_size or getattr(model, "img_size", None) or 64
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    image = jax.ShapeDtypeStruct((1, *size, int(model.in_chans)), jnp.float32)
+    out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, image)
+    return len(out["features"])
+
+
+def resolve_layers(spec, count: int) -> tuple[int, ...]:
+    """``"all"`` → (0, …, count−1); ints or ``"2,3"`` / ``"-1"`` text → non-negative indices in
+    the order given (negative ones count from the end); out of range or repeated: ValueError."""
+    if isinstance(spec, str):
+        if spec.strip() == "all":
+            return tuple(range(count))
+        try:
+            spec = [int(v) for v in spec.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"--layers: expected 'all' or comma-separated integers, found "
+                             f"{spec!r}") from None
+    layers = []
+    for i in spec:
+        if not -count <= int(i) < count:
+            raise ValueError(f"--layers: expected indices in [-{count}, {count}) (the model has "
+                             f"{count} layers), found {i}")
+        layers.append(int(i) % count)
+    if not layers or len(set(layers)) != len(layers):
+        raise ValueError(f"--layers: expected distinct layers, found {list(spec)} → {layers}")
+    return tuple(layers)
+
+
+def apply_layer_features(model, variables, images, layers: tuple[int, ...], source: str,
+                         mode: str = "cls") -> tuple:
+    """Features (B, F_l) float32 of each of ``layers`` (non-negative block / stage indices) of a
+    batch (B, H, W, C), one forward pass; ``source`` from :func:`layer_source`; traceable."""
+    if source == "stages":
+        if mode != "cls":
+            raise ValueError(f"per-stage features are pooled maps: expected mode 'cls', found "
+                             f"{mode!r}")
+        out = model.apply(variables, images, train=False)
+        last = len(out["features"]) - 1
+        return tuple((out["embedding"] if i == last else
+                      out["features"][i].astype(jnp.float32).mean(axis=(1, 2))).astype(jnp.float32)
+                     for i in layers)
+    if mode not in LAYER_MODES:
+        raise ValueError(f"per-block features: expected mode in {LAYER_MODES}, found {mode!r} "
+                         f"(dinov2_4layer is --mode cls --layers=-4,-3,-2,-1 --layers_concat)")
+    out = model.apply(variables, images, train=False, return_layers=tuple(layers))
+    prefix = int(getattr(model, "num_prefix_tokens", 1))  # CLS (+ registers)
+    feats = []
+    for tokens in out["intermediates"]:
+        parts = []
+        if mode in ("cls", "cls+avgpool"):
+            parts.append(tokens[:, 0])
+        if mode in ("avgpool", "cls+avgpool"):
+            parts.append(tokens[:, prefix:].mean(axis=1))
+        feats.append(jnp.concatenate(parts, axis=-1).astype(jnp.float32))
+    return tuple(feats)
+
+
 class _ByIdentity:
     """A jit-static stand-in for a module whose fields are not hashable (e.g. list-valued)."""
 
@@ -108,12 +192,15 @@ def _static(model):
         return _ByIdentity(model)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _forward(model, mode, img_size, crop_ratio, variables, images):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
+def _forward(model, mode, img_size, crop_ratio, layers, source, variables, images):
+    """A tuple of feature arrays: ``mode``'s features, or one per layer of ``layers``."""
     if isinstance(model, _ByIdentity):
         model = model.module
     images = resize_center_crop(images.astype(jnp.float32), img_size, crop_ratio)
-    return apply_features(model, variables, images, mode)
+    if layers is None:
+        return (apply_features(model, variables, images, mode),)
+    return apply_layer_features(model, variables, images, layers, source, mode)
 
 
 def _batches(images_iter, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
@@ -150,6 +237,23 @@ def extract_features(model, variables, images_iter: Iterable | np.ndarray, *, mo
     this process's devices) along the batch axis; ``batch_size`` is rounded up to a multiple of the
     device count and the last batch zero-padded, so one program serves every batch.
     ``img_size``: the model's input size (None: images are fed as they are)."""
+    return _extract(model, variables, images_iter, mode, None, None, batch_size, img_size,
+                    crop_ratio, devices)[0]
+
+
+def extract_layer_features(model, variables, images_iter: Iterable | np.ndarray, *,
+                           layers: tuple[int, ...], family, mode: str = "cls",
+                           batch_size: int = 256, img_size: int | None = None,
+                           crop_ratio: float = CROP_RATIO, devices=None) -> list[np.ndarray]:
+    """Per-layer features: a list of (N, F_l) float32, one per index of ``layers`` (resolved,
+    :func:`resolve_layers`), of ``family``'s ``model`` (see the module docstring); one forward
+    pass per batch, batched as :func:`extract_features`."""
+    return _extract(model, variables, images_iter, mode, tuple(int(i) for i in layers),
+                    layer_source(family), batch_size, img_size, crop_ratio, devices)
+
+
+def _extract(model, variables, images_iter, mode, layers, source, batch_size, img_size,
+             crop_ratio, devices) -> list[np.ndarray]:
     from geossl.parallel import mesh as mesh_lib
     devices = list(jax.local_devices() if devices is None else devices)
     mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "model": 1}, devices)
@@ -167,12 +271,13 @@ def extract_features(model, variables, images_iter: Iterable | np.ndarray, *, mo
     outputs, pending = [], None
 
     def collect(item):
-        array, real = item
-        outputs.append(np.asarray(array)[:real])
+        arrays, real = item
+        outputs.append([np.asarray(a)[:real] for a in arrays])
 
     for batch, real in _batches(images_iter, batch_size):
         x = jax.device_put(batch, mesh_lib.batch_sharding(mesh, batch.ndim))
-        features = _forward(static_model, mode, img_size, float(crop_ratio), variables, x)
+        features = _forward(static_model, mode, img_size, float(crop_ratio), layers, source,
+                            variables, x)
         if pending is not None:  # fetch the previous batch while this one runs
             collect(pending)
         pending = (features, real)
@@ -180,4 +285,4 @@ def extract_features(model, variables, images_iter: Iterable | np.ndarray, *, mo
         collect(pending)
     if not outputs:
         raise ValueError("extract_features: the image iterator was empty")
-    return np.concatenate(outputs).astype(np.float32)
+    return [np.concatenate(parts).astype(np.float32) for parts in zip(*outputs)]

@@ -4,26 +4,21 @@ Features are L2-normalised; the k training examples of highest cosine similarity
 weight exp(s_j / T) (k = 20, T = 0.07 by default). Class scores are the weighted votes divided by
 the summed weights: for single-label data the arg-max is DINO's prediction (top-1 accuracy); for
 multi-label data the score of class c is the weighted fraction of neighbours carrying c, ranked
-into micro / macro mAP.
+into micro / macro mAP. With ``bootstrap`` = B > 0 the report adds ``"ci95"`` (bootstrapped 95%
+intervals over B seeded resamples of the test examples, :mod:`geossl.eval.bootstrap`).
 
-Command line::
-
-    python -m geossl.eval.knn --workdir DIR --dataset DIR|synthetic|tfds:NAME [--k 10,20,100 ...]
+Command line: ``python -m geossl.eval.knn`` (:mod:`geossl.cli.knn`).
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import os
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geossl.eval import metrics
+from geossl.eval import bootstrap as bootstrap_lib
 
 
 def l2_normalize(x, eps: float = 1e-12):
@@ -63,47 +58,16 @@ def knn_scores(train_features, train_labels, test_features, *, num_classes: int,
 
 
 def knn_evaluate(train_features, train_labels, test_features, test_labels, *, num_classes: int,
-                 multilabel: bool, k: int = 20, temperature: float = 0.07) -> dict:
-    """Multi-label: map_micro, map_macro, ap_per_class; single-label: top1 (and top5)."""
+                 multilabel: bool, k: int = 20, temperature: float = 0.07, bootstrap: int = 0,
+                 bootstrap_seed: int = 0) -> dict:
+    """Multi-label: map_micro, map_macro, ap_per_class; single-label: top1 (and top5); with
+    ``bootstrap`` B > 0 also ``ci95`` ({figure: [lo, hi]})."""
     scores = knn_scores(train_features, train_labels, test_features, num_classes=num_classes,
                         multilabel=multilabel, k=k, temperature=temperature).astype(np.float64)
-    if multilabel:
-        return metrics.multilabel_report(test_labels, scores)
-    return metrics.multiclass_report(test_labels, scores)
+    return bootstrap_lib.classification_report(test_labels, scores, multilabel=multilabel,
+                                               replicates=bootstrap, seed=bootstrap_seed)
 
 
-def main(argv=None) -> dict:
-    from geossl.eval import cli
-    parser = argparse.ArgumentParser(prog="python -m geossl.eval.knn",
-                                     description=__doc__.split("\n\n")[0])
-    cli.add_common_flags(parser)
-    parser.add_argument("--k", default="20",
-                        help="neighbour count(s) >= 1, comma-separated, e.g. 10,20,50")
-    parser.add_argument("--temperature", type=float, default=0.07,
-                        help="softmax temperature > 0 of the cosine-similarity vote weights")
-    args = parser.parse_args(argv)
-    try:
-        ks = [int(v) for v in str(args.k).split(",") if v.strip()]
-    except ValueError:
-        parser.error(f"--k: expected comma-separated integers >= 1, found {args.k!r}")
-    if not ks or min(ks) < 1:
-        parser.error(f"--k: expected comma-separated integers >= 1, found {args.k!r}")
-    cli.check_ranges(parser, args, positive=("temperature",))
-    data = cli.probe_features_from_args(args)
-    t0 = time.perf_counter()
-    results = {}
-    for k in ks:
-        result = knn_evaluate(data.train_features, data.train_labels, data.test_features,
-                              data.test_labels, num_classes=data.num_classes,
-                              multilabel=data.multilabel, k=k, temperature=args.temperature)
-        for name, value in result.items():
-            results[name if len(ks) == 1 else f"k{k}/{name}"] = value
-    report = data.report("knn", results, k=ks, temperature=args.temperature,
-                         probe_time_s=time.perf_counter() - t0)
-    cli.finish(report, args.output or os.path.join(
-        args.workdir, "knn_random_init.json" if args.random_init else "knn.json"))
-    return report
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+if __name__ == "__main__":  # the `python -m` entry point of the command line
+    from geossl.cli.knn import main
+    main()

@@ -11,28 +11,23 @@ flip is left out, which is what makes 90 epochs cheap) and standardised with the
 and standard deviation by default (the frozen-BatchNorm-before-the-linear-layer of the lab's code,
 not confirmed; ``--no_standardize`` to turn off).
 
-Command line::
+With ``bootstrap`` = B > 0 the report adds ``"ci95"``: bootstrapped 95% percentile intervals of
+its figures over B seeded resamples of the test examples (:mod:`geossl.eval.bootstrap`).
 
-    python -m geossl.eval.linear_probe --workdir DIR --dataset DIR|synthetic|tfds:NAME \
-        [--train_split train --eval_split heldout --label_fraction 0.1 --mode cls --epochs 90 \
-         --output probe.json --random_init]
+Command line: ``python -m geossl.eval.linear_probe`` (:mod:`geossl.cli.linear_probe`).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import os
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from geossl.eval import metrics
+from geossl.eval import bootstrap as bootstrap_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,57 +132,27 @@ def train_linear(features, labels, *, num_classes: int, multilabel: bool,
                       multilabel, float(losses[-1]) if len(losses) else float("nan"))
 
 
-def evaluate(head: LinearHead, features, labels) -> dict:
-    """Multi-label: map_micro, map_macro, ap_per_class; single-label: top1 (and top5)."""
+def evaluate(head: LinearHead, features, labels, *, bootstrap: int = 0,
+             bootstrap_seed: int = 0) -> dict:
+    """Multi-label: map_micro, map_macro, ap_per_class; single-label: top1 (and top5); with
+    ``bootstrap`` B > 0 also ``ci95`` ({figure: [lo, hi]}, B replicates seeded by
+    ``bootstrap_seed``)."""
     logits = head.logits(features).astype(np.float64)
-    if head.multilabel:
-        return metrics.multilabel_report(labels, logits)
-    return metrics.multiclass_report(labels, logits)
+    return bootstrap_lib.classification_report(labels, logits, multilabel=head.multilabel,
+                                               replicates=bootstrap, seed=bootstrap_seed)
 
 
 def linear_probe(train_features, train_labels, test_features, test_labels, *, num_classes: int,
-                 multilabel: bool, config: ProbeConfig = ProbeConfig()) -> dict:
-    """Trains on the first pair, evaluates on the second; the metrics plus ``train_loss``."""
+                 multilabel: bool, config: ProbeConfig = ProbeConfig(), bootstrap: int = 0,
+                 bootstrap_seed: int = 0) -> dict:
+    """Trains on the first pair, evaluates on the second; the metrics (with ``ci95`` when
+    ``bootstrap`` > 0) plus ``train_loss``."""
     head = train_linear(train_features, train_labels, num_classes=num_classes,
                         multilabel=multilabel, config=config)
-    return {**evaluate(head, test_features, test_labels), "train_loss": head.final_loss}
+    return {**evaluate(head, test_features, test_labels, bootstrap=bootstrap,
+                       bootstrap_seed=bootstrap_seed), "train_loss": head.final_loss}
 
 
-# ----- command line -----------------------------------------------------------------------------
-def main(argv=None) -> dict:
-    from geossl.eval import cli
-    parser = argparse.ArgumentParser(prog="python -m geossl.eval.linear_probe",
-                                     description=__doc__.split("\n\n")[0])
-    cli.add_common_flags(parser)
-    parser.add_argument("--epochs", type=int, default=ProbeConfig.epochs,
-                        help="passes over the probe-train features")
-    parser.add_argument("--batch_size", type=int, default=ProbeConfig.batch_size,
-                        help="features per SGD step of the linear head")
-    parser.add_argument("--lr", type=float, default=ProbeConfig.lr,
-                        help="SGD learning rate of the linear head (cosine to 0)")
-    parser.add_argument("--momentum", type=float, default=ProbeConfig.momentum,
-                        help="SGD momentum")
-    parser.add_argument("--weight_decay", type=float, default=ProbeConfig.weight_decay,
-                        help="L2 weight decay of the head's weights")
-    parser.add_argument("--no_standardize", action="store_true",
-                        help="train on raw features (default: standardised with train statistics)")
-    args = parser.parse_args(argv)
-    cli.check_ranges(parser, args, positive=("epochs", "batch_size", "lr"),
-                     non_negative=("momentum", "weight_decay"))
-    data = cli.probe_features_from_args(args)
-    config = ProbeConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         momentum=args.momentum, weight_decay=args.weight_decay,
-                         standardize=not args.no_standardize, seed=args.seed)
-    t0 = time.perf_counter()
-    result = linear_probe(data.train_features, data.train_labels, data.test_features,
-                          data.test_labels, num_classes=data.num_classes,
-                          multilabel=data.multilabel, config=config)
-    report = data.report("linear_probe", result, probe=dataclasses.asdict(config),
-                         probe_time_s=time.perf_counter() - t0)
-    cli.finish(report, args.output or os.path.join(
-        args.workdir, "linear_probe_random_init.json" if args.random_init else "linear_probe.json"))
-    return report
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+if __name__ == "__main__":  # the `python -m` entry point of the command line
+    from geossl.cli.linear_probe import main
+    main()

@@ -28,6 +28,18 @@ def _as_2d(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
     return (y > 0).astype(np.float64), s
 
 
+def tie_run_ends(sorted_scores: np.ndarray) -> np.ndarray:
+    """For scores (N, K) sorted in decreasing order along axis 0: the index (N, K) of the last
+    position of each position's run of equal scores, the threshold at which the run is counted."""
+    n = sorted_scores.shape[0]
+    is_end = np.ones(sorted_scores.shape, dtype=bool)
+    is_end[:-1] = sorted_scores[:-1] != sorted_scores[1:]
+    index = np.broadcast_to(np.arange(n).reshape((n,) + (1,) * (sorted_scores.ndim - 1)),
+                            sorted_scores.shape)
+    end = np.where(is_end, index, n)
+    return np.minimum.accumulate(end[::-1], axis=0)[::-1]
+
+
 def average_precision(y_true, scores) -> np.ndarray:
     """Per-class AP. y_true (N, K) in {0, 1}, scores (N, K) → (K,); (N,) inputs → a 0-d array.
 
@@ -41,12 +53,7 @@ def average_precision(y_true, scores) -> np.ndarray:
     s_sorted = np.take_along_axis(s, order, axis=0)
     y_sorted = np.take_along_axis(y, order, axis=0)
     tps = np.cumsum(y_sorted, axis=0)
-    # Last index of each run of equal scores: the threshold at which the run is counted.
-    is_end = np.ones_like(s_sorted, dtype=bool)
-    is_end[:-1] = s_sorted[:-1] != s_sorted[1:]
-    index = np.broadcast_to(np.arange(n)[:, None], s.shape)
-    end = np.where(is_end, index, n)
-    end = np.minimum.accumulate(end[::-1], axis=0)[::-1]      # run end of every position
+    end = tie_run_ends(s_sorted)
     precision_at_end = np.take_along_axis(tps, end, axis=0) / (end + 1.0)
     # Σ_k ΔR_k P_k: each positive contributes 1/P times the precision of its tie run.
     positives = y.sum(axis=0)

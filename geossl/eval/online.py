@@ -34,7 +34,7 @@ def _probe_cfg(config) -> dict:
 
 def load_holdout_records(config, train_files=None) -> list[dict]:
     """The first ``config.probe.num_examples`` records of ``config.probe.data`` (default: the
-    ``heldout-*.tfrecord`` shards in the folder of the first training shard)."""
+    held-out shards beside the first training shard, ``geossl.data.files.heldout_pattern``)."""
     from geossl.data import ShardSource
     cfg = _probe_cfg(config)
     pattern = cfg["data"]
@@ -42,8 +42,8 @@ def load_holdout_records(config, train_files=None) -> list[dict]:
         if not train_files:
             from geossl.data import resolve_train_files
             train_files = resolve_train_files(config)
-        folder = os.path.dirname(os.path.abspath(train_files[0]))
-        pattern = os.path.join(folder, "heldout-*.tfrecord")
+        from geossl.data.files import heldout_pattern
+        pattern = heldout_pattern(train_files[0])  # s1-train-* → s1-heldout-*
     files = sorted(glob.glob(os.path.expanduser(pattern)))
     if not files:
         raise FileNotFoundError(f"online probe: no labelled shards match {pattern!r} "

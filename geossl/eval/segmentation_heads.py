@@ -1,13 +1,16 @@
-"""Light segmentation decoders over an encoder's feature levels, and the per-pixel loss.
+"""Segmentation decoders over an encoder's feature levels, and the per-pixel loss.
 
 An encoder gives a list of feature maps, finest first (``encoder_levels``):
-- ViT: the final-normed patch tokens on their grid, one level (B, H/p, W/p, D);
+- ViT: the final-normed patch tokens on their grid, one level (B, H/p, W/p, D); with ``blocks``
+  the final-normed tokens of those blocks (``return_layers``), one level each, all (B, H/p, W/p, D);
 - ResNet / Swin: the stage maps ``out["features"]`` [(B, H/4, W/4, c1), …, (B, H/32, W/32, F)].
 ``LinearHead`` is a linear classifier per location (one level); ``FPNHead`` a small feature
 pyramid (FPN, Lin et al. 2017): 1×1 lateral convolutions to ``dim`` channels, top-down sum with
-bilinear upsampling, one 3×3 convolution + ReLU on the finest level, then a linear classifier.
-Either gives logits (B, h, w, K) at its finest level; ``upsample_logits`` resizes them bilinearly
-(half-pixel centres) to the label map.
+bilinear upsampling, one 3×3 convolution + ReLU on the finest level, then a linear classifier;
+``upernet.UPerNetHead`` UPerNet (PPM + FPN with BatchNorm conv blocks; levels of one resolution,
+a plain ViT's blocks, first go through its ×4 / ×2 / ×1 / ×0.5 neck). ``build_head`` picks one by
+name. Each gives logits (B, h, w, K) at its finest level; ``upsample_logits`` resizes them
+bilinearly (half-pixel centres) to the label map.
 """
 
 from __future__ import annotations
@@ -17,25 +20,41 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from geossl.eval import upernet
+
 IGNORE_INDEX = 255
+HEADS = ("auto", "linear", "fpn", "upernet")
 
 
-def encoder_levels(model, variables, images, *, train: bool = False, mutable=False):
+def _token_grid(model, tokens, images, exact: bool = False):
+    """(B, M, D) tokens → (B, H/p, W/p, D) float32 of the last (H/p)(W/p) (a block's output ends
+    with its patch tokens); ``exact``: M must be that count."""
+    patch = int(model.patch_size)
+    grid = (images.shape[1] // patch, images.shape[2] // patch)
+    count = grid[0] * grid[1]
+    if tokens.shape[1] < count or (exact and tokens.shape[1] != count):
+        raise ValueError(f"{type(model).__name__}: {tokens.shape[1]} patch tokens for a "
+                         f"{grid[0]}x{grid[1]} patch grid")
+    tokens = tokens[:, tokens.shape[1] - count:]
+    return tokens.reshape(tokens.shape[0], *grid, tokens.shape[-1]).astype(jnp.float32)
+
+
+def encoder_levels(model, variables, images, *, train: bool = False, mutable=False,
+                   blocks: tuple[int, ...] = ()):
     """Feature levels (finest first, each (B, h, w, c) float32) of ``images`` (B, H, W, C).
 
-    With ``mutable`` (e.g. ["batch_stats"]) returns ``(levels, updated collections)``."""
-    result = model.apply(variables, images, train=train, mutable=mutable)
+    ``blocks``: block indices of a ViT (its ``return_layers``) whose final-normed tokens are the
+    levels, one per block (pass none for stage-map encoders). With ``mutable`` (e.g.
+    ["batch_stats"]) returns ``(levels, updated collections)``."""
+    kw = {"return_layers": tuple(blocks)} if blocks else {}
+    result = model.apply(variables, images, train=train, mutable=mutable, **kw)
     out, updates = result if mutable else (result, None)
     if "features" in out:
         levels = [jnp.asarray(f, jnp.float32) for f in out["features"]]
+    elif blocks and "intermediates" in out:
+        levels = [_token_grid(model, tokens, images) for tokens in out["intermediates"]]
     elif "patch_tokens" in out:
-        tokens = out["patch_tokens"]
-        patch = int(model.patch_size)
-        grid = (images.shape[1] // patch, images.shape[2] // patch)
-        if tokens.shape[1] != grid[0] * grid[1]:
-            raise ValueError(f"{type(model).__name__}: {tokens.shape[1]} patch tokens for a "
-                             f"{grid[0]}x{grid[1]} patch grid")
-        levels = [tokens.reshape(tokens.shape[0], *grid, tokens.shape[-1]).astype(jnp.float32)]
+        levels = [_token_grid(model, out["patch_tokens"], images, exact=True)]
     else:
         raise ValueError(f"{type(model).__name__} gives neither stage maps ('features') nor "
                          f"'patch_tokens' (found {sorted(out)}): no per-location features to "
@@ -54,7 +73,7 @@ class LinearHead(nn.Module):
     num_classes: int
 
     @nn.compact
-    def __call__(self, levels):
+    def __call__(self, levels, *, train: bool = False):
         if len(levels) != 1:
             raise ValueError(f"LinearHead takes one feature level, found {len(levels)}")
         return nn.Dense(self.num_classes, name="classifier")(levels[0])
@@ -67,7 +86,7 @@ class FPNHead(nn.Module):
     dim: int = 128
 
     @nn.compact
-    def __call__(self, levels):
+    def __call__(self, levels, *, train: bool = False):
         x = None
         for i in reversed(range(len(levels))):
             lateral = nn.Conv(self.dim, (1, 1), name=f"lateral_{i}")(levels[i])
@@ -86,17 +105,49 @@ def make_head(num_levels: int, num_classes: int, fpn_dim: int = 128) -> nn.Modul
     return FPNHead(num_classes, fpn_dim)
 
 
+def build_head(kind: str, level_shapes, num_classes: int, *, fpn_dim: int = 128,
+               channels: int = 512, dropout: float = 0.1) -> nn.Module:
+    """The decoder ``kind`` names for levels of ``level_shapes`` [(…, h, w, c)], finest first:
+    "auto" (``make_head``), "linear", "fpn" or "upernet" (levels of one resolution, two or more:
+    through UPerNet's plain-ViT neck, ``upernet.plain_rescales``)."""
+    if kind not in HEADS:
+        raise ValueError(f"head: expected one of {HEADS}, found {kind!r}")
+    if kind == "auto":
+        return make_head(len(level_shapes), num_classes, fpn_dim)
+    if kind == "linear":
+        if len(level_shapes) != 1:
+            raise ValueError(f"head 'linear' takes one feature level (ViT tokens); the encoder "
+                             f"gives {len(level_shapes)}: use 'fpn' or 'upernet'")
+        return LinearHead(num_classes)
+    if kind == "fpn":
+        return FPNHead(num_classes, fpn_dim)
+    if len(level_shapes) < 2:
+        raise ValueError("head 'upernet' takes two or more feature levels, found 1 (a ViT gives "
+                         "four with its blocks: pass blocks)")
+    plain = len({tuple(s[-3:-1]) for s in level_shapes}) == 1
+    return upernet.UPerNetHead(num_classes, channels, dropout=dropout,
+                               rescales=upernet.plain_rescales(len(level_shapes)) if plain
+                               else None)
+
+
 def upsample_logits(logits, size: tuple[int, int]):
     """(B, h, w, K) → (B, H, W, K) bilinear, float32."""
     b, _, _, k = logits.shape
     return jax.image.resize(logits.astype(jnp.float32), (b, size[0], size[1], k), "bilinear")
 
 
-def pixel_cross_entropy(logits, labels, *, ignore_index: int = IGNORE_INDEX):
+def pixel_cross_entropy(logits, labels, *, ignore_index: int = IGNORE_INDEX, class_weights=None):
     """Mean softmax cross entropy over the labelled pixels; logits (B, H, W, K), labels (B, H, W)
-    integer with ``ignore_index`` for unlabelled pixels (0 when none is labelled)."""
+    integer with ``ignore_index`` for unlabelled pixels (0 when none is labelled).
+
+    ``class_weights`` (K,): Σ w_y · ce / Σ w_y over the labelled pixels (torch's
+    ``CrossEntropyLoss(weight=w, ignore_index=…)``)."""
     labels = labels.astype(jnp.int32)
     valid = labels != ignore_index
-    ce = optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jnp.float32), jnp.where(valid, labels, 0))
-    return jnp.sum(ce * valid) / jnp.maximum(jnp.sum(valid), 1)
+    safe = jnp.where(valid, labels, 0)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe)
+    weight = valid.astype(jnp.float32)
+    if class_weights is not None:
+        weight = weight * jnp.asarray(class_weights, jnp.float32)[safe]
+    total = jnp.sum(weight)
+    return jnp.sum(ce * weight) / jnp.where(total > 0, total, 1.0)

@@ -7,7 +7,8 @@ IoU_c = TP_c / (TP_c + FP_c + FN_c). **mIoU rule**: the mean of IoU_c over the c
 the evaluation labels or in the predictions (TP_c + FP_c + FN_c > 0); a class in neither has an
 undefined IoU and is left out (scikit-learn's ``jaccard_score(average="macro")`` over the labelled
 pixels gives the same number: it averages over the classes of ``y_true`` ∪ ``y_pred``).
-Pixel accuracy = Σ_c TP_c / labelled pixels.
+Pixel accuracy = Σ_c TP_c / labelled pixels. ``change_report``: precision, recall, F1 and IoU of
+one class (change detection's "change").
 """
 
 from __future__ import annotations
@@ -65,3 +66,24 @@ def segmentation_report(confusion, class_names=None) -> dict:
         "iou_per_class": {names[c]: float(iou[c]) for c in np.flatnonzero(present)},
         "labelled_pixels": total,
     }
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return float(numerator / denominator) if denominator else 0.0
+
+
+def change_report(confusion, positive: int = 1) -> dict:
+    """{"f1", "iou", "precision", "recall"} of the ``positive`` (change) class of a (K, K)
+    confusion matrix, plus "accuracy", "miou" (over present classes, as ``segmentation_report``)
+    and "labelled_pixels". With TP, FP, FN of that class: precision TP / (TP + FP), recall
+    TP / (TP + FN), F1 2·TP / (2·TP + FP + FN), IoU TP / (TP + FP + FN); a ratio whose
+    denominator is 0 is 0 (scikit-learn's ``zero_division=0``)."""
+    confusion = np.asarray(confusion, np.float64)
+    tp = confusion[positive, positive]
+    fp = confusion[:, positive].sum() - tp
+    fn = confusion[positive, :].sum() - tp
+    overall = segmentation_report(confusion.astype(np.int64))
+    return {"f1": _ratio(2 * tp, 2 * tp + fp + fn), "iou": _ratio(tp, tp + fp + fn),
+            "precision": _ratio(tp, tp + fp), "recall": _ratio(tp, tp + fn),
+            "accuracy": overall["pixel_accuracy"], "miou": overall["miou"],
+            "labelled_pixels": overall["labelled_pixels"]}

@@ -1,4 +1,4 @@
-"""Checkpoints: orbax CheckpointManager with the train state, the grain iterator and a meta record.
+"""Checkpoints: orbax CheckpointManager with the train state, the data position and a meta record.
 
 Layout of a workdir::
 
@@ -6,7 +6,11 @@ Layout of a workdir::
     run.lock                 while a run uses the workdir (train/workdir_lock.py)
     metrics.jsonl            one object per step (process 0)
     checkpoints/<step>/{state,data,meta}   state less a frozen teacher (rebuilt from config.teacher
-                                           on resume; meta holds its fingerprint)
+                                           on resume; meta holds its fingerprint); data: the global
+                                           stream position {"position", "global_batch"}
+
+The state restores onto the shardings of the mesh of the resuming run and the data position is
+global (geossl.data.pipeline), so a checkpoint written on N devices or processes resumes on M.
     export/                  PyTorch exports of the backbone
     backbone/ + config.json  instead of checkpoints/: a backbone imported from PyTorch
 """
@@ -20,7 +24,6 @@ import os
 import re
 import sys
 
-import grain
 import jax
 import ml_collections
 import numpy as np
@@ -124,8 +127,17 @@ def check_meta(saved: dict, expected: dict, directory: str) -> None:
             f"checkpoint in {directory} does not match the config:\n  {shown}{more}")
 
 
+def data_position(record: dict | None, step: int, global_batch: int) -> int:
+    """Global stream rows consumed at ``step``: the checkpoint's ``data`` record, or step × global
+    batch for a checkpoint without one (written by a run whose every step took one global batch,
+    e.g. one holding a grain iterator state instead)."""
+    if record is None:
+        return int(step) * int(global_batch)
+    return int(record["position"])
+
+
 class Checkpointer:
-    """Saves/restores (state, data iterator, meta) at a step; async, keeps the last ``keep``."""
+    """Saves/restores (state, data position, meta) at a step; async, keeps the last ``keep``."""
 
     def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
@@ -137,35 +149,46 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "data", "meta"),
             item_handlers={"state": ocp.StandardCheckpointHandler(),
-                           "data": grain.checkpoint.CheckpointHandler(),
+                           "data": ocp.JsonCheckpointHandler(),
                            "meta": ocp.JsonCheckpointHandler()})
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state, data_iter, meta: dict) -> None:
-        """Starts writing ``step`` (asynchronously unless ``async_save=False``). A failed write
-        (this one's, or the previous one's still in flight) raises CheckpointWriteError."""
+    def save(self, step: int, state, data: dict | None, meta: dict) -> None:
+        """Starts writing ``step`` (asynchronously unless ``async_save=False``); ``data``: the
+        stream position record ({"position", "global_batch"}) or None. A failed write (this
+        one's, or the previous one's still in flight) raises CheckpointWriteError."""
         args = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
-        if data_iter is not None:
-            args["data"] = grain.checkpoint.CheckpointSave(data_iter)
+        if data is not None:
+            args["data"] = ocp.args.JsonSave(data)
         with self._write_errors(step):
             self.manager.save(step, args=ocp.args.Composite(**args), force=True)
         self._in_flight = step
 
-    def restore(self, step: int, abstract_state, data_iter, expected_meta: dict):
-        """Restores onto ``abstract_state``'s shardings (ShapeDtypeStructs with .sharding);
-        ``data_iter`` is restored in place."""
+    def restore(self, step: int, abstract_state, expected_meta: dict):
+        """``(state, data)``: the state restored onto ``abstract_state``'s shardings
+        (ShapeDtypeStructs with .sharding, those of the resuming run's mesh) and the data position
+        record (None when the checkpoint has none)."""
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         check_meta(meta, expected_meta, os.path.join(self.directory, str(step)))
-        args = {"state": ocp.args.StandardRestore(abstract_state)}
-        if data_iter is not None:
-            args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-        return self.manager.restore(step, args=ocp.args.Composite(**args))["state"]
+        state = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
+        return state, self._data_record(step)
 
-    def restore_latest_readable(self, abstract_state, data_iter, expected_meta: dict):
-        """``(step, state)`` from the newest checkpoint that restores, or ``(None, None)`` when
-        there is none. A newer unreadable one is moved aside to ``<step>.unreadable`` (never
+    def _data_record(self, step: int) -> dict | None:
+        if not os.path.isdir(os.path.join(self.directory, str(step), "data")):
+            return None
+        try:
+            record = self.manager.restore(step, args=ocp.args.Composite(
+                data=ocp.args.JsonRestore()))["data"]
+        except Exception:  # noqa: BLE001 - a grain iterator state of an earlier version
+            return None
+        return record if isinstance(record, dict) and "position" in record else None
+
+    def restore_latest_readable(self, abstract_state, expected_meta: dict):
+        """``(step, state, data)`` from the newest checkpoint that restores, or
+        ``(None, None, None)`` when there is none. A newer unreadable one is moved aside to ``<step>.unreadable`` (never
         deleted: the run will write that step again) with one warning naming it and what is wrong;
         a checkpoint of another run (CheckpointMismatchError) stops at once; when none restores,
         NoReadableCheckpointError lists each step's error and nothing is moved."""
@@ -173,7 +196,7 @@ class Checkpointer:
         failures = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                state = self.restore(step, abstract_state, data_iter, expected_meta)
+                state, data = self.restore(step, abstract_state, expected_meta)
             except CheckpointMismatchError:
                 raise
             except Exception as e:  # orbax / tensorstore / grain raise many kinds
@@ -186,12 +209,12 @@ class Checkpointer:
                                 "step %d", self.directory, bad, why, aside, step)
             if failures:
                 self.manager.reload()
-            return step, state
+            return step, state, data
         if failures:
             failures = [f"step {s}: {why}" for s, why in failures]
             raise NoReadableCheckpointError(
                 f"no readable checkpoint in {self.directory}:\n  " + "\n  ".join(failures))
-        return None, None
+        return None, None, None
 
     def _move_aside(self, step: int) -> str:
         """Renames checkpoints/<step> to a free ``<step>.unreadable[.N]`` (process 0); returns it."""

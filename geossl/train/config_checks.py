@@ -1,14 +1,17 @@
 """Checks of the trainer's config fields, run before anything is built or compiled.
 
 Each error names the config path, what was expected and what was found. Objectives check their own
-``config.objective`` fields when they are created.
+``config.objective`` fields when they are created. A frozen teacher's checkpoint is checked here by
+its header (``pretrained.check_source``), before the run writes anything.
 """
 
 from __future__ import annotations
 
 import numbers
 
+from geossl import objectives
 from geossl.errors import ConfigError
+from geossl.train import pretrained
 from geossl.train.optim import OPTIMIZER_FIELDS
 
 __all__ = ["ConfigError", "check_config"]
@@ -54,8 +57,21 @@ def _check_optimizer(config) -> None:
         _number(config, f"optim.{field}")
 
 
+def _check_frozen_teacher(config) -> None:
+    """``config.teacher.torch_checkpoint``, when set and the objective's teacher is frozen: its
+    syntax, and for a path its header and recorded architecture (no weights are read)."""
+    teacher = config.get("teacher")
+    source = teacher.get("torch_checkpoint") if teacher else None
+    if not source:
+        return
+    if objectives.create(config).teacher_spec.kind != "frozen":
+        return
+    pretrained.check_source(source, teacher.model, teacher.get("pretrain"))
+
+
 def check_config(config) -> None:
-    """Raises :class:`ConfigError` for the first field of the trainer's sections out of range."""
+    """Raises :class:`ConfigError` for the first field of the trainer's sections out of range, or
+    for a frozen teacher's checkpoint that is missing, unreadable or of another architecture."""
     for path in ("total_steps", "global_batch", "checkpoint_every", "log_every",
                  "grad_accum_steps", "keep_checkpoints"):
         _at_least(config, path, 1, integer=True)
@@ -81,3 +97,4 @@ def check_config(config) -> None:
             value = _number(config, f"ema.{key}")
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"config.ema.{key}: expected a momentum in [0, 1], found {value!r}")
+    _check_frozen_teacher(config)

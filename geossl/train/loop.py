@@ -29,11 +29,14 @@ from geossl.train.step import make_state, make_train_step
 
 
 # ----- data ---------------------------------------------------------------------------------------
-def make_data_iterator(config, objective, process_index: int, process_count: int):
-    """(source, iterator) of this process's batches of ``objective.make_views`` samples."""
-    source = ShardSource(resolve_train_files(config))
+def make_data_iterator(config, objective, process_index: int, process_count: int, *,
+                       source=None, start_position: int = 0):
+    """(source, iterator) of this process's batches of ``objective.make_views`` samples, the
+    global stream starting after ``start_position`` consumed rows."""
+    source = ShardSource(resolve_train_files(config)) if source is None else source
     return source, make_train_iterator(config, objective.make_views, source=source,
-                                       process_index=process_index, process_count=process_count)
+                                       process_index=process_index, process_count=process_count,
+                                       start_position=start_position)
 
 
 def example_batch(objective, source, size: int = 2) -> dict:
@@ -146,7 +149,7 @@ def _run(config, workdir: str, devices, hooks, progress_bar, stop) -> dict:
     logging.info("%s on %s: %d steps of %d samples on %d devices (mesh %s) → %s",
                  config.objective.name, config.model.name, config.total_steps, config.global_batch,
                  mesh.size, dict(mesh.shape), workdir)
-    source, data_iter = make_data_iterator(config, objective, jax.process_index(), jax.process_count())
+    source = ShardSource(resolve_train_files(config))
     trainer = build_trainer(config, objective, mesh, example_batch(objective, source))
     abstract_state, meta = trainer.abstract_state, trainer.meta
 
@@ -155,15 +158,22 @@ def _run(config, workdir: str, devices, hooks, progress_bar, stop) -> dict:
     teacher = trainer.frozen_teacher()  # rebuilt from its source, never read from checkpoints
     if teacher is not None:
         meta = dict(meta, teacher=ckpt_lib.fingerprint(teacher))
-    start, state = checkpointer.restore_latest_readable(trainer.saved_part(abstract_state),
-                                                        data_iter, meta)
+    start, state, data = checkpointer.restore_latest_readable(trainer.saved_part(abstract_state),
+                                                              meta)
+    position = 0
     if start is not None:
-        logging.info("resumed from %s/%d", checkpointer.directory, start)
+        # Elastic: the state lands on this run's mesh and the stream continues at its global
+        # position, whatever the device or process count that wrote the checkpoint.
+        position = ckpt_lib.data_position(data, start, config.global_batch)
+        logging.info("resumed from %s/%d (global sample %d)", checkpointer.directory, start,
+                     position)
         if teacher is not None:
             state = trainer.place_teacher(state, teacher)
     else:
         start = 0
         state = trainer.init_state(teacher)
+    _, data_iter = make_data_iterator(config, objective, jax.process_index(),
+                                      jax.process_count(), source=source, start_position=position)
     # Only now, with the run checked against the workdir, may the workdir change.
     ckpt_lib.write_config(workdir, config)
     if progress_bar is None:
@@ -171,7 +181,9 @@ def _run(config, workdir: str, devices, hooks, progress_bar, stop) -> dict:
     writer = metrics_lib.MetricsWriter(workdir, config.total_steps, progress_bar)
     writer.truncate_after(start)  # rows of an earlier attempt past the restored step are redone
     def save(step, state):
-        checkpointer.save(step, trainer.saved_part(state), data_iter, meta)
+        consumed = position + (step - start) * config.global_batch
+        checkpointer.save(step, trainer.saved_part(state),
+                          {"position": consumed, "global_batch": int(config.global_batch)}, meta)
 
     try:
         summary = _loop(config, state, start, trainer.train_step, data_iter, mesh, save,

@@ -7,7 +7,9 @@ configured grid; the first layer re-initialised for the band count, or adapted:
 Frozen teacher (``config.teacher``): ``model`` (name and arguments) plus ``torch_checkpoint``: a
 path, ``random:seed=N`` (a random network) or ``pretrained:METHOD`` (the teacher pretrained by
 geossl with the run ``config.teacher.pretrain``); the last two are written once into
-:func:`demo_teacher_dir` and imported like a real checkpoint.
+:func:`demo_teacher_dir` and imported like a real checkpoint. :func:`check_source` checks the
+source before the run writes anything (a path by its header: missing, truncated, or a geossl
+export of another architecture is one ConfigError).
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ import numpy as np
 from absl import logging
 
 from geossl import convert, models
+from geossl.convert.lib.io import geossl_model
 from geossl.errors import ConfigError
-from geossl.models.from_config import architecture_kwargs, create_from_config
+from geossl.models.from_config import COMPUTE_OPTIONS, architecture_kwargs, create_from_config
 from geossl.train.checkpoint import load_backbone
 
 
@@ -151,6 +154,11 @@ def check_pretrain(pretrain) -> None:
                           "method, found none")
 
 
+#: Run-config sections that do not change the trained weights and that the teacher's run does
+#: not use (the monitor is a hook main.py adds): left out of a pretrained teacher's name.
+UNHASHED = ("monitor",)
+
+
 def teacher_pretraining_run(model_cfg, pretrain) -> ml_collections.ConfigDict:
     """The geossl run that pretrains a frozen teacher: ``pretrain`` (``config.teacher.pretrain``, a
     run config without ``model``) with ``model`` = ``model_cfg`` (``config.teacher.model``), the
@@ -175,8 +183,9 @@ def write_pretrained_teacher(model_cfg, pretrain, directory: str, *, layout: str
     workdir ``directory/NAME.run`` (resumed if an earlier attempt stopped, removed after the
     export); the checkpoint appears whole, through a temporary name and ``os.replace``."""
     run = teacher_pretraining_run(model_cfg, pretrain)
+    hashed = {k: v for k, v in run.to_dict().items() if k not in UNHASHED}
     name = (f"pretrained-{run.objective.name}-{model_cfg['name']}-"
-            f"{settings_hash({'run': run.to_dict(), 'layout': layout})}")
+            f"{settings_hash({'run': hashed, 'layout': layout})}")
     path = os.path.join(directory, f"{name}.safetensors")
     if os.path.isfile(path):
         return path
@@ -247,6 +256,128 @@ def parse_source(source: str, pretrain=None) -> tuple[str, str | int]:
                               f"pretrain), found {source!r}")
         return "pretrained", method
     return "path", source
+
+
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+SOURCE = "config.teacher.torch_checkpoint"
+
+
+def check_source(source: str, model_cfg, pretrain=None) -> None:
+    """``config.teacher.torch_checkpoint`` checked before anything is written, no weight loaded:
+    ``random:seed=N`` / ``pretrained:METHOD`` by their syntax (:func:`parse_source`; they are
+    written when the teacher is built); a path by its header: it exists, is a safetensors or
+    torch file that opens (a truncated file does not), and a geossl export's metadata
+    (``geossl.arch``) names the architecture of ``model_cfg`` (``config.teacher.model``). Raises
+    one ConfigError naming the file and what failed."""
+    kind, _ = parse_source(source, pretrain)
+    if kind != "path":
+        return
+    expected = (f"a .safetensors or {'/'.join(TORCH_SUFFIXES)} checkpoint of config.teacher."
+                f"model ({model_cfg['name']!r}), 'random:seed=N' or 'pretrained:METHOD'")
+    if not os.path.exists(source):
+        raise ConfigError(f"{SOURCE}: {source} does not exist; expected {expected}")
+    if not os.path.isfile(source):
+        raise ConfigError(f"{SOURCE}: {source} is not a file; expected {expected}")
+    if source.endswith(".safetensors"):
+        try:
+            metadata = convert.read_metadata(source)
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            raise ConfigError(f"{SOURCE}: {source}: unreadable safetensors header "
+                              f"({type(e).__name__}: {e}); a truncated or partial file?") from None
+        _check_exported_architecture(source, metadata, model_cfg)
+    elif source.endswith(TORCH_SUFFIXES):
+        _check_torch_file(source)
+    else:
+        raise ConfigError(f"{SOURCE}: {source}: unknown file type; expected {expected}")
+
+
+def _check_torch_file(path: str) -> None:
+    """A torch checkpoint's container: a zip archive (torch.save's format) whose central directory
+    reads and that holds a ``data.pkl``, or a legacy pickle (checked when it is loaded)."""
+    import zipfile
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic.startswith(b"\x80"):  # torch.save(_use_new_zipfile_serialization=False): a pickle
+        return
+    if magic != b"PK\x03\x04":
+        raise ConfigError(f"{SOURCE}: {path}: not a torch checkpoint (expected a zip archive or a "
+                          f"pickle, found the bytes {magic!r})")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ConfigError(f"{SOURCE}: {path}: unreadable torch checkpoint ({type(e).__name__}: "
+                          f"{e}); a truncated or partial file?") from None
+    if not any(n.endswith("data.pkl") for n in names):
+        raise ConfigError(f"{SOURCE}: {path}: a zip archive without data.pkl, not a torch "
+                          f"checkpoint (found {names[:5]})")
+
+
+#: Model fields whose weights conversion adapts: position embeddings resampled to the grid of
+#: ``img_size``, Swin bias tables to ``window_size`` (SimMIM's window 7 → 6).
+ADAPTED_FIELDS = ("img_size", "window_size")
+
+
+def _structure(name: str, kwargs: dict) -> dict:
+    """The fields that fix the parameters of ``models.create(name, **kwargs)`` (its family's
+    keywords less compute options and ADAPTED_FIELDS; ``kwargs`` the family ignores dropped, as
+    ``create_from_config`` does), lists as tuples."""
+    def frozen(v):
+        return tuple(map(frozen, v)) if isinstance(v, (list, tuple)) else v
+    family = models.family(name)
+    module = models.create(name, **{k: v for k, v in kwargs.items() if k not in family.ignores})
+    skip = set(COMPUTE_OPTIONS) | set(ADAPTED_FIELDS)
+    return {k: frozen(getattr(module, k)) for k in sorted(family.kwargs - skip)}
+
+
+def _check_exported_architecture(path: str, metadata: dict, model_cfg) -> None:
+    """A geossl export (metadata ``format: geossl``) must build the layers of ``model_cfg``: the
+    same family and the same structure fields (a name of the family with other arguments may
+    build them too). Files without that metadata (timm, torchvision, Microsoft weights) are
+    checked when they are converted."""
+    try:
+        exported = geossl_model(metadata, path)
+    except ValueError as e:
+        raise ConfigError(f"{SOURCE}: {e}") from None
+    if exported is None:
+        return
+    arch, kwargs = exported
+    want = model_cfg["name"]
+    problem = f"{SOURCE}: {path} is a geossl export of {arch!r} (its metadata geossl.arch)"
+    try:
+        found = _structure(arch, kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{problem}, which geossl cannot build ({e}); config.teacher.model.name "
+                          f"is {want!r}") from None
+    if models.family(arch) is not models.family(want):
+        raise ConfigError(f"{problem}, a {models.family(arch).name}; config.teacher.model.name is "
+                          f"{want!r}, a {models.family(want).name}")
+    expected = _structure(want, architecture_kwargs(model_cfg))
+    differ = [f"{k}={found[k]} (config.teacher.model: {expected[k]})"
+              for k in expected if found[k] != expected[k]]
+    if differ and _parameter_shapes(arch, kwargs, model_cfg) != _parameter_shapes(
+            want, architecture_kwargs(model_cfg), model_cfg):
+        raise ConfigError(f"{problem} with other layers than config.teacher.model ({want!r}): "
+                          + ", ".join(differ))
+
+
+def _parameter_shapes(name: str, kwargs: dict, model_cfg) -> dict | None:
+    """{variable path: shape} of ``name`` built with ``kwargs`` (ADAPTED_FIELDS taken from
+    ``model_cfg``), traced abstractly (jax.eval_shape: nothing computed); None if it does not
+    trace. Decides when structure fields differ that do not change a parameter (BatchNorm
+    momentum, an init option)."""
+    family = models.family(name)
+    kw = {k: v for k, v in kwargs.items() if k not in family.ignores}
+    kw.update({k: model_cfg[k] for k in ADAPTED_FIELDS if k in model_cfg and k in family.kwargs})
+    try:
+        module = models.create(name, **kw)
+        size = int(model_cfg.get("img_size", 224))
+        x = jax.ShapeDtypeStruct((1, size, size, int(getattr(module, "in_chans", 3))), jnp.float32)
+        variables = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)
+    except Exception:  # noqa: BLE001 - any model that does not build or trace
+        return None
+    leaves = jax.tree_util.tree_leaves_with_path(variables)
+    return {jax.tree_util.keystr(path): leaf.shape for path, leaf in leaves}
 
 
 def resolve_checkpoint(source: str, model_cfg, pretrain=None) -> str:

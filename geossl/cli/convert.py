@@ -1,0 +1,143 @@
+"""PyTorch interchange from the command line.
+
+  python -m geossl.convert export --workdir DIR --output model.safetensors|model.pth [--step N]
+      [--layout timm|original|simmim]
+  python -m geossl.convert import [--arch NAME] --input model.pth|.safetensors --output DIR
+      [--in_chans C] [--img_size S] [--window_size W] [--first_layer keep|reinit|repeat] [--seed N] [--key NAME]
+      [--strip_prefixes module. backbone.] [--drop_prefixes head. fc.]
+
+``export`` writes the backbone of a geossl workdir (training or backbone-only) in timm's layout
+(``--layout original``: DINOv2's ViT with its mask_token, Microsoft's Swin), with the geossl
+architecture and the timm model to create in the .safetensors header; ``import`` writes a
+backbone-only workdir that training (``config.init.workdir``), evaluation and ``export`` read.
+A geossl export carries its architecture and arguments, so ``--arch`` may be left out.
+``geossl/convert/__main__.py`` is the ``python -m`` entry point that delegates to ``main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from geossl.convert import FIRST_LAYER_MODES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m geossl.convert", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    exp = sub.add_parser("export", help="geossl workdir → .safetensors / .pth")
+    exp.add_argument("--workdir", required=True, help="geossl workdir (training or backbone-only)")
+    exp.add_argument("--output", required=True, help="model.safetensors or model.pth")
+    exp.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    exp.add_argument("--layout", choices=("timm", "original", "simmim"), default=None,
+                     help="timm (default; what timm.create_model loads strictly), original (ViT: "
+                          "DINOv2 with mask_token; Swin: Microsoft, with buffers), simmim (Swin: "
+                          "original + mask_token)")
+
+    imp = sub.add_parser("import", help=".pth / .safetensors → backbone-only geossl workdir")
+    imp.add_argument("--arch", default=None,
+                     help="model name, e.g. vit_small_patch14, resnet50; default: the one a geossl "
+                          "export records (its model arguments are used too)")
+    imp.add_argument("--input", required=True, help="state dict: .pth/.pt or .safetensors")
+    imp.add_argument("--output", required=True, help="directory to write")
+    imp.add_argument("--in_chans", type=int, default=None, help="default: the checkpoint's")
+    imp.add_argument("--img_size", type=int, default=None,
+                     help="ViT and Swin; default: the checkpoint's (Swin timm layout: 224)")
+    imp.add_argument("--window_size", type=int, default=None,
+                     help="Swin only; default: the checkpoint's (bias tables are resampled to another)")
+    imp.add_argument("--first_layer", choices=FIRST_LAYER_MODES, default="keep",
+                     help="a first layer with another channel count: keep (error), reinit, repeat")
+    imp.add_argument("--seed", type=int, default=0, help="seed of a re-initialised first layer")
+    imp.add_argument("--key", default=None, help="entry of the checkpoint holding the state dict")
+    imp.add_argument("--strip_prefixes", nargs="*", default=["module.", "backbone."])
+    imp.add_argument("--drop_prefixes", nargs="*", default=["head.", "fc."])
+    imp.add_argument("--non_strict", action="store_true", help="keep what matches, log the rest")
+    return parser
+
+
+def export(workdir: str, output: str, step: int | None = None, layout: str | None = None) -> dict:
+    """Writes the backbone of ``workdir`` to ``output``; returns the state dict written."""
+    from geossl import convert
+    from geossl.models.from_config import architecture_kwargs
+    from geossl.train.checkpoint import load_backbone, load_config
+
+    arch, variables = load_backbone(workdir, step)
+    config = load_config(workdir)
+    state_dict = convert.export_backbone(variables, arch, architecture_kwargs(config.model),
+                                         output, config, layout=layout)
+    logging.info("wrote %d tensors of %s to %s", len(state_dict), arch, output)
+    return state_dict
+
+
+def import_(arch: str | None, input_path: str, output: str, *, in_chans: int | None = None,
+            img_size: int | None = None, window_size: int | None = None,
+            first_layer: str = "keep", seed: int = 0,
+            key: str | None = None, strip_prefixes=("module.", "backbone."),
+            drop_prefixes=("head.", "fc."), strict: bool = True) -> dict:
+    """Converts ``input_path`` and writes a backbone-only workdir ``output``; returns the variables.
+
+    A geossl export (.safetensors with geossl metadata) supplies the architecture and its
+    arguments (depth, patch size, ...); ``in_chans``, ``img_size`` and ``window_size`` given here
+    override them. ``arch=None`` needs such a file."""
+    from geossl import convert, models
+    from geossl.train.checkpoint import save_backbone
+
+    arch, recorded = _recorded_model(arch, input_path)
+    sd = convert.load_state_dict(input_path, key=key, strip_prefixes=tuple(strip_prefixes))
+    given = {"in_chans": in_chans, "img_size": img_size, "window_size": window_size}
+    kw = {**recorded, **{k: v for k, v in given.items() if v is not None}}
+    kw = convert.resolve_model_kwargs(sd, arch, in_chans=kw.pop("in_chans", None),
+                                      img_size=kw.pop("img_size", None), **kw)
+    variables, report = convert.from_torch(
+        sd, arch, strict=strict, first_layer=first_layer, rng=seed,
+        drop_prefixes=tuple(drop_prefixes), return_report=True, **kw)
+    logging.info("%s", report)
+    ignored = models.family(arch).ignores  # a ResNet's img_size: any size fits
+    save_backbone(variables, arch, output, **{k: v for k, v in kw.items() if k not in ignored})
+    return variables
+
+
+def _recorded_model(arch: str | None, input_path: str) -> tuple[str, dict]:
+    """``(arch, model kwargs)`` from ``arch`` and the geossl metadata of ``input_path`` (none for
+    other files): the recorded kwargs apply when ``arch`` is None or the recorded one."""
+    from geossl import convert
+    from geossl.convert.lib.io import geossl_model
+
+    recorded = None
+    if input_path.endswith(".safetensors"):
+        recorded = geossl_model(convert.read_metadata(input_path), input_path)
+    if recorded is None:
+        if arch is None:
+            raise ValueError(f"--arch is needed: {input_path} is not a geossl export (no geossl "
+                             "metadata naming its architecture)")
+        return arch, {}
+    if arch is not None and arch != recorded[0]:
+        raise ValueError(f"--arch {arch}, but {input_path} is a geossl export of {recorded[0]} "
+                         f"(geossl.arch, with {recorded[1]}): leave --arch out or pass {recorded[0]}")
+    logging.info("%s: geossl export of %s %s", input_path, recorded[0], recorded[1])
+    return recorded
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    from geossl.train.metrics import OwnInfoOnly
+    geossl_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for handler in logging.getLogger().handlers:  # orbax's INFO chatter off, warnings kept
+        handler.addFilter(OwnInfoOnly(geossl_dir))
+    try:
+        if args.command == "export":
+            export(args.workdir, args.output, args.step, args.layout)
+        else:
+            import_(args.arch, args.input, args.output, in_chans=args.in_chans,
+                    img_size=args.img_size, window_size=args.window_size,
+                    first_layer=args.first_layer, seed=args.seed, key=args.key,
+                    strip_prefixes=args.strip_prefixes, drop_prefixes=args.drop_prefixes,
+                    strict=not args.non_strict)
+    except (ValueError, KeyError, FileNotFoundError) as e:  # ConversionError is a ValueError
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
