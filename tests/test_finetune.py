@@ -146,6 +146,9 @@ def test_cli_writes_the_report(tmp_path, vit):
         "finetune", 16, 8, 2)
     assert saved["probe"]["lr"] == pytest.approx(5e-4 * 8 / 256)
     assert saved["probe"]["layer_decay"] == 0.65 and saved["probe"]["crop_scale"] == [0.8, 1.0]
+    low, high = saved["metrics"]["ci95"]["top1"]  # 1000 resamples of the 8 test examples
+    assert 0 <= low <= saved["metrics"]["top1"] <= high <= 1 and saved["bootstrap"]["replicates"] \
+        == 1000
     split = datasets.RecordSplit(_records(8, 2))
     assert not split.multilabel and split.num_classes == CLASSES
 

@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m geossl.eval.finetune",
                                      description=finetune.__doc__.split("\n\n")[0])
     probe_flags.add_common_flags(parser, feature_mode=False)
+    probe_flags.add_bootstrap_flag(parser)
     parser.add_argument("--epochs", type=int, default=c.epochs,
                         help="passes over the training examples (MAE ViT-B, SSL4EO-S12: 100)")
     parser.add_argument("--batch_size", type=int, default=c.batch_size,
@@ -98,11 +99,13 @@ def main(argv: list[str] | None = None) -> dict:
     model, variables, model_config, preprocess, img_size = probe_flags.encoder_from_args(args)
     result = finetune.finetune_probe(model, variables, data.train, data.train_indices, data.test,
                                      data.test_indices, preprocess, img_size=img_size,
-                                     config=config)
+                                     config=config, bootstrap=args.bootstrap,
+                                     bootstrap_seed=args.seed)
     report = probe_flags.trained_probe_report(
         "finetune", args, data, model_config, preprocess, img_size,
         multilabel=data.test.multilabel, mode="finetune", feature_dim=model.num_features)
     report.update(metrics=result, probe={**dataclasses.asdict(config), "lr": config.lr},
+                  bootstrap=probe_flags.bootstrap_info(args),
                   probe_time_s=time.perf_counter() - t0)
     name = f"finetune_{args.label_fraction:g}" + ("_random_init" if args.random_init else "")
     probe_flags.finish(report, args.output or os.path.join(args.workdir, f"{name}.json"))

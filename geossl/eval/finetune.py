@@ -32,7 +32,8 @@ import numpy as np
 import optax
 
 from geossl.data import augment
-from geossl.eval import layer_decay, metrics
+from geossl.eval import bootstrap as bootstrap_lib
+from geossl.eval import layer_decay
 from geossl.eval.features import CROP_RATIO, resize_center_crop
 from geossl.train.optim import decay_mask
 
@@ -214,29 +215,33 @@ def load_examples(split, indices, preprocess) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def evaluate(classifier: Classifier, split, indices, preprocess, *, multilabel: bool) -> dict:
-    """Multi-label: map_micro, map_macro, ap_per_class; single-label: top1 (and top5)."""
+def evaluate(classifier: Classifier, split, indices, preprocess, *, multilabel: bool,
+             bootstrap: int = 0, bootstrap_seed: int = 0) -> dict:
+    """Multi-label: map_micro, map_macro, ap_per_class; single-label: top1 (and top5); with
+    ``bootstrap`` B > 0 also ``ci95``: 95% intervals over B resamples of the test examples."""
     logits, labels = [], []
     for images, chunk_labels in split.read(indices, preprocess, chunk=256):
         logits.append(classifier.logits(images))
         labels.append(chunk_labels)
-    logits, labels = np.concatenate(logits), np.concatenate(labels)
-    if multilabel:
-        return metrics.multilabel_report(labels, logits)
-    return metrics.multiclass_report(labels, logits)
+    return bootstrap_lib.classification_report(
+        np.concatenate(labels), np.concatenate(logits).astype(np.float64), multilabel=multilabel,
+        replicates=bootstrap, seed=bootstrap_seed)
 
 
 def finetune_probe(model, variables, train_split, train_indices, test_split, test_indices,
-                   preprocess, *, img_size, config: FinetuneConfig = FinetuneConfig()) -> dict:
+                   preprocess, *, img_size, config: FinetuneConfig = FinetuneConfig(),
+                   bootstrap: int = 0, bootstrap_seed: int = 0) -> dict:
     """Fine-tunes on ``train_split[train_indices]``, scores on ``test_split[test_indices]``; the
-    metrics plus ``train_loss`` (the last step's) and ``steps``."""
+    metrics (with ``ci95`` when ``bootstrap`` > 0) plus ``train_loss`` (the last step's) and
+    ``steps``."""
     images, labels = load_examples(train_split, train_indices, preprocess)
     classifier, losses = train_classifier(
         model, jax.device_get(dict(variables)), images, labels,
         num_classes=test_split.num_classes, multilabel=test_split.multilabel, img_size=img_size,
         config=config)
     result = evaluate(classifier, test_split, test_indices, preprocess,
-                      multilabel=test_split.multilabel)
+                      multilabel=test_split.multilabel, bootstrap=bootstrap,
+                      bootstrap_seed=bootstrap_seed)
     return {**result, "train_loss": losses[-1], "steps": len(losses)}
 
 
