@@ -1,5 +1,6 @@
 """SIGINT / SIGTERM stop main.py at a step boundary with a checkpoint of that step, one line and
-exit status 130 / 143; the reruns resume bit-exactly. A workdir in use is refused (exit 2)."""
+exit status 130 / 143; after those and a SIGKILL between checkpoints the reruns resume
+bit-exactly. A workdir in use is refused (exit 2)."""
 
 import os
 import re
@@ -68,7 +69,7 @@ def _signal_at(step, name, shards, workdir):
                  + _flags(shards, workdir)[1:])
 
 
-def test_sigint_then_sigterm_checkpoint_the_step_and_resume_bit_exactly(shards, tmp_path):
+def test_sigint_sigkill_sigterm_then_resume_bit_exactly(shards, tmp_path):
     full, stopped = str(tmp_path / "full"), str(tmp_path / "stopped")
     done = _main(_flags(shards, full))  # 6 steps, checkpoints every 2
     assert done.returncode == 0, done.stderr[-3000:]
@@ -81,6 +82,12 @@ def test_sigint_then_sigterm_checkpoint_the_step_and_resume_bit_exactly(shards, 
     assert _checkpoint_steps(stopped) == [2, 3]
     assert [r["step"] for r in read_metrics(stopped)] == [1, 2, 3]
     assert not os.path.exists(os.path.join(stopped, "run.lock"))  # released on the way out
+
+    # SIGKILL after step 4's update, before its checkpoint: nothing of step 4 survives, and the
+    # lock of the dead process is taken over by the next run
+    done = _signal_at(4, "SIGKILL", shards, stopped)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    assert _checkpoint_steps(stopped) == [2, 3]
 
     done = _signal_at(5, "SIGTERM", shards, stopped)
     assert done.returncode == 143, done.stderr[-3000:]
