@@ -249,20 +249,7 @@ def test_resnet_stage_features_are_pooled_stage_maps():
 
 
 # ----- command lines ------------------------------------------------------------------------------
-BANDS = ["B2", "B3", "B4", "B8"]
-
-
-def _records(n, seed, size=8):
-    rng = np.random.default_rng(seed)
-    patterns = np.random.default_rng(99).normal(size=(9, size, size, 4)) * 300
-    records = []
-    for i in range(n):
-        labels = np.flatnonzero(rng.random(9) < 0.3)
-        image = 1000 + patterns[labels].sum(0) + rng.normal(size=(size, size, 4)) * 30
-        records.append({"image": np.clip(image, 0, 60000).astype(np.uint16)[None],
-                        "labels": labels.astype(np.int64), "key": f"{seed}-{i}",
-                        "bands": BANDS, "sensor": "s2_l1c", "label_set": "dynamic_world_9"})
-    return records
+from test_eval_probe import BANDS, _records  # noqa: E402 - the probe CLI tests' records
 
 
 @pytest.fixture(scope="module")
