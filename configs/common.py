@@ -205,6 +205,13 @@ def base() -> ml_collections.ConfigDict:
         views="auto",        # render augmented views on the "host" (grain workers) or "device"
                              # (inside the step); auto: device on GPU/TPU, host on the CPU
         raw_size=0,          # device views: pad acquisitions to raw_size² (mixed-size datasets)
+        # Mixed-sensor pretraining (geossl.data.band_sets): name -> dict(train=GLOB, bands=(...),
+        # weight=w), or a cross-sensor pair dict(pair=(SET_A, SET_B), weight=w); empty = one set
+        # (train, bands above). Batches come whole from one set, drawn by weight.
+        sets=ml_collections.ConfigDict(),
+        # Band -> central wavelength (µm) overriding geossl.data.bands.WAVELENGTHS for a
+        # wavelength-conditioned model (DOFA); empty = the table (DOFA v1's convention).
+        wavelengths=ml_collections.ConfigDict(),
     ))
     c.init = ml_collections.ConfigDict(dict(torch_checkpoint="", workdir="", first_layer="reinit"))
     c.ema = ml_collections.ConfigDict()      # EMA teacher momentum schedule (name, base, final)

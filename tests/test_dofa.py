@@ -229,7 +229,7 @@ def test_call_errors_and_the_family_capability(model, apply):
     assert shapes(5) == shapes(2)  # no parameter depends on the band count
     fam = models.family(ARCH)
     assert fam.wavelengths and fam.keep_tokens and fam.mask_token and fam.patch_tokens
-    assert not fam.insert_tokens and not fam.register_tokens
+    assert fam.insert_tokens and not fam.register_tokens  # insert_idx: PerA
     w = bands.wavelengths(bands.S1)
     assert fam.wavelength_kwargs(ARCH, w)["wavelengths"] is w and fam.wavelength_kwargs(ARCH) == {}
     for other in ("vit_small_patch14", "swin_tiny_patch4_window7_224", "resnet50"):

@@ -139,12 +139,13 @@ def test_channel_drop_zeroes_only_the_drawn_bands():
     cfg = softcon_views.ViewConfig(img_size=10, channel_drop_p=1.0, channel_drop_min=3,
                                    channel_drop_max=3)
     record = _record(t=2, size=20, seed=6)
-    image, plan, views, _ = softcon_views.two_view_draws(record, np.random.default_rng(2), cfg)
+    drawn = softcon_views.two_view_draws(record, np.random.default_rng(2), cfg)
     got = softcon_views.two_view_sample(record, np.random.default_rng(2), cfg)
-    for v, (t, params) in enumerate(views, start=1):
+    for v, (t, image_t, plan, params, _) in enumerate(drawn, start=1):
+        np.testing.assert_array_equal(image_t, record["image"][t])
         assert len(params.dropped) == 3
         kept = dataclasses.replace(params, dropped=())
-        full = aug.render_view(image[t], plan, kept, 10)
+        full = aug.render_view(image_t, plan, kept, 10)
         np.testing.assert_array_equal(got[f"view{v}"][..., list(params.dropped)], 0.0)
         others = [b for b in range(13) if b not in params.dropped]
         np.testing.assert_allclose(got[f"view{v}"][..., others], full[..., others], atol=1e-6)

@@ -87,8 +87,8 @@ def test_blur_override_changes_the_softcon_views():
         cfg = softcon_views.view_config(_parsed("softcon_vit_s", *overrides))
         blurred = np.zeros(2)
         for seed in range(600):
-            _, _, drawn, _ = softcon_views.two_view_draws(record, np.random.default_rng(seed), cfg)
-            blurred += [params.blur_sigma is not None for _, params in drawn]
+            drawn = softcon_views.two_view_draws(record, np.random.default_rng(seed), cfg)
+            blurred += [v[3].blur_sigma is not None for v in drawn]
         counts[key] = blurred / 600
     np.testing.assert_allclose(counts["default"], [1.0, 0.1], atol=0.04)
     np.testing.assert_allclose(counts["override"], [0.3, 0.3], atol=0.06)

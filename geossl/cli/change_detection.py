@@ -67,12 +67,13 @@ def main(argv: list[str] | None = None) -> dict:
     data = change_detection.change_splits(
         args.dataset, args.train_split, args.eval_split, label_fraction=args.label_fraction,
         seed=args.seed, holdout_train_fraction=args.holdout_train_fraction, dates=args.dates)
-    model, variables, model_config, preprocess, img_size = probe_flags.encoder_from_args(args)
+    model, variables, model_config, preprocess, img_size, wavelengths = \
+        probe_flags.encoder_from_args(args, data)
     result = change_detection.change_detection_probe(
         model, variables, data.train, data.train_indices, data.test, data.test_indices,
         preprocess, img_size=img_size, config=config, dates=args.dates,
         class_weighting=not args.no_class_weights, feature_batch=args.feature_batch,
-        bootstrap=args.bootstrap, bootstrap_seed=args.seed)
+        bootstrap=args.bootstrap, bootstrap_seed=args.seed, wavelengths=wavelengths)
     report = {
         "task": "change_detection", "workdir": os.path.abspath(args.workdir),
         "step": args.step, "arch": model_config.model.name,
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
         "dates": list(args.dates) if args.dates else None,
         "feature_dim": int(model.num_features), "img_size": img_size,
         "bands": list(preprocess.bands) if preprocess.bands else None, "norm": preprocess.norm,
-        "metrics": result, "probe": dataclasses.asdict(config),
+        "wavelengths": probe_flags.wavelength_list(wavelengths), "metrics": result,
+        "probe": dataclasses.asdict(config),
         "bootstrap": segmentation_cli.bootstrap_info(args, "pairs"),
         "train_indices": [int(i) for i in data.train_indices],
         "probe_time_s": time.perf_counter() - t0,

@@ -96,14 +96,16 @@ def main(argv: list[str] | None = None) -> dict:
         flip=not args.no_flip, head_init_std=args.head_init_std, seed=args.seed)
     t0 = time.perf_counter()
     data = probe_flags.splits_from_args(args)
-    model, variables, model_config, preprocess, img_size = probe_flags.encoder_from_args(args)
+    model, variables, model_config, preprocess, img_size, wavelengths = \
+        probe_flags.encoder_from_args(args, data)
     result = finetune.finetune_probe(model, variables, data.train, data.train_indices, data.test,
                                      data.test_indices, preprocess, img_size=img_size,
                                      config=config, bootstrap=args.bootstrap,
-                                     bootstrap_seed=args.seed)
+                                     bootstrap_seed=args.seed, wavelengths=wavelengths)
     report = probe_flags.trained_probe_report(
         "finetune", args, data, model_config, preprocess, img_size,
-        multilabel=data.test.multilabel, mode="finetune", feature_dim=model.num_features)
+        multilabel=data.test.multilabel, mode="finetune", feature_dim=model.num_features,
+        wavelengths=wavelengths)
     report.update(metrics=result, probe={**dataclasses.asdict(config), "lr": config.lr},
                   bootstrap=probe_flags.bootstrap_info(args),
                   probe_time_s=time.perf_counter() - t0)

@@ -6,7 +6,8 @@ mode and layers, preprocessing), ``add_bootstrap_flag`` the confidence intervals
 ``check_ranges`` and ``check_layers`` refuse an out-of-range number or a bad ``--layers`` (exit 2);
 ``load_model`` reads the encoder (or a fresh one of its architecture, ``--random_init``);
 ``splits_from_args`` and ``encoder_from_args`` read the data and the encoder (with its
-preprocessing) the flags name; ``probe_features_from_args`` turns them into frozen features of the
+preprocessing and, for a wavelength-conditioned encoder, the wavelengths of its input bands) the
+flags name; ``probe_features_from_args`` turns them into frozen features of the
 probe-train and probe-test examples (``ProbeFeatures``, one set per layer with ``--layers``);
 ``probe_each_layer`` runs a probe on each set and picks the best layer; ``finish`` prints the
 report as a table (each figure with its 95% interval) and writes it as JSON.
@@ -19,6 +20,12 @@ from one forward pass, each layer on its own: one row per layer, and the report'
 those of the best layer by its main figure (micro mAP or top-1) on the test split, as DINOv2
 reports its best linear head; ``--layers_concat`` probes the layers' features concatenated
 instead (``--mode cls --layers=-4,-3,-2,-1 --layers_concat`` is ``dinov2_4layer``).
+
+Input bands: a fixed-band encoder (ViT, Swin, ResNet) reads ``--bands`` or its workdir's
+``config.data.bands``, picked from the dataset by name. A wavelength-conditioned encoder (DOFA)
+is not tied to its training bands: it reads ``--bands`` or every band of the dataset (its first
+record's), with their wavelengths, so the sensor is the ``--dataset`` flag (``synthetic`` for S2,
+``synthetic:s1`` for S1, whatever bands the encoder was trained on).
 """
 
 from __future__ import annotations
@@ -208,7 +215,9 @@ def bootstrap_info(args) -> dict:
 
 def dataset_from_args(args) -> str:
     """``--dataset``, with plain ``synthetic`` read as the rendering of the workdir's bands
-    (``synthetic:s1`` for an S1 encoder, e.g. ``configs/softcon_vit_b.py:sar,demo``)."""
+    (``synthetic:s1`` for an S1 encoder, e.g. ``configs/softcon_vit_b.py:sar,demo``); a rendering
+    named (``synthetic:s1``) is kept, which a wavelength-conditioned encoder reads whatever its
+    training bands (:func:`encoder_from_args`)."""
     if args.dataset != "synthetic":
         return args.dataset
     from geossl.data.files import demo_modality
@@ -218,8 +227,17 @@ def dataset_from_args(args) -> str:
     return f"synthetic:{demo_modality(bands)}"
 
 
+def wavelength_list(wavelengths) -> list[float] | None:
+    """The report's ``wavelengths`` entry: the input bands' µm (rounded as float32 prints), or
+    None for a fixed-band encoder."""
+    if wavelengths is None:
+        return None
+    return [float(f"{w:.6g}") for w in np.asarray(wavelengths, np.float32)]
+
+
 def trained_probe_report(task: str, args, data, model_config, preprocess, img_size, *,
-                         multilabel: bool, mode: str, feature_dim: int) -> dict:
+                         multilabel: bool, mode: str, feature_dim: int,
+                         wavelengths=None) -> dict:
     """The head of the JSON report of a probe that trains on images (fine-tuning, segmentation):
     run, splits, sizes, input; the caller adds its metrics and settings."""
     return {
@@ -231,7 +249,7 @@ def trained_probe_report(task: str, args, data, model_config, preprocess, img_si
         "multilabel": multilabel, "label_fraction": args.label_fraction, "seed": args.seed,
         "mode": mode, "feature_dim": int(feature_dim), "img_size": img_size,
         "bands": list(preprocess.bands) if preprocess.bands else None, "norm": preprocess.norm,
-        "acquisition": args.acquisition,
+        "wavelengths": wavelength_list(wavelengths), "acquisition": args.acquisition,
         "train_indices": [int(i) for i in data.train_indices]}
 
 
@@ -243,10 +261,13 @@ def splits_from_args(args) -> datasets.ProbeData:
                                  acquisition=args.acquisition)
 
 
-def encoder_from_args(args):
-    """``(model, variables, config, preprocess, img_size)``: the encoder the common flags name
-    (``load_model``) and the preprocessing of its input (``--bands``, ``--norm``,
-    ``--acquisition`` over the workdir's config; ``--img_size`` over ``config.model.img_size``)."""
+def encoder_from_args(args, data: datasets.ProbeData):
+    """``(model, variables, config, preprocess, img_size, wavelengths)``: the encoder the common
+    flags name (``load_model``), the preprocessing of its input (``--bands``, ``--norm``,
+    ``--acquisition`` over the workdir's config; ``--img_size`` over ``config.model.img_size``)
+    and the wavelengths (C,) of the input bands for a wavelength-conditioned encoder (DOFA),
+    None for the others. DOFA without ``--bands`` reads the bands of ``data`` (its train split's
+    first record), not its training bands (module docstring)."""
     overrides = {"norm": args.norm, "acquisition": args.acquisition}
     if args.bands:
         overrides["bands"] = tuple(b.strip() for b in args.bands.split(",") if b.strip())
@@ -254,9 +275,14 @@ def encoder_from_args(args):
         args.workdir, args.step, random_init=args.random_init, seed=args.seed,
         img_size=args.img_size,
         in_chans=len(overrides["bands"]) if "bands" in overrides else None)
+    family = features.model_family(model)
+    if family is not None and family.wavelengths and "bands" not in overrides:
+        overrides["bands"] = data.train.band_names()
     preprocess = datasets.Preprocess.from_config(config, **overrides)
+    wavelengths = features.input_wavelengths(model, preprocess.bands,
+                                             config.get("data", {}).get("wavelengths", None))
     img_size = args.img_size or config.model.get("img_size", None)
-    return model, variables, config, preprocess, img_size
+    return model, variables, config, preprocess, img_size, wavelengths
 
 
 def probe_features_from_args(args) -> ProbeFeatures:
@@ -264,8 +290,9 @@ def probe_features_from_args(args) -> ProbeFeatures:
     (one per layer with ``args.layer_spec`` from :func:`check_layers`)."""
     t0 = time.perf_counter()
     data = splits_from_args(args)
-    model, variables, config, preprocess, img_size = encoder_from_args(args)
-    kw = dict(mode=args.mode, batch_size=args.feature_batch, img_size=img_size)
+    model, variables, config, preprocess, img_size, wavelengths = encoder_from_args(args, data)
+    kw = dict(mode=args.mode, batch_size=args.feature_batch, img_size=img_size,
+              wavelengths=wavelengths)
     spec = getattr(args, "layer_spec", None)
     layers = None
     if spec is not None:
@@ -297,6 +324,7 @@ def probe_features_from_args(args) -> ProbeFeatures:
         "layers_concat": bool(layers is not None and args.layers_concat),
         "feature_dim": dims, "img_size": img_size,
         "bands": list(preprocess.bands) if preprocess.bands else None, "norm": preprocess.norm,
+        "wavelengths": wavelength_list(wavelengths),
         "feature_time_s": time.perf_counter() - t0,
     }
     return ProbeFeatures(train_x, train_y, test_x, test_y, data.test.num_classes,

@@ -159,14 +159,16 @@ def main(argv: list[str] | None = None) -> dict:
     data = probe_flags.splits_from_args(args)
     for split in (data.train, data.test):
         segmentation.check_land_cover(split)
-    model, variables, model_config, preprocess, img_size = probe_flags.encoder_from_args(args)
+    model, variables, model_config, preprocess, img_size, wavelengths = \
+        probe_flags.encoder_from_args(args, data)
     result = segmentation.segmentation_probe(
         model, variables, data.train, data.train_indices, data.test, data.test_indices,
         preprocess, img_size=img_size, config=config, feature_batch=args.feature_batch,
-        class_names=class_names(data.test), bootstrap=args.bootstrap, bootstrap_seed=args.seed)
+        class_names=class_names(data.test), bootstrap=args.bootstrap, bootstrap_seed=args.seed,
+        wavelengths=wavelengths)
     report = probe_flags.trained_probe_report(
         "segmentation", args, data, model_config, preprocess, img_size, multilabel=False,
-        mode=config.mode, feature_dim=model.num_features)
+        mode=config.mode, feature_dim=model.num_features, wavelengths=wavelengths)
     report.update(head=config.head, blocks=list(dense_probe.feature_blocks(model, config)),
                   metrics=result, miou_rule=segmentation.MIOU_RULE,
                   probe=dataclasses.asdict(config), bootstrap=bootstrap_info(args, "images"),

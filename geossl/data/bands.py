@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -53,7 +53,11 @@ _OLI_WAVELENGTHS = (0.44, 0.48, 0.56, 0.655, 0.865, 1.61, 2.20, 0.59, 1.37)
 #: hypernetwork saw in pretraining. 3.75 is the placeholder that DOFA v1's pretraining table gives
 #: its 2-channel Sentinel-1 input. The DOFA weights torchgeo 0.8.1 ships are v1 weights (torchgeo
 #: issue 3931 and PR 3942 later documented 3.75 for them and 5.405 for DOFA v2). geossl converts
-#: those weights, so it follows their convention.
+#: those weights, so it follows their convention. Its cost: DOFA's generator is equivariant in
+#: the band order, so two bands of one wavelength get one kernel and VV and VH reach the model
+#: only as their sum. A model trained here from scratch (or onward from DOFA v1) can tell them
+#: apart by a config's ``data.wavelengths`` table, e.g. ``{"VH": 3.85}`` (configs/anysensor_vit_b.py:
+#: the demo's S1 probe 55.1 → 70.5 micro mAP); its probes read the table from its workdir.
 WAVELENGTHS: dict[str, float] = {
     **dict(zip(S2_L1C, (0.4427, 0.4927, 0.5598, 0.6646, 0.7041, 0.7405, 0.7828, 0.8328, 0.8647,
                         0.9451, 1.3735, 1.6137, 2.2024))),
@@ -64,16 +68,30 @@ WAVELENGTHS: dict[str, float] = {
 }
 
 
-def wavelengths(names: Sequence[str]) -> np.ndarray:
+def wavelengths(names: Sequence[str], table: Mapping[str, float] | None = None) -> np.ndarray:
     """(C,) float32 central wavelengths (µm) of the bands ``names`` (:data:`WAVELENGTHS`, names in
-    canonical form: "B02" == "B2"); unknown bands raise ValueError naming them."""
+    canonical form: "B02" == "B2"), ``table`` (band → µm, e.g. a config's ``data.wavelengths``)
+    overriding its entries; unknown bands raise ValueError naming them."""
     if isinstance(names, str):
         raise ValueError(f"wavelengths: expected a sequence of band names, found the string {names!r}")
-    unknown = [b for b in names if canonical(b) not in WAVELENGTHS]
+    known = dict(WAVELENGTHS, **{canonical(b): float(w) for b, w in (table or {}).items()})
+    unknown = [b for b in names if canonical(b) not in known]
     if unknown:
         raise ValueError(f"wavelengths: no central wavelength for bands {unknown}; known: "
-                         f"{sorted(WAVELENGTHS)}")
-    return np.array([WAVELENGTHS[canonical(b)] for b in names], np.float32)
+                         f"{sorted(known)}")
+    return np.array([known[canonical(b)] for b in names], np.float32)
+
+
+def check_wavelength_table(table, path: str = "config.data.wavelengths") -> dict[str, float]:
+    """``table`` (band → µm) as a dict, or ConfigError naming ``path`` for a value that is not a
+    positive number."""
+    from geossl.errors import ConfigError
+    out = {}
+    for band, w in dict(table or {}).items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
+            raise ConfigError(f"{path}.{band}: expected a wavelength in µm > 0, found {w!r}")
+        out[band] = float(w)
+    return out
 
 
 #: Bands that may be absent from the data and are then zeros in the stored units (L2A has no B10).

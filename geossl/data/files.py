@@ -56,9 +56,14 @@ def heldout_pattern(train_file: str) -> str:
 def resolve_train_files(config) -> list[str]:
     """``config.data.train`` (glob or list); empty → the synthetic demo data of the config's
     bands (:func:`demo_modality`), generated once."""
-    pattern = config.data.get("train", "")
+    return resolve_files(config.data.get("train", ""), config.data.get("bands", None))
+
+
+def resolve_files(pattern, bands) -> list[str]:
+    """Sorted shard paths of ``pattern`` (glob or list of globs, ``~`` expanded); empty → the
+    synthetic demo data of ``bands`` (:func:`demo_modality`), generated once."""
     if not pattern:
-        pattern = demo_files(demo_modality(config.data.get("bands", None)))
+        pattern = demo_files(demo_modality(bands))
     from geossl.data.pipeline import train_files   # grain, only when training files are needed
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
     return train_files([os.path.expanduser(p) for p in patterns])

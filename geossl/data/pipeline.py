@@ -105,8 +105,34 @@ def make_dataset(source, view_fn: Callable[[dict, np.random.Generator], dict], *
     start_position: global stream rows already consumed (by every process together): the first
     batch starts there.
     """
+    stream = view_stream(source, view_fn, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
+                         tune_malloc=tune_malloc)
+    return batch_stream(stream, local_batch_size=local_batch_size, process_index=process_index,
+                        process_count=process_count, drop_remainder=drop_remainder,
+                        num_workers=num_workers, worker_batch_size=worker_batch_size,
+                        read_threads=read_threads, prefetch_batches=prefetch_batches,
+                        start_position=start_position)
+
+
+def view_stream(source, view_fn: Callable[[dict, np.random.Generator], dict], *, seed: int,
+                shuffle: bool = True, num_epochs: int | None = None,
+                tune_malloc: bool = True) -> grain.MapDataset:
+    """The global stream of samples: source → shuffle(seed) → repeat(num_epochs) →
+    ``view_fn(record, rng)``, the rng of row i a function of (seed, i) alone."""
     if len(source) == 0:
         raise ValueError("make_dataset: the data source is empty")
+    ds = grain.MapDataset.source(source)
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs)
+    return ds.random_map(_TunedViews(view_fn) if tune_malloc else view_fn, seed=seed)
+
+
+def batch_stream(stream: grain.MapDataset, *, local_batch_size: int, process_index: int = 0,
+                 process_count: int = 1, drop_remainder: bool = True, num_workers: int = 0,
+                 worker_batch_size: int | None = None, read_threads: int = 1,
+                 prefetch_batches: int = 2, start_position: int = 0) -> grain.IterDataset:
+    """This process's batches of a global sample stream (arguments as :func:`make_dataset`)."""
     if local_batch_size <= 0:
         raise ValueError(f"make_dataset: local_batch_size must be positive, found {local_batch_size}")
     if not 0 <= process_index < process_count:
@@ -121,11 +147,7 @@ def make_dataset(source, view_fn: Callable[[dict, np.random.Generator], dict], *
     if not drop_remainder and process_count > 1:
         raise ValueError("make_dataset: drop_remainder=False needs process_count == 1 (a partial "
                          f"global batch cannot be split over {process_count} processes)")
-    ds = grain.MapDataset.source(source)
-    if shuffle:
-        ds = ds.shuffle(seed=seed)
-    ds = ds.repeat(num_epochs)
-    ds = ds.random_map(_TunedViews(view_fn) if tune_malloc else view_fn, seed=seed)
+    ds = stream
     if start_position:  # the rng of a row depends on its stream index, so slicing keeps the rows
         ds = ds[start_position:]
     if process_count > 1:
@@ -163,28 +185,32 @@ def train_files(pattern: str | Sequence[str]) -> list[str]:
 
 
 def make_train_iterator(config, view_fn, *, source=None, process_index: int | None = None,
-                        process_count: int | None = None, start_position: int = 0):
+                        process_count: int | None = None, start_position: int = 0,
+                        stream: grain.MapDataset | None = None):
     """``iter(make_dataset(...))`` from a config: ``config.data.train`` (glob, unless ``source`` is
     given), ``config.seed``, ``config.global_batch`` split over processes, and the
     ``config.data`` fields num_workers, worker_batch_size (0 = the local batch), read_threads,
     prefetch_batches, tune_malloc (defaults in configs/common.py); ``start_position``: global
-    stream rows a resumed run has already consumed."""
+    stream rows a resumed run has already consumed. ``stream``: a global sample stream built
+    elsewhere (``band_sets.mixed_stream``) instead of ``source`` and ``view_fn``."""
     if process_index is None or process_count is None:
         import jax
         process_index, process_count = jax.process_index(), jax.process_count()
     if config.global_batch % process_count:
         raise ValueError(f"global_batch {config.global_batch} is not divisible by "
                          f"{process_count} processes")
-    if source is None:
-        from geossl.data.reader import ShardSource
-        source = ShardSource(train_files(config.data.train))
     data = config.data
-    ds = make_dataset(source, view_fn, seed=int(config.seed), shuffle=True,
-                      local_batch_size=config.global_batch // process_count,
+    if stream is None:
+        if source is None:
+            from geossl.data.reader import ShardSource
+            source = ShardSource(train_files(config.data.train))
+        stream = view_stream(source, view_fn, seed=int(config.seed), shuffle=True,
+                             tune_malloc=bool(data.tune_malloc))
+    ds = batch_stream(stream, local_batch_size=config.global_batch // process_count,
                       process_index=process_index, process_count=process_count,
                       num_workers=int(data.num_workers),
                       worker_batch_size=int(data.worker_batch_size) or None,
                       read_threads=int(data.read_threads),
                       prefetch_batches=int(data.prefetch_batches),
-                      tune_malloc=bool(data.tune_malloc), start_position=int(start_position))
+                      start_position=int(start_position))
     return iter(ds)

@@ -42,6 +42,12 @@ SEASONS = ("same", "independent", "distinct")
 #: (``--config.data.blur_p=0.3`` gives (0.3,): both views), a number field one number.
 PerView = typing.Union[float, bool, tuple]
 
+#: Record keys of the mixed-sensor sampler (``geossl.data.band_sets``): the bands the record's set
+#: renders (they replace the config's ``bands`` in :meth:`BandSpec.band_plan`), and the record of
+#: the same location from a second sensor (a cross-sensor pair's second view).
+RECORD_BANDS = "_bands"
+PAIRED_RECORD = "_paired"
+
 
 def per_view(value, view: int):
     """The value of view 0 or 1 of a per-view field."""
@@ -106,8 +112,10 @@ class BandSpec(_Checked):
             _fail("nodata_fill", f"one of {bands_lib.FILL_MODES}", self.nodata_fill)
 
     def band_plan(self, record: dict, bands=None) -> augment.BandPlan:
-        """The BandPlan from the record's stored bands to ``bands`` (default: the model's)."""
-        return augment.record_band_plan(record, bands or self.bands, self.norm,
+        """The BandPlan from the record's stored bands to ``bands`` (default: its set's
+        :data:`RECORD_BANDS`, else the model's)."""
+        bands = bands or record.get(RECORD_BANDS) or self.bands
+        return augment.record_band_plan(record, bands, self.norm,
                                         self.zero_fill_b10)
 
     def render_geometry(self, image: np.ndarray, plan: augment.BandPlan,

@@ -133,7 +133,8 @@ def change_splits(dataset: str, train_split: str | None = None, eval_split: str 
     if eval_split is None:
         eval_split = "test" if "test" in prefixes else "heldout"
     if train_split is None:
-        train_split = "train" if "train" in prefixes and dataset != "synthetic" else None
+        synthetic = datasets.synthetic_modality(dataset) is not None  # also synthetic:s1
+        train_split = "train" if "train" in prefixes and not synthetic else None
     kw = {"num_classes": len(CLASSES), "multilabel": False}
     test = datasets.open_split(dataset, eval_split, **kw)
     if test is None:
@@ -177,11 +178,13 @@ def change_detection_probe(model, variables, train_split, train_indices, test_sp
                            config: dense_probe.SegConfig = dense_probe.config_for("upernet"),
                            dates=None, class_weighting: bool = True,
                            feature_batch: int = 256, bootstrap: int = 0,
-                           bootstrap_seed: int = 0) -> dict:
+                           bootstrap_seed: int = 0, wavelengths=None) -> dict:
     """Trains on ``train_split[train_indices]`` pairs, scores on ``test_split[test_indices]``;
     ``change_report`` plus ``train_loss``, ``class_weights`` and the training
     ``change_fraction``; with ``bootstrap`` B > 0 also ``ci95`` (95% percentile intervals of the
-    report's figures over B resamples of the test pairs, seeded by ``bootstrap_seed``)."""
+    report's figures over B resamples of the test pairs, seeded by ``bootstrap_seed``).
+    ``wavelengths`` (C,): those of ``preprocess``'s bands for a wavelength-conditioned encoder
+    (DOFA), else None."""
     dense_probe.check_config(config)
     parts = list(read_pairs(train_split, train_indices, preprocess, dates))
     pairs, maps = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -190,7 +193,8 @@ def change_detection_probe(model, variables, train_split, train_indices, test_sp
     features = dense_probe.Features(model, img_size,
                                     blocks=dense_probe.feature_blocks(model, config), pair=True)
     segmenter = dense_probe.fit(features, variables, pairs, maps, num_classes=len(CLASSES),
-                                config=config, batch=batch, class_weights=weights)
+                                config=config, batch=batch, class_weights=weights,
+                                wavelengths=wavelengths)
     per_pair = dense_probe.image_confusions(
         segmenter, read_pairs(test_split, test_indices, preprocess, dates, chunk=batch),
         len(CLASSES))

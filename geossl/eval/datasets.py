@@ -27,7 +27,9 @@ Images are prepared on the host as the backbone was trained (``Preprocess``): on
 (``acquisition``, default 0) of (T, H, W, C), the bands named by the training config
 (``config.data.bands``) picked by name (B10, absent from L2A products, is a zero band as in
 REFERENCE §2), then ``config.data.norm``; resizing to the model's input size happens on the
-device (``features.extract_features``).
+device (``features.extract_features``). A wavelength-conditioned encoder (DOFA) is not tied to its
+training bands: the probes give it the dataset's bands (``LabelledSplit.band_names``, or
+``--bands``) and their wavelengths.
 """
 
 from __future__ import annotations
@@ -126,6 +128,11 @@ class LabelledSplit:
         """The encoded labels of ``indices`` (as ``read`` yields them) without reading images."""
         raise NotImplementedError
 
+    def band_names(self) -> tuple[str, ...]:
+        """The band names of the split's first example, in stored order (the input bands of a
+        wavelength-conditioned encoder that is given no ``--bands``)."""
+        raise NotImplementedError
+
     def encode_labels(self, label_lists: Sequence[np.ndarray]) -> np.ndarray:
         if self.multilabel:
             out = np.zeros((len(label_lists), self.num_classes), np.float32)
@@ -199,6 +206,9 @@ class RecordSplit(LabelledSplit):
         return self.encode_labels([self.record_labels(self.records[int(i)], acquisition)
                                    for i in indices])
 
+    def band_names(self):
+        return tuple(str(b) for b in self.records[0]["bands"])
+
     def read(self, indices, preprocess, chunk=64):
         images, labels = [], []
         for i in indices:
@@ -265,6 +275,12 @@ class TfdsSplit(LabelledSplit):
         if "image" in example:  # rgb configs
             return np.asarray(example["image"]), ("B4", "B3", "B2")
         raise ValueError(f"{self.name}: no image feature in {sorted(example)}")
+
+    def band_names(self):
+        ds = self.tfds.as_numpy(self.builder.as_dataset(split=self.split, shuffle_files=False))
+        for example in ds:
+            return tuple(self._image(example)[1])
+        raise ValueError(f"{self.name}: no examples")
 
     def labels(self, indices, acquisition=0):
         del acquisition  # one acquisition per TFDS example
@@ -441,10 +457,12 @@ def probe_splits(dataset: str, train_split: str = "train", eval_split: str = "he
 
 def features_and_labels(model, variables, split: LabelledSplit, indices, preprocess: Preprocess,
                         *, mode: str = "cls", batch_size: int = 256, img_size: int | None = None,
-                        devices=None, layers: tuple[int, ...] | None = None, family=None):
+                        devices=None, layers: tuple[int, ...] | None = None, family=None,
+                        wavelengths=None):
     """Frozen features (N, F) and labels of ``split[indices]``; with ``layers`` (block / stage
     indices of ``family``'s models, :func:`features.extract_layer_features`) the features are a
-    list of (N, F_l) arrays, one per layer, from one forward pass."""
+    list of (N, F_l) arrays, one per layer, from one forward pass. ``wavelengths`` (C,): those
+    of ``preprocess``'s bands for a wavelength-conditioned model (DOFA), else None."""
     from geossl.eval import features
     labels = []
 
@@ -454,7 +472,7 @@ def features_and_labels(model, variables, split: LabelledSplit, indices, preproc
             yield chunk
 
     kw = dict(mode=mode, batch_size=max(1, min(int(batch_size), len(indices))),  # no padding
-              img_size=img_size, devices=devices)
+              img_size=img_size, devices=devices, wavelengths=wavelengths)
     if layers is None:
         feats = features.extract_features(model, variables, images(), **kw)
     else:

@@ -3,7 +3,9 @@ decoder trained on them with the encoder frozen or fine-tuned, and its per-pixel
 
 ``Features`` turns inputs into feature levels (finest first): images (B, H, W, C) resized to the
 model's input size, or pairs (B, 2, H, W, C) whose levels are |levels(date 2) − levels(date 1)|
-(one encoder on both dates). ``fit`` trains a decoder (``segmentation_heads.build_head``) on
+(one encoder on both dates). A wavelength-conditioned encoder (DOFA) gets the inputs' band
+wavelengths (C,) (``fit(..., wavelengths=)``, held by the ``Encoder``) as an argument of every
+jitted forward. ``fit`` trains a decoder (``segmentation_heads.build_head``) on
 levels standardised per channel with statistics of the training inputs (of the initial encoder),
 by per-pixel softmax cross entropy over the labelled pixels (optionally class-weighted), AdamW,
 a fixed number of steps whatever the data size (batches cycle through seeded permutations).
@@ -37,6 +39,7 @@ from geossl.eval import layer_decay as layer_decay_lib
 from geossl.eval import upernet
 from geossl.eval import segmentation_heads as heads
 from geossl.eval import segmentation_metrics as seg_metrics
+from geossl.eval.features import wavelength_kwargs
 
 MODES = ("frozen", "finetune")
 SCHEDULES = ("cosine", "multistep")
@@ -108,7 +111,7 @@ class Features:
     blocks: tuple[int, ...] = ()
     pair: bool = False
 
-    def __call__(self, variables, x, *, train: bool = False, mutable=False):
+    def __call__(self, variables, x, *, train: bool = False, mutable=False, wavelengths=None):
         b = x.shape[0]
         if self.pair:
             if x.ndim != 5 or x.shape[1] != 2:
@@ -116,7 +119,8 @@ class Features:
                                  f"{tuple(x.shape)}")
             x = jnp.concatenate([x[:, 0], x[:, 1]])  # one forward over both dates
         result = heads.encoder_levels(self.model, variables, resize_input(x, self.img_size),
-                                      train=train, mutable=mutable, blocks=self.blocks)
+                                      train=train, mutable=mutable, blocks=self.blocks,
+                                      wavelengths=wavelengths)
         levels, updates = result if mutable else (result, None)
         if self.pair:
             levels = [jnp.abs(lv[b:] - lv[:b]) for lv in levels]
@@ -154,17 +158,21 @@ def _batches(arrays, batch: int):
 
 class Encoder:
     """``Features`` at a fixed batch size: one compiled forward serves the training levels, the
-    statistics and the evaluation (BatchNorm in inference mode)."""
+    statistics and the evaluation (BatchNorm in inference mode). ``wavelengths`` (C,): the
+    inputs' band wavelengths for a wavelength-conditioned encoder (DOFA), else None."""
 
-    def __init__(self, features: Features, batch: int):
+    def __init__(self, features: Features, batch: int, wavelengths=None):
         self.features, self.batch = features, int(batch)
-        self._forward = jax.jit(lambda v, x: features(v, x))
+        wavelength_kwargs(features.model, wavelengths)  # fixed-band families refuse them
+        self.wavelengths = None if wavelengths is None else jnp.asarray(wavelengths, jnp.float32)
+        self._forward = jax.jit(lambda v, x, w: features(v, x, wavelengths=w))
 
     def levels(self, variables, inputs) -> list[np.ndarray]:
         """[(N, h, w, c), …] float32 of all ``inputs`` (N, …), in padded batches."""
         outputs = None
         for (x,), real in _batches([inputs], self.batch):
-            levels = [np.asarray(lv)[:real] for lv in self._forward(variables, jnp.asarray(x))]
+            levels = [np.asarray(lv)[:real]
+                      for lv in self._forward(variables, jnp.asarray(x), self.wavelengths)]
             outputs = [[] for _ in levels] if outputs is None else outputs
             for store, level in zip(outputs, levels):
                 store.append(level)
@@ -298,14 +306,16 @@ def finetune_multipliers(model, params, config: SegConfig):
 def train_finetune(encoder: Encoder, variables, inputs, maps, *, num_classes: int,
                    config: SegConfig, class_weights=None) -> Segmenter:
     """Encoder and decoder trained together (module docstring)."""
-    features = encoder.features
+    features, wavelengths = encoder.features, encoder.wavelengths
     others = {k: v for k, v in variables.items() if k != "params"}
     mutable = ["batch_stats"] if "batch_stats" in others else False
     batches = batch_indices(len(maps), config)
     if mutable:  # levels as training sees them: BatchNorm on the statistics of each batch
-        forward = jax.jit(lambda v, x: features(v, x, train=True, mutable=mutable)[0])
+        forward = jax.jit(lambda v, x, w: features(v, x, train=True, mutable=mutable,
+                                                   wavelengths=w)[0])
         first = batches[:max(1, -(-len(maps) // config.batch_size))]  # about one epoch
-        parts = [[np.asarray(lv) for lv in forward(variables, jnp.asarray(inputs[index]))]
+        parts = [[np.asarray(lv) for lv in forward(variables, jnp.asarray(inputs[index]),
+                                                   wavelengths)]
                  for index in first]
         levels = [np.concatenate(level) for level in zip(*parts)]
     else:
@@ -320,13 +330,14 @@ def train_finetune(encoder: Encoder, variables, inputs, maps, *, num_classes: in
         layer_decay_lib.scale_updates(finetune_multipliers(features.model, params, config)))
 
     @jax.jit
-    def step(params, others, head_state, opt_state, x, labels, rng):
+    def step(params, others, head_state, opt_state, x, labels, rng, wavelengths):
         def loss_fn(p):
             enc = {**others, "params": p["encoder"]}
             if mutable:
-                levels, updates = features(enc, x, train=True, mutable=mutable)
+                levels, updates = features(enc, x, train=True, mutable=mutable,
+                                           wavelengths=wavelengths)
             else:
-                levels, updates = features(enc, x), {}
+                levels, updates = features(enc, x, wavelengths=wavelengths), {}
             logits, head_updates = head_logits(head, {**head_state, "params": p["head"]}, levels,
                                                stats, train=True, rng=rng)
             return _loss(logits, labels, class_weights), (updates, head_updates)
@@ -341,19 +352,20 @@ def train_finetune(encoder: Encoder, variables, inputs, maps, *, num_classes: in
     for i, index in enumerate(batches):
         params, others, head_state, opt_state, loss = step(
             params, others, head_state, opt_state, inputs[index], maps[index],
-            jax.random.fold_in(key, i))
+            jax.random.fold_in(key, i), wavelengths)
     return Segmenter(encoder, {**others, "params": params["encoder"]}, head,
                      {**head_state, "params": params["head"]}, stats, float(loss))
 
 
 def fit(features: Features, variables, inputs, maps, *, num_classes: int, config: SegConfig,
-        batch: int, class_weights=None) -> Segmenter:
+        batch: int, class_weights=None, wavelengths=None) -> Segmenter:
     """Trains the decoder (and, fine-tuned, the encoder) on ``inputs`` (N, …) and maps (N, H, W);
-    ``batch``: inputs per encoder forward when levels are computed outside training steps."""
+    ``batch``: inputs per encoder forward when levels are computed outside training steps;
+    ``wavelengths`` (C,): the inputs' band wavelengths for a wavelength-conditioned encoder."""
     check_config(config)
     train = train_frozen if config.mode == "frozen" else train_finetune
-    return train(Encoder(features, batch), jax.device_put(dict(variables)), inputs, maps,
-                 num_classes=num_classes, config=config, class_weights=class_weights)
+    return train(Encoder(features, batch, wavelengths), jax.device_put(dict(variables)), inputs,
+                 maps, num_classes=num_classes, config=config, class_weights=class_weights)
 
 
 def image_confusions(segmenter: Segmenter, batches, num_classes: int) -> np.ndarray:

@@ -19,6 +19,13 @@ space, the last stage being the model's ``embedding`` (a Swin's final-normed map
 Images are resized to the model's input size as the lab's eval transform does ("resize 256 +
 centre crop 224"): shorter side to ``round(img_size / crop_ratio)``, then the central
 ``img_size × img_size``; images already ``img_size`` square pass untouched.
+
+Wavelengths: a wavelength-conditioned encoder (DOFA, ``Family.wavelengths``) reads any bands, so
+every function here takes ``wavelengths`` (C,) µm, one per band of the images
+(:func:`input_wavelengths` of their band names), and hands them to the model call through
+``Family.wavelength_kwargs`` (:func:`wavelength_kwargs`): None for the other families, which
+refuse them (their first layer has one fixed band order). In the jitted forward they are an
+array argument, so one program serves every sensor with the same band count.
 """
 
 from __future__ import annotations
@@ -52,6 +59,47 @@ def resize_center_crop(images: jax.Array, img_size: int | None, crop_ratio: floa
     return images[:, top:top + img_size, left:left + img_size, :]
 
 
+@functools.lru_cache(maxsize=None)
+def _family_of_class(cls):
+    from geossl import models
+    for family in models.families():
+        if issubclass(cls, type(family.build(family.names[0]))):
+            return family
+    return None
+
+
+def model_family(model):
+    """The ``geossl.models.Family`` whose models are of ``model``'s class; None for a module of
+    no geossl family (a test stub)."""
+    return _family_of_class(type(model))
+
+
+def wavelength_kwargs(model, wavelengths=None) -> dict:
+    """The keywords that give ``wavelengths`` (C,) to ``model.apply``: ``{}`` for None;
+    ``Family.wavelength_kwargs`` of the model's family (ValueError for a fixed-band family:
+    ViT, Swin, ResNet); passed on as they are to a module of no geossl family."""
+    if wavelengths is None:
+        return {}
+    family = model_family(model)
+    if family is None:
+        return {"wavelengths": wavelengths}
+    return family.wavelength_kwargs(type(model).__name__, wavelengths)
+
+
+def input_wavelengths(model, bands, table=None) -> np.ndarray | None:
+    """(C,) float32 central wavelengths (µm, ``geossl.data.bands.wavelengths``; ``table``: the
+    run's ``config.data.wavelengths`` over its table) of the input ``bands`` for a
+    wavelength-conditioned ``model`` (DOFA); None for any other model."""
+    family = model_family(model)
+    if family is None or not family.wavelengths:
+        return None
+    if not bands:
+        raise ValueError(f"{type(model).__name__}: a wavelength-conditioned encoder needs the band "
+                         "names of its input (for their wavelengths); found none")
+    from geossl.data import bands as bands_lib
+    return bands_lib.wavelengths(list(bands), bands_lib.check_wavelength_table(table))
+
+
 def _num_blocks(model) -> int:
     depth = getattr(model, "depth", None)
     if depth is None:
@@ -67,12 +115,14 @@ def feature_dim(model, mode: str) -> int:
             "dinov2_4layer+avgpool": 5 * d}[mode]
 
 
-def apply_features(model, variables, images, mode: str = "cls"):
-    """Features (B, F) float32 of a batch (B, H, W, C) at the model's input size; traceable."""
+def apply_features(model, variables, images, mode: str = "cls", *, wavelengths=None):
+    """Features (B, F) float32 of a batch (B, H, W, C) at the model's input size (``wavelengths``
+    (C,): see the module docstring); traceable."""
     if mode not in MODES:
         raise ValueError(f"feature mode: expected one of {MODES}, found {mode!r}")
+    waves = wavelength_kwargs(model, wavelengths)
     if mode == "cls":
-        return model.apply(variables, images, train=False)["embedding"].astype(jnp.float32)
+        return model.apply(variables, images, train=False, **waves)["embedding"].astype(jnp.float32)
     layers = ()
     if mode.startswith("dinov2_4layer"):
         depth = _num_blocks(model)
@@ -80,7 +130,7 @@ def apply_features(model, variables, images, mode: str = "cls"):
             raise ValueError(f"mode {mode!r} needs at least 4 blocks; the model has {depth}")
         layers = tuple(range(depth - 4, depth))
     try:
-        out = model.apply(variables, images, train=False,
+        out = model.apply(variables, images, train=False, **waves,
                           **({"return_layers": layers} if layers else {}))
     except TypeError as e:  # a backbone without intermediate-layer outputs
         raise ValueError(f"feature mode {mode!r} needs a ViT; {type(model).__name__}: {e}") from e
@@ -143,14 +193,16 @@ def resolve_layers(spec, count: int) -> tuple[int, ...]:
 
 
 def apply_layer_features(model, variables, images, layers: tuple[int, ...], source: str,
-                         mode: str = "cls") -> tuple:
+                         mode: str = "cls", *, wavelengths=None) -> tuple:
     """Features (B, F_l) float32 of each of ``layers`` (non-negative block / stage indices) of a
-    batch (B, H, W, C), one forward pass; ``source`` from :func:`layer_source`; traceable."""
+    batch (B, H, W, C), one forward pass; ``source`` from :func:`layer_source`; ``wavelengths``
+    (C,) as :func:`apply_features`; traceable."""
+    waves = wavelength_kwargs(model, wavelengths)
     if source == "stages":
         if mode != "cls":
             raise ValueError(f"per-stage features are pooled maps: expected mode 'cls', found "
                              f"{mode!r}")
-        out = model.apply(variables, images, train=False)
+        out = model.apply(variables, images, train=False, **waves)
         last = len(out["features"]) - 1
         return tuple((out["embedding"] if i == last else
                       out["features"][i].astype(jnp.float32).mean(axis=(1, 2))).astype(jnp.float32)
@@ -158,7 +210,7 @@ def apply_layer_features(model, variables, images, layers: tuple[int, ...], sour
     if mode not in LAYER_MODES:
         raise ValueError(f"per-block features: expected mode in {LAYER_MODES}, found {mode!r} "
                          f"(dinov2_4layer is --mode cls --layers=-4,-3,-2,-1 --layers_concat)")
-    out = model.apply(variables, images, train=False, return_layers=tuple(layers))
+    out = model.apply(variables, images, train=False, return_layers=tuple(layers), **waves)
     prefix = int(getattr(model, "num_prefix_tokens", 1))  # CLS (+ registers)
     feats = []
     for tokens in out["intermediates"]:
@@ -193,14 +245,16 @@ def _static(model):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
-def _forward(model, mode, img_size, crop_ratio, layers, source, variables, images):
-    """A tuple of feature arrays: ``mode``'s features, or one per layer of ``layers``."""
+def _forward(model, mode, img_size, crop_ratio, layers, source, variables, images, wavelengths):
+    """A tuple of feature arrays: ``mode``'s features, or one per layer of ``layers``;
+    ``wavelengths`` (C,) float32 or None (a traced argument: one program per band count)."""
     if isinstance(model, _ByIdentity):
         model = model.module
     images = resize_center_crop(images.astype(jnp.float32), img_size, crop_ratio)
     if layers is None:
-        return (apply_features(model, variables, images, mode),)
-    return apply_layer_features(model, variables, images, layers, source, mode)
+        return (apply_features(model, variables, images, mode, wavelengths=wavelengths),)
+    return apply_layer_features(model, variables, images, layers, source, mode,
+                                wavelengths=wavelengths)
 
 
 def _batches(images_iter, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
@@ -229,32 +283,37 @@ def _batches(images_iter, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
 
 def extract_features(model, variables, images_iter: Iterable | np.ndarray, *, mode: str = "cls",
                      batch_size: int = 256, img_size: int | None = None,
-                     crop_ratio: float = CROP_RATIO, devices=None) -> np.ndarray:
+                     crop_ratio: float = CROP_RATIO, devices=None,
+                     wavelengths=None) -> np.ndarray:
     """Features (N, F) float32 of all images, in order.
 
     ``images_iter``: an array (N, H, W, C) or an iterable of arrays (b, H, W, C) (any b, last one
     ragged), already band-selected and normalised. Each batch is split over ``devices`` (default:
     this process's devices) along the batch axis; ``batch_size`` is rounded up to a multiple of the
     device count and the last batch zero-padded, so one program serves every batch.
-    ``img_size``: the model's input size (None: images are fed as they are)."""
+    ``img_size``: the model's input size (None: images are fed as they are).
+    ``wavelengths``: (C,) µm of the images' bands for a wavelength-conditioned model (DOFA;
+    :func:`input_wavelengths`), None for the others (which refuse them: ValueError)."""
     return _extract(model, variables, images_iter, mode, None, None, batch_size, img_size,
-                    crop_ratio, devices)[0]
+                    crop_ratio, devices, wavelengths)[0]
 
 
 def extract_layer_features(model, variables, images_iter: Iterable | np.ndarray, *,
                            layers: tuple[int, ...], family, mode: str = "cls",
                            batch_size: int = 256, img_size: int | None = None,
-                           crop_ratio: float = CROP_RATIO, devices=None) -> list[np.ndarray]:
+                           crop_ratio: float = CROP_RATIO, devices=None,
+                           wavelengths=None) -> list[np.ndarray]:
     """Per-layer features: a list of (N, F_l) float32, one per index of ``layers`` (resolved,
     :func:`resolve_layers`), of ``family``'s ``model`` (see the module docstring); one forward
-    pass per batch, batched as :func:`extract_features`."""
+    pass per batch, batched (and given ``wavelengths``) as :func:`extract_features`."""
     return _extract(model, variables, images_iter, mode, tuple(int(i) for i in layers),
-                    layer_source(family), batch_size, img_size, crop_ratio, devices)
+                    layer_source(family), batch_size, img_size, crop_ratio, devices, wavelengths)
 
 
 def _extract(model, variables, images_iter, mode, layers, source, batch_size, img_size,
-             crop_ratio, devices) -> list[np.ndarray]:
+             crop_ratio, devices, wavelengths) -> list[np.ndarray]:
     from geossl.parallel import mesh as mesh_lib
+    wavelength_kwargs(model, wavelengths)  # a fixed-band family refuses them before any compile
     devices = list(jax.local_devices() if devices is None else devices)
     mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "model": 1}, devices)
     n_dev = len(devices)
@@ -267,6 +326,9 @@ def _extract(model, variables, images_iter, mode, layers, source, batch_size, im
         from jax.experimental import multihost_utils
         variables = multihost_utils.process_allgather(variables, tiled=True)
     variables = jax.device_put(variables, mesh_lib.replicated(mesh))
+    if wavelengths is not None:
+        wavelengths = jax.device_put(np.asarray(wavelengths, np.float32),
+                                     mesh_lib.replicated(mesh))
     static_model = _static(model)
     outputs, pending = [], None
 
@@ -277,7 +339,7 @@ def _extract(model, variables, images_iter, mode, layers, source, batch_size, im
     for batch, real in _batches(images_iter, batch_size):
         x = jax.device_put(batch, mesh_lib.batch_sharding(mesh, batch.ndim))
         features = _forward(static_model, mode, img_size, float(crop_ratio), layers, source,
-                            variables, x)
+                            variables, x, wavelengths)
         if pending is not None:  # fetch the previous batch while this one runs
             collect(pending)
         pending = (features, real)

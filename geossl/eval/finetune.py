@@ -16,7 +16,8 @@ over classes (torch ``MultiLabelSoftMarginLoss``). Evaluation: resize + centre c
 probe (``features.resize_center_crop``), BatchNorm on running averages, no drop path.
 Batches are consecutive seeded permutations of the training examples cut into full batches of
 ``batch_size`` (at most the example count); steps = epochs · ⌈N / batch⌉. The training examples
-are held in host memory.
+are held in host memory. A wavelength-conditioned encoder (DOFA) gets the images' band
+wavelengths (C,) (``wavelengths=``) as an argument of every jitted step and forward.
 
 Command line: ``python -m geossl.eval.finetune`` (:mod:`geossl.cli.finetune`).
 """
@@ -34,7 +35,7 @@ import optax
 from geossl.data import augment
 from geossl.eval import bootstrap as bootstrap_lib
 from geossl.eval import layer_decay
-from geossl.eval.features import CROP_RATIO, resize_center_crop
+from geossl.eval.features import CROP_RATIO, resize_center_crop, wavelength_kwargs
 from geossl.train.optim import decay_mask
 
 
@@ -122,22 +123,26 @@ def _with_drop_path(model, rate: float):
 
 @dataclasses.dataclass
 class Classifier:
-    """An encoder + linear head: ``logits(images (N, H, W, C)) → (N, K)`` in evaluation mode."""
+    """An encoder + linear head: ``logits(images (N, H, W, C)) → (N, K)`` in evaluation mode;
+    ``wavelengths`` (C,): the images' band wavelengths for a wavelength-conditioned encoder."""
 
     model: object
     variables: dict          # the encoder's ({"params"[, "batch_stats"]})
     head: dict               # {"kernel" (D, K), "bias" (K,)}
     img_size: int | None
     batch: int = 64
+    wavelengths: object = None
 
     def __post_init__(self):
         model, img_size = self.model, self.img_size
+        wavelength_kwargs(model, self.wavelengths)  # fixed-band families refuse them
 
         @jax.jit
-        def forward(variables, head, x):
+        def forward(variables, head, x, wavelengths):
             x = resize_center_crop(x, img_size, CROP_RATIO)
-            embedding = model.apply(variables, x, train=False)["embedding"].astype(jnp.float32)
-            return embedding @ head["kernel"] + head["bias"]
+            embedding = model.apply(variables, x, train=False,
+                                    **wavelength_kwargs(model, wavelengths))["embedding"]
+            return embedding.astype(jnp.float32) @ head["kernel"] + head["bias"]
 
         self._forward = forward
 
@@ -149,8 +154,8 @@ class Classifier:
             pad = self.batch - len(chunk)
             if pad:
                 chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-            out.append(np.asarray(self._forward(self.variables, self.head, chunk))[
-                :self.batch - pad])
+            out.append(np.asarray(self._forward(self.variables, self.head, chunk,
+                                                self.wavelengths))[:self.batch - pad])
         return np.concatenate(out).astype(np.float64)
 
 
@@ -161,10 +166,14 @@ def init_head(model, num_classes: int, config: FinetuneConfig) -> dict:
 
 
 def train_classifier(model, variables, images, labels, *, num_classes: int, multilabel: bool,
-                     img_size: int | None, config: FinetuneConfig = FinetuneConfig()
-                     ) -> tuple[Classifier, list[float]]:
+                     img_size: int | None, config: FinetuneConfig = FinetuneConfig(),
+                     wavelengths=None) -> tuple[Classifier, list[float]]:
     """Fine-tunes on images (N, H, W, C) and labels ((N, K) multi-hot or (N,) class ids); returns
-    the classifier and the per-step training losses."""
+    the classifier and the per-step training losses. ``wavelengths`` (C,): the images' band
+    wavelengths for a wavelength-conditioned encoder (DOFA), else None."""
+    wavelength_kwargs(model, wavelengths)  # fixed-band families refuse them before compiling
+    if wavelengths is not None:
+        wavelengths = jnp.asarray(wavelengths, jnp.float32)
     images = np.asarray(images, np.float32)
     n = len(images)
     if n == 0:
@@ -180,9 +189,10 @@ def train_classifier(model, variables, images, labels, *, num_classes: int, mult
     smoothing = 0.0 if multilabel else config.label_smoothing
 
     @jax.jit
-    def step(params, others, opt_state, x, y, rng):
+    def step(params, others, opt_state, x, y, rng, wavelengths):
         def loss_fn(p):
             kw = {"rngs": {"dropout": rng}, "stochastic": True} if stochastic else {}
+            kw.update(wavelength_kwargs(train_model, wavelengths))
             result = train_model.apply({**others, "params": p["encoder"]}, x, train=True,
                                        mutable=mutable, **kw)
             out, updates = result if mutable else (result, {})
@@ -202,10 +212,10 @@ def train_classifier(model, variables, images, labels, *, num_classes: int, mult
     for i, index in enumerate(order):
         x = augment_batch(images[index], rng, img_size, config)
         params, others, opt_state, loss = step(params, others, opt_state, x, labels[index],
-                                               jax.random.fold_in(key, i))
+                                               jax.random.fold_in(key, i), wavelengths)
         losses.append(loss)
     classifier = Classifier(model, {**others, "params": params["encoder"]}, params["head"],
-                            img_size)
+                            img_size, wavelengths=wavelengths)
     return classifier, [float(v) for v in jax.device_get(losses)]
 
 
@@ -230,15 +240,16 @@ def evaluate(classifier: Classifier, split, indices, preprocess, *, multilabel: 
 
 def finetune_probe(model, variables, train_split, train_indices, test_split, test_indices,
                    preprocess, *, img_size, config: FinetuneConfig = FinetuneConfig(),
-                   bootstrap: int = 0, bootstrap_seed: int = 0) -> dict:
+                   bootstrap: int = 0, bootstrap_seed: int = 0, wavelengths=None) -> dict:
     """Fine-tunes on ``train_split[train_indices]``, scores on ``test_split[test_indices]``; the
     metrics (with ``ci95`` when ``bootstrap`` > 0) plus ``train_loss`` (the last step's) and
-    ``steps``."""
+    ``steps``. ``wavelengths`` (C,): those of ``preprocess``'s bands for a
+    wavelength-conditioned encoder (DOFA), else None."""
     images, labels = load_examples(train_split, train_indices, preprocess)
     classifier, losses = train_classifier(
         model, jax.device_get(dict(variables)), images, labels,
         num_classes=test_split.num_classes, multilabel=test_split.multilabel, img_size=img_size,
-        config=config)
+        config=config, wavelengths=wavelengths)
     result = evaluate(classifier, test_split, test_indices, preprocess,
                       multilabel=test_split.multilabel, bootstrap=bootstrap,
                       bootstrap_seed=bootstrap_seed)

@@ -17,7 +17,9 @@ The batch: the first ``num_examples`` records of ``config.monitor.data`` (defaul
 held-out shards beside the first training shard, ``geossl.data.files.heldout_pattern``; without
 any, ``num_examples`` training records drawn with a fixed seed), prepared as the probes do
 (``datasets.Preprocess``: acquisition 0, the config's bands and normalisation, no augmentation;
-resized and centre-cropped to the model's size on the device). ``config.monitor`` fields
+resized and centre-cropped to the model's size on the device). A wavelength-conditioned backbone
+(DOFA) gets the wavelengths of those bands (``config.data.bands``, else the records' own), or the
+``wavelengths`` given to ``make_monitor``. ``config.monitor`` fields
 (defaults in ``configs/common.py``): ``every`` (-1: every ``log_every`` steps; 0: off), ``data``,
 ``num_examples``, ``std_ratio_threshold``.
 """
@@ -33,7 +35,7 @@ import numpy as np
 from absl import logging
 
 from geossl.eval import datasets, health
-from geossl.eval.features import extract_features
+from geossl.eval.features import extract_features, input_wavelengths, wavelength_kwargs
 from geossl.models.from_config import create_from_config
 from geossl.objectives.base import Fields
 
@@ -64,6 +66,11 @@ def monitor_records(config, train_files=None) -> tuple[list[dict], str]:
     return [source[int(i)] for i in np.sort(picks)], f"training records (seed {TRAIN_DRAW_SEED})"
 
 
+def input_bands(config, records) -> tuple[str, ...]:
+    """The bands of the prepared images: ``config.data.bands``, else the first record's."""
+    return datasets.Preprocess.from_config(config).bands or tuple(records[0]["bands"])
+
+
 def prepare_images(config, records) -> np.ndarray:
     """(N, H, W, C) float32 images of ``records`` prepared as the probes do."""
     preprocess = datasets.Preprocess.from_config(config)
@@ -78,12 +85,16 @@ def prepare_images(config, records) -> np.ndarray:
 class CollapseMonitor:
     """An evaluator hook of the trainer's ``run``: ``hook(step, backbone)`` → ``monitor/...``
     figures of ``model`` with ``backbone`` ({"params", ["batch_stats"]}) on ``images``
-    (N, H, W, C), every ``every`` steps; warns once per fall under ``std_ratio_threshold``."""
+    (N, H, W, C), every ``every`` steps; warns once per fall under ``std_ratio_threshold``.
+    ``wavelengths`` (C,): the images' band wavelengths for a wavelength-conditioned model (DOFA),
+    else None (fixed-band families refuse them: ValueError)."""
 
     def __init__(self, model, images: np.ndarray, every: int, std_ratio_threshold: float,
-                 img_size: int | None = None):
+                 img_size: int | None = None, wavelengths=None):
         if int(every) <= 0:
             raise ValueError(f"collapse monitor: expected every > 0 steps, found {every}")
+        wavelength_kwargs(model, wavelengths)
+        self.wavelengths = None if wavelengths is None else np.asarray(wavelengths, np.float32)
         self.model, self.images, self.every = model, np.asarray(images, np.float32), int(every)
         self.threshold, self.img_size = float(std_ratio_threshold), img_size
         self.below = False  # whether the last figure was under the threshold
@@ -92,7 +103,8 @@ class CollapseMonitor:
         jax.block_until_ready(backbone)  # the queued train steps are not the monitor's time
         t0 = time.perf_counter()
         embeddings = extract_features(self.model, backbone, self.images, mode="cls",
-                                      batch_size=len(self.images), img_size=self.img_size)
+                                      batch_size=len(self.images), img_size=self.img_size,
+                                      wavelengths=self.wavelengths)
         figures = health.collapse_figures(embeddings)
         figures["monitor/time_s"] = time.perf_counter() - t0
         ratio = figures["monitor/embedding_std_ratio"]
@@ -106,9 +118,11 @@ class CollapseMonitor:
         return figures
 
 
-def make_monitor(config, train_files=None) -> CollapseMonitor | None:
+def make_monitor(config, train_files=None, *, wavelengths=None) -> CollapseMonitor | None:
     """The collapse-monitor hook of ``config`` (its ``config.model`` backbone, the batch read
-    once), or None when ``config.monitor.every`` is 0 or the section is missing."""
+    once), or None when ``config.monitor.every`` is 0 or the section is missing. A
+    wavelength-conditioned backbone (DOFA) is given ``wavelengths`` (C,), default those of the
+    batch's bands (:func:`input_bands`)."""
     if "monitor" not in config:
         return None
     fields = Fields(config.monitor, "config.monitor")
@@ -121,5 +135,9 @@ def make_monitor(config, train_files=None) -> CollapseMonitor | None:
     records, where = monitor_records(config, train_files)
     images = prepare_images(config, records)
     logging.info("collapse monitor: %d images (%s) every %d steps", len(images), where, every)
-    return CollapseMonitor(create_from_config(config.model), images, every, threshold,
-                           config.model.get("img_size", None))
+    model = create_from_config(config.model)
+    if wavelengths is None:
+        wavelengths = input_wavelengths(model, input_bands(config, records),
+                                        config.get("data", {}).get("wavelengths", None))
+    return CollapseMonitor(model, images, every, threshold, config.model.get("img_size", None),
+                           wavelengths=wavelengths)

@@ -11,6 +11,10 @@ extracts features, runs the kNN classifier and a short linear probe, and returns
     {"probe/knn_map_micro", "probe/linear_map_micro", "probe/linear_map_macro", ..., "probe/time_s"}
     (single-label data: "probe/knn_top1", "probe/linear_top1")
 
+A wavelength-conditioned backbone (DOFA) gets the wavelengths of the records' prepared bands
+(``config.data.bands``, else the first record's), or the ``wavelengths`` given to
+``make_online_probe`` / ``OnlineProbe``.
+
 ``config.probe`` fields (defaults and meanings in ``configs/common.py``): ``every`` (0 or missing:
 no probe), ``data``, ``num_examples``, ``mode``, ``knn_k``, ``knn_temperature``, ``linear_epochs``,
 ``linear_lr``, ``batch_size``, ``seed``.
@@ -24,7 +28,7 @@ import time
 
 import numpy as np
 
-from geossl.eval import datasets, knn, linear_probe
+from geossl.eval import datasets, features, knn, linear_probe
 
 
 def _probe_cfg(config) -> dict:
@@ -54,9 +58,10 @@ def load_holdout_records(config, train_files=None) -> list[dict]:
 
 
 class OnlineProbe:
-    """kNN and linear-probe metrics of a backbone on a fixed small labelled set."""
+    """kNN and linear-probe metrics of a backbone on a fixed small labelled set; ``wavelengths``
+    (C,) for a wavelength-conditioned backbone (default: those of the prepared bands)."""
 
-    def __init__(self, config, holdout_records):
+    def __init__(self, config, holdout_records, wavelengths=None):
         cfg = _probe_cfg(config)
         self.mode = str(cfg["mode"])
         self.k = int(cfg["knn_k"])
@@ -73,6 +78,9 @@ class OnlineProbe:
         self.num_classes, self.multilabel = split.num_classes, split.multilabel
         train_idx, test_idx = datasets.split_indices(len(split), 0.5, seed)
         preprocess = datasets.Preprocess.from_config(config)
+        self.bands = preprocess.bands or split.band_names()
+        self.wavelength_table = config.get("data", {}).get("wavelengths", None)
+        self.wavelengths = wavelengths
         self.train_images, self.train_labels = self._read(split, train_idx, preprocess)
         self.test_images, self.test_labels = self._read(split, test_idx, preprocess)
 
@@ -81,12 +89,19 @@ class OnlineProbe:
         chunks = list(split.read(indices, preprocess, chunk=len(indices)))
         return chunks[0]
 
+    def wavelengths_for(self, model):
+        """The wavelengths ``model`` is given: the explicit ones, else those of the prepared
+        bands for a wavelength-conditioned model, else None."""
+        if self.wavelengths is not None:
+            return self.wavelengths
+        return features.input_wavelengths(model, self.bands, self.wavelength_table)
+
     def __call__(self, model, variables) -> dict[str, float]:
-        from geossl.eval.features import extract_features
         t0 = time.perf_counter()
         images = np.concatenate([self.train_images, self.test_images])
-        feats = extract_features(model, variables, images, mode=self.mode,
-                                 batch_size=self.batch_size, img_size=self.img_size)
+        feats = features.extract_features(model, variables, images, mode=self.mode,
+                                          batch_size=self.batch_size, img_size=self.img_size,
+                                          wavelengths=self.wavelengths_for(model))
         n = len(self.train_images)
         train_x, test_x = feats[:n], feats[n:]
         kw = dict(num_classes=self.num_classes, multilabel=self.multilabel)
@@ -119,14 +134,17 @@ class OnlineProbeHook:
         return self.probe(self.model, backbone)
 
 
-def make_online_probe(config, train_files=None) -> OnlineProbeHook | None:
+def make_online_probe(config, train_files=None, *, wavelengths=None) -> OnlineProbeHook | None:
     """The online-probe hook of ``config`` (its own ``config.model`` backbone, held-out records
-    read once), or None when ``config.probe.every`` is 0 or missing."""
+    read once), or None when ``config.probe.every`` is 0 or missing; ``wavelengths`` (C,) for a
+    wavelength-conditioned backbone (default: those of the prepared bands)."""
     every = int(_probe_cfg(config).get("every", 0) or 0)
     if every == 0:
         return None
     if every < 0:
         raise ValueError(f"config.probe.every: expected a step count >= 0, found {every}")
     from geossl.models.from_config import create_from_config
-    probe = OnlineProbe(config, load_holdout_records(config, train_files))
-    return OnlineProbeHook(probe, create_from_config(config.model), every)
+    probe = OnlineProbe(config, load_holdout_records(config, train_files), wavelengths)
+    model = create_from_config(config.model)
+    features.wavelength_kwargs(model, probe.wavelengths_for(model))  # fixed bands refuse them
+    return OnlineProbeHook(probe, model, every)

@@ -156,9 +156,10 @@ def evaluate(segmenter: Segmenter, split, indices, preprocess, num_classes: int,
 def segmentation_probe(model, variables, train_split, train_indices, test_split, test_indices,
                        preprocess, *, img_size, config: SegConfig = SegConfig(),
                        feature_batch: int = 256, class_names=None, bootstrap: int = 0,
-                       bootstrap_seed: int = 0) -> dict:
+                       bootstrap_seed: int = 0, wavelengths=None) -> dict:
     """Trains on ``train_split[train_indices]``, scores on ``test_split[test_indices]``; the
-    metrics (with ``ci95`` when ``bootstrap`` > 0) plus ``train_loss``."""
+    metrics (with ``ci95`` when ``bootstrap`` > 0) plus ``train_loss``. ``wavelengths`` (C,):
+    those of ``preprocess``'s bands for a wavelength-conditioned encoder (DOFA), else None."""
     dense_probe.check_config(config)
     for split in (train_split, test_split):
         check_land_cover(split)
@@ -167,7 +168,7 @@ def segmentation_probe(model, variables, train_split, train_indices, test_split,
     batch = max(1, min(int(feature_batch), max(len(images), len(test_indices))))
     features = Features(model, img_size, blocks=feature_blocks(model, config))
     segmenter = dense_probe.fit(features, variables, images, maps, num_classes=num_classes,
-                                config=config, batch=batch)
+                                config=config, batch=batch, wavelengths=wavelengths)
     result = evaluate(segmenter, test_split, test_indices, preprocess, num_classes,
                       class_names=class_names, bootstrap=bootstrap,
                       bootstrap_seed=bootstrap_seed)

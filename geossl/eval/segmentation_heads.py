@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from geossl.eval import upernet
+from geossl.eval.features import wavelength_kwargs
 
 IGNORE_INDEX = 255
 HEADS = ("auto", "linear", "fpn", "upernet")
@@ -40,13 +41,15 @@ def _token_grid(model, tokens, images, exact: bool = False):
 
 
 def encoder_levels(model, variables, images, *, train: bool = False, mutable=False,
-                   blocks: tuple[int, ...] = ()):
+                   blocks: tuple[int, ...] = (), wavelengths=None):
     """Feature levels (finest first, each (B, h, w, c) float32) of ``images`` (B, H, W, C).
 
     ``blocks``: block indices of a ViT (its ``return_layers``) whose final-normed tokens are the
-    levels, one per block (pass none for stage-map encoders). With ``mutable`` (e.g.
-    ["batch_stats"]) returns ``(levels, updated collections)``."""
+    levels, one per block (pass none for stage-map encoders). ``wavelengths`` (C,): those of the
+    images' bands for a wavelength-conditioned encoder (DOFA; ``features.wavelength_kwargs``).
+    With ``mutable`` (e.g. ["batch_stats"]) returns ``(levels, updated collections)``."""
     kw = {"return_layers": tuple(blocks)} if blocks else {}
+    kw.update(wavelength_kwargs(model, wavelengths))
     result = model.apply(variables, images, train=train, mutable=mutable, **kw)
     out, updates = result if mutable else (result, None)
     if "features" in out:

@@ -28,7 +28,8 @@ import numpy as np
 
 from geossl.models.family import Family, module_fields
 from geossl.models.layers import (LN_EPS, POS_EMBED_RESIZE, Attention, Block,
-                                  check_token_options, drop_path_rates, positioned_patch_tokens)
+                                  append_inserted_tokens, check_token_options, drop_path_rates,
+                                  positioned_patch_tokens)
 
 DOFA_CONFIGS = {
     "dofa_small_patch16_224": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
@@ -142,12 +143,12 @@ class DOFAEmbedding(nn.Module):
 class DOFA(nn.Module):
     """DOFA in torchgeo's layout (global pool + ``fc_norm``).
 
-    ``__call__(x (B,H,W,C), *, wavelengths (C,), train, stochastic, keep_idx, mask,
-    return_layers)`` returns ``{"embedding" (B,D), "cls_token" (B,D), "patch_tokens" (B,M,D)
-    [, "intermediates"]}``. The embedding is ``fc_norm`` of the mean of the patch tokens (torchgeo's
-    ``forward_features``). The class and patch tokens are each normalised by ``fc_norm`` too (DOFA
-    has no other final norm). Outputs come in the compute ``dtype``; parameters and the
-    hypernetwork are float32.
+    ``__call__(x (B,H,W,C), *, wavelengths (C,), train, stochastic, keep_idx, mask, insert_idx,
+    insert_at_block, return_layers)`` returns ``{"embedding" (B,D), "cls_token" (B,D),
+    "patch_tokens" (B,M,D) [, "intermediates"]}``. The embedding is ``fc_norm`` of the mean of the
+    patch tokens (torchgeo's ``forward_features``; inserted tokens included). The class and patch
+    tokens are each normalised by ``fc_norm`` too (DOFA has no other final norm). Outputs come in
+    the compute ``dtype``; parameters and the hypernetwork are float32.
     """
 
     img_size: int | tuple[int, int] = 224
@@ -184,7 +185,8 @@ class DOFA(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, wavelengths=None, train: bool = False, stochastic: bool = False,
-                 keep_idx=None, mask=None, return_layers: Sequence[int] = ()):
+                 keep_idx=None, mask=None, insert_idx=None, insert_at_block: int | None = None,
+                 return_layers: Sequence[int] = ()):
         """x (B,H,W,C), H and W multiples of ``patch_size``; N = (H/p)(W/p) patch positions.
 
         wavelengths (C,): central wavelength of each band of ``x`` in µm
@@ -194,6 +196,8 @@ class DOFA(nn.Module):
         stochastic: drop path on (needs a ``"dropout"`` rng).
         keep_idx (B,K) int: forward only these patch positions (gathered after ``pos_embed``).
         mask (B,N) bool: masked patch embeddings become ``mask_token`` before ``pos_embed``.
+        insert_idx (B,L) int with insert_at_block=k: before block k, append L tokens
+            ``mask_token + pos_embed[position]`` (as the ViT; PerA's learn positions).
         return_layers: block indices (negative allowed) whose outputs (B,1+M,D), normalised by
             ``fc_norm``, are returned in that order under "intermediates".
         """
@@ -206,7 +210,8 @@ class DOFA(nn.Module):
         wavelengths = self._wavelengths(wavelengths, c)
         grid = (h // p, w // p)
         n = grid[0] * grid[1]
-        layers = check_token_options(b, n, self.depth, keep_idx, mask, return_layers)
+        layers = check_token_options(b, n, self.depth, keep_idx, mask, return_layers, insert_idx,
+                                     insert_at_block)
         if self.pos_embed_resize not in POS_EMBED_RESIZE:
             raise ValueError(f"pos_embed_resize: expected one of {POS_EMBED_RESIZE}, found "
                              f"{self.pos_embed_resize!r}")
@@ -218,8 +223,9 @@ class DOFA(nn.Module):
         mask_token = self.param("mask_token", nn.initializers.zeros, (1, d))
 
         tokens = DOFAEmbedding(d, p, self.dtype, name="patch_embed")(x, wavelengths).reshape(b, n, d)
-        tokens, _ = positioned_patch_tokens(tokens, pos_embed[0, 1:], grid, g0,
-                                            self.pos_embed_resize, mask, mask_token, keep_idx)
+        tokens, patch_pos = positioned_patch_tokens(tokens, pos_embed[0, 1:], grid, g0,
+                                                    self.pos_embed_resize, mask, mask_token,
+                                                    keep_idx)
         prefix = jnp.broadcast_to(cls_token + pos_embed[:, :1], (b, 1, d)).astype(tokens.dtype)
         x = jnp.concatenate([prefix, tokens], axis=1)
 
@@ -228,6 +234,8 @@ class DOFA(nn.Module):
         fc_norm = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="fc_norm")
         kept = {}
         for i in range(self.depth):
+            if insert_idx is not None and i == insert_at_block:
+                x = append_inserted_tokens(x, patch_pos, mask_token, insert_idx)
             x = block(self.num_heads, self.mlp_ratio, True, None, float(rates[i]), stochastic,
                       self.dtype, name=f"blocks_{i}")(x)
             if i in layers:
@@ -262,4 +270,4 @@ def dofa(name: str, **overrides) -> DOFA:
 FAMILY = Family(
     name="dofa", names=tuple(DOFA_CONFIGS), build=dofa, kwargs=module_fields(DOFA),
     first_layer=("patch_embed", "weight_generator", "fc_weight"), keep_tokens=True,
-    mask_token=True, patch_tokens=True, wavelengths=True)
+    insert_tokens=True, mask_token=True, patch_tokens=True, wavelengths=True)

@@ -232,13 +232,22 @@ class Block(nn.Module):
 
 
 def check_token_options(b: int, n: int, depth: int, keep_idx=None, mask=None,
-                        return_layers=()) -> list[int]:
+                        return_layers=(), insert_idx=None,
+                        insert_at_block: int | None = None) -> list[int]:
     """Validates a token model's call options for a batch of b images of n patches: mask (B,N),
-    keep_idx (B,K); returns ``return_layers`` as non-negative block indices (negative allowed)."""
+    keep_idx (B,K), insert_idx (B,L) together with insert_at_block in [0, depth); returns
+    ``return_layers`` as non-negative block indices (negative allowed)."""
     if mask is not None and tuple(mask.shape) != (b, n):
         raise ValueError(f"mask: expected shape {(b, n)} (batch, patches), found {tuple(mask.shape)}")
     if keep_idx is not None and (keep_idx.ndim != 2 or keep_idx.shape[0] != b):
         raise ValueError(f"keep_idx: expected shape ({b}, K), found {tuple(keep_idx.shape)}")
+    if insert_idx is not None and (insert_idx.ndim != 2 or insert_idx.shape[0] != b):
+        raise ValueError(f"insert_idx: expected shape ({b}, L), found {tuple(insert_idx.shape)}")
+    if (insert_idx is None) != (insert_at_block is None):
+        raise ValueError("insert_idx and insert_at_block go together; found only "
+                         + ("insert_idx" if insert_at_block is None else "insert_at_block"))
+    if insert_at_block is not None and not 0 <= insert_at_block < depth:
+        raise ValueError(f"insert_at_block: expected 0..{depth - 1}, found {insert_at_block}")
     layers = []
     for i in return_layers:
         if not -depth <= i < depth:
@@ -269,3 +278,11 @@ def positioned_patch_tokens(tokens, pos_table, grid: tuple[int, int], g0: tuple[
     if keep_idx is not None:
         tokens = jnp.take_along_axis(tokens, keep_idx[..., None].astype(jnp.int32), axis=1)
     return tokens, patch_pos
+
+
+def append_inserted_tokens(x, patch_pos, mask_token, insert_idx):
+    """Tokens x (B,T,D) followed by L inserted tokens ``mask_token + patch_pos[insert_idx]``:
+    mask_token (1,D), patch position table (N,D), insert_idx (B,L) → (B,T+L,D) (PerA's learn
+    positions, appended before block ``insert_at_block``)."""
+    pos = jnp.take(patch_pos, insert_idx.astype(jnp.int32), axis=0)
+    return jnp.concatenate([x, (mask_token + pos).astype(x.dtype)], axis=1)

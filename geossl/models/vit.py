@@ -19,7 +19,8 @@ import numpy as np
 
 from geossl.models.family import Family, module_fields
 from geossl.models.layers import (LN_EPS, POS_EMBED_RESIZE, Block, PatchEmbed,
-                                  check_token_options, drop_path_rates, positioned_patch_tokens)
+                                  append_inserted_tokens, check_token_options, drop_path_rates,
+                                  positioned_patch_tokens)
 
 VIT_CONFIGS = {
     # PerA-style small model: patch 16, no LayerScale (like timm vit_tiny_patch16_224)
@@ -105,7 +106,8 @@ class VisionTransformer(nn.Module):
                              f"found {tuple(x.shape)}")
         grid = (h // p, w // p)
         n = grid[0] * grid[1]
-        layers = self._check_options(b, n, keep_idx, mask, insert_idx, insert_at_block, return_layers)
+        layers = check_token_options(b, n, self.depth, keep_idx, mask, return_layers, insert_idx,
+                                     insert_at_block)
 
         g0 = self.grid_size
         if self.pos_embed_resize not in POS_EMBED_RESIZE:
@@ -133,8 +135,7 @@ class VisionTransformer(nn.Module):
         kept = {}
         for i in range(self.depth):
             if insert_idx is not None and i == insert_at_block:
-                pos = jnp.take(patch_pos, insert_idx.astype(jnp.int32), axis=0)  # (B,L,D)
-                x = jnp.concatenate([x, (mask_token + pos).astype(x.dtype)], axis=1)
+                x = append_inserted_tokens(x, patch_pos, mask_token, insert_idx)
             x = block(self.num_heads, self.mlp_ratio, self.qkv_bias, self.layerscale_init,
                       float(rates[i]), stochastic, self.dtype, name=f"blocks_{i}")(x)
             if i in layers:
@@ -149,17 +150,6 @@ class VisionTransformer(nn.Module):
         """(depth,) drop-path rate of each block: timm / DINOv2's linear 0 → ``drop_path_rate``, or
         ``drop_path_rate`` in every block with ``drop_path_uniform`` (PerA)."""
         return drop_path_rates(self.depth, self.drop_path_rate, self.drop_path_uniform)
-
-    def _check_options(self, b, n, keep_idx, mask, insert_idx, insert_at_block, return_layers):
-        """Validates the call options; returns ``return_layers`` as non-negative block indices."""
-        if insert_idx is not None and (insert_idx.ndim != 2 or insert_idx.shape[0] != b):
-            raise ValueError(f"insert_idx: expected shape ({b}, L), found {tuple(insert_idx.shape)}")
-        if (insert_idx is None) != (insert_at_block is None):
-            raise ValueError("insert_idx and insert_at_block go together; found only "
-                             + ("insert_idx" if insert_at_block is None else "insert_at_block"))
-        if insert_at_block is not None and not 0 <= insert_at_block < self.depth:
-            raise ValueError(f"insert_at_block: expected 0..{self.depth - 1}, found {insert_at_block}")
-        return check_token_options(b, n, self.depth, keep_idx, mask, return_layers)
 
 
 def vit(name: str, **overrides) -> VisionTransformer:

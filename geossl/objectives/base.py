@@ -40,6 +40,21 @@ from geossl.models.from_config import create_from_config
 PyTree = Any
 
 _REGISTRY: dict[str, type["Objective"]] = {}
+
+#: Sample key of the central wavelengths (C,) float32, µm, of a sample's bands (every row of a
+#: batch carries the same: batches come from one band set at a time). ``wavelengths1`` /
+#: ``wavelengths2``: per view, where the two views of a sample come from different sensors.
+WAVELENGTHS = "wavelengths"
+
+
+def batch_wavelengths(batch: dict, view: int | None = None):
+    """(C,) central wavelengths of ``batch``'s bands: ``wavelengths{view}`` when the batch has
+    it, else ``wavelengths``; None when it carries neither. Rows are equal, so row 0 serves."""
+    keys = ((f"{WAVELENGTHS}{view}",) if view is not None else ()) + (WAVELENGTHS,)
+    for key in keys:
+        if key in batch:
+            return batch[key][0]
+    return None
 TEACHER_KINDS = ("none", "ema", "frozen")
 
 
@@ -90,8 +105,19 @@ class Objective:
     #: The teacher (class attribute, or set in ``__init__`` when the config chooses it).
     teacher_spec: TeacherSpec = TeacherSpec()
 
+    #: ``make_views`` takes a record pairing two sensors of one location (``views.PAIRED_RECORD``:
+    #: a cross-sensor positive, ``config.data.sets`` pair sets).
+    cross_sensor_pairs: bool = False
+
     def __init__(self, config):
         self.config = config
+
+    @property
+    def fixed_bands(self) -> tuple[str, ...] | None:
+        """The band list the objective's heads are built for (a pixel decoder predicting
+        ``config.data.bands``), which every set of ``config.data.sets`` must then have; None:
+        any bands train (with a wavelength-conditioned model)."""
+        return None
 
     @property
     def teacher_model(self):
@@ -152,6 +178,24 @@ class Objective:
             extra = dict(extra, batch_stats=dict(extra["batch_stats"],
                                                  backbone=backbone["batch_stats"]))
         return variables.replace(params=params, extra=extra)
+
+    # ----- band metadata ------------------------------------------------------------------------
+    def backbone_kwargs(self, batch: dict, view: int | None = None, *,
+                        teacher: bool = False) -> dict:
+        """Keywords of a backbone call on ``batch``: ``{"wavelengths": (C,)}`` for a
+        wavelength-conditioned family (DOFA: ``models.family(name).wavelengths``), ``{}`` for the
+        others. The student's model is ``config.model``; ``teacher=True``: the frozen teacher's
+        (``config.teacher.model``). ``view``: the view whose bands the call sees (see
+        :func:`batch_wavelengths`)."""
+        name = self.config.teacher.model.name if teacher else self.config.model.name
+        if not models.family(name).wavelengths:
+            return {}
+        w = batch_wavelengths(batch, view)
+        if w is None:
+            raise ValueError(f"{name}: a wavelength-conditioned backbone needs the bands' central "
+                             f"wavelengths; the batch has keys {sorted(batch)}, without "
+                             f"{WAVELENGTHS!r} (the trainer adds it from the bands of each record)")
+        return {"wavelengths": w}
 
     # ----- export -----------------------------------------------------------------------------
     @property

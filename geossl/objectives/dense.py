@@ -27,7 +27,8 @@ from geossl.models import family
 from geossl.models.from_config import create_from_config
 from geossl.models.heads import MLPHead
 from geossl.objectives import dense_views
-from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, register)
+from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, batch_wavelengths,
+                                    register)
 
 TEACHER_MODES = ("ema", "none")
 
@@ -132,9 +133,12 @@ class DenseNet(nn.Module):
                               f"found {self.feature_stage}")
         return maps[self.feature_stage - 1]
 
-    def __call__(self, x, *, train: bool = True, stochastic: bool = False) -> dict:
-        """x (B,H,W,C) → {"dense" (B,h,w,proj_dim), "image" (B,proj_dim) or None}."""
-        out = self.backbone(x, train=train, stochastic=stochastic)
+    def __call__(self, x, *, train: bool = True, stochastic: bool = False,
+                 wavelengths=None) -> dict:
+        """x (B,H,W,C) → {"dense" (B,h,w,proj_dim), "image" (B,proj_dim) or None}.
+        wavelengths (C,): handed to the backbone when given (a wavelength-conditioned family)."""
+        kw = {} if wavelengths is None else {"wavelengths": wavelengths}
+        out = self.backbone(x, train=train, stochastic=stochastic, **kw)
         dense = self.dense_head(self.feature_map(out, x), train=train)
         image = self.image_head(out["embedding"], train=train) if self.with_image else None
         return {"dense": dense, "image": image}
@@ -175,15 +179,18 @@ class Dense(Objective):
     # ----- device ----------------------------------------------------------------------------
     def init(self, rng, batch) -> Variables:
         x = jnp.asarray(batch["view1"])
-        variables = self.net.init({"params": rng, "dropout": rng}, x, train=False)
+        kw = self.backbone_kwargs(batch, 1) if batch_wavelengths(batch, 1) is not None else {}
+        variables = self.net.init({"params": rng, "dropout": rng}, x, train=False, **kw)
         return Variables(params=variables["params"],
                          extra={"batch_stats": variables.get("batch_stats", {})})
 
-    def forward(self, variables, x, rng=None):
+    def forward(self, variables, x, rng=None, wavelengths=None):
         """Train-mode forward of ``{"params", "batch_stats"}`` (BatchNorm on batch statistics; drop
-        path when ``rng`` is given): ({"dense" (B,h,w,P), "image"}, new batch statistics)."""
+        path when ``rng`` is given; ``wavelengths`` (C,) for a wavelength-conditioned backbone):
+        ({"dense" (B,h,w,P), "image"}, new batch statistics)."""
         kw = dict(stochastic=True, rngs={"dropout": rng}) if rng is not None else {}
-        out, state = self.net.apply(variables, x, train=True, mutable=["batch_stats"], **kw)
+        out, state = self.net.apply(variables, x, train=True, mutable=["batch_stats"],
+                                    wavelengths=wavelengths, **kw)
         return out, state["batch_stats"]
 
     def sample_cells(self, rng, batch: int, grid: tuple[int, int]) -> jax.Array:
@@ -206,12 +213,15 @@ class Dense(Objective):
         x1, x2 = batch["view1"], batch["view2"]
         g1 = batch["geometry1"].astype(jnp.float32)
         g2 = batch["geometry2"].astype(jnp.float32)
-        s1, bs = self.forward({"params": params, "batch_stats": extra["batch_stats"]}, x1, r_drop1)
-        s2, bs = self.forward({"params": params, "batch_stats": bs}, x2, r_drop2)
+        w1 = self.backbone_kwargs(batch, 1).get("wavelengths")  # None: a fixed-band backbone
+        w2 = self.backbone_kwargs(batch, 2).get("wavelengths")
+        s1, bs = self.forward({"params": params, "batch_stats": extra["batch_stats"]}, x1, r_drop1,
+                              w1)
+        s2, bs = self.forward({"params": params, "batch_stats": bs}, x2, r_drop2, w2)
         aux = {"extra": {"batch_stats": bs}}
         if self.teacher_spec.kind == "ema":
-            t1, tbs = self.forward(teacher, x1)
-            t2, tbs = self.forward(dict(teacher, batch_stats=tbs), x2)
+            t1, tbs = self.forward(teacher, x1, wavelengths=w1)
+            t2, tbs = self.forward(dict(teacher, batch_stats=tbs), x2, wavelengths=w2)
             t1, t2 = jax.lax.stop_gradient((t1, t2))
             aux["teacher_batch_stats"] = tbs
         else:

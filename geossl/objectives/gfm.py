@@ -1,14 +1,16 @@
 """GFM: SimMIM reconstruction plus feature distillation from a frozen teacher (Mendieta et al.,
 ICCV 2023; REFERENCE §4).
 
-The student (a Swin, or a ViT as geossl's extension) sees one random crop with 60% of its mask
-units replaced by its mask token. A 1×1 conv (a Dense on the final-normed map) to stride²·C values
-per location, pixel-shuffled by the encoder stride, reconstructs the masked pixels:
+The student (a Swin, or a ViT / DOFA as geossl's extension) sees one random crop with 60% of its
+mask units replaced by its mask token. A 1×1 conv (a Dense on the final-normed map) to stride²·C
+values per location, pixel-shuffled by the encoder stride, reconstructs the masked pixels:
 L_MIM = Σ|x − x̂|·M / (ΣM + 1e-5) / C on the normalised input. The frozen teacher sees the unmasked
 crop resized to its input size (bilinear, corners aligned), its bands affinely rescaled into its
 own normalisation; f = average pool of the last patch-merging output (Swin: stage 3 after its
 merging, not normalised) for both networks, P = Linear with bias on the student,
-L_feat = −mean cos(P(f_S), sg(f_T)); L = L_MIM + α·L_feat.
+L_feat = −mean cos(P(f_S), sg(f_T)); L = L_MIM + α·L_feat. A teacher without patch merging (a ViT
+or DOFA: geossl's extension) gives the average of its final patch tokens. A wavelength-conditioned
+network (DOFA) gets the batch's wavelengths; the teacher those of its bands (``teacher_bands``).
 
 Parameters: ``backbone`` (its ``mask_token`` is SimMIM's, trunc-normal 0.02), ``decoder``,
 ``projector``. The teacher is ``{"params": ...}`` of ``config.teacher.model``, stored in that
@@ -22,11 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geossl import losses, masking
+from geossl import losses, masking, models
 from geossl.data import bands as bands_lib
 from geossl.models.from_config import create_from_config
 from geossl.objectives import gfm_views
-from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, check, register)
+from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, batch_wavelengths,
+                                    check, register)
 from geossl.patches import pixel_shuffle, resize_align_corners
 
 #: torch's default Conv2d / Linear kernel init, uniform ±1/√fan_in (GFM's decoder and projector);
@@ -67,8 +70,10 @@ class GFM(Objective):
         self.decoder = nn.Dense(self.stride ** 2 * self.in_chans, kernel_init=torch_default_kernel)
 
         t = config.teacher
-        self.require_backbone("merging", why="GFM's distilled feature (the teacher's last patch-merging output)",
-                              path="config.teacher.model.name")
+        if not models.family(t.model.name).merging:
+            self.require_backbone("patch_tokens", path="config.teacher.model.name",
+                                  why="GFM's distilled feature (the teacher's last patch-merging "
+                                      "output, else its final patch tokens)")
         self.teacher_size = int(t.model.img_size)
         data_bands = tuple(config.data.bands)
         self.teacher_bands = bands_lib.band_indices(data_bands, tuple(t.bands), "config.teacher.bands",
@@ -89,6 +94,12 @@ class GFM(Objective):
         check(v.shape == (c,), path, f"{c} values (one per teacher band)", tuple(values))
         return v
 
+    @property
+    def fixed_bands(self) -> tuple[str, ...]:
+        """The decoder predicts ``config.data.bands``, in that order, and the teacher reads some
+        of them by position (``teacher_bands``)."""
+        return tuple(self.config.data.bands)
+
     # ----- host ------------------------------------------------------------------------------
     def make_views(self, record, rng: np.random.Generator):
         """image (S, S, C) float32: one random crop, flipped at random, normalised."""
@@ -98,7 +109,8 @@ class GFM(Objective):
     def init(self, rng, batch) -> Variables:
         r_bb, r_dec, r_proj, r_tok = jax.random.split(rng, 4)
         x = jnp.asarray(batch["image"])[:1]
-        backbone = self.backbone.init({"params": r_bb, "dropout": r_bb}, x)["params"]
+        kw = self.backbone_kwargs(batch) if batch_wavelengths(batch) is not None else {}
+        backbone = self.backbone.init({"params": r_bb, "dropout": r_bb}, x, **kw)["params"]
         if self.distill_block is not None:  # SimMIM's ViT mask token: trunc-normal 0.02
             backbone = dict(backbone, mask_token=0.02 * jax.random.truncated_normal(
                 r_tok, -2.0, 2.0, backbone["mask_token"].shape, jnp.float32))
@@ -119,17 +131,19 @@ class GFM(Objective):
             patches = patches.reshape(batch, -1)
         return patches, masking.upsample_mask(units, self.mask_unit)
 
-    def student(self, params, x, patch_mask, rng):
-        """Masked student on x (B,S,S,C): (reconstruction (B,S,S,C), distilled feature (B,D_s))."""
+    def student(self, params, x, patch_mask, rng, wavelengths=None):
+        """Masked student on x (B,S,S,C): (reconstruction (B,S,S,C), distilled feature (B,D_s)).
+        ``wavelengths`` (C,): for a wavelength-conditioned backbone (``backbone_kwargs``)."""
         bb = self.backbone
+        kw = {} if wavelengths is None else {"wavelengths": wavelengths}
         if self.distill_block is None:
             out = bb.apply({"params": params["backbone"]}, x, mask=patch_mask, stochastic=True,
-                           rngs={"dropout": rng})
+                           rngs={"dropout": rng}, **kw)
             fmap = out["feature_map"]
             feature = out["merged"][-1].mean(axis=(1, 2))
         else:
             out = bb.apply({"params": params["backbone"]}, x, mask=patch_mask, stochastic=True,
-                           rngs={"dropout": rng}, return_layers=(self.distill_block,))
+                           rngs={"dropout": rng}, return_layers=(self.distill_block,), **kw)
             g = self.img_size // self.patch
             fmap = out["patch_tokens"].reshape(x.shape[0], g, g, -1)
             feature = out["intermediates"][0][:, bb.num_prefix_tokens:].mean(axis=1)
@@ -144,19 +158,35 @@ class GFM(Objective):
         x = resize_align_corners(x, self.teacher_size)
         return x * jnp.asarray(self.teacher_scale) + jnp.asarray(self.teacher_offset)
 
-    def teacher_feature(self, teacher, x) -> jax.Array:
-        """(B,D_t) float32: average pool of the frozen teacher's last patch-merging output."""
-        t_x = self.teacher_input(x).astype(self.teacher_model.dtype)
-        out = self.teacher_model.apply(teacher, t_x, train=False, stochastic=False)
-        return jax.lax.stop_gradient(out["merged"][-1].astype(jnp.float32).mean(axis=(1, 2)))
+    def teacher_wavelengths(self, batch):
+        """(C_t,) wavelengths of the teacher's bands (the batch's at ``teacher_bands``) for a
+        wavelength-conditioned teacher; None for the others."""
+        w = self.backbone_kwargs(batch, teacher=True).get("wavelengths")
+        return None if w is None else w[np.asarray(self.teacher_bands)]
+
+    def teacher_feature(self, teacher, x, wavelengths=None) -> jax.Array:
+        """(B,D_t) float32: average pool of the frozen teacher's last patch-merging output, or of
+        its final patch tokens (a model without patch merging). ``wavelengths`` (C_t,): its bands'
+        (``teacher_wavelengths``), for a wavelength-conditioned teacher."""
+        model = self.teacher_model
+        t_x = self.teacher_input(x).astype(model.dtype)
+        kw = {} if wavelengths is None else {"wavelengths": wavelengths}
+        out = model.apply(teacher, t_x, train=False, stochastic=False, **kw)
+        if "merged" in out:
+            feature = out["merged"][-1].astype(jnp.float32).mean(axis=(1, 2))
+        else:
+            feature = out["patch_tokens"].astype(jnp.float32).mean(axis=1)
+        return jax.lax.stop_gradient(feature)
 
     def loss(self, params, teacher, extra, batch, rng, step):
         x = batch["image"].astype(jnp.float32)
         r_mask, r_drop = jax.random.split(rng)
         patch_mask, pixel_mask = self.masks(r_mask, x.shape[0])
-        pred, f_s = self.student(params, x, patch_mask, r_drop)
+        pred, f_s = self.student(params, x, patch_mask, r_drop,
+                                 self.backbone_kwargs(batch).get("wavelengths"))
         loss_mim = losses.masked_l1_loss(pred, x, pixel_mask)
         z_s = self.projector.apply({"params": params["projector"]}, f_s.astype(jnp.float32))
-        loss_feat = losses.cosine_distillation_loss(z_s, self.teacher_feature(teacher, x))
+        f_t = self.teacher_feature(teacher, x, self.teacher_wavelengths(batch))
+        loss_feat = losses.cosine_distillation_loss(z_s, f_t)
         total = loss_mim + self.feat_weight * loss_feat
         return total, {"metrics": {"loss_mim": loss_mim, "loss_feat": loss_feat}, "extra": extra}

@@ -1,12 +1,14 @@
 """MAE: masked autoencoders (He et al., CVPR 2022), the baseline of SatMAE, Prithvi and SSL4EO-S12.
 
-The encoder (a ViT) sees the 25% of the patches a per-sample random permutation keeps
-(``masking.keep_mask_indices``), position embeddings added before the patches are dropped. The
-decoder embeds its final-normed tokens (``decoder_embed``), puts them back at their positions among
+The encoder (a ViT, or DOFA with the batch's wavelengths) sees the 25% of the patches a
+per-sample random permutation keeps (``masking.keep_mask_indices``), position embeddings added
+before the patches are dropped. The decoder embeds its final-normed tokens, class token first
+(``decoder_embed``), puts them back at their positions among
 copies of its ``mask_token``, adds fixed 2-D sine-cosine position embeddings (class row zero), runs
 ``decoder_depth`` pre-norm blocks and predicts each patch's p·p·C pixels (``decoder_pred``). Loss:
 the mean squared error per patch, averaged over the masked patches; with ``norm_pix_loss`` the
 target patch is standardised by its own mean and (unbiased) variance + 1e-6 first.
+The pixel head has one band order, ``config.model.in_chans`` bands, whatever the encoder.
 
 The encoder's position embedding starts as MAE's fixed sine-cosine table and is kept fixed (its
 gradient is stopped; it is outside weight decay, so AdamW leaves it unchanged). Views: one random
@@ -26,7 +28,7 @@ from geossl import masking
 from geossl.data import augment, views
 from geossl.models.from_config import create_from_config
 from geossl.models.layers import LN_EPS, Block
-from geossl.objectives.base import Fields, Objective, Variables, register
+from geossl.objectives.base import Fields, Objective, Variables, batch_wavelengths, register
 from geossl.patches import patchify, sincos_pos_embed
 
 
@@ -108,6 +110,11 @@ class MAE(Objective):
             num_heads=f.integer("decoder_heads", "[1, inf)"), dtype=self.backbone.dtype)
         self.view_config = views.from_config(MAEViews, config.data, img_size=config.model.img_size)
 
+    @property
+    def fixed_bands(self) -> tuple[str, ...]:
+        """The pixel decoder predicts ``config.data.bands``, in that order."""
+        return tuple(self.config.data.bands)
+
     def make_views(self, record, rng: np.random.Generator):
         """image (S, S, C) float32: one random crop of one random acquisition, normalised."""
         image = augment.record_image(record)
@@ -119,7 +126,8 @@ class MAE(Objective):
     def init(self, rng, batch) -> Variables:
         r_enc, r_dec = jax.random.split(rng)
         x = jnp.asarray(batch["image"])[:1]
-        backbone = self.backbone.init({"params": r_enc, "dropout": r_enc}, x)["params"]
+        kw = self.backbone_kwargs(batch) if batch_wavelengths(batch) is not None else {}
+        backbone = self.backbone.init({"params": r_enc, "dropout": r_enc}, x, **kw)["params"]
         d = backbone["pos_embed"].shape[-1]
         table = np.concatenate([np.zeros((1, d), np.float32), sincos_pos_embed(d, self.grid)])
         backbone = dict(backbone, pos_embed=jnp.asarray(table)[None])
@@ -134,8 +142,8 @@ class MAE(Objective):
         backbone = dict(params["backbone"],
                         pos_embed=jax.lax.stop_gradient(params["backbone"]["pos_embed"]))
         out = self.backbone.apply({"params": backbone}, x, keep_idx=keep_idx, stochastic=True,
-                                  rngs={"dropout": r_drop})
-        tokens = jnp.concatenate([out["embedding"][:, None], out["patch_tokens"]], axis=1)
+                                  rngs={"dropout": r_drop}, **self.backbone_kwargs(batch))
+        tokens = jnp.concatenate([out["cls_token"][:, None], out["patch_tokens"]], axis=1)
         pred = self.decoder.apply({"params": params["decoder"]}, tokens, keep_idx)
         masked = masking.indices_to_mask(mask_idx, n).astype(jnp.float32)
         loss = reconstruction_loss(pred, patchify(x, self.patch_size), masked, self.norm_pix)

@@ -28,13 +28,19 @@ from geossl import losses, masking, schedules
 from geossl.models.from_config import create_from_config
 from geossl.models.heads import DINOHead
 from geossl.objectives import pera_views
-from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, check, register)
+from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, batch_wavelengths,
+                                    check, register)
 from geossl.patches import patchify
 
 
 def _flat(x: jax.Array) -> jax.Array:
     """(B, n, ...) crops → (B·n, ...), crop index minor."""
     return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def _wavelength_kw(wavelengths) -> dict:
+    """The backbone keyword for ``wavelengths`` (C,), none when None."""
+    return {} if wavelengths is None else {"wavelengths": wavelengths}
 
 
 @register("pera")
@@ -70,6 +76,11 @@ class PerA(Objective):
         self.dense_student = bool(o.dense_student)
         self.view_config = pera_views.view_config(config)
 
+    @property
+    def fixed_bands(self) -> tuple[str, ...]:
+        """The pixel head predicts ``config.data.bands``, in that order."""
+        return tuple(self.config.data.bands)
+
     # ----- host ------------------------------------------------------------------------------
     def make_views(self, record, rng: np.random.Generator):
         """global_student / global_teacher (G,S,S,C), local_student / local_teacher (L,s,s,C)."""
@@ -79,7 +90,8 @@ class PerA(Objective):
     def init(self, rng, batch) -> Variables:
         r_bb, r_cls, r_pix, r_tok = jax.random.split(rng, 4)
         x = jnp.asarray(batch["global_student"])[:1, 0]
-        backbone = self.backbone.init({"params": r_bb, "dropout": r_bb}, x)["params"]
+        kw = self.backbone_kwargs(batch) if batch_wavelengths(batch) is not None else {}
+        backbone = self.backbone.init({"params": r_bb, "dropout": r_bb}, x, **kw)["params"]
         d = self.backbone.num_features
         z = jnp.zeros((1, d), jnp.float32)
         params = {
@@ -99,15 +111,16 @@ class PerA(Objective):
     def _num_tokens(self, x) -> int:
         return (x.shape[1] // self.patch_size) * (x.shape[2] // self.patch_size)
 
-    def student(self, params, x, student_idx, learn_idx, rng):
+    def student(self, params, x, student_idx, learn_idx, rng, wavelengths=None):
         """Sparse student on crops x (n,H,W,C): returns (class logits (n,K), pixel predictions
-        (n,L,p²C) at learn_idx, or None without learn positions). Drop path on."""
+        (n,L,p²C) at learn_idx, or None without learn positions). Drop path on. ``wavelengths``
+        (C,): for a wavelength-conditioned backbone (``backbone_kwargs``)."""
         if self.dense_student:
-            return self._dense_student(params, x, learn_idx, rng)
+            return self._dense_student(params, x, learn_idx, rng, wavelengths)
         bb = dict(params["backbone"], mask_token=params["mask_token"])
-        kw = {}
+        kw = _wavelength_kw(wavelengths)
         if learn_idx is not None:
-            kw = dict(insert_idx=learn_idx, insert_at_block=self.insert_at_block)
+            kw.update(insert_idx=learn_idx, insert_at_block=self.insert_at_block)
         out = self.backbone.apply({"params": bb}, x, keep_idx=student_idx, stochastic=True,
                                   rngs={"dropout": rng}, **kw)
         logits = self.class_head.apply({"params": params["class_head"]}, out["embedding"])
@@ -116,22 +129,22 @@ class PerA(Objective):
         tokens = out["patch_tokens"][:, student_idx.shape[1]:]
         return logits, self.pixel_head.apply({"params": params["pixel_head"]}, tokens)
 
-    def _dense_student(self, params, x, learn_idx, rng):
+    def _dense_student(self, params, x, learn_idx, rng, wavelengths=None):
         """``objective.dense_student``: every token visible, no mask token; pixel predictions read
         the learn positions' own tokens (the memory reference of ``benchmarks/memory.py``)."""
         out = self.backbone.apply({"params": params["backbone"]}, x, stochastic=True,
-                                  rngs={"dropout": rng})
+                                  rngs={"dropout": rng}, **_wavelength_kw(wavelengths))
         logits = self.class_head.apply({"params": params["class_head"]}, out["embedding"])
         if learn_idx is None:
             return logits, None
         tokens = jnp.take_along_axis(out["patch_tokens"], learn_idx[..., None], axis=1)
         return logits, self.pixel_head.apply({"params": params["pixel_head"]}, tokens)
 
-    def teacher(self, teacher, x, teacher_idx):
+    def teacher(self, teacher, x, teacher_idx, wavelengths=None):
         """Deterministic teacher on [cls + teacher_idx] of crops x: class logits (n,K)."""
         tp = teacher["params"]
         out = self.backbone.apply({"params": tp["backbone"]}, x, keep_idx=teacher_idx,
-                                  stochastic=False)
+                                  stochastic=False, **_wavelength_kw(wavelengths))
         logits = self.class_head.apply({"params": tp["class_head"]}, out["embedding"])
         return jax.lax.stop_gradient(logits)
 
@@ -141,13 +154,14 @@ class PerA(Objective):
         r_gm, r_lm, r_gd, r_ld = jax.random.split(rng, 4)
         xs_g, xt_g = _flat(batch["global_student"]), _flat(batch["global_teacher"])
         xs_l, xt_l = _flat(batch["local_student"]), _flat(batch["local_teacher"])
+        w = self.backbone_kwargs(batch).get("wavelengths")  # every crop has the sample's bands
 
         s_idx, l_idx, t_idx = self.split(r_gm, xs_g.shape[0], self._num_tokens(xs_g))
-        s_global, pred = self.student(params, xs_g, s_idx, l_idx, r_gd)
-        t_global = self.teacher(teacher, xt_g, t_idx)
+        s_global, pred = self.student(params, xs_g, s_idx, l_idx, r_gd, w)
+        t_global = self.teacher(teacher, xt_g, t_idx, w)
         ls_idx, _, lt_idx = self.split(r_lm, xs_l.shape[0], self._num_tokens(xs_l))
-        s_local, _ = self.student(params, xs_l, ls_idx, None, r_ld)
-        t_local = self.teacher(teacher, xt_l, lt_idx)
+        s_local, _ = self.student(params, xs_l, ls_idx, None, r_ld, w)
+        t_local = self.teacher(teacher, xt_l, lt_idx, w)
 
         # DINO over same-index pairs: every pair has B rows, so the mean over all rows is the
         # mean over the pairs of their batch means.

@@ -20,7 +20,8 @@ from geossl.models import family
 from geossl.models.from_config import create_from_config
 from geossl.models.heads import MLPHead
 from geossl.objectives import softcon_views
-from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, register)
+from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, batch_wavelengths,
+                                    register)
 
 
 class SoftConNet(nn.Module):
@@ -41,10 +42,13 @@ class SoftConNet(nn.Module):
                                  last_bn=False)
 
     def __call__(self, x, *, keep_idx=None, train: bool = True, stochastic: bool = False,
-                 predict: bool = True):
+                 predict: bool = True, wavelengths=None):
         """x (B,H,W,C) → (B, proj_dim); keep_idx (B,K) patch subset for a ViT student.
-        train: BatchNorm on batch statistics; stochastic: the backbone's drop path on."""
+        train: BatchNorm on batch statistics; stochastic: the backbone's drop path on.
+        wavelengths (C,): handed to the backbone when given (a wavelength-conditioned family)."""
         kw = {"keep_idx": keep_idx} if (self.keep_tokens and keep_idx is not None) else {}
+        if wavelengths is not None:
+            kw["wavelengths"] = wavelengths
         out = self.backbone(x, train=train, stochastic=stochastic, **kw)
         z = self.projector(out["embedding"], train=train)
         return self.predictor(z, train=train) if predict else z
@@ -53,6 +57,7 @@ class SoftConNet(nn.Module):
 @register("softcon")
 class SoftCon(Objective):
     teacher_spec = TeacherSpec("ema", exclude=("predictor",), batch_stats=True)
+    cross_sensor_pairs = True  # the two views may come from two sensors (wavelengths1 / 2)
 
     def __init__(self, config):
         super().__init__(config)
@@ -88,13 +93,15 @@ class SoftCon(Objective):
     # ----- device ----------------------------------------------------------------------------
     def init(self, rng, batch) -> Variables:
         view1 = jnp.asarray(self._view(batch, 1))
-        variables = self.net.init({"params": rng, "dropout": rng}, view1, train=False)
+        kw = self.backbone_kwargs(batch, 1) if batch_wavelengths(batch, 1) is not None else {}
+        variables = self.net.init({"params": rng, "dropout": rng}, view1, train=False, **kw)
         return Variables(params=variables["params"],
                          extra={"batch_stats": variables.get("batch_stats", {})})
 
-    def _student(self, params, batch_stats, x, rng):
+    def _student(self, params, batch_stats, x, rng, wavelengths=None):
         """Masked student forward: (B,H,W,C) → (B,proj_dim), new batch stats. Token models drop the
-        masked patches; others see them filled with ``objective.mask_fill``."""
+        masked patches; others see them filled with ``objective.mask_fill``. ``wavelengths`` (C,):
+        the view's, for a wavelength-conditioned backbone."""
         o = self.config.objective
         ratio = self.mask_ratio
         mask_rng, drop_rng = jax.random.split(rng)
@@ -111,25 +118,28 @@ class SoftCon(Objective):
                 x = patches.fill_masked_patches(x, ~kept, float(o.mask_fill))
         out, state = self.net.apply({"params": params, "batch_stats": batch_stats}, x,
                                     keep_idx=keep_idx, train=True, stochastic=True, predict=True,
-                                    rngs={"dropout": drop_rng}, mutable=["batch_stats"])
+                                    rngs={"dropout": drop_rng}, mutable=["batch_stats"],
+                                    wavelengths=wavelengths)
         return out, state["batch_stats"]
 
-    def _teacher(self, teacher, x):
+    def _teacher(self, teacher, x, wavelengths=None):
         """Unmasked, deterministic (no drop path) teacher forward; BatchNorm on batch statistics.
         Returns the teacher with its new statistics."""
         out, state = self.net.apply(teacher, x, train=True, stochastic=False, predict=False,
-                                    mutable=["batch_stats"])
+                                    mutable=["batch_stats"], wavelengths=wavelengths)
         return jax.lax.stop_gradient(out), dict(teacher, batch_stats=state["batch_stats"])
 
     def loss(self, params, teacher, extra, batch, rng, step):
         r1, r2 = jax.random.split(rng)
         x1, x2 = self._view(batch, 1), self._view(batch, 2)
         y1, y2 = batch["labels1"], batch["labels2"]
+        w1 = self.backbone_kwargs(batch, 1).get("wavelengths")  # None: a fixed-band backbone
+        w2 = self.backbone_kwargs(batch, 2).get("wavelengths")
         bs = extra["batch_stats"]
-        q1, bs = self._student(params, bs, x1, r1)
-        q2, bs = self._student(params, bs, x2, r2)
-        k1, teacher = self._teacher(teacher, x1)
-        k2, teacher = self._teacher(teacher, x2)
+        q1, bs = self._student(params, bs, x1, r1, w1)
+        q2, bs = self._student(params, bs, x2, r2, w2)
+        k1, teacher = self._teacher(teacher, x1, w1)
+        k2, teacher = self._teacher(teacher, x2, w2)
         kw = dict(temperature=self.temperature, soft_loss=self.soft_loss)
         lam = self.soft_weight
 

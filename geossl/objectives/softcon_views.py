@@ -68,26 +68,37 @@ def sample_view_params(rng: np.random.Generator, height: int, width: int, channe
 
 def two_view_draws(record: dict, rng: np.random.Generator, cfg: ViewConfig):
     """Every random choice of one SoftCon sample, in a fixed rng order (acquisitions, then view 1's
-    parameters, then view 2's) shared by the host and the device rendering paths. Returns
-    (image (T,H,W,C_in), BandPlan, ((t1, ViewParams), (t2, ViewParams)), labels (T,K))."""
-    image = augment.record_image(record)
-    t1, t2 = views.pick_two(rng, image.shape[0], cfg.distinct_seasons)
-    labels = views.acquisition_labels(record, cfg.num_classes)
-    plan = cfg.band_plan(record)
-    c = len(plan.bands_out)
-    drawn = tuple((t, sample_view_params(rng, image.shape[1], image.shape[2], c, cfg, view))
-                  for view, t in enumerate((t1, t2)))
-    return image, plan, drawn, labels
+    parameters, then view 2's) shared by the host and the device rendering paths. A record with a
+    co-located record of a second sensor (``views.PAIRED_RECORD``, a cross-sensor pair set of
+    ``config.data.sets``) gives view 1 from itself and view 2 from that one. Returns one
+    (t, acquisition t's image (H,W,C_in), BandPlan, ViewParams, its labels (K,)) per view."""
+    sources = (record, record.get(views.PAIRED_RECORD, record))
+    images = [augment.record_image(r) for r in sources]
+    if images[1] is images[0] or images[0].shape[0] == images[1].shape[0]:
+        t1, t2 = views.pick_two(rng, images[0].shape[0], cfg.distinct_seasons)
+    else:  # two sensors with their own acquisition counts
+        t1, t2 = int(rng.integers(images[0].shape[0])), int(rng.integers(images[1].shape[0]))
+    if images[0].shape[1:3] != images[1].shape[1:3]:
+        raise ValueError(f"record {record.get('key', '?')}: the two sensors' images differ in size, "
+                         f"{images[0].shape[1:3]} vs {images[1].shape[1:3]}; a cross-sensor pair "
+                         "needs co-registered images")
+    drawn = []
+    for view, (source, image, t) in enumerate(zip(sources, images, (t1, t2))):
+        plan = cfg.band_plan(source)
+        labels = views.acquisition_labels(source, cfg.num_classes)
+        params = sample_view_params(rng, image.shape[1], image.shape[2], len(plan.bands_out), cfg,
+                                    view)
+        drawn.append((t, image[t], plan, params, labels[t]))
+    return drawn
 
 
 def two_view_sample(record: dict, rng: np.random.Generator, cfg: ViewConfig) -> dict:
     """SoftCon sample rendered on the host: acquisitions t1, t2 of one location, each augmented
     independently. Returns view1, view2 (S, S, C) float32 and labels1, labels2 (K,) float32."""
-    image, plan, drawn, labels = two_view_draws(record, rng, cfg)
     out = {}
-    for view, (t, params) in enumerate(drawn, start=1):
-        out[f"view{view}"] = views.render(cfg, image[t], plan, params, cfg.img_size)
-        out[f"labels{view}"] = labels[t]
+    for view, (_, image, plan, params, labels) in enumerate(two_view_draws(record, rng, cfg), 1):
+        out[f"view{view}"] = views.render(cfg, image, plan, params, cfg.img_size)
+        out[f"labels{view}"] = labels
     return out
 
 
@@ -95,13 +106,11 @@ def raw_two_view_sample(record: dict, rng: np.random.Generator, cfg: ViewConfig)
     """SoftCon sample for rendering in the step, from the draws ``two_view_sample`` makes:
     raw1, raw2 (R, R, C) stored units (``device_views.prepare_raw``), view_params1, 2
     (PARAMS + 3·C,) float32 (``device_views.pack_params``), labels1, labels2 (K,) float32."""
-    image, plan, drawn, labels = two_view_draws(record, rng, cfg)
-    c = len(plan.bands_out)
     out = {}
-    for view, (t, params) in enumerate(drawn, start=1):
+    for view, (_, image, plan, params, labels) in enumerate(two_view_draws(record, rng, cfg), 1):
         out[f"raw{view}"] = device_views.prepare_raw(
-            image[t], plan, params, nodata=cfg.nodata, fill=cfg.nodata_fill,
+            image, plan, params, nodata=cfg.nodata, fill=cfg.nodata_fill,
             raw_size=cfg.raw_size, key=record.get("key", "?"))
-        out[f"view_params{view}"] = device_views.pack_params(params, c)
-        out[f"labels{view}"] = labels[t]
+        out[f"view_params{view}"] = device_views.pack_params(params, len(plan.bands_out))
+        out[f"labels{view}"] = labels
     return out

@@ -10,9 +10,10 @@ import jax
 import numpy as np
 from absl import logging
 
-from geossl import convert, objectives
-from geossl.data import ShardSource
-from geossl.data.files import resolve_train_files
+from geossl import convert, models, objectives
+from geossl.data import ShardSource, band_sets
+from geossl.data import bands as bands_lib
+from geossl.data.files import resolve_files
 from geossl.data.pipeline import make_train_iterator
 from geossl.errors import ConfigError, DataConfigMismatchError
 from geossl.models.from_config import architecture_kwargs
@@ -29,27 +30,78 @@ from geossl.train.step import make_state, make_train_step
 
 
 # ----- data ---------------------------------------------------------------------------------------
+def data_sets(config, objective) -> tuple[list, dict]:
+    """(sets, sources): ``config.data.sets`` (one set of ``data.train`` without them,
+    ``geossl.data.band_sets``) checked against the model and objective, and the records of each
+    set with bands (set name → ShardSource)."""
+    sets = band_sets.from_config(config)
+    band_sets.check_for_model(sets, config.model.name, _takes_wavelengths(config),
+                              objective.fixed_bands, objective.cross_sensor_pairs,
+                              config.objective.name)
+    sources = {s.name: ShardSource(resolve_files(s.train, s.bands)) for s in sets if not s.pair}
+    return sets, sources
+
+
+def _takes_wavelengths(config) -> bool:
+    """The student or the frozen teacher is wavelength-conditioned: samples carry wavelengths."""
+    names = [config.model.name, config.get("teacher", {}).get("model", {}).get("name", "")]
+    return any(models.family(n).wavelengths for n in names if n)
+
+
+def wavelength_table(config) -> dict[str, float]:
+    """``config.data.wavelengths`` (band → µm over ``bands.WAVELENGTHS``), checked."""
+    return bands_lib.check_wavelength_table(config.data.get("wavelengths", None))
+
+
+def set_views(config, objective, band_set):
+    """The view function of one plain set: ``objective.make_views`` with the set's bands and,
+    for a wavelength-conditioned model, their wavelengths in each sample."""
+    return band_sets.BandSetViews(objective.make_views, band_set.bands, _takes_wavelengths(config),
+                                  table=wavelength_table(config))
+
+
 def make_data_iterator(config, objective, process_index: int, process_count: int, *,
-                       source=None, start_position: int = 0):
-    """(source, iterator) of this process's batches of ``objective.make_views`` samples, the
-    global stream starting after ``start_position`` consumed rows."""
-    source = ShardSource(resolve_train_files(config)) if source is None else source
-    return source, make_train_iterator(config, objective.make_views, source=source,
-                                       process_index=process_index, process_count=process_count,
-                                       start_position=start_position)
+                       sets=None, sources=None, start_position: int = 0):
+    """This process's batches of ``objective.make_views`` samples, the global stream starting
+    after ``start_position`` consumed rows: one set's, or the mixed stream of several."""
+    if sets is None:
+        sets, sources = data_sets(config, objective)
+    kw = dict(process_index=process_index, process_count=process_count,
+              start_position=start_position)
+    if not band_sets.is_mixed(sets):
+        return make_train_iterator(config, set_views(config, objective, sets[0]),
+                                   source=sources[sets[0].name], **kw)
+    stream = band_sets.mixed_stream(sets, sources, objective.make_views, seed=int(config.seed),
+                                    global_batch=int(config.global_batch),
+                                    wavelengths=_takes_wavelengths(config),
+                                    tune_malloc=bool(config.data.tune_malloc),
+                                    table=wavelength_table(config))
+    return make_train_iterator(config, None, stream=stream, **kw)
 
 
-def example_batch(objective, source, size: int = 2) -> dict:
+def example_batch(view_fn, source, size: int = 2) -> dict:
     """A tiny host batch (from record 0) used only for shapes at init. A record that does not
     fit the config fails here, before anything is built or written: DataConfigMismatchError."""
     try:
-        sample = objective.make_views(source[0], np.random.default_rng(0))
+        sample = view_fn(source[0], np.random.default_rng(0))
     except ConfigError:
         raise
     except (ValueError, KeyError) as e:
         raise DataConfigMismatchError(
             f"the first training record does not fit the config: {e}") from e
     return {k: np.stack([v] * size) for k, v in sample.items()}
+
+
+def _resume_position(config, sets, data, start: int) -> int:
+    """The global stream position of a restored step; a mixed stream resumes only with the
+    global batch that wrote it (its set draws are per global batch)."""
+    position = ckpt_lib.data_position(data, start, config.global_batch)
+    written = (data or {}).get("global_batch", config.global_batch)
+    if band_sets.is_mixed(sets) and int(written) != int(config.global_batch):
+        raise ConfigError(f"config.global_batch: a mixed-sensor stream (config.data.sets) resumes "
+                          f"with the global batch that wrote it, {written}; found "
+                          f"{config.global_batch}")
+    return position
 
 
 # ----- trainer ----------------------------------------------------------------------------------
@@ -149,8 +201,10 @@ def _run(config, workdir: str, devices, hooks, progress_bar, stop) -> dict:
     logging.info("%s on %s: %d steps of %d samples on %d devices (mesh %s) → %s",
                  config.objective.name, config.model.name, config.total_steps, config.global_batch,
                  mesh.size, dict(mesh.shape), workdir)
-    source = ShardSource(resolve_train_files(config))
-    trainer = build_trainer(config, objective, mesh, example_batch(objective, source))
+    sets, sources = data_sets(config, objective)
+    first = next(s for s in sets if not s.pair)
+    trainer = build_trainer(config, objective, mesh,
+                            example_batch(set_views(config, objective, first), sources[first.name]))
     abstract_state, meta = trainer.abstract_state, trainer.meta
 
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
@@ -164,7 +218,7 @@ def _run(config, workdir: str, devices, hooks, progress_bar, stop) -> dict:
     if start is not None:
         # Elastic: the state lands on this run's mesh and the stream continues at its global
         # position, whatever the device or process count that wrote the checkpoint.
-        position = ckpt_lib.data_position(data, start, config.global_batch)
+        position = _resume_position(config, sets, data, start)
         logging.info("resumed from %s/%d (global sample %d)", checkpointer.directory, start,
                      position)
         if teacher is not None:
@@ -172,8 +226,8 @@ def _run(config, workdir: str, devices, hooks, progress_bar, stop) -> dict:
     else:
         start = 0
         state = trainer.init_state(teacher)
-    _, data_iter = make_data_iterator(config, objective, jax.process_index(),
-                                      jax.process_count(), source=source, start_position=position)
+    data_iter = make_data_iterator(config, objective, jax.process_index(), jax.process_count(),
+                                   sets=sets, sources=sources, start_position=position)
     # Only now, with the run checked against the workdir, may the workdir change.
     ckpt_lib.write_config(workdir, config)
     if progress_bar is None:
@@ -226,17 +280,20 @@ def _loop(config, state, start, train_step, data_iter, mesh, save, checkpointer,
     last_row = None
     window_start = None  # wall clock after the previous fetch: rates are wall-clock, compile excluded
     steady_steps, steady_s = 0, 0.0  # for the ETA
-    compile_s = None  # seconds the first step took to compile (cache hits: a fraction of that)
+    compile_s = None  # seconds the step's compilations took since the last row (cache hits: less)
+    window_compile_s = 0.0  # compilation inside the current window, left out of its rate
+    steps = CompiledSteps(train_step)
 
     def flush():
-        nonlocal last_row, window_start, steady_steps, steady_s, compile_s
+        nonlocal last_row, window_start, steady_steps, steady_s, compile_s, window_compile_s
         if not pending:
             return
         rows = []
         fetched = jax.device_get([m for _, m, _ in pending])  # waits for the window's steps
         now = time.perf_counter()
-        per_step = (now - window_start) / len(pending)
-        steady_steps, steady_s = steady_steps + len(pending), steady_s + (now - window_start)
+        window = now - window_start - window_compile_s
+        per_step, window_compile_s = window / len(pending), 0.0
+        steady_steps, steady_s = steady_steps + len(pending), steady_s + window
         for (step, _, wait), values in zip(pending, fetched):
             row = {"step": step, **{k: float(v) for k, v in values.items()}}
             row.update(step_time_s=per_step, data_wait_s=wait,
@@ -244,7 +301,7 @@ def _loop(config, state, start, train_step, data_iter, mesh, save, checkpointer,
                        images_per_s=config.global_batch / max(per_step, 1e-9))
             metrics_lib.check_finite(step, row)
             row.update(evaluated.pop(step, {}))
-            if compile_s is not None:  # the first row of the run: its one compilation
+            if compile_s is not None:  # the first row after a compilation (the run's first)
                 row["compile_s"], compile_s = compile_s, None
             rows.append(row)
         writer.write(rows)
@@ -260,17 +317,13 @@ def _loop(config, state, start, train_step, data_iter, mesh, save, checkpointer,
         local = next(data_iter)
         wait = time.perf_counter() - t0
         batch = multihost.global_batch(local, mesh)
-        if window_start is None:  # first step: compile ahead of time, timed apart from the rate
-            logging.info("compiling the train step…")
-            t_compile = time.perf_counter()
-            lowered = train_step.lower(state, batch)
-            trace_s = time.perf_counter() - t_compile
-            train_step = lowered.compile()  # a hit of the persistent cache: loaded, not built
-            compile_s = time.perf_counter() - t_compile
-            logging.info("compiled the train step in %.1f s (%.1f s of it tracing)", compile_s,
-                         trace_s)
+        executable, seconds = steps.get(state, batch)
+        if seconds:  # compiled ahead of time for this batch signature, timed apart from the rate
+            compile_s = (compile_s or 0.0) + seconds
+            window_compile_s += seconds if window_start is not None else 0.0
+        if window_start is None:
             window_start = time.perf_counter()
-        state, metrics = train_step(state, batch)
+        state, metrics = executable(state, batch)
         pending.append((step, metrics, wait))
         for hook_every, hook in hooks:
             if step % hook_every == 0:
@@ -292,6 +345,30 @@ def _loop(config, state, start, train_step, data_iter, mesh, save, checkpointer,
     flush()
     checkpointer.wait()
     return {"final_step": total, "last_metrics": last_row, "state": state}
+
+
+class CompiledSteps:
+    """The jitted train step compiled ahead of time once per batch signature (the shapes and
+    dtypes of the batch's arrays): one executable for a run on one band set; one per distinct
+    band count (and pairing) for mixed sensors (``config.data.sets``), each reused."""
+
+    def __init__(self, jitted):
+        self.jitted, self.executables = jitted, {}
+
+    def get(self, state, batch):
+        """(executable for ``batch``, seconds spent compiling it now, or None when cached)."""
+        key = tuple(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in batch.items()))
+        if key in self.executables:
+            return self.executables[key], None
+        logging.info("compiling the train step%s…", f" for batch signature {len(self.executables) + 1}"
+                     if self.executables else "")
+        t0 = time.perf_counter()
+        lowered = self.jitted.lower(state, batch)
+        trace_s = time.perf_counter() - t0
+        self.executables[key] = lowered.compile()  # a hit of the persistent cache: loaded, not built
+        seconds = time.perf_counter() - t0
+        logging.info("compiled the train step in %.1f s (%.1f s of it tracing)", seconds, trace_s)
+        return self.executables[key], seconds
 
 
 def _export(config, objective, checkpointer, workdir) -> str | None:
