@@ -251,3 +251,28 @@ def test_band_wavelength_table():
         bands.wavelengths(["B2", "B13", "HH"])
     with pytest.raises(ValueError, match="sequence of band names"):
         bands.wavelengths("B2")
+
+
+def test_continual_pretraining_starts_from_torchgeo_weights(torch_dofa, model, apply, tmp_path):
+    """configs/anysensor_vit_b.py with ``init.torch_checkpoint`` = a torchgeo DOFA state dict:
+    the student backbone starts as that network (the hypernetwork included: DOFA has no channel
+    axis to re-initialise under the default ``first_layer="reinit"``), embedding S1 input as
+    torchgeo does."""
+    import torch
+    from safetensors.torch import save_file
+    from configs import anysensor_vit_b
+    from geossl.train import pretrained
+    net, sd = torch_dofa
+    path = str(tmp_path / "dofa_tiny.safetensors")
+    save_file({k: torch.from_numpy(v) for k, v in sd.items()}, path)
+    c = anysensor_vit_b.get_config("demo")
+    c.model.update(dict(TINY, name=ARCH))
+    c.init.torch_checkpoint = path
+    assert c.init.first_layer == "reinit"
+    x = _images(2, seed=3)
+    w = bands.wavelengths(bands.S1, dict(c.data.wavelengths))
+    fresh = jax.device_get(model.init(jax.random.PRNGKey(0), x))
+    loaded = pretrained.load_student_backbone(c, fresh)
+    want, _, _ = _torch_outputs(net, x, w)
+    assert _rel(apply({"params": loaded["params"]}, x, wavelengths=w)["embedding"], want) < 1e-5
+    assert _rel(apply(fresh, x, wavelengths=w)["embedding"], want) > 0.1  # the random start

@@ -4,6 +4,7 @@ vs 1: tests/test_elastic.py)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -132,9 +133,20 @@ def test_views_rendered_in_the_step_log_the_losses_of_host_views(shards, tmp_pat
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
 
 
-def test_checkpoint_of_another_model_is_refused(shards, tmp_path):
-    workdir = str(tmp_path / "w")
+@pytest.fixture(scope="module")
+def two_steps(shards, tmp_path_factory):
+    """A finished 2-step run of ``tiny_config``, shared: tests work on copies (:func:`_copy`)."""
+    workdir = str(tmp_path_factory.mktemp("two_steps") / "w")
     loop.run(tiny_config(shards, total_steps=2), workdir)
+    return workdir
+
+
+def _copy(workdir, tmp_path) -> str:
+    return shutil.copytree(workdir, str(tmp_path / "w"))
+
+
+def test_checkpoint_of_another_model_is_refused(shards, two_steps, tmp_path):
+    workdir = _copy(two_steps, tmp_path)
     config_json = open(os.path.join(workdir, "config.json")).read()
     with pytest.raises(ckpt_lib.CheckpointMismatchError, match="projector.*16.*24|24.*16"):
         loop.run(tiny_config(shards, total_steps=4, **{"objective.proj_dim": 24}), workdir)
@@ -180,16 +192,14 @@ def test_unreadable_newest_checkpoint_falls_back_and_none_readable_is_one_error(
         loop.run(tiny_config(shards, total_steps=6), workdir)
 
 
-def test_checkpoint_of_another_optimiser_is_refused(shards, tmp_path):
-    workdir = str(tmp_path / "w")
-    loop.run(tiny_config(shards, total_steps=2), workdir)
+def test_checkpoint_of_another_optimiser_is_refused(shards, two_steps, tmp_path):
+    workdir = _copy(two_steps, tmp_path)
     with pytest.raises(ckpt_lib.CheckpointMismatchError, match="optimiser state"):
         loop.run(tiny_config(shards, total_steps=4, **{"optim.clip_norm": 0.0}), workdir)
 
 
-def test_non_finite_loss_stops_and_keeps_last_checkpoint(shards, tmp_path):
-    workdir = str(tmp_path / "nan")
-    loop.run(tiny_config(shards, total_steps=2), workdir)
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(shards, two_steps, tmp_path):
+    workdir = _copy(two_steps, tmp_path)
     before = ckpt_lib.Checkpointer(workdir, async_save=False).restore_raw(2)
     with pytest.raises(NonFiniteLossError, match=r"non-finite \w+=(nan|inf|-inf) at step [3-6]"):
         loop.run(tiny_config(shards, **{"lr.base": 1e30, "lr.warmup_steps": 0}), workdir)

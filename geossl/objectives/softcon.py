@@ -21,7 +21,7 @@ from geossl.models.from_config import create_from_config
 from geossl.models.heads import MLPHead
 from geossl.objectives import softcon_views
 from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, batch_wavelengths,
-                                    register)
+                                    check, register)
 
 
 class SoftConNet(nn.Module):
@@ -73,7 +73,12 @@ class SoftCon(Objective):
             proj_dim=o.proj_dim, proj_layers=o.proj_layers, pred_hidden=o.pred_hidden,
             pred_layers=o.pred_layers)
         self.view_config = softcon_views.view_config(config)
-        self.views_on_device = device_views.views_on_device(config.data.views)
+        # device views render config.data.bands; band sets (config.data.sets) render on the host
+        band_sets = bool(config.data.get("sets", None))
+        check(not (band_sets and config.data.views == "device"), "config.data.views",
+              "'host' or 'auto' with config.data.sets (the step renders one band list, "
+              "config.data.bands)", config.data.views)
+        self.views_on_device = not band_sets and device_views.views_on_device(config.data.views)
 
     # ----- host ------------------------------------------------------------------------------
     def make_views(self, record, rng: np.random.Generator):

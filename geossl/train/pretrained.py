@@ -48,7 +48,8 @@ def check_same_tree(name: str, loaded, current) -> None:
 def load_student_backbone(config, current: dict) -> dict | None:
     """``{"params", ["batch_stats"]}`` for the student backbone from ``config.init``, or None when it
     asks for nothing. ``current``: the freshly initialised backbone (its first layer is kept for
-    ``first_layer="reinit"``; its tree is what the loaded one must match)."""
+    ``first_layer="reinit"``, except by a wavelength-conditioned family, whose generated first
+    layer has no band order to redo; its tree is what the loaded one must match)."""
     init = config.init
     path, workdir = init.torch_checkpoint, init.workdir
     if path and workdir:
@@ -61,9 +62,9 @@ def load_student_backbone(config, current: dict) -> dict | None:
         loaded = convert.from_torch(convert.load_state_dict(path), config.model.name,
                                     first_layer=mode, rng=np.random.default_rng(config.seed),
                                     **architecture_kwargs(config.model))
-        if mode == "reinit":
-            loaded = _take_first_layer(loaded, current["params"],
-                                       models.family(config.model.name).first_layer)
+        family = models.family(config.model.name)
+        if mode == "reinit" and not family.wavelengths:  # DOFA's generator serves any bands: kept
+            loaded = _take_first_layer(loaded, current["params"], family.first_layer)
         name = path
     else:
         return None
