@@ -126,18 +126,28 @@ def make_case(config):
     return obj, batch, variables, teacher
 
 
-@pytest.fixture(scope="module", params=list(CONFIGS))
-def case(request):
+def make_objective_case(name: str):
     """(name, objective, batch, variables, teacher, jitted (params, batch) → (loss, grads))."""
-    obj, batch, variables, teacher = make_case(CONFIGS[request.param]())
+    obj, batch, variables, teacher = make_case(CONFIGS[name]())
 
     def loss(params, b):
         return obj.loss(params, teacher, variables.extra, b, RNG, 0)[0]
 
-    return request.param, obj, batch, variables, teacher, jax.jit(jax.value_and_grad(loss))
+    return name, obj, batch, variables, teacher, jax.jit(jax.value_and_grad(loss))
 
 
-def test_loss_is_finite_and_trains_the_weight_generator(case):
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_objective_trains_a_dofa_backbone(name):
+    """Each objective with a tiny DOFA, its loss and gradient compiled once (one test per
+    objective, so that no two test workers compile the same one): the checks below."""
+    case = make_objective_case(name)
+    check_loss_is_finite_and_trains_the_weight_generator(case)
+    check_permuting_bands_with_their_wavelengths_leaves_the_loss(case)
+    check_a_batch_without_wavelengths_is_one_line_error(case)
+    check_pixel_heads_fix_the_band_list_and_softcon_takes_pairs(case)
+
+
+def check_loss_is_finite_and_trains_the_weight_generator(case):
     _, _, batch, variables, _, loss_and_grad = case
     loss, grads = loss_and_grad(variables.params, batch)
     assert np.isfinite(float(loss))
@@ -155,7 +165,7 @@ def _relative(a, b) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def test_permuting_bands_with_their_wavelengths_leaves_the_loss(case):
+def check_permuting_bands_with_their_wavelengths_leaves_the_loss(case):
     """The loss and the weight generator's gradient (a function of band-agnostic parameters) are
     unchanged; with the images permuted alone both move (the gradient by 20-200%: MAE's loss at
     initialisation hardly depends on the encoder, 7e-5 relative)."""
@@ -177,7 +187,7 @@ def test_permuting_bands_with_their_wavelengths_leaves_the_loss(case):
         np.testing.assert_allclose(float(loss_and_grad(params, view2)[0]), float(loss), rtol=1e-5)
 
 
-def test_a_batch_without_wavelengths_is_one_line_error(case):
+def check_a_batch_without_wavelengths_is_one_line_error(case):
     _, obj, batch, variables, teacher, _ = case
     bare = {k: x for k, x in batch.items() if not k.startswith("wavelengths")}
     with pytest.raises(ValueError, match="dofa_small_patch16_224: a wavelength-conditioned "
@@ -262,7 +272,7 @@ def test_dofa_inserts_mask_tokens_as_the_vit():
         model.apply(variables, x, wavelengths=w, insert_idx=ins)
 
 
-def test_pixel_heads_fix_the_band_list_and_softcon_takes_pairs(case):
+def check_pixel_heads_fix_the_band_list_and_softcon_takes_pairs(case):
     """What ``config.data.sets`` may mix: MAE, PerA and GFM predict ``config.data.bands`` (one
     band order); SoftCon's two views may come from two sensors."""
     name, obj = case[:2]
