@@ -197,6 +197,13 @@ class Objective:
                              f"{WAVELENGTHS!r} (the trainer adds it from the bands of each record)")
         return {"wavelengths": w}
 
+    def init_kwargs(self, batch: dict, view: int | None = None) -> dict:
+        """:meth:`backbone_kwargs` for ``init``, or ``{}`` when the batch carries no wavelengths
+        (a wavelength-conditioned backbone initialises without them)."""
+        if batch_wavelengths(batch, view) is None:
+            return {}
+        return self.backbone_kwargs(batch, view)
+
     # ----- export -----------------------------------------------------------------------------
     @property
     def backbone_name(self) -> str:

@@ -27,8 +27,7 @@ from geossl.models import family
 from geossl.models.from_config import create_from_config
 from geossl.models.heads import MLPHead
 from geossl.objectives import dense_views
-from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, batch_wavelengths,
-                                    register)
+from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, register)
 
 TEACHER_MODES = ("ema", "none")
 
@@ -179,7 +178,7 @@ class Dense(Objective):
     # ----- device ----------------------------------------------------------------------------
     def init(self, rng, batch) -> Variables:
         x = jnp.asarray(batch["view1"])
-        kw = self.backbone_kwargs(batch, 1) if batch_wavelengths(batch, 1) is not None else {}
+        kw = self.init_kwargs(batch, 1)
         variables = self.net.init({"params": rng, "dropout": rng}, x, train=False, **kw)
         return Variables(params=variables["params"],
                          extra={"batch_stats": variables.get("batch_stats", {})})

@@ -28,8 +28,7 @@ from geossl import losses, masking, models
 from geossl.data import bands as bands_lib
 from geossl.models.from_config import create_from_config
 from geossl.objectives import gfm_views
-from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, batch_wavelengths,
-                                    check, register)
+from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, check, register)
 from geossl.patches import pixel_shuffle, resize_align_corners
 
 #: torch's default Conv2d / Linear kernel init, uniform ±1/√fan_in (GFM's decoder and projector);
@@ -109,7 +108,7 @@ class GFM(Objective):
     def init(self, rng, batch) -> Variables:
         r_bb, r_dec, r_proj, r_tok = jax.random.split(rng, 4)
         x = jnp.asarray(batch["image"])[:1]
-        kw = self.backbone_kwargs(batch) if batch_wavelengths(batch) is not None else {}
+        kw = self.init_kwargs(batch)
         backbone = self.backbone.init({"params": r_bb, "dropout": r_bb}, x, **kw)["params"]
         if self.distill_block is not None:  # SimMIM's ViT mask token: trunc-normal 0.02
             backbone = dict(backbone, mask_token=0.02 * jax.random.truncated_normal(

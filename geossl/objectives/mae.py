@@ -28,7 +28,7 @@ from geossl import masking
 from geossl.data import augment, views
 from geossl.models.from_config import create_from_config
 from geossl.models.layers import LN_EPS, Block
-from geossl.objectives.base import Fields, Objective, Variables, batch_wavelengths, register
+from geossl.objectives.base import Fields, Objective, Variables, register
 from geossl.patches import patchify, sincos_pos_embed
 
 
@@ -126,7 +126,7 @@ class MAE(Objective):
     def init(self, rng, batch) -> Variables:
         r_enc, r_dec = jax.random.split(rng)
         x = jnp.asarray(batch["image"])[:1]
-        kw = self.backbone_kwargs(batch) if batch_wavelengths(batch) is not None else {}
+        kw = self.init_kwargs(batch)
         backbone = self.backbone.init({"params": r_enc, "dropout": r_enc}, x, **kw)["params"]
         d = backbone["pos_embed"].shape[-1]
         table = np.concatenate([np.zeros((1, d), np.float32), sincos_pos_embed(d, self.grid)])

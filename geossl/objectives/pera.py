@@ -28,8 +28,7 @@ from geossl import losses, masking, schedules
 from geossl.models.from_config import create_from_config
 from geossl.models.heads import DINOHead
 from geossl.objectives import pera_views
-from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, batch_wavelengths,
-                                    check, register)
+from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, check, register)
 from geossl.patches import patchify
 
 
@@ -90,7 +89,7 @@ class PerA(Objective):
     def init(self, rng, batch) -> Variables:
         r_bb, r_cls, r_pix, r_tok = jax.random.split(rng, 4)
         x = jnp.asarray(batch["global_student"])[:1, 0]
-        kw = self.backbone_kwargs(batch) if batch_wavelengths(batch) is not None else {}
+        kw = self.init_kwargs(batch)
         backbone = self.backbone.init({"params": r_bb, "dropout": r_bb}, x, **kw)["params"]
         d = self.backbone.num_features
         z = jnp.zeros((1, d), jnp.float32)

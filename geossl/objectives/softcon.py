@@ -20,8 +20,7 @@ from geossl.models import family
 from geossl.models.from_config import create_from_config
 from geossl.models.heads import MLPHead
 from geossl.objectives import softcon_views
-from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, batch_wavelengths,
-                                    check, register)
+from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, check, register)
 
 
 class SoftConNet(nn.Module):
@@ -98,7 +97,7 @@ class SoftCon(Objective):
     # ----- device ----------------------------------------------------------------------------
     def init(self, rng, batch) -> Variables:
         view1 = jnp.asarray(self._view(batch, 1))
-        kw = self.backbone_kwargs(batch, 1) if batch_wavelengths(batch, 1) is not None else {}
+        kw = self.init_kwargs(batch, 1)
         variables = self.net.init({"params": rng, "dropout": rng}, view1, train=False, **kw)
         return Variables(params=variables["params"],
                          extra={"batch_stats": variables.get("batch_stats", {})})
