@@ -1,8 +1,9 @@
-"""Where the time of the SoftCon train step goes: jax's profiler over the trainer's own compiled step
+"""Where the time of a method's train step goes: jax's profiler over the trainer's own compiled step
 (built as benchmarks/train_step.py builds it), each XLA operation's time grouped by kind.
 
     python benchmarks/profile_step.py --arch vit_small_patch14 --batch 8 --img 224 --bands 13
     python benchmarks/profile_step.py --arch resnet50 --batch 8 --img 224 --bands 13
+    python benchmarks/profile_step.py --method pera --batch 2 --img 112
 
 The profiler records one event per executed operation (``hlo_op``: an instruction of the optimised
 HLO module). Each is classed by what it computes: its opcode, or for a fusion the heaviest
@@ -105,17 +106,23 @@ def op_times(trace_dir: str) -> dict[str, float]:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="vit_small_patch14", choices=sorted(bench.CONFIGS))
+    p.add_argument("--method", default="softcon", choices=bench.METHODS)
+    p.add_argument("--arch", default="", help="backbone (default: the method's first)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--img", type=int, default=224)
     p.add_argument("--bands", type=int, default=13)
-    p.add_argument("--mask_ratio", type=float, default=0.0)
+    p.add_argument("--mask_ratio", type=float, default=None,
+                   help="config.objective.mask_ratio (default: SoftCon 0, others the config's)")
     p.add_argument("--steps", type=int, default=2, help="profiled steps (after one warm-up step)")
     p.add_argument("--top", type=int, default=12, help="costliest operations listed")
     p.add_argument("--trace_dir", default="", help="keep the trace here (default: a temporary folder)")
     args = p.parse_args()
+    args.arch = args.arch or bench.default_arch(args.method)
+    if args.mask_ratio is None:
+        args.mask_ratio = getattr(bench.twin(args.method), "SAVING", {}).get("objective.mask_ratio")
+    overrides = {} if args.mask_ratio is None else {"objective.mask_ratio": args.mask_ratio}
 
-    built = bench.compiled_step(args, args.mask_ratio)
+    built = bench.compiled_step(args, overrides)
     compiled, state, batch = built["compiled"], built["state"], built["batch"]
     ops = parse_hlo(compiled.as_text())
     state, _ = jax.block_until_ready(compiled(state, batch))
@@ -132,8 +139,8 @@ def main():
     by_class = collections.Counter()
     for name, ms in times.items():
         by_class[op_class(name, ops)] += ms
-    print(f"SoftCon train step profile: {args.arch}, {args.bands} bands, {args.img} px, batch "
-          f"{args.batch} (2 views each), mask {args.mask_ratio}, {os.cpu_count()} CPU cores, jax "
+    print(f"{args.method} train step profile: {args.arch}, {args.bands} bands, {args.img} px, batch "
+          f"{args.batch}, mask {args.mask_ratio}, {os.cpu_count()} CPU cores, jax "
           f"{jax.__version__} {jax.default_backend()}")
     print(f"wall {wall * 1e3:.1f} ms/step; operations {total:.1f} ms/step summed over threads "
           f"({len(times)} operations); trace: {trace_dir}")
