@@ -15,7 +15,11 @@ Writes ``--records`` SSL4EO-like records (T seasons × 13 × size × size uint16
   device render     the jitted ``device_views.render_views`` of both views (on the default
                     backend), samples/s;
   train step        the SoftCon step of ``--step_model`` at ``--batch`` samples, views given
-                    (host) or rendered inside the step (device): the rate the step consumes.
+                    (host) or rendered inside the step (device): the rate the step consumes;
+  <method> views    ``--methods`` (default pera,gfm): the objective's own ``make_views`` + decode
+                    with the config and sizes of ``benchmarks/train_step.py --method M`` (PerA: 2
+                    global crops at --img and 8 local pairs of 96 px; GFM: one masked crop), and
+                    that method's train step (``--method_steps`` timed steps, 0 skips it).
 "per core" divides by the CPU seconds spent (this process, its threads and its grain workers), so
 it holds when other jobs share the cores; items/s is wall-clock. Target: >= 200 two-view samples/s
 per core. The last lines give host cores needed to feed the step in each mode.
@@ -31,6 +35,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
@@ -163,6 +168,27 @@ def step_rate(args, views: str, batch: dict) -> tuple[float, float]:
     return n / (time.perf_counter() - wall), n / max(time.process_time() - cpu, 1e-9)
 
 
+def method_rows(args, source) -> tuple[list, dict]:
+    """Rows (name, workers, items/s, per core) of each ``args.methods`` objective's views with
+    decode, and {method: its train step's samples/s} (``benchmarks/train_step.py``'s step)."""
+    import train_step
+    rows, steps, n = [], {}, len(source)
+    for method in [m for m in args.methods.split(",") if m.strip()]:
+        bench = argparse.Namespace(method=method, arch=train_step.default_arch(method),
+                                   img=args.img, bands=13, batch=args.batch)
+        from geossl import objectives
+        config = train_step.load_config(bench)
+        objective, rng = objectives.create(config), np.random.default_rng(0)
+        wall, cpu = timed(lambda i: objective.make_views(source[i % n], rng), args.samples // 4)
+        rows.append((f"{method} views + decode", "-", wall, cpu))
+        if args.method_steps:
+            side = train_step.geossl_side(bench)[2]
+            times = train_step.step_times(side["step"], 1, args.method_steps)
+            steps[method] = args.batch / float(np.median(times))
+            rows.append((f"{method} train step", "-", steps[method], float("nan")))
+    return rows, steps
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--records", type=int, default=64)
@@ -176,6 +202,10 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=3, help="timed train steps / render repeats")
     p.add_argument("--step_model", default="vit_small_patch14",
                    help="model of the train-step rate ('' skips it)")
+    p.add_argument("--methods", default="pera,gfm",
+                   help="objectives whose own views are timed ('' skips them)")
+    p.add_argument("--method_steps", type=int, default=2,
+                   help="timed train steps of each --methods objective (0 skips them)")
     args = p.parse_args(argv)
     workers = [int(w) for w in args.workers.split(",") if w.strip()]
     malloc.reuse_freed_memory()  # as the pipeline does where it builds views (data.tune_malloc)
@@ -214,6 +244,8 @@ def main(argv=None) -> None:
                               *grain_rate(source, fn, w, args.batch, args.batches)))
         raw_batch = pipeline.stack([raw_fn(recs[i % len(recs)], rng) for i in range(args.batch)])
         rows.append(("device render (jit)", "-", *render_rate(raw_batch, cfg, args.steps)))
+        extra, method_steps = method_rows(args, source)
+        rows += extra
         step = {}
         if args.step_model:
             host_batch = pipeline.stack([view_fn(recs[i % len(recs)], rng)
@@ -228,7 +260,8 @@ def main(argv=None) -> None:
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"{'stage':<28}{'workers':>8}{'items/s':>11}{'per core':>11}")
     for name, w, r, per_core in rows:
-        print(f"{name:<28}{w:>8}{r:>11.1f}{per_core:>11.1f}")
+        per = "-" if np.isnan(per_core) else f"{per_core:.1f}"
+        print(f"{name:<28}{w:>8}{r:>11.1f}{per:>11}")
     rate = {name: per_core for name, _, _, per_core in rows}
     two_view, raw = rate["two-view + decode"], rate["raw two-view + decode"]
     print(f"two-view samples/s per core (decode included): host views {two_view:.1f}, device "
@@ -237,6 +270,11 @@ def main(argv=None) -> None:
         if mode in step:
             print(f"{mode} views: the step consumes {step[mode]:.1f} samples/s = "
                   f"{step[mode] / per_core:.2f} host cores of input pipeline")
+    for method, consumed in method_steps.items():
+        per_core = rate[f"{method} views + decode"]
+        print(f"{method}: the step (benchmarks/train_step.py --method {method}, batch "
+              f"{args.batch}) consumes {consumed:.1f} samples/s = {consumed / per_core:.2f} host "
+              f"cores of its views ({per_core:.1f} samples/s per core)")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 config has), `make demo`'s block is the Makefile's, and the commands that need no outside data run
 at tiny scale, in the README's order, each on the previous one's output."""
 
+import functools
 import os
 import re
 import shlex
@@ -77,13 +78,21 @@ def test_readme_command_flags_exist(command):
                 assert part in node, f"{command}: --{name}: the config has no field {part!r}"
                 node = node[part]
     plain = [n for n in _flag_names(args) if not n.startswith("config.")]
+    text = _help(tuple(prefix))
+    for name in plain:
+        assert re.search(rf"--(\[no\])?{re.escape(name)}\b", text), \
+            f"{command}: --{name} is not a flag of {' '.join(prefix)}"
+
+
+@functools.lru_cache(maxsize=None)
+def _help(prefix: tuple) -> str:
+    """The ``--help`` text of one command line prefix (once per test process: 34 README commands
+    share 25 prefixes)."""
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-    done = subprocess.run([sys.executable] + prefix + ["--help"], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, *prefix, "--help"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode in (0, 1) and done.stdout, done.stderr[-2000:]  # absl: 1, argparse: 0
-    for name in plain:
-        assert re.search(rf"--(\[no\])?{re.escape(name)}\b", done.stdout), \
-            f"{command}: --{name} is not a flag of {' '.join(prefix)}"
+    return done.stdout
 
 
 def _png_folders(root: str) -> tuple[str, str]:
