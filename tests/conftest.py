@@ -40,14 +40,3 @@ def tf_python():
         pytest.skip("TensorFlow interop: set GEOSSL_TF_PYTHON to a python with tensorflow")
     return sys.executable
 
-
-#: Modules whose tests take the longest (engine runs in subprocesses, notebook, README commands),
-#: longest first: run first, so that ``pytest -n 2`` ends on short tests instead of one worker
-#: finishing a 55 s test while the other idles. Their tests keep their order (module fixtures).
-FIRST = ("test_elastic.py", "test_notebook.py", "test_readme.py", "test_engine_run.py",
-         "test_anysensor.py", "test_preemption.py", "test_terratorch.py", "test_demo_teacher.py")
-
-
-def pytest_collection_modifyitems(session, config, items):
-    rank = {name: i for i, name in enumerate(FIRST)}
-    items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(FIRST)))
