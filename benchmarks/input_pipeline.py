@@ -172,11 +172,11 @@ def method_rows(args, source) -> tuple[list, dict]:
     """Rows (name, workers, items/s, per core) of each ``args.methods`` objective's views with
     decode, and {method: its train step's samples/s} (``benchmarks/train_step.py``'s step)."""
     import train_step
+    from geossl import objectives
     rows, steps, n = [], {}, len(source)
     for method in [m for m in args.methods.split(",") if m.strip()]:
         bench = argparse.Namespace(method=method, arch=train_step.default_arch(method),
                                    img=args.img, bands=13, batch=args.batch)
-        from geossl import objectives
         config = train_step.load_config(bench)
         objective, rng = objectives.create(config), np.random.default_rng(0)
         wall, cpu = timed(lambda i: objective.make_views(source[i % n], rng), args.samples // 4)

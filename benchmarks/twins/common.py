@@ -66,6 +66,19 @@ def images(torch, host_batch, key):
     return torch.from_numpy(host_batch[key]).permute(0, 3, 1, 2).contiguous().float()
 
 
+def descend(torch, opt, loss, config):
+    """One optimiser step on ``loss``, its gradient clipped to global norm config.optim.clip_norm
+    over the optimiser's parameters when that is set (as geossl's optimiser does); returns the
+    loss detached."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    clip = float(config.optim.get("clip_norm", 0.0) or 0.0)
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
+    opt.step()
+    return loss.detach()
+
+
 def ema_update(torch, teacher, student, momentum):
     """teacher ← momentum · teacher + (1 − momentum) · student, parameter by parameter."""
     with torch.no_grad():

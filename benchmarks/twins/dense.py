@@ -129,10 +129,7 @@ def torch_side(torch, args, config, host_batch) -> dict:
         with torch.no_grad():
             t1, t2 = (project(teacher, x) for x in views)
         loss = 0.5 * (direction(s1, t2, geos[0], geos[1]) + direction(s2, t1, geos[1], geos[0]))
-        out["loss"] = loss.detach()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        out["loss"] = common.descend(torch, opt, loss, config)
         common.ema_update(torch, teacher, student, momentum)
 
     return dict(lib=lib, step=step, loss=lambda: float(out["loss"]))

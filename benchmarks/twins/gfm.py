@@ -78,7 +78,6 @@ def torch_side(torch, args, config, host_batch) -> dict:
     nn.init.trunc_normal_(student.mask_token, std=0.02)
     student.train()
     opt = common.adamw(torch, (student,), config)
-    clip = float(config.optim.clip_norm)
     x = common.images(torch, host_batch, "image")
     bands = list(config.data.bands)
     t_bands = [bands.index(b) for b in t.bands]
@@ -100,11 +99,6 @@ def torch_side(torch, args, config, host_batch) -> dict:
             f_t = swin_features(torch, teacher, t_x, full=False)[1].mean(dim=(1, 2))
         loss_feat = -(F.normalize(z, dim=1) * F.normalize(f_t, dim=1)).sum(1).mean()
         loss = loss_mim + float(o.feat_weight) * loss_feat
-        out["loss"] = loss.detach()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip > 0:
-            torch.nn.utils.clip_grad_norm_(student.parameters(), clip)
-        opt.step()
+        out["loss"] = common.descend(torch, opt, loss, config)
 
     return dict(lib=lib, step=step, loss=lambda: float(out["loss"]))

@@ -91,9 +91,6 @@ def torch_side(torch, args, config, host_batch) -> dict:
             target = (target - mean) / (var + 1e-6).sqrt()
         masked = torch.zeros(x.shape[0], n).scatter_(1, mask_idx, 1.0)
         loss = (((pred - target) ** 2).mean(-1) * masked).sum() / masked.sum()
-        out["loss"] = loss.detach()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        out["loss"] = common.descend(torch, opt, loss, config)
 
     return dict(lib=lib, step=step, loss=lambda: float(out["loss"]))

@@ -91,7 +91,6 @@ def torch_side(torch, args, config, host_batch) -> dict:
     teacher = copy.deepcopy(student).requires_grad_(False).eval()
     student.train()
     opt = common.adamw(torch, (student, pixel_head, torch.nn.ParameterList([mask_token])), config)
-    params = [q for group in opt.param_groups for q in group["params"]]
     xs_g, xt_g, xs_l, xt_l = (crops(torch, host_batch, k) for k in (
         "global_student", "global_teacher", "local_student", "local_teacher"))
     b, g = host_batch["global_student"].shape[:2]
@@ -122,12 +121,7 @@ def torch_side(torch, args, config, host_batch) -> dict:
         loss_mse = ((pred - pixels) ** 2).sum(-1).mean()
         loss = (float(o.dino_weight) * loss_dino + float(o.koleo_weight) * loss_koleo
                 + float(o.mse_weight) * loss_mse)
-        out["loss"] = loss.detach()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.optim.clip_norm:
-            torch.nn.utils.clip_grad_norm_(params, float(config.optim.clip_norm))
-        opt.step()
+        out["loss"] = common.descend(torch, opt, loss, config)
         common.ema_update(torch, teacher, student, float(config.ema.base))
 
     return dict(lib=lib, step=step, loss=lambda: float(out["loss"]))

@@ -58,10 +58,7 @@ def torch_side(torch, args, config, host_batch) -> dict:
             k1, k2 = teacher(x1), teacher(x2)
         loss = 0.5 * (soft_contrastive(torch, q1, k2, y1, y2, tau, lam)
                       + soft_contrastive(torch, q2, k1, y2, y1, tau, lam))
-        out["loss"] = loss.detach()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        out["loss"] = common.descend(torch, opt, loss, config)
         common.ema_update(torch, teacher, encoder, momentum)
 
     return dict(lib=lib, step=step, loss=lambda: float(out["loss"]))
