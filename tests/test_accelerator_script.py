@@ -3,11 +3,13 @@
 import os
 import subprocess
 
+from xla_env import xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_accelerator_benchmark_dry_run_prints_a_row():
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1))
     done = subprocess.run(["bash", os.path.join(ROOT, "benchmarks/accelerator.sh"), "--dry_run",
                            "--fp32", "--methods", "softcon"], env=env, capture_output=True,
                           text=True, timeout=400)

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from xla_env import xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -25,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ])
 def test_bad_config_is_one_line_and_writes_nothing(tmp_path, config, override, message):
     workdir = tmp_path / "w"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT,
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1), PYTHONPATH=ROOT,
                GEOSSL_DEMO_TEACHERS=str(tmp_path / "teachers"))
     done = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"),
                            f"--config={ROOT}/configs/{config}", f"--workdir={workdir}",
@@ -45,7 +47,7 @@ def test_data_that_does_not_fit_the_config_is_one_line(tmp_path):
     synthetic.generate(data, num_locations=8, heldout=0, num_shards=1, size=16, seasons=2,
                        num_workers=1, verbose=False)
     workdir = tmp_path / "w"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT,
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1), PYTHONPATH=ROOT,
                GEOSSL_DATA=data)
     done = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"),
                            f"--config={ROOT}/configs/softcon_vit_s.py:demo", f"--workdir={workdir}",

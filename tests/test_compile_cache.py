@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+from xla_env import xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _PROBE = """
@@ -19,7 +21,7 @@ print("hits", events.count("/jax/compilation_cache/cache_hits"),
 
 
 def _probe(directory):
-    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags())
     done = subprocess.run([sys.executable, "-c", _PROBE, directory], env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -92,8 +92,10 @@ def test_eight_then_four_then_two_devices_log_the_losses_of_one_device(shards, t
     np.testing.assert_allclose(losses, [r["loss"] for r in b], atol=1e-5, rtol=1e-5)
     ra = ckpt_lib.Checkpointer(one["workdir"], async_save=False).restore_raw(6)
     rb = ckpt_lib.Checkpointer(elastic, async_save=False).restore_raw(6)
+    # float32 reductions in another order move a weight by up to ~2e-5 in six steps at the
+    # suite's XLA level 0 (tests/xla_env.py); a step redone or skipped moves them by lr·grad
     for x, y in zip(jax.tree_util.tree_leaves(ra), jax.tree_util.tree_leaves(rb)):
-        np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-4)
+        np.testing.assert_allclose(x, y, atol=5e-5, rtol=1e-4)
 
 
 @pytest.mark.multiprocess

@@ -16,6 +16,7 @@ from configs import softcon_vit_s
 from geossl.train import checkpoint as ckpt_lib
 from geossl.train import loop
 from geossl.train.metrics import NonFiniteLossError
+from xla_env import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,7 +63,7 @@ def _flags(shards, workdir, **extra):
 
 def _env(devices):
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = xla_flags(devices)
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = ROOT
     return env

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from xla_env import xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "quickstart.ipynb")
 STEPS = 20
@@ -55,7 +57,7 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     synthetic.generate(data, num_locations=128, heldout=64, num_shards=2, verbose=False)
     workdir = str(tmp_path / "run")
     # The kernel inherits this environment: one CPU device, as a user's notebook would have.
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", xla_flags())
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("GEOSSL_DATA", data)
     monkeypatch.setenv("GEOSSL_NB_STEPS", str(STEPS))

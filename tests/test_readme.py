@@ -12,6 +12,8 @@ import sys
 import numpy as np
 import pytest
 
+from xla_env import xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -156,7 +158,7 @@ def test_readme_commands_run_at_tiny_scale(tmp_path):
             args[args.index("--output") + 1] = str(tmp_path / "imported")
         args += TINY.get(prefix[-1], [])
         env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", GEOSSL_DATA=data,
-                   XLA_FLAGS="")
+                   XLA_FLAGS=xla_flags())
         done = subprocess.run([sys.executable] + prefix + args, cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"

@@ -16,6 +16,7 @@ from geossl.parallel import mesh as mesh_lib
 from geossl.train import pretrained
 from geossl.train.loop import build_trainer
 from geossl.parallel.multihost import global_batch
+from xla_env import xla_flags
 
 K = 9
 
@@ -251,7 +252,7 @@ def test_real_vit_b14_at_224_runs_two_steps(tmp_path):
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=root)
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1), PYTHONPATH=root)
     cmd = [sys.executable, os.path.join(root, "main.py"),
            f"--config={root}/configs/softcon_vit_b.py", f"--workdir={tmp_path}/vitb",
            "--config.total_steps=2", "--config.global_batch=4", "--config.log_every=1",

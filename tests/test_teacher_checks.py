@@ -17,6 +17,7 @@ from geossl.convert.lib.io import export_metadata
 from geossl.errors import ConfigError
 from geossl.models.from_config import architecture_kwargs
 from geossl.train import loop, pretrained
+from xla_env import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = ml_collections.ConfigDict(dict(data=dict(bands=("R", "G", "B"), norm="meanstd")))
@@ -153,7 +154,7 @@ def test_generated_teachers_are_checked_by_syntax_only(tmp_path, monkeypatch):
 def test_main_py_prints_one_line_and_exits_2(tmp_path):
     path = _export(str(tmp_path / "resnet18.safetensors"), "resnet18", {"in_chans": 3})
     workdir = tmp_path / "w"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT,
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1), PYTHONPATH=ROOT,
                GEOSSL_DEMO_TEACHERS=str(tmp_path / "teachers"))
     done = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"),
                            f"--config={ROOT}/configs/gfm_swin_b.py:demo", f"--workdir={workdir}",
