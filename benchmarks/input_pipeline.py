@@ -266,6 +266,12 @@ def main(argv=None) -> None:
     two_view, raw = rate["two-view + decode"], rate["raw two-view + decode"]
     print(f"two-view samples/s per core (decode included): host views {two_view:.1f}, device "
           f"views {raw:.1f} ({'meets' if two_view >= 200 else 'below'} the 200/s/core target)")
+    scaling = [(w, r / two_view) for name, w, r, _ in rows
+               if name == "grain host views" and w not in ("-", "0")]
+    if scaling:
+        print("grain workers, samples per wall second / the in-process per-core rate: "
+              + ", ".join(f"{w} worker{'s' * (w != '1')} {x:.2f}x (target {0.8 * int(w):.1f}x)"
+                          for w, x in scaling))
     for mode, per_core in (("host", two_view), ("device", raw)):
         if mode in step:
             print(f"{mode} views: the step consumes {step[mode]:.1f} samples/s = "

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import grain
 import numpy as np
 
-from geossl.data import malloc, manifest
+from geossl.data import malloc, manifest, shared_batches
 
 
 class _ProcessRows(grain.MapDataset):
@@ -48,17 +48,19 @@ class _ProcessRows(grain.MapDataset):
         return f"_ProcessRows(global_batch={self._g}, local_batch={self._b}, process={self._p})"
 
 
-def stack(samples: Sequence[dict]) -> dict:
-    """A list of sample dicts → one dict of stacked arrays (B, ...)."""
+def stack(samples: Sequence[dict], into: Callable[[dict], dict] | None = None) -> dict:
+    """A list of sample dicts → one dict of stacked arrays (B, ...). ``into``: given the batch's
+    {key: (shape, dtype)}, the {key: array} to write it into (default: new arrays)."""
     keys = samples[0].keys()
     for s in samples[1:]:
         if s.keys() != keys:
             raise ValueError(f"samples of one batch have different keys: {sorted(keys)} vs "
                              f"{sorted(s.keys())}")
-    out = {}
-    for k in keys:
-        first = np.asarray(samples[0][k])
-        arr = np.empty((len(samples),) + first.shape, first.dtype)
+    firsts = {k: np.asarray(samples[0][k]) for k in keys}
+    specs = {k: ((len(samples),) + f.shape, f.dtype) for k, f in firsts.items()}
+    out = into(specs) if into else {k: np.empty(*spec) for k, spec in specs.items()}
+    for k, first in firsts.items():
+        arr = out[k]
         for i, sample in enumerate(samples):
             value = np.asarray(sample[k])
             if value.shape != first.shape:
@@ -66,8 +68,21 @@ def stack(samples: Sequence[dict]) -> dict:
                                  f"{first.shape} vs {value.shape} (sample {i}); records of "
                                  f"different sizes need a fixed crop, or data.raw_size")
             arr[i] = value
-        out[k] = arr
     return out
+
+
+class _Stack:
+    """:func:`stack` as grain's batch function; ``shared`` (where grain worker processes build the
+    batches): each batch is written into a reused shared-memory block of the worker and travels as
+    a :class:`shared_batches.SharedBatch` (opened by :func:`shared_batches.open_batch`)."""
+
+    def __init__(self, shared: bool):
+        self.shared = shared
+
+    def __call__(self, samples: Sequence[dict]):
+        if self.shared:
+            return shared_batches.write(samples, stack)
+        return stack(samples)
 
 
 def concat(batches: Sequence[dict]) -> dict:
@@ -152,7 +167,7 @@ def batch_stream(stream: grain.MapDataset, *, local_batch_size: int, process_ind
         ds = ds[start_position:]
     if process_count > 1:
         ds = _ProcessRows(ds, local_batch_size * process_count, local_batch_size, process_index)
-    ds = ds.batch(unit, drop_remainder=drop_remainder, batch_fn=stack)
+    ds = ds.batch(unit, drop_remainder=drop_remainder, batch_fn=_Stack(shared=num_workers > 0))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                               prefetch_buffer_size=prefetch_batches))
     if num_workers > 0:
@@ -161,6 +176,7 @@ def batch_stream(stream: grain.MapDataset, *, local_batch_size: int, process_ind
             flags.FLAGS.mark_as_parsed()  # parsed them, so take their defaults
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
                             worker_init_fn=_worker_leaves_ctrl_c_to_the_trainer)
+        it = it.map(shared_batches.open_batch)
     if unit != local_batch_size:
         it = it.batch(local_batch_size // unit, drop_remainder=drop_remainder, batch_fn=concat)
     return it

@@ -1,0 +1,179 @@
+"""Batches handed from grain worker processes to the trainer's process in reused shared memory.
+
+grain sends a worker's numpy arrays through a new shared-memory block per array, and writing a new
+block costs a page fault per 4 KiB page: 2.3 ms for one SoftCon two-view sample (2 × 224² × 13
+float32) on a 2-core host, as long as rendering it, so a worker delivered about half of what a
+core renders in process (``benchmarks/input_pipeline.py``). Here each worker keeps up to
+``MAX_BLOCKS`` blocks and writes every batch into a free one, whose pages are already mapped; the
+trainer's process maps each block once and reads the batch in place. The first byte of a block
+is its state:
+
+    worker   (:func:`write`): takes a FREE block (or makes one), sets it BUSY, writes the batch,
+             sends a :class:`SharedBatch` (block name, array layout) through grain's queue;
+    trainer  (:func:`open_batch`): maps the block (once; the name is then unlinked, the memory
+             lives while a process maps it) and returns arrays viewing it; once the last of them is
+             garbage collected, the block is FREE again.
+
+With every block BUSY (batches the trainer holds, or ones dropped in flight when grain restarts
+its workers) a worker writes the batch into a one-off block, as grain would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import weakref
+from multiprocessing import shared_memory
+from typing import Callable, Sequence
+
+import numpy as np
+
+FREE, BUSY = 0, 1
+#: Bytes before the first array: the state byte, then alignment.
+HEADER = 64
+#: Reused blocks per worker: grain's per-worker buffer, its read-ahead and the trainer's device
+#: prefetch each hold a batch or two.
+MAX_BLOCKS = 6
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedBatch:
+    """A batch in a worker's block: layout {key: (byte offset, shape, dtype str)}; ``reused``:
+    the block returns to its worker (else a one-off, closed after this batch); ``pid``: the worker."""
+
+    block: str
+    layout: dict
+    reused: bool
+    pid: int
+
+
+def _layout(specs: dict) -> tuple[dict, int]:
+    """{key: (shape, dtype)} → ({key: (offset, shape, dtype str)}, block bytes), 64-byte aligned."""
+    layout, offset = {}, HEADER
+    for key, (shape, dtype) in specs.items():
+        dtype = np.dtype(dtype)
+        layout[key] = (offset, tuple(shape), dtype.str)
+        offset += -(-int(np.prod(shape)) * dtype.itemsize // 64) * 64
+    return layout, offset
+
+
+class _WorkerBlocks:
+    """A worker's reusable blocks."""
+
+    def __init__(self):
+        self.blocks: list[shared_memory.SharedMemory] = []
+
+    def take(self, size: int) -> tuple[shared_memory.SharedMemory, bool]:
+        """A BUSY block of at least ``size`` bytes, and whether it is one of the reused ones."""
+        free = [block for block in self.blocks if block.buf[0] == FREE]
+        for block in free:
+            if block.size >= size:
+                block.buf[0] = BUSY
+                return block, True
+        if free:                      # too small for this batch: replaced (the trainer unlinked it)
+            self.blocks.remove(free[0])
+            free[0].close()
+        block = shared_memory.SharedMemory(create=True, size=size)
+        block.buf[0] = BUSY
+        reused = len(self.blocks) < MAX_BLOCKS
+        if reused:
+            self.blocks.append(block)
+        return block, reused
+
+
+_worker_blocks: _WorkerBlocks | None = None
+
+
+def write(samples: Sequence[dict], stack: Callable) -> SharedBatch:
+    """Worker side: ``stack(samples, into)`` (pipeline.stack) written into a block of this
+    process; the :class:`SharedBatch` that names it."""
+    global _worker_blocks
+    if _worker_blocks is None:
+        _worker_blocks = _WorkerBlocks()
+    taken = {}
+
+    def into(specs: dict) -> dict:
+        layout, size = _layout(specs)
+        block, reused = _worker_blocks.take(size)
+        taken.update(block=block, reused=reused, layout=layout)
+        return {k: np.ndarray(shape, dtype, buffer=block.buf, offset=offset)
+                for k, (offset, shape, dtype) in layout.items()}
+
+    try:
+        stack(samples, into)       # the arrays it returns view the block; dropped here
+    except BaseException:
+        if taken:
+            _give_back(taken["block"], taken["reused"], unlink=True)
+        raise
+    block = taken["block"]
+    if not taken["reused"]:
+        block.close()              # the trainer's process unlinks it once mapped
+    return SharedBatch(block.name, taken["layout"], taken["reused"], os.getpid())
+
+
+def _give_back(block: shared_memory.SharedMemory, reused: bool, unlink: bool = False) -> None:
+    if reused:
+        block.buf[0] = FREE
+    else:
+        block.close()
+        if unlink:
+            block.unlink()
+
+
+class _TrainerMaps:
+    """The trainer process's mappings of worker blocks, by name, with the worker's pid."""
+
+    def __init__(self):
+        self.blocks: dict[str, tuple[shared_memory.SharedMemory, int]] = {}
+
+    def get(self, name: str, pid: int) -> shared_memory.SharedMemory:
+        entry = self.blocks.get(name)
+        if entry is None:
+            self._close_free_blocks_of_finished_workers()
+            block = shared_memory.SharedMemory(name=name)
+            block.unlink()         # the memory lives while a process maps it
+            entry = self.blocks[name] = (block, pid)
+        return entry[0]
+
+    def release(self, name: str, reused: bool) -> None:
+        """The arrays of a batch in block ``name`` are gone."""
+        block, _ = self.blocks[name]
+        if reused:
+            block.buf[0] = FREE
+        else:
+            del self.blocks[name]
+            block.close()
+
+    def _close_free_blocks_of_finished_workers(self) -> None:
+        """A block whose worker has exited and whose arrays are gone is closed (its memory freed)."""
+        for name, (block, pid) in list(self.blocks.items()):
+            if block.buf[0] == FREE and not _alive(pid):
+                del self.blocks[name]
+                block.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+_trainer_maps = _TrainerMaps()
+
+
+def open_batch(batch):
+    """Trainer side: a :class:`SharedBatch` → {key: array viewing its block} (the block is freed
+    for its worker when they are garbage collected); any other batch is returned as it is."""
+    if not isinstance(batch, SharedBatch):
+        return batch
+    block = _trainer_maps.get(batch.block, batch.pid)
+    spans = {k: (offset, offset + int(np.prod(shape)) * np.dtype(dtype).itemsize, shape, dtype)
+             for k, (offset, shape, dtype) in batch.layout.items()}
+    base = np.ndarray((max(end for _, end, _, _ in spans.values()),), np.uint8, buffer=block.buf)
+    weakref.finalize(base, _trainer_maps.release, batch.block, batch.reused)
+    return {k: base[start:end].view(dtype).reshape(shape)
+            for k, (start, end, shape, dtype) in spans.items()}

@@ -1,0 +1,96 @@
+"""Worker batches in reused shared-memory blocks (geossl.data.shared_batches): a block is written
+again only once the trainer's arrays on it are gone; batches equal those built in process."""
+
+import gc
+
+import numpy as np
+import pytest
+
+from geossl.data import pipeline, shared_batches
+
+
+def _samples(value, n=3):
+    return [{"image": np.full((4, 5, 2), value + i, np.float32), "index": np.int64(value + i)}
+            for i in range(n)]
+
+
+def _write_and_open(value):
+    batch = shared_batches.write(_samples(value), pipeline.stack)
+    return batch, shared_batches.open_batch(batch)
+
+
+def test_a_block_is_written_again_only_after_its_arrays_are_gone():
+    a_meta, a = _write_and_open(10)
+    b_meta, b = _write_and_open(20)
+    assert a_meta.block != b_meta.block and a_meta.reused and b_meta.reused
+    np.testing.assert_array_equal(a["image"][:, 0, 0, 0], [10, 11, 12])
+    assert a["index"].tolist() == [10, 11, 12] and a["image"].dtype == np.float32
+    image = a["image"]                      # one array of the batch keeps the block BUSY
+    del a
+    gc.collect()
+    c_meta, c = _write_and_open(30)
+    assert c_meta.block not in (a_meta.block, b_meta.block)
+    np.testing.assert_array_equal(image[:, 0, 0, 0], [10, 11, 12])
+    del image, c
+    gc.collect()
+    d_meta, d = _write_and_open(40)         # a's block (or c's) again, not b's
+    assert d_meta.block in (a_meta.block, c_meta.block)
+    np.testing.assert_array_equal(b["image"][:, 0, 0, 0], [20, 21, 22])
+    np.testing.assert_array_equal(d["image"][:, 0, 0, 0], [40, 41, 42])
+
+
+def test_all_blocks_busy_gives_a_one_off_block_and_a_failed_batch_frees_its_block():
+    held = [_write_and_open(100 * i)[1] for i in range(shared_batches.MAX_BLOCKS + 2)]
+    meta, extra = _write_and_open(7)
+    assert not meta.reused
+    for i, batch in enumerate(held):
+        assert batch["index"][0] == 100 * i
+    assert extra["index"].tolist() == [7, 8, 9]
+    del extra
+    gc.collect()
+    assert meta.block not in shared_batches._trainer_maps.blocks   # one-off: closed
+    del held
+    gc.collect()
+    with pytest.raises(ValueError, match="different shapes for 'image'"):
+        shared_batches.write(_samples(1) + [{"image": np.zeros((1,), np.float32),
+                                             "index": np.int64(0)}], pipeline.stack)
+    reused = {_write_and_open(v)[0].block for v in range(3)}  # each dropped before the next
+    assert len(reused) == 1
+
+
+def test_open_batch_passes_a_batch_built_in_process():
+    batch = pipeline.stack(_samples(0))
+    assert shared_batches.open_batch(batch) is batch
+
+
+def _view(record, rng):
+    return {"image": np.full((16, 16, 4), record, np.float32) + rng.random((16, 16, 4)),
+            "record": np.int64(record)}
+
+
+def test_worker_batches_held_by_the_trainer_equal_the_in_process_ones():
+    """More batches held than a worker has blocks: none is overwritten; then, dropped as they
+    come, the worker writes into the same few blocks."""
+    n = shared_batches.MAX_BLOCKS * 2 + 1
+    earlier = set(shared_batches._trainer_maps.blocks)   # mapped by earlier tests
+    reference = iter(pipeline.make_dataset(list(range(50)), _view, seed=1, local_batch_size=4))
+    reference = [next(reference) for _ in range(3 * n)]
+    it = iter(pipeline.make_dataset(list(range(50)), _view, seed=1, local_batch_size=4,
+                                    num_workers=1))
+    try:
+        held = [next(it) for _ in range(n)]
+        for got, want in zip(held, reference):
+            np.testing.assert_array_equal(got["image"], want["image"])
+            np.testing.assert_array_equal(got["record"], want["record"])
+        del held, got
+        gc.collect()
+        seen = set()
+        for i, want in enumerate(reference[n:]):
+            got = next(it)
+            np.testing.assert_array_equal(got["image"], want["image"])
+            if i >= n:   # after the one-off blocks written while all were held
+                seen |= set(shared_batches._trainer_maps.blocks) - earlier
+            del got
+        assert 0 < len(seen) <= shared_batches.MAX_BLOCKS
+    finally:
+        it.close()
