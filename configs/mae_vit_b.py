@@ -57,7 +57,8 @@ def get_config(arg=None):
 
 def demo(c) -> None:
     """Tiny ViT (patch 4, 4 blocks) on the 32 px synthetic scenes (13 bands, an 8×8 grid of which
-    the encoder sees 16 patches), decoder 2 blocks of width 64, 3000 steps. Per-band mean / std
+    the encoder sees 16 patches), decoder 2 blocks of width 64, 3000 steps at lr 3e-3 (linear
+    probe micro mAP at 2000 steps: 83.3 at 1.5e-3, 85.8 at 3e-3, 85.3 at 6e-3). Per-band mean / std
     input (``norm="meanstd"``, SSL4EO-S12's statistics): under ``softcon``'s [0, 1] scaling the
     patch embeddings are small beside MAE's fixed sine-cosine position table (values up to 1), the
     blocks act on positions and the features stay near-linear in the pixels (linear probe below a
@@ -68,5 +69,5 @@ def demo(c) -> None:
     c.data.norm = "meanstd"
     c.data.crop_scale = (0.5, 1.0)
     c.objective.update(dict(decoder_dim=64, decoder_depth=2, decoder_heads=4))
-    common.demo_run(c, batch=64, steps=3000, lr=1.5e-3, warmup_steps=50, ema_base=None,
+    common.demo_run(c, batch=64, steps=3000, lr=3e-3, warmup_steps=50, ema_base=None,
                     probe_every=0)
