@@ -3,12 +3,11 @@
 The encoder (a ViT, or DOFA with the batch's wavelengths) sees the 25% of the patches a
 per-sample random permutation keeps (``masking.keep_mask_indices``), position embeddings added
 before the patches are dropped. The decoder embeds its final-normed tokens, class token first
-(``decoder_embed``), puts them back at their positions among
-copies of its ``mask_token``, adds fixed 2-D sine-cosine position embeddings (class row zero), runs
-``decoder_depth`` pre-norm blocks and predicts each patch's p·p·C pixels (``decoder_pred``). Loss:
-the mean squared error per patch, averaged over the masked patches; with ``norm_pix_loss`` the
-target patch is standardised by its own mean and (unbiased) variance + 1e-6 first.
-The pixel head has one band order, ``config.model.in_chans`` bands, whatever the encoder.
+(``decoder_embed``), puts them back at their positions among copies of its ``mask_token``, adds
+fixed 2-D sine-cosine position embeddings (class row zero), runs ``decoder_depth`` pre-norm blocks
+and predicts each patch's p·p·C pixels (``decoder_pred``) in one band order (``in_chans`` bands,
+whatever the encoder). Loss: the mean squared error per patch, averaged over the masked patches;
+with ``norm_pix_loss`` each target patch is first standardised (its mean, unbiased variance + 1e-6).
 
 The encoder's position embedding starts as MAE's fixed sine-cosine table and is kept fixed (its
 gradient is stopped; it is outside weight decay, so AdamW leaves it unchanged). Views: one random
