@@ -231,6 +231,8 @@ def test_resnet_stage_maps_feed_the_fpn_head():
     (["--label_fraction", "1.5"], "found 1.5"),
     (["--mode", "linear"], "invalid choice: 'linear'"),
     (["--steps", "0"], "--steps: expected > 0, found 0"),
+    (["--head", "linear", "--blocks", "1,2"], "--blocks: the linear head reads one block's tokens, "
+                                              "found 2 blocks 1,2"),
 ])
 def test_bad_flags_exit_before_reading(capsys, flags, message):
     with pytest.raises(SystemExit) as info:

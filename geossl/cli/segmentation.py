@@ -109,6 +109,10 @@ def check_decoder_flags(parser, args) -> None:
         parser.error(f"--layer_decay: expected a value in (0, 1], found {args.layer_decay}")
     if not 0 <= args.dropout < 1:
         parser.error(f"--dropout: expected a value in [0, 1), found {args.dropout}")
+    if args.head == "linear" and args.blocks and len(args.blocks) > 1:
+        parser.error(f"--blocks: the linear head reads one block's tokens, found "
+                     f"{len(args.blocks)} blocks {','.join(map(str, args.blocks))} (several "
+                     f"levels: --head fpn or upernet)")
 
 
 def decoder_config(args) -> SegConfig:
