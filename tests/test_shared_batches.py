@@ -68,15 +68,16 @@ def _view(record, rng):
             "record": np.int64(record)}
 
 
-def test_worker_batches_held_by_the_trainer_equal_the_in_process_ones():
+@pytest.mark.parametrize("read_threads", [1, 2])
+def test_worker_batches_held_by_the_trainer_equal_the_in_process_ones(read_threads):
     """More batches held than a worker has blocks: none is overwritten; then, dropped as they
-    come, the worker writes into the same few blocks."""
+    come, the worker writes into the same few blocks (its read threads take blocks in turn)."""
     n = shared_batches.MAX_BLOCKS * 2 + 1
     earlier = set(shared_batches._trainer_maps.blocks)   # mapped by earlier tests
     reference = iter(pipeline.make_dataset(list(range(50)), _view, seed=1, local_batch_size=4))
     reference = [next(reference) for _ in range(3 * n)]
     it = iter(pipeline.make_dataset(list(range(50)), _view, seed=1, local_batch_size=4,
-                                    num_workers=1))
+                                    num_workers=1, read_threads=read_threads))
     try:
         held = [next(it) for _ in range(n)]
         for got, want in zip(held, reference):

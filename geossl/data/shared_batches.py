@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import weakref
 from multiprocessing import shared_memory
 from typing import Callable, Sequence
@@ -58,13 +59,18 @@ def _layout(specs: dict) -> tuple[dict, int]:
 
 
 class _WorkerBlocks:
-    """A worker's reusable blocks."""
+    """A worker's reusable blocks (its read threads take them under one lock)."""
 
     def __init__(self):
         self.blocks: list[shared_memory.SharedMemory] = []
+        self.lock = threading.Lock()
 
     def take(self, size: int) -> tuple[shared_memory.SharedMemory, bool]:
         """A BUSY block of at least ``size`` bytes, and whether it is one of the reused ones."""
+        with self.lock:
+            return self._take(size)
+
+    def _take(self, size: int) -> tuple[shared_memory.SharedMemory, bool]:
         free = [block for block in self.blocks if block.buf[0] == FREE]
         for block in free:
             if block.size >= size:
@@ -81,15 +87,12 @@ class _WorkerBlocks:
         return block, reused
 
 
-_worker_blocks: _WorkerBlocks | None = None
+_worker_blocks = _WorkerBlocks()
 
 
 def write(samples: Sequence[dict], stack: Callable) -> SharedBatch:
     """Worker side: ``stack(samples, into)`` (pipeline.stack) written into a block of this
     process; the :class:`SharedBatch` that names it."""
-    global _worker_blocks
-    if _worker_blocks is None:
-        _worker_blocks = _WorkerBlocks()
     taken = {}
 
     def into(specs: dict) -> dict:
