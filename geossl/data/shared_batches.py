@@ -39,7 +39,7 @@ MAX_BLOCKS = 6
 
 @dataclasses.dataclass(frozen=True)
 class SharedBatch:
-    """A batch in a worker's block: layout {key: (byte offset, shape, dtype str)}; ``reused``:
+    """A batch in a worker's block: layout {key: (start, end byte, shape, dtype str)}; ``reused``:
     the block returns to its worker (else a one-off, closed after this batch); ``pid``: the worker."""
 
     block: str
@@ -49,12 +49,14 @@ class SharedBatch:
 
 
 def _layout(specs: dict) -> tuple[dict, int]:
-    """{key: (shape, dtype)} → ({key: (offset, shape, dtype str)}, block bytes), 64-byte aligned."""
+    """{key: (shape, dtype)} → ({key: (start, end byte, shape, dtype str)}, block bytes), each
+    array starting 64-byte aligned."""
     layout, offset = {}, HEADER
     for key, (shape, dtype) in specs.items():
         dtype = np.dtype(dtype)
-        layout[key] = (offset, tuple(shape), dtype.str)
-        offset += -(-int(np.prod(shape)) * dtype.itemsize // 64) * 64
+        end = offset + int(np.prod(shape)) * dtype.itemsize
+        layout[key] = (offset, end, tuple(shape), dtype.str)
+        offset = -(-end // 64) * 64
     return layout, offset
 
 
@@ -99,28 +101,22 @@ def write(samples: Sequence[dict], stack: Callable) -> SharedBatch:
         layout, size = _layout(specs)
         block, reused = _worker_blocks.take(size)
         taken.update(block=block, reused=reused, layout=layout)
-        return {k: np.ndarray(shape, dtype, buffer=block.buf, offset=offset)
-                for k, (offset, shape, dtype) in layout.items()}
+        return {k: np.ndarray(shape, dtype, buffer=block.buf, offset=start)
+                for k, (start, _, shape, dtype) in layout.items()}
 
     try:
         stack(samples, into)       # the arrays it returns view the block; dropped here
-    except BaseException:
-        if taken:
-            _give_back(taken["block"], taken["reused"], unlink=True)
+    except BaseException:          # the block goes back unused
+        if taken and taken["reused"]:
+            taken["block"].buf[0] = FREE
+        elif taken:
+            taken["block"].close()
+            taken["block"].unlink()
         raise
     block = taken["block"]
     if not taken["reused"]:
         block.close()              # the trainer's process unlinks it once mapped
     return SharedBatch(block.name, taken["layout"], taken["reused"], os.getpid())
-
-
-def _give_back(block: shared_memory.SharedMemory, reused: bool, unlink: bool = False) -> None:
-    if reused:
-        block.buf[0] = FREE
-    else:
-        block.close()
-        if unlink:
-            block.unlink()
 
 
 class _TrainerMaps:
@@ -174,9 +170,8 @@ def open_batch(batch):
     if not isinstance(batch, SharedBatch):
         return batch
     block = _trainer_maps.get(batch.block, batch.pid)
-    spans = {k: (offset, offset + int(np.prod(shape)) * np.dtype(dtype).itemsize, shape, dtype)
-             for k, (offset, shape, dtype) in batch.layout.items()}
-    base = np.ndarray((max(end for _, end, _, _ in spans.values()),), np.uint8, buffer=block.buf)
+    end = max(end for _, end, _, _ in batch.layout.values())
+    base = np.ndarray((end,), np.uint8, buffer=block.buf)
     weakref.finalize(base, _trainer_maps.release, batch.block, batch.reused)
     return {k: base[start:end].view(dtype).reshape(shape)
-            for k, (start, end, shape, dtype) in spans.items()}
+            for k, (start, end, shape, dtype) in batch.layout.items()}
