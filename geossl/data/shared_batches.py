@@ -106,11 +106,10 @@ def write(samples: Sequence[dict], stack: Callable) -> SharedBatch:
 
     try:
         stack(samples, into)       # the arrays it returns view the block; dropped here
-    except BaseException:          # the block goes back unused
-        if taken and taken["reused"]:
+    except BaseException:          # the block goes back unused (a one-off is unlinked; its
+        if taken and taken["reused"]:  # mapping closes with the arrays the traceback still holds)
             taken["block"].buf[0] = FREE
         elif taken:
-            taken["block"].close()
             taken["block"].unlink()
         raise
     block = taken["block"]
