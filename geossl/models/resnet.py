@@ -9,10 +9,9 @@ of the whole batch it sees: under ``jax.jit`` with a batch sharded over devices 
 batch (like torch's SyncBatchNorm), no axis name needed. The running variance is updated with the
 *unbiased* batch variance, as torch does, so exported running stats follow torch's semantics.
 
-CPU speed (benchmarks/profile_step.py, docs/DESIGN.md "Performance"): 1×1 convolutions are
-matmuls over the channels with a hand-written weight gradient (``channel_matmul``) and train-mode
-BatchNorm has a closed-form gradient (``batch_norm_train``); the sums are torch's (tests compare
-gradients with torch in float64).
+CPU speed (benchmarks/profile_step.py, docs/DESIGN.md "Performance"): 1×1 convolutions, train-mode
+BatchNorm and the max pool use the hand-written gradients of :mod:`geossl.models.resnet_ops`; the
+sums are torch's (tests compare gradients with torch in float64).
 """
 
 from __future__ import annotations
@@ -27,39 +26,12 @@ import jax.numpy as jnp
 
 from geossl.models import vit
 from geossl.models.family import Family, module_fields
+from geossl.models.resnet_ops import batch_norm_train, channel_matmul, max_pool_3x3_s2
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"), an untruncated normal.
 _CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 BLOCKS = ("basic", "bottleneck")
-
-
-@jax.custom_vjp
-def channel_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-    """x (..., Cin) @ w (Cin, Cout) → (..., Cout): a 1×1 convolution. Its weight gradient
-    Σ x ⊗ dy over every position is a matmul whose operands both contract their long major axis;
-    XLA's CPU backend then transposes one of them in memory, the second, so the narrower of x and
-    dy goes second (4x fewer elements moved in a bottleneck's expanding conv)."""
-    return jnp.dot(x, w)
-
-
-def _channel_matmul_fwd(x, w):
-    return jnp.dot(x, w), (x, w)
-
-
-def _channel_matmul_bwd(res, dy):
-    x, w = res
-    cin, cout = w.shape
-    x2, dy2 = x.reshape(-1, cin), dy.reshape(-1, cout)
-    contract = (((0,), (0,)), ((), ()))
-    if cout <= cin:
-        dw = jax.lax.dot_general(x2, dy2, contract)
-    else:
-        dw = jax.lax.dot_general(dy2, x2, contract).T
-    return jnp.dot(dy, w.T), dw.astype(w.dtype)
-
-
-channel_matmul.defvjp(_channel_matmul_fwd, _channel_matmul_bwd)
 
 
 class Conv(nn.Module):
@@ -88,40 +60,6 @@ class Conv(nn.Module):
                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float):
-    """Train-mode batch normalisation over every axis but the last: x (..., C) float32, scale and
-    bias (C,) → (y (..., C), mean (C,), biased var (C,)). The statistics are two-pass (mean, then
-    the centred mean square). The gradient is the closed form (for x̂ = (x − mean)·r, r the
-    inverse std, n values per channel): dx = scale·r·(dy − mean(dy) − x̂·mean(dy·x̂)), dscale =
-    Σ dy·x̂, dbias = Σ dy; one reduction pass and one elementwise pass, where autodiff of the
-    forward makes several. mean and var carry no gradient (running statistics only)."""
-    return _bn_forward(x, scale, bias, eps)[0]
-
-
-def _bn_forward(x, scale, bias, eps):
-    axes = tuple(range(x.ndim - 1))
-    mean = jnp.mean(x, axes)
-    var = jnp.mean(jnp.square(x - mean), axes)
-    r = jax.lax.rsqrt(var + eps)
-    y = (x - mean) * (r * scale) + bias
-    return (y, mean, var), (x, mean, r, scale)
-
-
-def _bn_backward(eps, res, cotangents):
-    del eps
-    x, mean, r, scale = res
-    dy = cotangents[0]                                 # mean / var: statistics only, no gradient
-    axes = tuple(range(x.ndim - 1))
-    x_hat = (x - mean) * r
-    dbias = jnp.sum(dy, axes)
-    dscale = jnp.sum(dy * x_hat, axes)
-    n = x.size // x.shape[-1]
-    dx = (scale * r) * (dy - (dbias + x_hat * dscale) / n)
-    return dx, dscale, dbias
-
-
-batch_norm_train.defvjp(_bn_forward, _bn_backward)
 
 
 class BatchNorm(nn.Module):
@@ -276,7 +214,7 @@ class ResNet(nn.Module):
         x = Conv(self.width, 7, 2, 3, self.dtype, name="conv1")(x)
         x = BatchNorm(momentum=self.bn_momentum, epsilon=self.bn_eps, dtype=self.dtype, name="bn1")(
             x, train=train)
-        x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = max_pool_3x3_s2(nn.relu(x))
         cls = Bottleneck if self.block == "bottleneck" else BasicBlock
         if self.remat:
             cls = nn.remat(cls, static_argnums=(2,))

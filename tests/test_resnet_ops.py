@@ -1,0 +1,89 @@
+"""The ResNet's hand-written gradients (geossl.models.resnet_ops) against torch's layers in float64:
+values and every gradient, ties and odd sizes included."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from geossl.models.resnet_ops import batch_norm_train, channel_matmul, max_pool_3x3_s2
+
+
+def _torch_grads(fn, *arrays):
+    """fn over float64 torch tensors of ``arrays`` → (output, [gradient of sum(output · t)]) with t
+    a fixed random cotangent; numpy float64."""
+    torch = pytest.importorskip("torch")
+    ts = [torch.from_numpy(np.asarray(a, np.float64)).requires_grad_(True) for a in arrays]
+    out = fn(*ts)
+    t = torch.from_numpy(np.random.default_rng(9).normal(size=tuple(out.shape)))
+    (out * t).sum().backward()
+    return out.detach().numpy(), [a.grad.numpy() for a in ts], t.numpy()
+
+
+def _ours(fn, cotangent, *arrays):
+    args = [jnp.asarray(a, jnp.float32) for a in arrays]
+    out, vjp = jax.vjp(fn, *args)
+    return np.asarray(out), [np.asarray(g) for g in vjp(jnp.asarray(cotangent, jnp.float32))]
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 8, 3), (1, 7, 7, 2), (2, 1, 4, 1), (1, 12, 11, 5)])
+def test_max_pool_matches_torch_with_ties(shape):
+    """Values from {0, 1, 2} (after a ReLU most windows tie at 0): torch sends each window's
+    gradient to its first maximum in row-major order; a wrong tie rule or a misplaced tap moves
+    whole cotangents. A NaN wins its windows."""
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(1).integers(0, 3, size=shape).astype(np.float64)
+    if shape[1] * shape[2] > 50:
+        x[0, 5, 4, 0] = np.nan
+    pool = lambda a: torch.nn.functional.max_pool2d(a.permute(0, 3, 1, 2), 3, 2, 1)
+    ref, (ref_dx,), t = _torch_grads(lambda a: pool(a).permute(0, 2, 3, 1), x)
+    ours, (dx,) = _ours(max_pool_3x3_s2, t, x)
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, equal_nan=True)
+    np.testing.assert_allclose(dx, ref_dx, rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_matches_jax_reduce_window_on_distinct_values():
+    """Without ties the gradient is unique: it equals jax's own reduce-window gradient."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 14, 13, 4))
+    ref = lambda a: nn.max_pool(a, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    t = jax.random.normal(jax.random.PRNGKey(1), ref(x).shape)
+    g_ref = jax.grad(lambda a: jnp.sum(ref(a) * t))(x)
+    g = jax.grad(lambda a: jnp.sum(max_pool_3x3_s2(a) * t))(x)
+    np.testing.assert_array_equal(max_pool_3x3_s2(x), ref(x))
+    np.testing.assert_allclose(g, g_ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("cin,cout", [(6, 24), (24, 6)])
+def test_channel_matmul_matches_torch_1x1_conv(cin, cout):
+    """Both branches of the weight gradient (narrow input or narrow output second)."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    x, w = rng.normal(size=(2, 5, 3, cin)), rng.normal(size=(cin, cout))
+    conv = lambda a, k: torch.nn.functional.conv2d(a.permute(0, 3, 1, 2),
+                                                   k.T[:, :, None, None]).permute(0, 2, 3, 1)
+    ref, (ref_dx, ref_dw), t = _torch_grads(conv, x, w)
+    ours, (dx, dw) = _ours(channel_matmul, t, x, w)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, ref_dx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw, ref_dw, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_train_matches_torch():
+    """Output, biased statistics and the closed-form gradients of x, scale and bias."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3, 4, 5, 6)) * 2 + 1
+    scale, bias = rng.normal(size=6), rng.normal(size=6)
+    bn = lambda a, g, b: torch.nn.functional.batch_norm(
+        a.permute(0, 3, 1, 2), None, None, g, b, training=True, eps=1e-5).permute(0, 2, 3, 1)
+    ref, ref_grads, t = _torch_grads(bn, x, scale, bias)
+    (y, mean, var), vjp = jax.vjp(lambda a, g, b: batch_norm_train(a, g, b, 1e-5),
+                                  *(jnp.asarray(v, jnp.float32) for v in (x, scale, bias)))
+    grads = vjp((jnp.asarray(t, jnp.float32), jnp.zeros(6), jnp.zeros(6)))
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(mean, x.mean((0, 1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(var, x.var((0, 1, 2)), rtol=1e-5)
+    for ours, theirs in zip(grads, ref_grads):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
