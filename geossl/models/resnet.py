@@ -9,9 +9,9 @@ of the whole batch it sees: under ``jax.jit`` with a batch sharded over devices 
 batch (like torch's SyncBatchNorm), no axis name needed. The running variance is updated with the
 *unbiased* batch variance, as torch does, so exported running stats follow torch's semantics.
 
-CPU speed (benchmarks/profile_step.py, docs/DESIGN.md "Performance"): 1×1 convolutions, train-mode
-BatchNorm and the max pool use the hand-written gradients of :mod:`geossl.models.resnet_ops`; the
-sums are torch's (tests compare gradients with torch in float64).
+CPU speed (benchmarks/profile_step.py, docs/DESIGN.md "Performance"): train-mode BatchNorm and the
+max pool use the hand-written gradients of :mod:`geossl.models.resnet_ops`, 1×1 convolutions
+``layers.channel_matmul``; the sums are torch's (tests compare gradients with torch in float64).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import jax.numpy as jnp
 
 from geossl.models import vit
 from geossl.models.family import Family, module_fields
-from geossl.models.resnet_ops import batch_norm_train, channel_matmul, max_pool_3x3_s2
+from geossl.models.layers import channel_matmul
+from geossl.models.resnet_ops import batch_norm_train, max_pool_3x3_s2
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu"), an untruncated normal.
 _CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")

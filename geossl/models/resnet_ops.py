@@ -1,7 +1,7 @@
 """The ResNet's layers with hand-written gradients, for XLA's CPU backend (docs/DESIGN.md
-"Performance"; each is tested against torch's layer in float64 by tests/test_resnet_ops.py):
-1×1 convolutions as matmuls (``channel_matmul``), train-mode BatchNorm (``batch_norm_train``) and
-the stem's 3×3 / 2 max pool (``max_pool_3x3_s2``).
+"Performance"; each is tested against torch's layer in float64 by tests/test_custom_gradients.py):
+train-mode BatchNorm (``batch_norm_train``) and the stem's 3×3 / 2 max pool (``max_pool_3x3_s2``).
+Its 1×1 convolutions are ``layers.channel_matmul``, as every dense layer.
 """
 
 from __future__ import annotations
@@ -10,34 +10,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-
-
-@jax.custom_vjp
-def channel_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-    """x (..., Cin) @ w (Cin, Cout) → (..., Cout): a 1×1 convolution. Its weight gradient
-    Σ x ⊗ dy over every position is a matmul whose operands both contract their long major axis;
-    XLA's CPU backend then transposes one of them in memory, the second, so the narrower of x and
-    dy goes second (4x fewer elements moved in a bottleneck's expanding conv)."""
-    return jnp.dot(x, w)
-
-
-def _channel_matmul_fwd(x, w):
-    return jnp.dot(x, w), (x, w)
-
-
-def _channel_matmul_bwd(res, dy):
-    x, w = res
-    cin, cout = w.shape
-    x2, dy2 = x.reshape(-1, cin), dy.reshape(-1, cout)
-    contract = (((0,), (0,)), ((), ()))
-    if cout <= cin:
-        dw = jax.lax.dot_general(x2, dy2, contract)
-    else:
-        dw = jax.lax.dot_general(dy2, x2, contract).T
-    return jnp.dot(dy, w.T), dw.astype(w.dtype)
-
-
-channel_matmul.defvjp(_channel_matmul_fwd, _channel_matmul_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))

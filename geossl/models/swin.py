@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from geossl.models.family import Family, module_fields
-from geossl.models.layers import Mlp, PatchEmbed, dense_init
+from geossl.models.layers import Dense, Mlp, PatchEmbed, dense_init
 
 LN_EPS = 1e-5  # torch nn.LayerNorm default, used by timm and the original Swin
 MASK_VALUE = -100.0  # attention logit added between tokens of different shifted regions
@@ -110,13 +110,13 @@ class WindowAttention(nn.Module):
         bias = jnp.take(table, index, axis=0).reshape(n, n, heads).transpose(2, 0, 1)  # (h, N, N)
         if mask is not None:
             bias = bias[None] + jnp.asarray(mask)[:, None]  # (nW, h, N, N)
-        qkv = nn.Dense(3 * c, use_bias=self.qkv_bias, dtype=self.dtype, kernel_init=dense_init,
-                       name="qkv")(x)
+        qkv = Dense(3 * c, use_bias=self.qkv_bias, dtype=self.dtype, kernel_init=dense_init,
+                    name="qkv")(x)
         q, k, v = jnp.moveaxis(qkv.reshape(b, nw, n, 3, heads, c // heads), 3, 0)
         logits = jnp.einsum("bwqhd,bwkhd->bwhqk", q * (c // heads) ** -0.5, k).astype(jnp.float32)
         attn = jax.nn.softmax(logits + bias.astype(jnp.float32), axis=-1).astype(v.dtype)
         y = jnp.einsum("bwhqk,bwkhd->bwqhd", attn, v).reshape(b, nw, n, c)
-        return nn.Dense(c, dtype=self.dtype, kernel_init=dense_init, name="proj")(y)
+        return Dense(c, dtype=self.dtype, kernel_init=dense_init, name="proj")(y)
 
 
 class SwinBlock(nn.Module):
@@ -164,7 +164,7 @@ class PatchMerging(nn.Module):
         b, h, w, c = x.shape
         x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
         x = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm")(x)
-        return nn.Dense(2 * c, use_bias=False, dtype=self.dtype, kernel_init=dense_init, name="reduction")(x)
+        return Dense(2 * c, use_bias=False, dtype=self.dtype, kernel_init=dense_init, name="reduction")(x)
 
 
 class SwinStage(nn.Module):

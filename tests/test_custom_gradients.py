@@ -1,5 +1,6 @@
-"""The ResNet's hand-written gradients (geossl.models.resnet_ops) against torch's layers in float64:
-values and every gradient, ties and odd sizes included."""
+"""The layers with hand-written gradients (geossl.models.resnet_ops, layers.channel_matmul and
+layers.Dense) against torch's layers in float64 and flax's own: values and every gradient, ties and
+odd sizes included."""
 
 import flax.linen as nn
 import jax
@@ -7,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from geossl.models.resnet_ops import batch_norm_train, channel_matmul, max_pool_3x3_s2
+from geossl.models.layers import Dense, channel_matmul
+from geossl.models.resnet_ops import batch_norm_train, max_pool_3x3_s2
 
 
 def _torch_grads(fn, *arrays):
@@ -87,3 +89,26 @@ def test_batch_norm_train_matches_torch():
     np.testing.assert_allclose(var, x.var((0, 1, 2)), rtol=1e-5)
     for ours, theirs in zip(grads, ref_grads):
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [None, jnp.bfloat16])
+@pytest.mark.parametrize("features,use_bias", [(48, True), (5, False)])
+def test_dense_equals_flax_dense(features, use_bias, dtype):
+    """Same parameters from the same rng, same outputs and gradients as nn.Dense (wider and
+    narrower than its input, so both weight-gradient branches run), and the same dtype rule."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 7, 12))
+    kw = dict(use_bias=use_bias, dtype=dtype, kernel_init=nn.initializers.truncated_normal(0.02))
+    ours, ref = Dense(features, **kw), nn.Dense(features, **kw)
+    p_ours, p_ref = ours.init(jax.random.PRNGKey(1), x), ref.init(jax.random.PRNGKey(1), x)
+    jax.tree.map(np.testing.assert_array_equal, p_ours, p_ref)
+    p = jax.tree.map(lambda a: a + 0.1, p_ref)           # a non-zero bias
+    y_ours, y_ref = ours.apply(p, x), ref.apply(p, x)
+    assert y_ours.dtype == y_ref.dtype
+    tol = 1e-6 if dtype is None else 2e-2
+    np.testing.assert_allclose(np.float32(y_ours), np.float32(y_ref), atol=tol, rtol=tol)
+    t = jax.random.normal(jax.random.PRNGKey(2), y_ref.shape)
+    loss = lambda m: jax.grad(lambda p, x: jnp.sum(m.apply(p, x).astype(jnp.float32) * t),
+                              argnums=(0, 1))(p, x)
+    for a, b in zip(jax.tree.leaves(loss(ours)), jax.tree.leaves(loss(ref))):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(np.float32(a), np.float32(b), atol=tol * 10, rtol=tol)
