@@ -47,7 +47,8 @@ def get_config(arg=None):
     variants = common.parse_arg(arg, VARIANTS)
     c = softcon("vit_base_patch14", None, optim="adamw", lr=1.5e-4 * 4096 / 256)
     c.model = ml_collections.ConfigDict(dict(name="dofa_base_patch16_224", img_size=224,
-                                             in_chans=13, dtype="float32", drop_path_rate=0.0))
+                                             in_chans=13, dtype="float32", drop_path_rate=0.0,
+                                             remat=False))
     c.data.sets = sets()
     c.data.views = "host"  # one band list per batch set: rendered by the grain workers
     c.data.channel_drop_max = 1  # RandomChannelDrop (off by default) must fit S1's two bands

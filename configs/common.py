@@ -143,7 +143,8 @@ def switch_optim_from_argv(config, argv, flag: str = "config") -> ml_collections
 
 def s2_backbone(model: str) -> ml_collections.ConfigDict:
     """``config.model`` of a 13-band S2 L1C backbone at 224 px, float32 (ViTs: no drop path)."""
-    c = ml_collections.ConfigDict(dict(name=model, img_size=224, in_chans=13, dtype="float32"))
+    c = ml_collections.ConfigDict(dict(name=model, img_size=224, in_chans=13, dtype="float32",
+                                        remat=False))
     if model.startswith("vit"):
         c.drop_path_rate = 0.0
     return c

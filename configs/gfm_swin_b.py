@@ -64,7 +64,7 @@ def get_config(arg=None):
     c = common.base()
     c.model = ml_collections.ConfigDict(dict(
         name="swin_base_patch4_window7_224", img_size=192, window_size=6, in_chans=3,
-        drop_path_rate=0.0, dtype="float32"))
+        drop_path_rate=0.0, dtype="float32", remat=False))
     c.objective = ml_collections.ConfigDict(dict(
         name="gfm",
         mask_unit=32,        # mask unit side in pixels (SimMIM MASK_PATCH_SIZE)

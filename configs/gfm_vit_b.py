@@ -32,6 +32,6 @@ def get_config(arg=None):
     c = gfm_swin_b.get_config(",".join(sorted(variants)) or None)
     c.model = ml_collections.ConfigDict(dict(
         name="vit_base_patch14", patch_size=16, layerscale_init=0.1, img_size=192,
-        in_chans=c.model.in_chans, drop_path_rate=0.0, dtype="float32"))
+        in_chans=c.model.in_chans, drop_path_rate=0.0, dtype="float32", remat=False))
     c.objective.distill_block = 8   # 0-based block whose patch tokens are pooled and distilled
     return c

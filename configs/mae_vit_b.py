@@ -30,7 +30,8 @@ def get_config(arg=None):
     variants = common.parse_arg(arg, VARIANTS)
     c = common.base()
     c.model = ml_collections.ConfigDict(dict(
-        name="vit_base_patch16", img_size=224, in_chans=13, drop_path_rate=0.0, dtype="float32"))
+        name="vit_base_patch16", img_size=224, in_chans=13, drop_path_rate=0.0, dtype="float32",
+        remat=False))
     c.objective = ml_collections.ConfigDict(dict(
         name="mae",
         mask_ratio=0.75,        # fraction of the patches the encoder never sees

@@ -51,7 +51,7 @@ def get_config(arg=None):
         name="vit_base_patch16", img_size=448, in_chans=3,
         drop_path_rate=0.3, drop_path_uniform=True,  # the student's; the teacher has none
         pos_embed_resize="dinov2",  # local crops: DINOv2's interpolate_pos_encoding (28 → 6)
-        dtype="float32"))
+        dtype="float32", remat=False))
     c.objective = ml_collections.ConfigDict(dict(
         name="pera",
         student_ratio=0.2,          # student patches: round(0.2·L)

@@ -236,6 +236,22 @@ def storage_rule(header: Header, path: str, bands: tuple[str, ...] | None,
     return ", ".join(r for r in rules if r) or None
 
 
+
+def check_8bit_rgb(path: str, dtype, channels: int, names) -> str | None:
+    """For a decoded image (``read_array``) whose bands are ``names``: "PATH: what it holds;
+    expected 8-bit for bands R, G, B (...)" when it cannot be stored faithfully as such (a 16-bit
+    colour PNG, of which Pillow kept the high byte; pixels other than uint8 under R, G or B), else
+    None. The caller adds its remedies."""
+    dtype = np.dtype(dtype)
+    if _png_bit_depth(path) == 16 and dtype == np.uint8:
+        what = "a 16-bit colour PNG (Pillow reads only its high byte)"
+    elif set(names) & set(RGB_BANDS) and dtype != np.uint8:
+        what = (f"{8 * dtype.itemsize}-bit pixels ({dtype.name}, {channels} channel"
+                f"{'s' * (channels > 1)})")
+    else:
+        return None
+    return f"{path}: {what}; expected 8-bit for bands R, G, B (the configs scale them by 1/255)"
+
 # ----- listing ------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Listing:

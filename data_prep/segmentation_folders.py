@@ -15,7 +15,8 @@ the run naming both paths (``--skip_bad`` counts it instead).
 Images: GeoTIFF (channel-first planes of up to 16 bands are moved last) or PNG/JPEG, stored in
 their dtype (float64 as float32); ``--bands`` names the channels (comma-separated, or a preset:
 s2_l1c = B1 ... B8 B8A B9 B10 B11 B12, s2_l2a, s1 = VV VH, rgb); 1- and 3-channel images default
-to R, G, B. Maps: single-channel class indices; ``--ignore_index K`` marks K as unlabelled (255);
+to R, G, B, which must be 8-bit (the configs scale them by 1/255): a 16-bit image stored as R, G,
+B is refused by name. Maps: single-channel class indices; ``--ignore_index K`` marks K as unlabelled (255);
 ``--class_map A:B,...`` maps source values to classes, every value not listed becoming 255; or
 RGB colour-coded maps with ``--palette`` (``R-G-B:class,...`` or ``isprs``: the ISPRS 2D labelling
 legend, impervious surfaces 255-255-255:0, building 0-0-255:1, low vegetation 0-255-255:2, tree
@@ -38,7 +39,7 @@ import numpy as np
 
 from data_prep import tiling
 from data_prep.common import BadInputError, add_writer_flags, channels_last, write_shards
-from data_prep.images import MASK_EXTENSIONS, as_bands, find_images, read_array
+from data_prep.images import MASK_EXTENSIONS, as_bands, check_8bit_rgb, find_images, read_array
 from geossl.data import bands as bands_lib
 
 IGNORE = 255
@@ -159,6 +160,11 @@ def load_pair(image_path: str, mask_path: str, bands, spec: MaskSpec):
     if array.dtype == np.float64:
         array = array.astype(np.float32)
     image, names = as_bands(array, image_path, bands)
+    channels = array.shape[-1] if array.ndim == 3 else 1
+    rgb_depth = check_8bit_rgb(image_path, image.dtype, channels, names)
+    if rgb_depth:
+        raise BadInputError(f"{rgb_depth}: convert the images to 8-bit first (16-bit TIFF or grey "
+                            "PNG values: --bands NAMES keeps them under other band names)")
     if not os.path.isfile(mask_path):
         raise BadInputError(f"{image_path}: no class map; expected {mask_path}")
     classes = to_classes(read_array(mask_path, colour=bool(spec.palette)), spec, mask_path)

@@ -325,3 +325,34 @@ def test_unpaired_or_misfit_maps_are_named(tmp_path):
     assert errors[1].endswith("map/b.png: class 7 not below --num_classes 5")
     assert errors[2].endswith("img/c.png: no class map; expected " +
                               str(tmp_path / "map" / "c.{png,tif,tiff}"))
+
+
+def test_16bit_images_are_not_stored_as_rgb(tmp_path):
+    """A uint16 TIFF or 16-bit grey PNG would become bands R, G, B that the configs scale by
+    1/255: refused by name (what it holds, what is expected); --bands keeps its values. A 16-bit
+    colour PNG (Pillow keeps only its high byte) is refused whatever --bands says."""
+    (tmp_path / "img").mkdir()
+    (tmp_path / "map").mkdir()
+    rgb16 = np.random.default_rng(0).integers(0, 65536, (6, 6, 3)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "img" / "t.tif", rgb16)
+    Image.fromarray(np.zeros((6, 6), np.uint8)).save(tmp_path / "map" / "t.png")
+    run = dict(num_classes=2, num_workers=1, num_shards=1, verbose=False)
+    with pytest.raises(BadInputError) as error:
+        segmentation_folders.convert(str(tmp_path / "img"), str(tmp_path / "map"),
+                                     str(tmp_path / "out"), **run)
+    assert str(error.value).startswith(
+        f"{tmp_path}/img/t.tif: 16-bit pixels (uint16, 3 channels); expected 8-bit for bands R, "
+        "G, B (the configs scale them by 1/255): convert the images to 8-bit first")
+    assert not [n for n in os.listdir(tmp_path / "out") if n.endswith(".tfrecord")]
+    segmentation_folders.convert(str(tmp_path / "img"), str(tmp_path / "map"),
+                                 str(tmp_path / "out"), bands="B4,B3,B2", **run)
+    record = ShardSource(train_files(str(tmp_path / "out")))[0]
+    np.testing.assert_array_equal(record["image"][0], rgb16)
+    assert list(record["bands"]) == ["B4", "B3", "B2"]
+    from test_data_prep_images import _png16
+    os.remove(tmp_path / "img" / "t.tif")
+    _png16(tmp_path / "img" / "t.png", rgb16)
+    with pytest.raises(BadInputError, match=r"t\.png: a 16-bit colour PNG \(Pillow reads only its "
+                                            r"high byte\); expected 8-bit"):
+        segmentation_folders.convert(str(tmp_path / "img"), str(tmp_path / "map"),
+                                     str(tmp_path / "out2"), bands="B4,B3,B2", **run)
