@@ -166,3 +166,35 @@ def test_main_py_prints_one_line_and_exits_2(tmp_path):
     assert last.startswith(f"main.py: config.teacher.torch_checkpoint: {path} is a geossl export "
                            f"of 'resnet18'"), last
     assert not workdir.exists() and not (tmp_path / "teachers").exists()
+
+
+def test_the_students_init_source_is_checked_by_its_header_before_the_workdir(tmp_path):
+    """config.init.torch_checkpoint gets the teacher's header checks under its own name (it was a
+    36-line unpickling traceback after the workdir was made); a missing init workdir and both
+    sources at once are one line too."""
+    from configs import softcon_vit_s
+    workdir = tmp_path / "run"
+
+    def refusal(**init) -> str:
+        config = softcon_vit_s.get_config("demo")
+        config.init.update(init)
+        with pytest.raises(ConfigError) as info:
+            loop.run(config, str(workdir))
+        assert not workdir.exists() and "\n" not in str(info.value)
+        return str(info.value)
+
+    junk = tmp_path / "dinov2.pth"
+    junk.write_bytes(b"\xc1\x97junk")
+    assert refusal(torch_checkpoint=str(junk)) == (
+        f"config.init.torch_checkpoint: {junk}: not a torch checkpoint (expected a zip archive or "
+        f"a pickle, found the bytes b'\\xc1\\x97ju')")
+    cut = _truncated(_torch_zip(str(tmp_path / "cut.pth")), keep=0.9)
+    assert refusal(torch_checkpoint=cut).endswith("a truncated or partial file?")
+    assert refusal(torch_checkpoint=str(tmp_path / "none.pth")) == (
+        f"config.init.torch_checkpoint: {tmp_path}/none.pth does not exist; expected a "
+        f".safetensors or .pth/.pt/.bin/.ckpt state dict for config.model ('vit_tiny_patch16')")
+    assert refusal(workdir=str(tmp_path / "nowhere")) == (
+        f"config.init.workdir: {tmp_path}/nowhere is not a folder; expected a geossl workdir "
+        f"(training or backbone-only)")
+    assert refusal(torch_checkpoint=cut, workdir=str(tmp_path)).startswith(
+        "config.init: set torch_checkpoint or workdir, not both (found ")

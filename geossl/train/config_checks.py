@@ -1,13 +1,15 @@
 """Checks of the trainer's config fields, run before anything is built or compiled.
 
 Each error names the config path, what was expected and what was found. Objectives check their own
-``config.objective`` fields when they are created. A frozen teacher's checkpoint is checked here by
-its header (``pretrained.check_source``), before the run writes anything.
+``config.objective`` fields when they are created. A frozen teacher's checkpoint and the student's
+``config.init`` source are checked here by their header (``pretrained.check_source``,
+``check_checkpoint_file``), before the run writes anything.
 """
 
 from __future__ import annotations
 
 import numbers
+import os
 
 from geossl import objectives
 from geossl.errors import ConfigError
@@ -69,6 +71,26 @@ def _check_frozen_teacher(config) -> None:
     pretrained.check_source(source, teacher.model, teacher.get("pretrain"))
 
 
+def _check_init(config) -> None:
+    """``config.init``: one source at most; a ``torch_checkpoint`` by its header, a ``workdir``
+    that exists (no weights are read)."""
+    init = config.get("init")
+    if not init:
+        return
+    path, workdir = init.get("torch_checkpoint"), init.get("workdir")
+    if path and workdir:
+        raise ConfigError(f"config.init: set torch_checkpoint or workdir, not both (found "
+                          f"{path!r} and {workdir!r})")
+    if path:
+        pretrained.check_checkpoint_file(
+            path, "config.init.torch_checkpoint",
+            f"a .safetensors or {'/'.join(pretrained.TORCH_SUFFIXES)} state dict for "
+            f"config.model ({config.model.name!r})")
+    elif workdir and not os.path.isdir(workdir):
+        raise ConfigError(f"config.init.workdir: {workdir} is not a folder; expected a geossl "
+                          f"workdir (training or backbone-only)")
+
+
 def check_config(config) -> None:
     """Raises :class:`ConfigError` for the first field of the trainer's sections out of range, or
     for a frozen teacher's checkpoint that is missing, unreadable or of another architecture."""
@@ -98,3 +120,4 @@ def check_config(config) -> None:
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"config.ema.{key}: expected a momentum in [0, 1], found {value!r}")
     _check_frozen_teacher(config)
+    _check_init(config)

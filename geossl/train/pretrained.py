@@ -275,24 +275,33 @@ def check_source(source: str, model_cfg, pretrain=None) -> None:
         return
     expected = (f"a .safetensors or {'/'.join(TORCH_SUFFIXES)} checkpoint of config.teacher."
                 f"model ({model_cfg['name']!r}), 'random:seed=N' or 'pretrained:METHOD'")
-    if not os.path.exists(source):
-        raise ConfigError(f"{SOURCE}: {source} does not exist; expected {expected}")
-    if not os.path.isfile(source):
-        raise ConfigError(f"{SOURCE}: {source} is not a file; expected {expected}")
-    if source.endswith(".safetensors"):
-        try:
-            metadata = convert.read_metadata(source)
-        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-            raise ConfigError(f"{SOURCE}: {source}: unreadable safetensors header "
-                              f"({type(e).__name__}: {e}); a truncated or partial file?") from None
+    metadata = check_checkpoint_file(source, SOURCE, expected)
+    if metadata is not None:
         _check_exported_architecture(source, metadata, model_cfg)
-    elif source.endswith(TORCH_SUFFIXES):
-        _check_torch_file(source)
-    else:
-        raise ConfigError(f"{SOURCE}: {source}: unknown file type; expected {expected}")
 
 
-def _check_torch_file(path: str) -> None:
+def check_checkpoint_file(path: str, field: str, expected: str) -> dict | None:
+    """The checkpoint file at ``path`` (the value of config ``field``) by its header, no weight
+    read: it exists and is a safetensors file whose header reads (its metadata returned) or a
+    torch file that opens (None returned); else one ConfigError naming the field, the file and
+    what failed, ``expected`` saying what the field takes."""
+    if not os.path.exists(path):
+        raise ConfigError(f"{field}: {path} does not exist; expected {expected}")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{field}: {path} is not a file; expected {expected}")
+    if path.endswith(".safetensors"):
+        try:
+            return convert.read_metadata(path)
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+            raise ConfigError(f"{field}: {path}: unreadable safetensors header "
+                              f"({type(e).__name__}: {e}); a truncated or partial file?") from None
+    if path.endswith(TORCH_SUFFIXES):
+        _check_torch_file(path, field)
+        return None
+    raise ConfigError(f"{field}: {path}: unknown file type; expected {expected}")
+
+
+def _check_torch_file(path: str, field: str) -> None:
     """A torch checkpoint's container: a zip archive (torch.save's format) whose central directory
     reads and that holds a ``data.pkl``, or a legacy pickle (checked when it is loaded)."""
     import zipfile
@@ -301,16 +310,16 @@ def _check_torch_file(path: str) -> None:
     if magic.startswith(b"\x80"):  # torch.save(_use_new_zipfile_serialization=False): a pickle
         return
     if magic != b"PK\x03\x04":
-        raise ConfigError(f"{SOURCE}: {path}: not a torch checkpoint (expected a zip archive or a "
+        raise ConfigError(f"{field}: {path}: not a torch checkpoint (expected a zip archive or a "
                           f"pickle, found the bytes {magic!r})")
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError) as e:
-        raise ConfigError(f"{SOURCE}: {path}: unreadable torch checkpoint ({type(e).__name__}: "
+        raise ConfigError(f"{field}: {path}: unreadable torch checkpoint ({type(e).__name__}: "
                           f"{e}); a truncated or partial file?") from None
     if not any(n.endswith("data.pkl") for n in names):
-        raise ConfigError(f"{SOURCE}: {path}: a zip archive without data.pkl, not a torch "
+        raise ConfigError(f"{field}: {path}: a zip archive without data.pkl, not a torch "
                           f"checkpoint (found {names[:5]})")
 
 
