@@ -205,6 +205,29 @@ def test_band_selection_by_name():
         datasets.select_bands(image, ["B2", "B3", "B4"], ["B12"])
 
 
+
+def test_absent_bands_are_zero_after_normalisation():
+    """So2Sat's 10 S2 bands into a 13-band encoder (``--absent_bands B1,B9,B10``, the suite's
+    so2sat row): B1, B9 and B10 are 0 after the normalisation (SSL4EO-S12's So2Sat loader), every
+    other band as without the option; a band present in the data stays itself, and without the
+    option the missing B1 is an error naming it."""
+    from geossl.data import bands as bands_lib
+    so2sat = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
+    image = np.random.default_rng(0).uniform(0, 4000, (3, 5, 10)).astype(np.float32)
+    pre = datasets.Preprocess(bands=bands_lib.S2_L1C, norm="softcon",
+                              absent_bands=("B1", "B9", "B10"))
+    out = pre(image, so2sat)
+    assert out.shape == (3, 5, 13)
+    gone = [bands_lib.S2_L1C.index(b) for b in ("B1", "B9", "B10")]
+    np.testing.assert_array_equal(out[..., gone], 0.0)
+    kept = datasets.Preprocess(bands=so2sat, norm="softcon")(image, so2sat)
+    np.testing.assert_array_equal(out[..., [bands_lib.S2_L1C.index(b) for b in so2sat]], kept)
+    full = np.random.default_rng(1).uniform(0, 4000, (3, 5, 13)).astype(np.float32)
+    np.testing.assert_array_equal(pre(full, bands_lib.S2_L1C),
+                                  datasets.Preprocess(bands=bands_lib.S2_L1C)(full, bands_lib.S2_L1C))
+    with pytest.raises(ValueError, match="band 'B1' requested"):
+        datasets.Preprocess(bands=bands_lib.S2_L1C)(image, so2sat)
+
 def test_split_and_subsample_are_deterministic_and_disjoint():
     a, b = datasets.split_indices(21, 0.5, seed=0)
     a2, b2 = datasets.split_indices(21, 0.5, seed=0)

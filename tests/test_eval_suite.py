@@ -243,6 +243,28 @@ def test_a_data_root_runs_what_it_holds_and_skips_the_rest_by_name(tmp_path, tin
     assert out.count("skipped ") == 1 and "[2/2] dfc2020_upernet: failed: " in out
 
 
+
+def test_so2sat_row_feeds_a_13_band_encoder_zeros_for_its_absent_bands(tmp_path, tiny_workdir):
+    """So2Sat's S2 has 10 bands (no B1, B9, B10): the row probes a 13-band encoder with those
+    three at 0 after normalisation (``--absent_bands``, SSL4EO-S12's rule) instead of failing."""
+    from geossl.data import write_shard
+    bands = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
+    root = tmp_path / "D"
+    (root / "so2sat").mkdir(parents=True)
+    for split, n, seed in (("train", 34, 0), ("test", 17, 1)):
+        rng = np.random.default_rng(seed)
+        write_shard(str(root / "so2sat" / f"{split}-00000-of-00001.tfrecord"), [
+            {"image": rng.uniform(0, 0.3, (1, SIZE, SIZE, 10)).astype(np.float32) * 10000,
+             "labels": np.array([i % 17]), "label_set": "so2sat_lcz42_17", "num_classes": 17,
+             "bands": list(bands), "sensor": "s2_l1c", "key": f"{seed}-{i}"} for i in range(n)])
+    doc = suite_cli.main(["--workdir", tiny_workdir, "--suite", "softcon", "--tasks",
+                          "so2sat_linear", "--data_root", str(root), "--bootstrap", "0"])
+    (row,) = doc["rows"]
+    assert row["status"] == "ok", row["status"]
+    with open(os.path.join(tiny_workdir, "eval_suite", "so2sat_linear.json")) as f:
+        report = json.load(f)
+    assert report["absent_bands"] == ["B1", "B9", "B10"] and len(report["bands"]) == 13
+
 @pytest.mark.parametrize("flags, message", [
     (["--tasks", "nope"], "--tasks: expected names of suite all's tasks"),
     (["--data_root", "/nonexistent/eval"], "--data_root: expected a folder"),

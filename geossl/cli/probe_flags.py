@@ -85,6 +85,10 @@ def add_common_flags(parser, *, feature_mode: bool = True) -> None:
     parser.add_argument("--bands", default=None,
                         help="comma-separated input bands (default: config.data.bands)")
     parser.add_argument("--norm", default=None, help="band normalisation (default: config.data.norm)")
+    parser.add_argument("--absent_bands", default=None,
+                        help="comma-separated input bands the dataset may lack, fed as 0 after "
+                             "normalisation (So2Sat's S2 for a 13-band encoder: B1,B9,B10, as "
+                             "SSL4EO-S12's evaluation does)")
     parser.add_argument("--acquisition", type=int, default=0, help="which of the T acquisitions")
     parser.add_argument("--img_size", type=int, default=None,
                         help="model input size (default: config.model.img_size)")
@@ -249,6 +253,7 @@ def trained_probe_report(task: str, args, data, model_config, preprocess, img_si
         "multilabel": multilabel, "label_fraction": args.label_fraction, "seed": args.seed,
         "mode": mode, "feature_dim": int(feature_dim), "img_size": img_size,
         "bands": list(preprocess.bands) if preprocess.bands else None, "norm": preprocess.norm,
+        "absent_bands": list(preprocess.absent_bands),
         "wavelengths": wavelength_list(wavelengths), "acquisition": args.acquisition,
         "train_indices": [int(i) for i in data.train_indices]}
 
@@ -271,6 +276,9 @@ def encoder_from_args(args, data: datasets.ProbeData):
     overrides = {"norm": args.norm, "acquisition": args.acquisition}
     if args.bands:
         overrides["bands"] = tuple(b.strip() for b in args.bands.split(",") if b.strip())
+    if args.absent_bands:
+        overrides["absent_bands"] = tuple(b.strip() for b in args.absent_bands.split(",")
+                                          if b.strip())
     model, variables, config = load_model(
         args.workdir, args.step, random_init=args.random_init, seed=args.seed,
         img_size=args.img_size,
@@ -324,6 +332,7 @@ def probe_features_from_args(args) -> ProbeFeatures:
         "layers_concat": bool(layers is not None and args.layers_concat),
         "feature_dim": dims, "img_size": img_size,
         "bands": list(preprocess.bands) if preprocess.bands else None, "norm": preprocess.norm,
+        "absent_bands": list(preprocess.absent_bands),
         "wavelengths": wavelength_list(wavelengths),
         "feature_time_s": time.perf_counter() - t0,
     }

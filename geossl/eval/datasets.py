@@ -61,12 +61,12 @@ _BIGEARTHNET_BANDS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9
 
 
 def select_bands(image: np.ndarray, have: Sequence[str], want: Sequence[str] | None,
-                 where: str = "") -> np.ndarray:
+                 where: str = "", zero_fill: Sequence[str] = bands_lib.ZERO_FILL) -> np.ndarray:
     """(..., C_have) → (..., C_want) by band name (``geossl.data.bands.select_bands``: a missing
-    B10 becomes zeros); ``want=None`` keeps the image as it is."""
+    band of ``zero_fill`` becomes zeros); ``want=None`` keeps the image as it is."""
     if want is None:
         return image
-    return bands_lib.select_bands(image, have, want, where)
+    return bands_lib.select_bands(image, have, want, where, zero_fill)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +76,9 @@ class Preprocess:
     bands: tuple[str, ...] | None = None  # model input bands in order; None: as stored
     norm: str = "softcon"                 # geossl.data.bands.normalize mode, or "none"
     acquisition: int = 0
+    # input bands a dataset may lack, then 0 after normalisation (So2Sat's S2 has no B1, B9, B10:
+    # SSL4EO-S12's evaluation feeds a 13-band encoder zeros there)
+    absent_bands: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config, **overrides) -> "Preprocess":
@@ -98,11 +101,20 @@ class Preprocess:
             image = image[self.acquisition]
         if image.ndim != 3:
             raise ValueError(f"{where}expected an image (T, H, W, C) or (H, W, C), found {image.shape}")
-        image = select_bands(image.astype(np.float32), bands, self.bands, where)
+        image = select_bands(image.astype(np.float32), bands, self.bands, where,
+                             bands_lib.ZERO_FILL + tuple(self.absent_bands))
         names = list(self.bands) if self.bands is not None else list(bands)
         if self.norm and self.norm != "none":
             image = bands_lib.normalize(image, names, mode=self.norm)
-        return np.asarray(image, np.float32)
+        image = np.asarray(image, np.float32)
+        if self.absent_bands and self.bands is not None:
+            have = {bands_lib.canonical(b) for b in bands}
+            absent = {bands_lib.canonical(b) for b in self.absent_bands} - have
+            gone = [i for i, b in enumerate(self.bands) if bands_lib.canonical(b) in absent]
+            if gone:
+                image = image.copy() if not image.flags.writeable else image
+                image[..., gone] = 0.0
+        return image
 
 
 class LabelledSplit:

@@ -147,7 +147,8 @@ TASKS: tuple[Task, ...] = (
     Task("eurosat_finetune", "finetune", "eurosat", "EuroSAT-MS", "fine-tuned", "top1",
          quick=_FINETUNE_QUICK, suites=("softcon",), label_set="eurosat_10"),
     Task("so2sat_linear", "linear", "so2sat", "So2Sat LCZ42 S2", "linear probe, frozen",
-         "top1", suites=("softcon",), label_set="so2sat_lcz42_17"),
+         "top1", suites=("softcon",), label_set="so2sat_lcz42_17",
+         settings=(("absent_bands", "B1,B9,B10"),)),  # 10 S2 bands: SSL4EO-S12's zeros
     Task("dfc2020_upernet", "segmentation", "dfc2020", "DFC2020", "UPerNet, frozen encoder",
          "miou", settings=_UPERNET, quick=_UPERNET_QUICK, suites=("pera",)),
     Task("dfc2020_upernet_finetune_1pct", "segmentation", "dfc2020", "DFC2020",
