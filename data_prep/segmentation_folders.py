@@ -16,8 +16,9 @@ Images: GeoTIFF (channel-first planes of up to 16 bands are moved last) or PNG/J
 their dtype (float64 as float32); ``--bands`` names the channels (comma-separated, or a preset:
 s2_l1c = B1 ... B8 B8A B9 B10 B11 B12, s2_l2a, s1 = VV VH, rgb); 1- and 3-channel images default
 to R, G, B, which must be 8-bit (the configs scale them by 1/255): a 16-bit image stored as R, G,
-B is refused by name. Maps: single-channel class indices; ``--ignore_index K`` marks K as unlabelled (255);
-``--class_map A:B,...`` maps source values to classes, every value not listed becoming 255; or
+B is refused by name. Maps: single-channel class indices; ``--ignore_index K`` marks K as
+unlabelled (255); ``--class_map A:B,...`` maps source values to classes, every value not listed
+becoming 255; or
 RGB colour-coded maps with ``--palette`` (``R-G-B:class,...`` or ``isprs``: the ISPRS 2D labelling
 legend, impervious surfaces 255-255-255:0, building 0-0-255:1, low vegetation 0-255-255:2, tree
 0-255-0:3, car 255-255-0:4, clutter 255-0-0:5), other colours 255. Every class must be below

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from geossl.models.family import Family, module_fields
-from geossl.models.layers import (LN_EPS, POS_EMBED_RESIZE, Attention, Block,
+from geossl.models.layers import (LN_EPS, POS_EMBED_RESIZE, Attention, Block, PatchGrid,
                                   append_inserted_tokens, check_token_options, drop_path_rates,
                                   positioned_patch_tokens)
 
@@ -140,7 +140,7 @@ class DOFAEmbedding(nn.Module):
         return y + (bias * KERNEL_SCALE).astype(self.dtype)
 
 
-class DOFA(nn.Module):
+class DOFA(PatchGrid, nn.Module):
     """DOFA in torchgeo's layout (global pool + ``fc_norm``).
 
     ``__call__(x (B,H,W,C), *, wavelengths (C,), train, stochastic, keep_idx, mask, insert_idx,
@@ -163,21 +163,6 @@ class DOFA(nn.Module):
     dtype: Any = jnp.float32
     remat: bool = False
     pos_embed_resize: str = "timm"  # another patch grid: "timm" | "dinov2" (resize_pos_table)
-
-    @property
-    def num_features(self) -> int:
-        return self.embed_dim
-
-    @property
-    def stride(self) -> int:
-        """Pixels per patch-token step: the downsampling of the patch-token grid."""
-        return self.patch_size
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        """Patch grid of ``img_size``, which ``pos_embed`` covers."""
-        h, w = (self.img_size, self.img_size) if isinstance(self.img_size, int) else self.img_size
-        return int(h) // self.patch_size, int(w) // self.patch_size
 
     @property
     def num_prefix_tokens(self) -> int:

@@ -211,6 +211,27 @@ class Dense(nn.Module):
         return y if bias is None else y + bias
 
 
+
+class PatchGrid:
+    """The patch-token geometry of a ViT-like module with fields ``embed_dim``, ``patch_size`` and
+    ``img_size`` (int or (H, W)): a mixin of the ViT and DOFA modules."""
+
+    @property
+    def num_features(self) -> int:
+        return self.embed_dim
+
+    @property
+    def stride(self) -> int:
+        """Pixels per patch-token step: the downsampling of the patch-token grid."""
+        return self.patch_size
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patch grid of ``img_size``, which ``pos_embed`` covers."""
+        size = self.img_size
+        h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        return h // self.patch_size, w // self.patch_size
+
 class Attention(nn.Module):
     """Multi-head self-attention (B,N,D) → (B,N,D); qkv output columns ordered [q | k | v]."""
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from geossl.models.family import Family, module_fields
-from geossl.models.layers import (LN_EPS, POS_EMBED_RESIZE, Block, PatchEmbed,
+from geossl.models.layers import (LN_EPS, POS_EMBED_RESIZE, Block, PatchEmbed, PatchGrid,
                                   append_inserted_tokens, check_token_options, drop_path_rates,
                                   positioned_patch_tokens)
 
@@ -34,11 +34,7 @@ VIT_CONFIGS = {
 }
 
 
-def _pair(size) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-class VisionTransformer(nn.Module):
+class VisionTransformer(PatchGrid, nn.Module):
     """DINOv2-layout ViT.
 
     ``__call__(x (B,H,W,C), *, train, stochastic, keep_idx, mask, insert_idx, insert_at_block,
@@ -62,21 +58,6 @@ class VisionTransformer(nn.Module):
     dtype: Any = jnp.float32
     remat: bool = False
     pos_embed_resize: str = "timm"  # another patch grid: "timm" | "dinov2" (resize_pos_table)
-
-    @property
-    def num_features(self) -> int:
-        return self.embed_dim
-
-    @property
-    def stride(self) -> int:
-        """Pixels per patch-token step: the downsampling of the patch-token grid."""
-        return self.patch_size
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        """Patch grid of ``img_size``, which ``pos_embed`` covers."""
-        h, w = _pair(self.img_size)
-        return h // self.patch_size, w // self.patch_size
 
     @property
     def num_prefix_tokens(self) -> int:
