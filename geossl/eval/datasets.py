@@ -111,9 +111,7 @@ class Preprocess:
             have = {bands_lib.canonical(b) for b in bands}
             absent = {bands_lib.canonical(b) for b in self.absent_bands} - have
             gone = [i for i, b in enumerate(self.bands) if bands_lib.canonical(b) in absent]
-            if gone:
-                image = image.copy() if not image.flags.writeable else image
-                image[..., gone] = 0.0
+            image[..., gone] = 0.0          # a new array: select_bands / normalize made it
         return image
 
 
