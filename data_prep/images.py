@@ -236,7 +236,6 @@ def storage_rule(header: Header, path: str, bands: tuple[str, ...] | None,
     return ", ".join(r for r in rules if r) or None
 
 
-
 def check_8bit_rgb(path: str, dtype, channels: int, names) -> str | None:
     """For a decoded image (``read_array``) whose bands are ``names``: "PATH: what it holds;
     expected 8-bit for bands R, G, B (...)" when it cannot be stored faithfully as such (a 16-bit
@@ -251,6 +250,7 @@ def check_8bit_rgb(path: str, dtype, channels: int, names) -> str | None:
     else:
         return None
     return f"{path}: {what}; expected 8-bit for bands R, G, B (the configs scale them by 1/255)"
+
 
 # ----- listing ------------------------------------------------------------------------------------
 @dataclasses.dataclass

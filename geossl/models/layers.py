@@ -211,7 +211,6 @@ class Dense(nn.Module):
         return y if bias is None else y + bias
 
 
-
 class PatchGrid:
     """The patch-token geometry of a ViT-like module with fields ``embed_dim``, ``patch_size`` and
     ``img_size`` (int or (H, W)): a mixin of the ViT and DOFA modules."""
@@ -231,6 +230,7 @@ class PatchGrid:
         size = self.img_size
         h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         return h // self.patch_size, w // self.patch_size
+
 
 class Attention(nn.Module):
     """Multi-head self-attention (B,N,D) → (B,N,D); qkv output columns ordered [q | k | v]."""
