@@ -71,7 +71,7 @@ def test_demo_config_asks_for_a_softcon_teacher_and_writes_nothing(teachers):
     assert run.data.norm == c.data.norm                      # the student's normalisation ...
     assert tuple(c.teacher.input_scale) == (1.0,) * 13       # ... so the input map is the identity
     assert tuple(c.teacher.input_offset) == (0.0,) * 13
-    assert run.data.gray_p == 0.0 and run.lr.base == 3e-3 and run.total_steps == 400
+    assert run.data.gray_p == 0.0 and run.lr.base == 3e-3 and run.total_steps == 800
     assert dict(run.model) == dict(c.teacher.model) and run.model.img_size == 48
     assert "model" not in c.teacher.pretrain
     assert not teachers.exists()
@@ -136,7 +136,7 @@ def test_the_name_changes_with_every_setting_of_the_run(teachers, monkeypatch):
 
     base = resolve()
     assert os.path.basename(base).startswith("pretrained-softcon-swin_tiny_patch4_window7_224-")
-    variants = [resolve(**{"pretrain.total_steps": 401}), resolve(**{"pretrain.seed": 1}),
+    variants = [resolve(**{"pretrain.total_steps": 801}), resolve(**{"pretrain.seed": 1}),
                 resolve(**{"pretrain.objective.temperature": 0.1}),
                 resolve(**{"pretrain.data.bands": tuple(reversed(t.bands))}),
                 resolve(**{"pretrain.lr.base": 2e-3}), resolve(**{"model.embed_dim": 8})]
@@ -144,7 +144,7 @@ def test_the_name_changes_with_every_setting_of_the_run(teachers, monkeypatch):
     # Settings that leave the weights unchanged (the resolver sets them) name the same file.
     assert resolve(**{"pretrain.log_every": 3, "pretrain.probe.every": 7}) == base
     assert len(calls) == 7
-    assert [int(run.total_steps) for run, _ in calls[:2]] == [400, 401]
+    assert [int(run.total_steps) for run, _ in calls[:2]] == [800, 801]
     assert calls[-1][0].model.embed_dim == 8           # the run pretrains the teacher's model
 
 
