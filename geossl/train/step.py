@@ -8,7 +8,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from geossl.objectives.base import Objective, Variables
-from geossl.parallel import mesh as mesh_lib
+from geossl.parallel import cpu_options, mesh as mesh_lib
 from geossl import schedules
 from geossl.train import teacher as teacher_lib
 from geossl.train.state import TrainState
@@ -101,4 +101,5 @@ def make_train_step(objective: Objective, tx, lr_fn, config, mesh, state_shardin
 
     batch_sharding = NamedSharding(mesh, P(mesh_lib.BATCH_AXES))
     return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
-                   out_shardings=(state_shardings, mesh_lib.replicated(mesh)), donate_argnums=(0,))
+                   out_shardings=(state_shardings, mesh_lib.replicated(mesh)), donate_argnums=(0,),
+                   compiler_options=cpu_options.step_compiler_options(mesh.devices.flat))
