@@ -208,6 +208,10 @@ def read_header(path: str) -> Header:
         raise BadInputError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
 
 
+#: The rule an image under bands R, G, B must meet.
+EXPECTED_RGB = "expected 8-bit for bands R, G, B (the configs scale them by 1/255)"
+
+
 def storage_rule(header: Header, path: str, bands: tuple[str, ...] | None,
                  convert_16bit: str | None) -> str | None:
     """How the image is stored: None (as it is) or the conversion rule, stated. BadInputError
@@ -221,35 +225,40 @@ def storage_rule(header: Header, path: str, bands: tuple[str, ...] | None,
     scalable = colour_png or header.dtype == "uint16"
     if scalable and convert_16bit == "scale":
         rules.insert(0, SCALE_16BIT)
-    elif colour_png or (set(names) & set(RGB_BANDS) and header.dtype != "uint8"):
-        source = "TIFF" if header.mode == "TIFF" else f"Pillow mode {header.mode}"
-        what = ("a 16-bit colour PNG (Pillow reads only its high byte)" if colour_png else
-                f"{header.bits}-bit pixels ({header.dtype}, {header.channels} channel"
-                f"{'s' * (header.channels > 1)}, {source})")
+    elif what := rgb_depth_problem(
+            colour_png, header.dtype, header.channels, names, header.bits,
+            "TIFF" if header.mode == "TIFF" else f"Pillow mode {header.mode}"):
         remedies = (["--convert_16bit=scale stores v // 256 (for values spanning 0..65535)"]
                     * scalable + ["--bands NAMES keeps the values under other band names"]
                     * (not colour_png))
-        raise BadInputError(f"{path}: {what}; expected 8-bit for bands R, G, B (the configs "
-                            f"scale them by 1/255): " + ", or ".join(remedies))
+        raise BadInputError(f"{path}: {what}; {EXPECTED_RGB}: " + ", or ".join(remedies))
     if bands is None and header.channels == 1 and header.mode != "L":  # TIFF, I;16
         rules.append(GREY_RULE)
     return ", ".join(r for r in rules if r) or None
 
 
+def rgb_depth_problem(colour_png: bool, dtype, channels: int, names, bits: int,
+                      source: str = "") -> str | None:
+    """What keeps an image of bands ``names`` from being stored faithfully as 8-bit R, G, B (a
+    16-bit colour PNG, of which Pillow kept the high byte; pixels other than uint8 under R, G or
+    B), in words; None when nothing does. ``source``: how it was read (TIFF, a Pillow mode)."""
+    if colour_png:
+        return "a 16-bit colour PNG (Pillow reads only its high byte)"
+    dtype = np.dtype(dtype)
+    if not set(names) & set(RGB_BANDS) or dtype == np.uint8:
+        return None
+    return (f"{bits}-bit pixels ({dtype.name}, {channels} channel{'s' * (channels > 1)}"
+            f"{', ' + source if source else ''})")
+
+
 def check_8bit_rgb(path: str, dtype, channels: int, names) -> str | None:
     """For a decoded image (``read_array``) whose bands are ``names``: "PATH: what it holds;
-    expected 8-bit for bands R, G, B (...)" when it cannot be stored faithfully as such (a 16-bit
-    colour PNG, of which Pillow kept the high byte; pixels other than uint8 under R, G or B), else
-    None. The caller adds its remedies."""
+    expected 8-bit for bands R, G, B (...)" when it cannot be stored faithfully as such
+    (:func:`rgb_depth_problem`), else None. The caller adds its remedies."""
     dtype = np.dtype(dtype)
-    if _png_bit_depth(path) == 16 and dtype == np.uint8:
-        what = "a 16-bit colour PNG (Pillow reads only its high byte)"
-    elif set(names) & set(RGB_BANDS) and dtype != np.uint8:
-        what = (f"{8 * dtype.itemsize}-bit pixels ({dtype.name}, {channels} channel"
-                f"{'s' * (channels > 1)})")
-    else:
-        return None
-    return f"{path}: {what}; expected 8-bit for bands R, G, B (the configs scale them by 1/255)"
+    what = rgb_depth_problem(_png_bit_depth(path) == 16 and dtype == np.uint8, dtype, channels,
+                             names, 8 * dtype.itemsize)
+    return None if what is None else f"{path}: {what}; {EXPECTED_RGB}"
 
 
 # ----- listing ------------------------------------------------------------------------------------
