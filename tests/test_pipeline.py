@@ -147,6 +147,31 @@ def test_worker_batch_size_keeps_batches_and_must_divide():
 def test_stack_rejects_mismatched_samples():
     with pytest.raises(ValueError, match="different keys"):
         pipeline.stack([{"a": np.zeros(1)}, {"b": np.zeros(1)}])
+    rows = ({"a": np.full(2, i)} for i in range(3))
+    with pytest.raises(ValueError, match="3 samples for a batch of 4"):
+        pipeline.stack(rows, size=4)
+    with pytest.raises(ValueError, match="more than the 2 samples"):
+        pipeline.stack(({"a": np.full(2, i)} for i in range(3)), size=2)
+
+
+@pytest.mark.parametrize("drop_remainder", [True, False])
+def test_batches_read_row_by_row_equal_grains_batch(drop_remainder):
+    """A partial last batch kept or dropped, indices past the end (grain's next pass), slices:
+    the batches of grain's ``MapDataset.batch`` of the same stream, rows made one at a time."""
+    import grain
+    stream = pipeline.view_stream(_records(8), _index_and_noise, seed=2, num_epochs=3)
+    ours = pipeline._Batches(stream, 5, drop_remainder, pipeline._Stack(shared=False))
+    grains = grain.MapDataset.source(_records(8)).shuffle(seed=2).repeat(3).random_map(
+        pipeline._TunedViews(_index_and_noise), seed=2).batch(5, drop_remainder=drop_remainder)
+    assert len(ours) == len(grains) == (4 if drop_remainder else 5)
+    indices = list(range(len(ours) + 2))
+    _assert_batches_equal([ours[i] for i in indices], [grains[i] for i in indices])
+    assert len(ours[4]["index"]) == (5 if drop_remainder else 4)
+    _assert_batches_equal(list(ours[1:3]), [grains[1], grains[2]])
+    made = []
+    rows = (made.append(i) or {"i": np.int64(i)} for i in range(4))
+    out = pipeline.stack(rows, size=4)
+    assert made == [0, 1, 2, 3] and out["i"].tolist() == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("worker_batch_size", [None, 2])

@@ -1,6 +1,7 @@
 """Worker batches in reused shared-memory blocks (geossl.data.shared_batches): a block is written
 again only once the trainer's arrays on it are gone; batches equal those built in process."""
 
+import functools
 import gc
 
 import numpy as np
@@ -56,6 +57,13 @@ def test_all_blocks_busy_gives_a_one_off_block_and_a_failed_batch_frees_its_bloc
                                              "index": np.int64(0)}], pipeline.stack)
     reused = {_write_and_open(v)[0].block for v in range(3)}  # each dropped before the next
     assert len(reused) == 1
+
+    def failing_rows():                     # a view that fails mid-batch, samples made lazily
+        yield from _samples(5, n=2)
+        raise OSError("record 7: truncated")
+    with pytest.raises(OSError, match="record 7"):
+        shared_batches.write(failing_rows(), functools.partial(pipeline.stack, size=3))
+    assert _write_and_open(9)[0].block in reused               # that block went back FREE
 
 
 def test_open_batch_passes_a_batch_built_in_process():

@@ -19,8 +19,9 @@ and resumes on any number of processes with none repeated or skipped (elastic re
 
 from __future__ import annotations
 
+import functools
 import glob
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import grain
 import numpy as np
@@ -48,41 +49,83 @@ class _ProcessRows(grain.MapDataset):
         return f"_ProcessRows(global_batch={self._g}, local_batch={self._b}, process={self._p})"
 
 
-def stack(samples: Sequence[dict], into: Callable[[dict], dict] | None = None) -> dict:
-    """A list of sample dicts → one dict of stacked arrays (B, ...). ``into``: given the batch's
-    {key: (shape, dtype)}, the {key: array} to write it into (default: new arrays)."""
-    keys = samples[0].keys()
-    for s in samples[1:]:
-        if s.keys() != keys:
+def stack(samples: Iterable[dict], into: Callable[[dict], dict] | None = None,
+          size: int | None = None) -> dict:
+    """Sample dicts → one dict of stacked arrays (B, ...). ``into``: given the batch's
+    {key: (shape, dtype)}, the {key: array} to write it into (default: new arrays). ``size``: B
+    where ``samples`` is an iterator (default ``len(samples)``); each sample is written into the
+    batch as it comes and dropped before the next is made, so the next reuses its (cached) memory."""
+    if size is None:
+        samples = list(samples)
+        size = len(samples)
+    if size <= 0:
+        raise ValueError("stack: a batch needs at least one sample")
+    out, count = None, 0
+    for i, sample in enumerate(samples):
+        if i >= size:
+            raise ValueError(f"stack: more than the {size} samples of the batch")
+        if out is None:
+            keys = sample.keys()
+            specs = {k: ((size,) + np.shape(v), np.asarray(v).dtype) for k, v in sample.items()}
+            out = into(specs) if into else {k: np.empty(*spec) for k, spec in specs.items()}
+        elif sample.keys() != keys:
             raise ValueError(f"samples of one batch have different keys: {sorted(keys)} vs "
-                             f"{sorted(s.keys())}")
-    firsts = {k: np.asarray(samples[0][k]) for k in keys}
-    specs = {k: ((len(samples),) + f.shape, f.dtype) for k, f in firsts.items()}
-    out = into(specs) if into else {k: np.empty(*spec) for k, spec in specs.items()}
-    for k, first in firsts.items():
-        arr = out[k]
-        for i, sample in enumerate(samples):
-            value = np.asarray(sample[k])
-            if value.shape != first.shape:
+                             f"{sorted(sample.keys())}")
+        for k in keys:
+            value, arr = np.asarray(sample[k]), out[k]
+            if value.shape != arr.shape[1:]:
                 raise ValueError(f"samples of one batch have different shapes for {k!r}: "
-                                 f"{first.shape} vs {value.shape} (sample {i}); records of "
+                                 f"{arr.shape[1:]} vs {value.shape} (sample {i}); records of "
                                  f"different sizes need a fixed crop, or data.raw_size")
             arr[i] = value
+        del sample, value
+        count = i + 1
+    if count != size:
+        raise ValueError(f"stack: {count} samples for a batch of {size}")
     return out
 
 
 class _Stack:
-    """:func:`stack` as grain's batch function; ``shared`` (where grain worker processes build the
-    batches): each batch is written into a reused shared-memory block of the worker and travels as
-    a :class:`shared_batches.SharedBatch` (opened by :func:`shared_batches.open_batch`)."""
+    """:func:`stack` as the batch function of :class:`_Batches`; ``shared`` (where grain worker
+    processes build the batches): each batch is written into a reused shared-memory block of the
+    worker and travels as a :class:`shared_batches.SharedBatch` (opened by
+    :func:`shared_batches.open_batch`)."""
 
     def __init__(self, shared: bool):
         self.shared = shared
 
-    def __call__(self, samples: Sequence[dict]):
+    def __call__(self, samples: Iterable[dict], size: int):
         if self.shared:
-            return shared_batches.write(samples, stack)
-        return stack(samples)
+            return shared_batches.write(samples, functools.partial(stack, size=size))
+        return stack(samples, size=size)
+
+
+class _Batches(grain.MapDataset):
+    """Element j = parent rows [j·size, (j+1)·size), as ``MapDataset.batch`` (indices past the
+    end start the next pass), made one by one inside ``batch_fn(rows, count)``: grain's batch holds
+    every rendered sample before stacking (~80 MB for 16 SoftCon samples), here each is written
+    and freed before the next is rendered into the same, still cached, memory."""
+
+    def __init__(self, parent: grain.MapDataset, size: int, drop_remainder: bool, batch_fn):
+        super().__init__(parent)
+        self._size, self._batch_fn = size, batch_fn
+        n = len(parent)
+        self._length = n // size if drop_remainder else -(-n // size)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        epoch, j = divmod(index, self._length)
+        n = len(self._parent)
+        start, stop = j * self._size, min(n, (j + 1) * self._size)
+        rows = (self._parent[epoch * n + i] for i in range(start, stop))
+        return self._batch_fn(rows, stop - start)
+
+    def __str__(self) -> str:
+        return f"_Batches(size={self._size})"
 
 
 def concat(batches: Sequence[dict]) -> dict:
@@ -167,7 +210,7 @@ def batch_stream(stream: grain.MapDataset, *, local_batch_size: int, process_ind
         ds = ds[start_position:]
     if process_count > 1:
         ds = _ProcessRows(ds, local_batch_size * process_count, local_batch_size, process_index)
-    ds = ds.batch(unit, drop_remainder=drop_remainder, batch_fn=_Stack(shared=num_workers > 0))
+    ds = _Batches(ds, unit, drop_remainder, _Stack(shared=num_workers > 0))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                               prefetch_buffer_size=prefetch_batches))
     if num_workers > 0:

@@ -8,8 +8,9 @@ core renders in process (``benchmarks/input_pipeline.py``). Here each worker kee
 trainer's process maps each block once and reads the batch in place. The first byte of a block
 is its state:
 
-    worker   (:func:`write`): takes a FREE block (or makes one), sets it BUSY, writes the batch,
-             sends a :class:`SharedBatch` (block name, array layout) through grain's queue;
+    worker   (:func:`write`): takes a FREE block (or makes one), sets it BUSY, writes the batch
+             (each sample as it is made), sends a :class:`SharedBatch` (block name, array
+             layout) through grain's queue;
     trainer  (:func:`open_batch`): maps the block (once; the name is then unlinked, the memory
              lives while a process maps it) and returns arrays viewing it; once the last of them is
              garbage collected, the block is FREE again.
@@ -25,7 +26,7 @@ import os
 import threading
 import weakref
 from multiprocessing import shared_memory
-from typing import Callable, Sequence
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -33,8 +34,8 @@ FREE, BUSY = 0, 1
 #: Bytes before the first array: the state byte, then alignment.
 HEADER = 64
 #: Reused blocks per worker: grain's per-worker buffer, its read-ahead and the trainer's device
-#: prefetch each hold a batch or two.
-MAX_BLOCKS = 6
+#: prefetch each hold a batch or two, and each read thread the batch it is filling.
+MAX_BLOCKS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,9 +93,10 @@ class _WorkerBlocks:
 _worker_blocks = _WorkerBlocks()
 
 
-def write(samples: Sequence[dict], stack: Callable) -> SharedBatch:
-    """Worker side: ``stack(samples, into)`` (pipeline.stack) written into a block of this
-    process; the :class:`SharedBatch` that names it."""
+def write(samples: Iterable[dict], stack: Callable) -> SharedBatch:
+    """Worker side: ``stack(samples, into)`` (pipeline.stack; ``samples`` may be made as they are
+    written, and a failing one frees the block) written into a block of this process; the
+    :class:`SharedBatch` that names it."""
     taken = {}
 
     def into(specs: dict) -> dict:
