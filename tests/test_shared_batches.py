@@ -3,6 +3,9 @@ again only once the trainer's arrays on it are gone; batches equal those built i
 
 import functools
 import gc
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -103,3 +106,38 @@ def test_worker_batches_held_by_the_trainer_equal_the_in_process_ones(read_threa
         assert 0 < len(seen) <= shared_batches.MAX_BLOCKS
     finally:
         it.close()
+
+
+_STOPPED_MID_STREAM = """
+import numpy as np
+from geossl.data import pipeline
+
+def view(record, rng):
+    return {"image": np.full((64, 64, 4), record, np.float32)}
+
+def main():
+    it = iter(pipeline.make_dataset(list(range(40)), view, seed=0, local_batch_size=4,
+                                    num_workers=2))
+    assert next(it)["image"].shape == (4, 64, 64, 4)
+    it.close()      # batches still in flight in both workers
+    print("closed")
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="POSIX shared memory under /dev/shm")
+def test_workers_stopped_mid_stream_leave_no_blocks_and_no_tracker_warning(tmp_path):
+    """Blocks the trainer never mapped are unlinked by their worker as it exits: nothing stays in
+    /dev/shm and Python's resource tracker has nothing to clean up (no "leaked shared_memory
+    objects" warning at the end of every run with workers)."""
+    script = tmp_path / "stopped.py"
+    script.write_text(_STOPPED_MID_STREAM)
+    before = set(os.listdir("/dev/shm"))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=300, cwd=root, env={**os.environ, "PYTHONPATH": root})
+    assert run.returncode == 0 and "closed" in run.stdout, run.stderr[-2000:]
+    assert "leaked shared_memory" not in run.stderr, run.stderr[-2000:]
+    assert not set(os.listdir("/dev/shm")) - before

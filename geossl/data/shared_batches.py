@@ -21,11 +21,13 @@ its workers) a worker writes the batch into a one-off block, as grain would.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import threading
 import weakref
 from multiprocessing import shared_memory
+from multiprocessing import util as mp_util
 from typing import Callable, Iterable
 
 import numpy as np
@@ -62,11 +64,14 @@ def _layout(specs: dict) -> tuple[dict, int]:
 
 
 class _WorkerBlocks:
-    """A worker's reusable blocks (its read threads take them under one lock)."""
+    """A worker's reusable blocks (its read threads take them under one lock), and its latest
+    one-off blocks, whose names it removes when it exits (:meth:`unlink_unmapped`)."""
 
     def __init__(self):
         self.blocks: list[shared_memory.SharedMemory] = []
+        self.one_offs: collections.deque = collections.deque(maxlen=64)
         self.lock = threading.Lock()
+        self._at_exit, self.exiting = None, False
 
     def take(self, size: int) -> tuple[shared_memory.SharedMemory, bool]:
         """A BUSY block of at least ``size`` bytes, and whether it is one of the reused ones."""
@@ -84,10 +89,26 @@ class _WorkerBlocks:
             free[0].close()
         block = shared_memory.SharedMemory(create=True, size=size)
         block.buf[0] = BUSY
+        if self.exiting:              # a read thread still at work as the process exits
+            block.unlink()
         reused = len(self.blocks) < MAX_BLOCKS
-        if reused:
-            self.blocks.append(block)
+        (self.blocks if reused else self.one_offs).append(block)
+        if self._at_exit is None:     # run as the process exits (multiprocessing's exit hook)
+            self._at_exit = mp_util.Finalize(None, self.unlink_unmapped, exitpriority=0)
         return block, reused
+
+    def unlink_unmapped(self) -> None:
+        """Removes the names of this worker's blocks that the trainer never mapped: batches in
+        flight when grain stopped the workers. The trainer unlinks a block when it maps it, so
+        the rest are gone already; without this, Python's resource tracker removes them at
+        shutdown with a warning about "leaked shared_memory objects"."""
+        with self.lock:
+            self.exiting = True
+            for block in [*self.blocks, *self.one_offs]:
+                try:
+                    block.unlink()
+                except FileNotFoundError:
+                    pass
 
 
 _worker_blocks = _WorkerBlocks()
@@ -130,7 +151,12 @@ class _TrainerMaps:
         entry = self.blocks.get(name)
         if entry is None:
             self._close_free_blocks_of_finished_workers()
-            block = shared_memory.SharedMemory(name=name)
+            try:
+                block = shared_memory.SharedMemory(name=name)
+            except FileNotFoundError:
+                raise RuntimeError(f"input batch block {name!r} of grain worker {pid} is gone: "
+                                   f"the worker exited (its iterator was closed) before the "
+                                   f"batch was read") from None
             block.unlink()         # the memory lives while a process maps it
             entry = self.blocks[name] = (block, pid)
         return entry[0]
