@@ -47,6 +47,12 @@ _REGISTRY: dict[str, type["Objective"]] = {}
 WAVELENGTHS = "wavelengths"
 
 
+def wavelength_kwargs(wavelengths) -> dict:
+    """The backbone keyword for ``wavelengths`` (C,): ``{"wavelengths": w}``, or ``{}`` for None
+    (a fixed-band backbone)."""
+    return {} if wavelengths is None else {"wavelengths": wavelengths}
+
+
 def batch_wavelengths(batch: dict, view: int | None = None):
     """(C,) central wavelengths of ``batch``'s bands: ``wavelengths{view}`` when the batch has
     it, else ``wavelengths``; None when it carries neither. Rows are equal, so row 0 serves."""

@@ -27,7 +27,8 @@ from geossl.models import family
 from geossl.models.from_config import create_from_config
 from geossl.models.heads import MLPHead
 from geossl.objectives import dense_views
-from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, register)
+from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, register,
+                                    wavelength_kwargs)
 
 TEACHER_MODES = ("ema", "none")
 
@@ -136,8 +137,8 @@ class DenseNet(nn.Module):
                  wavelengths=None) -> dict:
         """x (B,H,W,C) → {"dense" (B,h,w,proj_dim), "image" (B,proj_dim) or None}.
         wavelengths (C,): handed to the backbone when given (a wavelength-conditioned family)."""
-        kw = {} if wavelengths is None else {"wavelengths": wavelengths}
-        out = self.backbone(x, train=train, stochastic=stochastic, **kw)
+        out = self.backbone(x, train=train, stochastic=stochastic,
+                            **wavelength_kwargs(wavelengths))
         dense = self.dense_head(self.feature_map(out, x), train=train)
         image = self.image_head(out["embedding"], train=train) if self.with_image else None
         return {"dense": dense, "image": image}

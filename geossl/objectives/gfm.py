@@ -28,7 +28,8 @@ from geossl import losses, masking, models
 from geossl.data import bands as bands_lib
 from geossl.models.from_config import create_from_config
 from geossl.objectives import gfm_views
-from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, check, register)
+from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, check, register,
+                                    wavelength_kwargs)
 from geossl.patches import pixel_shuffle, resize_align_corners
 
 #: torch's default Conv2d / Linear kernel init, uniform ±1/√fan_in (GFM's decoder and projector);
@@ -134,7 +135,7 @@ class GFM(Objective):
         """Masked student on x (B,S,S,C): (reconstruction (B,S,S,C), distilled feature (B,D_s)).
         ``wavelengths`` (C,): for a wavelength-conditioned backbone (``backbone_kwargs``)."""
         bb = self.backbone
-        kw = {} if wavelengths is None else {"wavelengths": wavelengths}
+        kw = wavelength_kwargs(wavelengths)
         if self.distill_block is None:
             out = bb.apply({"params": params["backbone"]}, x, mask=patch_mask, stochastic=True,
                            rngs={"dropout": rng}, **kw)
@@ -169,8 +170,8 @@ class GFM(Objective):
         (``teacher_wavelengths``), for a wavelength-conditioned teacher."""
         model = self.teacher_model
         t_x = self.teacher_input(x).astype(model.dtype)
-        kw = {} if wavelengths is None else {"wavelengths": wavelengths}
-        out = model.apply(teacher, t_x, train=False, stochastic=False, **kw)
+        out = model.apply(teacher, t_x, train=False, stochastic=False,
+                          **wavelength_kwargs(wavelengths))
         if "merged" in out:
             feature = out["merged"][-1].astype(jnp.float32).mean(axis=(1, 2))
         else:

@@ -28,18 +28,14 @@ from geossl import losses, masking, schedules
 from geossl.models.from_config import create_from_config
 from geossl.models.heads import DINOHead
 from geossl.objectives import pera_views
-from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, check, register)
+from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, check, register,
+                                    wavelength_kwargs)
 from geossl.patches import patchify
 
 
 def _flat(x: jax.Array) -> jax.Array:
     """(B, n, ...) crops → (B·n, ...), crop index minor."""
     return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
-
-
-def _wavelength_kw(wavelengths) -> dict:
-    """The backbone keyword for ``wavelengths`` (C,), none when None."""
-    return {} if wavelengths is None else {"wavelengths": wavelengths}
 
 
 @register("pera")
@@ -117,7 +113,7 @@ class PerA(Objective):
         if self.dense_student:
             return self._dense_student(params, x, learn_idx, rng, wavelengths)
         bb = dict(params["backbone"], mask_token=params["mask_token"])
-        kw = _wavelength_kw(wavelengths)
+        kw = wavelength_kwargs(wavelengths)
         if learn_idx is not None:
             kw.update(insert_idx=learn_idx, insert_at_block=self.insert_at_block)
         out = self.backbone.apply({"params": bb}, x, keep_idx=student_idx, stochastic=True,
@@ -132,7 +128,7 @@ class PerA(Objective):
         """``objective.dense_student``: every token visible, no mask token; pixel predictions read
         the learn positions' own tokens (the memory reference of ``benchmarks/memory.py``)."""
         out = self.backbone.apply({"params": params["backbone"]}, x, stochastic=True,
-                                  rngs={"dropout": rng}, **_wavelength_kw(wavelengths))
+                                  rngs={"dropout": rng}, **wavelength_kwargs(wavelengths))
         logits = self.class_head.apply({"params": params["class_head"]}, out["embedding"])
         if learn_idx is None:
             return logits, None
@@ -143,7 +139,7 @@ class PerA(Objective):
         """Deterministic teacher on [cls + teacher_idx] of crops x: class logits (n,K)."""
         tp = teacher["params"]
         out = self.backbone.apply({"params": tp["backbone"]}, x, keep_idx=teacher_idx,
-                                  stochastic=False, **_wavelength_kw(wavelengths))
+                                  stochastic=False, **wavelength_kwargs(wavelengths))
         logits = self.class_head.apply({"params": tp["class_head"]}, out["embedding"])
         return jax.lax.stop_gradient(logits)
 

@@ -20,7 +20,8 @@ from geossl.models import family
 from geossl.models.from_config import create_from_config
 from geossl.models.heads import MLPHead
 from geossl.objectives import softcon_views
-from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, check, register)
+from geossl.objectives.base import (Fields, Objective, TeacherSpec, Variables, check, register,
+                                    wavelength_kwargs)
 
 
 class SoftConNet(nn.Module):
@@ -46,8 +47,7 @@ class SoftConNet(nn.Module):
         train: BatchNorm on batch statistics; stochastic: the backbone's drop path on.
         wavelengths (C,): handed to the backbone when given (a wavelength-conditioned family)."""
         kw = {"keep_idx": keep_idx} if (self.keep_tokens and keep_idx is not None) else {}
-        if wavelengths is not None:
-            kw["wavelengths"] = wavelengths
+        kw.update(wavelength_kwargs(wavelengths))
         out = self.backbone(x, train=train, stochastic=stochastic, **kw)
         z = self.projector(out["embedding"], train=train)
         return self.predictor(z, train=train) if predict else z
