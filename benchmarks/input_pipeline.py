@@ -128,16 +128,18 @@ def grain_rate(source, view_fn, workers: int, batch: int, batches: int) -> tuple
 def worker_rounds(args, source, view_fn, workers, rng) -> tuple[list, dict]:
     """``args.rounds`` rounds in turns of the in-process two-view + decode rate and the grain
     host-view rate with each number of workers. Returns the rows (medians: "two-view + decode",
-    then "grain host views" per worker count) and {workers: [wall rate / that round's in-process
-    per-core rate, ...]}."""
+    then "grain host views" per worker count) and {workers: [(wall rate / that round's in-process
+    per-core rate, wall rate / that round's grain per-core rate without workers or nan), ...]}."""
     n, rates, ratios = len(source), {}, {w: [] for w in workers}
     for _ in range(args.rounds):
         wall, cpu = timed(lambda i: view_fn(source[i % n], rng), args.samples)
         rates.setdefault("-", []).append((wall, cpu))
+        grain_cpu = float("nan")
         for w in workers:
             g_wall, g_cpu = grain_rate(source, view_fn, w, args.batch, args.batches)
             rates.setdefault(w, []).append((g_wall, g_cpu))
-            ratios[w].append(g_wall / cpu)
+            grain_cpu = g_cpu if w == 0 else grain_cpu
+            ratios[w].append((g_wall / cpu, g_wall / grain_cpu))
     med = {k: tuple(float(np.median(col)) for col in zip(*v)) for k, v in rates.items()}
     rows = [("two-view + decode", "-", *med["-"])]
     rows += [("grain host views", str(w), *med[w]) for w in workers]
@@ -290,12 +292,16 @@ def main(argv=None) -> None:
     two_view, raw = rate["two-view + decode"], rate["raw two-view + decode"]
     print(f"two-view samples/s per core (decode included): host views {two_view:.1f}, device "
           f"views {raw:.1f} ({'meets' if two_view >= 200 else 'below'} the 200/s/core target)")
-    scaling = [(w, x) for w, x in ratios.items() if w]
-    if scaling:
-        print(f"grain workers, samples per wall second / the in-process per-core rate (median "
-              f"(min-max) of {args.rounds} round{'s' * (args.rounds > 1)}): "
-              + ", ".join(f"{w} worker{'s' * (w != 1)} {np.median(x):.2f}x ({min(x):.2f}-"
-                          f"{max(x):.2f}; target {0.8 * w:.1f}x)" for w, x in scaling))
+    scaling = [(w, np.array(x)) for w, x in ratios.items() if w]
+    for col, versus in ((0, "the in-process per-core rate"),
+                        (1, "grain's per-core rate without workers")):
+        shown = [(w, x[:, col]) for w, x in scaling if not np.isnan(x[:, col]).any()]
+        if shown:
+            print(f"grain workers, samples per wall second / {versus} (median (min-max) of "
+                  f"{args.rounds} round{'s' * (args.rounds > 1)}): "
+                  + ", ".join(f"{w} worker{'s' * (w != 1)} {np.median(x):.2f}x ({x.min():.2f}-"
+                              f"{x.max():.2f}" + (f"; target {0.8 * w:.1f}x)" if col == 0 else ")")
+                              for w, x in shown))
     for mode, per_core in (("host", two_view), ("device", raw)):
         if mode in step:
             print(f"{mode} views: the step consumes {step[mode]:.1f} samples/s = "
