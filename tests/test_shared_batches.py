@@ -109,8 +109,19 @@ def test_worker_batches_held_by_the_trainer_equal_the_in_process_ones(read_threa
 
 
 _STOPPED_MID_STREAM = """
+import os
 import numpy as np
-from geossl.data import pipeline
+from geossl.data import pipeline, shared_batches
+
+_take = shared_batches._WorkerBlocks._take
+
+def logged_take(self, size):     # module level: the spawned workers run it too
+    block, reused = _take(self, size)
+    with open(os.environ["BLOCK_LOG"], "a") as log:
+        log.write(block.name + "\\n")
+    return block, reused
+
+shared_batches._WorkerBlocks._take = logged_take
 
 def view(record, rng):
     return {"image": np.full((64, 64, 4), record, np.float32)}
@@ -129,15 +140,18 @@ if __name__ == "__main__":
 
 @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="POSIX shared memory under /dev/shm")
 def test_workers_stopped_mid_stream_leave_no_blocks_and_no_tracker_warning(tmp_path):
-    """Blocks the trainer never mapped are unlinked by their worker as it exits: nothing stays in
-    /dev/shm and Python's resource tracker has nothing to clean up (no "leaked shared_memory
-    objects" warning at the end of every run with workers)."""
-    script = tmp_path / "stopped.py"
+    """Blocks the trainer never mapped are unlinked by their worker as it exits: none of the
+    blocks the workers made stays in /dev/shm, and Python's resource tracker has nothing to clean
+    up (no "leaked shared_memory objects" warning at the end of every run with workers). The
+    script logs its blocks' names: other tests running beside this one make blocks of their own."""
+    script, log = tmp_path / "stopped.py", tmp_path / "blocks.txt"
     script.write_text(_STOPPED_MID_STREAM)
-    before = set(os.listdir("/dev/shm"))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         timeout=300, cwd=root, env={**os.environ, "PYTHONPATH": root})
+                         timeout=300, cwd=root,
+                         env={**os.environ, "PYTHONPATH": root, "BLOCK_LOG": str(log)})
     assert run.returncode == 0 and "closed" in run.stdout, run.stderr[-2000:]
     assert "leaked shared_memory" not in run.stderr, run.stderr[-2000:]
-    assert not set(os.listdir("/dev/shm")) - before
+    made = set(log.read_text().split())
+    assert len(made) >= 2                       # both workers made blocks
+    assert not made & set(os.listdir("/dev/shm"))
