@@ -134,11 +134,11 @@ def worker_rounds(args, source, view_fn, workers, rng) -> tuple[list, dict]:
     for _ in range(args.rounds):
         wall, cpu = timed(lambda i: view_fn(source[i % n], rng), args.samples)
         rates.setdefault("-", []).append((wall, cpu))
-        grain_cpu = float("nan")
-        for w in workers:
-            g_wall, g_cpu = grain_rate(source, view_fn, w, args.batch, args.batches)
+        this_round = {w: grain_rate(source, view_fn, w, args.batch, args.batches)
+                      for w in workers}
+        grain_cpu = this_round[0][1] if 0 in this_round else float("nan")
+        for w, (g_wall, g_cpu) in this_round.items():
             rates.setdefault(w, []).append((g_wall, g_cpu))
-            grain_cpu = g_cpu if w == 0 else grain_cpu
             ratios[w].append((g_wall / cpu, g_wall / grain_cpu))
     med = {k: tuple(float(np.median(col)) for col in zip(*v)) for k, v in rates.items()}
     rows = [("two-view + decode", "-", *med["-"])]

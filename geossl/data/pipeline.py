@@ -71,18 +71,23 @@ def stack(samples: Iterable[dict], into: Callable[[dict], dict] | None = None,
         elif sample.keys() != keys:
             raise ValueError(f"samples of one batch have different keys: {sorted(keys)} vs "
                              f"{sorted(sample.keys())}")
-        for k in keys:
-            value, arr = np.asarray(sample[k]), out[k]
-            if value.shape != arr.shape[1:]:
-                raise ValueError(f"samples of one batch have different shapes for {k!r}: "
-                                 f"{arr.shape[1:]} vs {value.shape} (sample {i}); records of "
-                                 f"different sizes need a fixed crop, or data.raw_size")
-            arr[i] = value
-        del sample, value
+        _write_row(out, sample, i)
+        del sample                    # freed before the iterator makes the next one
         count = i + 1
     if count != size:
         raise ValueError(f"stack: {count} samples for a batch of {size}")
     return out
+
+
+def _write_row(out: dict, sample: dict, i: int) -> None:
+    """Row ``i`` of the batch ``out`` ← ``sample`` (its keys are out's), shapes checked."""
+    for k, arr in out.items():
+        value = np.asarray(sample[k])
+        if value.shape != arr.shape[1:]:
+            raise ValueError(f"samples of one batch have different shapes for {k!r}: "
+                             f"{arr.shape[1:]} vs {value.shape} (sample {i}); records of "
+                             f"different sizes need a fixed crop, or data.raw_size")
+        arr[i] = value
 
 
 class _Stack:
