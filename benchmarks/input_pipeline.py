@@ -11,7 +11,9 @@ Writes ``--records`` SSL4EO-like records (T seasons × 13 × size × size uint16
                     0.8, gray 0.2, blur 1.0 / 0.1), without and with decode;
   raw two-view      ``softcon_views.raw_two_view_sample`` + decode: the host's share when views are
                     rendered in the step (config.data.views = "device");
-  grain N           ``pipeline.make_dataset`` batches (decode + views + stacking), N workers;
+  grain N           ``pipeline.make_dataset`` batches (decode + views + stacking), N workers,
+                    timed in the steady state (after ``warmup_batches(N)``: start-up and the
+                    workers' first use of their shared-memory blocks left out);
   device render     the jitted ``device_views.render_views`` of both views (on the default
                     backend), samples/s;
   train step        the SoftCon step of ``--step_model`` at ``--batch`` samples, views given
@@ -41,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from geossl.data import augment, bands, device_views, malloc, pipeline  # noqa: E402
+from geossl.data import augment, bands, device_views, malloc, pipeline, shared_batches  # noqa: E402
 from geossl.objectives import softcon_views  # noqa: E402
 
 
@@ -109,12 +111,13 @@ def cpu_seconds() -> float:
 
 
 def grain_rate(source, view_fn, workers: int, batch: int, batches: int) -> tuple[float, float]:
-    """(samples per wall second, per CPU second incl. workers) of the grain pipeline after a
-    warm-up batch."""
+    """(samples per wall second, per CPU second incl. workers) of the grain pipeline in its steady
+    state: timed after a warm-up of ``warmup_batches(workers)``."""
     it = iter(pipeline.make_dataset(Tiled(source, 1000), view_fn, seed=0,
                                     local_batch_size=batch, num_workers=workers))
     try:
-        next(it)                                   # start-up (worker spawn) excluded
+        for _ in range(warmup_batches(workers)):
+            next(it)
         wall, cpu = time.perf_counter(), cpu_seconds()
         for _ in range(batches):
             next(it)
@@ -123,6 +126,13 @@ def grain_rate(source, view_fn, workers: int, batch: int, batches: int) -> tuple
     finally:
         if hasattr(it, "close"):
             it.close()
+
+
+def warmup_batches(workers: int) -> int:
+    """Batches left out before timing: the start-up (worker spawn, imports) and, with workers, the
+    filling of each worker's ``shared_batches.MAX_BLOCKS`` reused blocks, whose first use maps and
+    zeroes fresh pages (~83 MB a block at batch 16; a one-off of the first seconds of a run)."""
+    return 1 + workers * shared_batches.MAX_BLOCKS
 
 
 def worker_rounds(args, source, view_fn, workers, rng) -> tuple[list, dict]:
