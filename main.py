@@ -4,14 +4,14 @@ Any config field can be overridden with ``--config.a.b=value``; ``--config.optim
 lars, adamw) switches the optimiser, whose own fields then follow (``--config.optim.momentum=0.9``).
 Resumes from DIR automatically; one run per DIR (DIR/run.lock).
 
-Exit status: 0 done; 1 the workdir or data does not fit the run (nothing changed), or a checkpoint
-could not be written (its reason first, e.g. "No space left on device"); 2 a bad flag or
+Exit status: 0 done; 1 the workdir or data does not fit the run (nothing changed), a checkpoint
+could not be written (its reason first, e.g. "No space left on device"), or another value, file
+or record the run cannot use (one line; GEOSSL_TRACEBACK=1 shows its traceback); 2 a bad flag or
 config value, or DIR in use by another run (nothing changed); 143 stopped by SIGTERM (or a
 preemption notice), 130 by SIGINT (Ctrl-C): the step reached is checkpointed first, and the same
 command resumes from it.
 """
 
-import ast
 import os
 import signal
 import sys
@@ -68,14 +68,12 @@ def parse_flags(argv):
             print(f"main.py: {e} (--helpshort lists the flags)", file=sys.stderr)
         sys.exit(2)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
-        message = str(e.args[0] if e.args else e)
-        if message[:1] in "'\"":  # ml_collections wraps a KeyError's repr: unquote it
-            try:
-                message = ast.literal_eval(message)
-            except (ValueError, SyntaxError):
-                pass
-        message = message.replace("\n", " ")
-        print(f"main.py: bad --config override: {message}", file=sys.stderr)
+        from geossl.errors import one_line
+        print(f"main.py: bad --config override: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # the config file itself
+        from geossl.errors import one_line
+        print(f"main.py: --config: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -94,7 +92,8 @@ def main(argv):
     from geossl.eval import monitor, online
     from geossl.train import loop
     config = FLAGS.config
-    from geossl.errors import ConfigError, DataConfigMismatchError
+    from geossl.errors import (USER_ERRORS, ConfigError, DataConfigMismatchError,
+                               report_user_error, traceback_requested)
     from geossl.train.checkpoint import (CheckpointMismatchError, CheckpointWriteError,
                                          NoReadableCheckpointError)
     from geossl.train.workdir_lock import WorkdirInUseError
@@ -113,6 +112,11 @@ def main(argv):
     except (CheckpointMismatchError, NoReadableCheckpointError,
             DataConfigMismatchError) as e:  # the workdir is untouched
         print(f"main.py: {e}", file=sys.stderr)
+        sys.exit(1)
+    except USER_ERRORS as e:  # any other value, file or record the run cannot use
+        if traceback_requested():
+            raise
+        print(report_user_error("main.py", e), file=sys.stderr)
         sys.exit(1)
     logging.info("done: %s", {k: v for k, v in summary.items() if k != "state"})
     import jax

@@ -49,18 +49,23 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 _COUNT_FLAG = "--xla_force_host_platform_device_count"
 
 
+#: ``--devices`` when the command line does not give it.
+DEFAULT_DEVICES = 8
+
+
 def simulate_devices(argv: list[str]) -> None:
-    """Sets XLA_FLAGS to ``--devices`` simulated CPU devices (before jax is imported), unless
-    XLA_FLAGS already sets a count; JAX_PLATFORMS defaults to cpu."""
+    """Sets XLA_FLAGS to ``--devices`` (default :data:`DEFAULT_DEVICES`) simulated CPU devices
+    (before jax is imported), unless XLA_FLAGS already sets a count; JAX_PLATFORMS defaults to
+    cpu. A count that is not a positive whole number is left to the flag's own check."""
+    value = str(DEFAULT_DEVICES)
     for i, arg in enumerate(argv):
-        value = None
         if arg.startswith("--devices="):
             value = arg.split("=", 1)[1]
         elif arg == "--devices" and i + 1 < len(argv):
             value = argv[i + 1]
-        if value is not None and _COUNT_FLAG not in os.environ.get("XLA_FLAGS", ""):
-            current = os.environ.get("XLA_FLAGS", "")
-            os.environ["XLA_FLAGS"] = f"{current} {_COUNT_FLAG}={value}".strip()
+    if value.isdigit() and int(value) > 0 and _COUNT_FLAG not in os.environ.get("XLA_FLAGS", ""):
+        current = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{current} {_COUNT_FLAG}={value}".strip()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
@@ -431,7 +436,8 @@ def define_flags():
     config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs/softcon_vit_b.py"),
                                     "Config file[:variant], as main.py takes it; --config.a.b=v "
                                     "overrides.")
-    flags.DEFINE_integer("devices", 8, "Simulated devices (sets XLA_FLAGS before jax starts).")
+    flags.DEFINE_integer("devices", DEFAULT_DEVICES, "Simulated devices (sets XLA_FLAGS before jax "
+                         "starts).", lower_bound=1)
     flags.DEFINE_string("chip", "all", f"Comma list of {sorted(CHIPS)}, or 'all'.")
     flags.DEFINE_float("mfu", 0.4, "Model FLOPs utilisation assumed for the step time.")
     flags.DEFINE_float("headroom", 0.1, "Share of each chip's HBM kept free.")
@@ -439,7 +445,23 @@ def define_flags():
     flags.DEFINE_integer("tries", 3, "At most this many compilations a chip for the largest batch.")
 
 
+def parse_flags(argv):
+    """absl's flag parsing; a bad flag or ``--config.*`` override is one line and exit status 2."""
+    from absl import flags
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:  # noqa: BLE001 (flags.Error, or the config file's own error)
+        from geossl.errors import one_line
+        print(f"benchmarks/plan.py: {one_line(e)} (--helpshort lists the flags)", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv):
+    from geossl.errors import run_command
+    run_command(lambda: _main(argv), "benchmarks/plan.py")
+
+
+def _main(argv):
     del argv
     from absl import flags
     from ml_collections import config_flags
@@ -462,4 +484,4 @@ def main(argv):
 if __name__ == "__main__":
     from absl import app
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

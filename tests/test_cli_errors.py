@@ -24,6 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
      "config.objective.insert_at_block: expected an integer in [1, 3], found 4"),
     ("gfm_swin_b.py:demo", "--config.objective.mask_ratio=1.2",
      "config.objective.mask_ratio: expected a number in (0, 1), found 1.2"),
+    ("softcon_vit_s.py:demo", "--config.data.num_workers=-2",
+     "config.data.num_workers: expected >= 0, found -2"),
+    ("nope.py", "--config.seed=1", "--config: "),
 ])
 def test_bad_config_is_one_line_and_writes_nothing(tmp_path, config, override, message):
     workdir = tmp_path / "w"
@@ -59,3 +62,48 @@ def test_data_that_does_not_fit_the_config_is_one_line(tmp_path):
                            "synthetic-train-000000: acq_labels has 9 classes, config.data.num_classes "
                            "is 4"), last
     assert "Traceback" not in done.stderr and not workdir.exists()
+
+
+def _main(tmp_path, *args, **env_extra):
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1), PYTHONPATH=ROOT)
+    env.pop("GEOSSL_TRACEBACK", None)
+    env.update(env_extra)
+    return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_any_other_bad_value_is_one_line_unless_a_traceback_is_asked_for(tmp_path):
+    """A ValueError outside the config checks (here the compute dtype, checked as the model is
+    built): one line, exit 1, no workdir; ``GEOSSL_TRACEBACK=1`` shows the traceback instead."""
+    workdir = tmp_path / "w"
+    args = (f"--config={ROOT}/configs/softcon_vit_s.py:demo", f"--workdir={workdir}",
+            "--config.model.dtype=float8")
+    done = _main(tmp_path, *args)
+    assert done.returncode == 1, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("main.py: ") and "config.model.dtype" in lines[-1], lines[-5:]
+    assert "float8" in lines[-1] and "Traceback" not in done.stderr
+    assert not workdir.exists()
+    traced = _main(tmp_path, *args, GEOSSL_TRACEBACK="1")
+    assert traced.returncode == 1 and "Traceback (most recent call last)" in traced.stderr
+
+
+def test_a_corrupt_record_mid_run_is_one_line(tmp_path):
+    """A record whose bytes were damaged after the shard was written (size unchanged, so the
+    start-up checks pass) stops training with the reader's message, file and record named."""
+    from data_prep import synthetic
+    data = tmp_path / "data"
+    synthetic.generate(str(data), num_locations=8, heldout=0, num_shards=1, size=16, seasons=2,
+                       num_workers=1, verbose=False)
+    shard = next(data.glob("train-*.tfrecord"))
+    blob = bytearray(shard.read_bytes())
+    blob[len(blob) // 2:len(blob) // 2 + 64] = bytes(64)
+    shard.write_bytes(bytes(blob))
+    done = _main(tmp_path, f"--config={ROOT}/configs/softcon_vit_s.py:demo",
+                 f"--workdir={tmp_path / 'w'}", f"--config.data.train={data}/train-*",
+                 "--config.probe.every=0", "--config.monitor.every=0", "--config.total_steps=2",
+                 "--config.global_batch=8")
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = [line for line in done.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith(f"main.py: {shard}: record ") and "CRC" in last, last
+    assert "Traceback" not in done.stderr

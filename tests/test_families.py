@@ -197,6 +197,18 @@ def test_create_from_config_drops_exactly_the_fields_a_family_ignores():
         create_from_config(dict(name="swin_tiny_patch4_window7_224", drop_path_uniform=True))
     with pytest.raises(TypeError, match="width"):
         create_from_config(dict(name="vit_small_patch14", width=64))
+    # the same fields leave the architecture of conversions and exports: a ViT config switched to
+    # a ResNet (--config.model.name=resnet18) exports after training, not a TypeError
+    from geossl import convert
+    from geossl.models.from_config import architecture_kwargs
+    cfg = dict(name="resnet18", in_chans=5, dtype="bfloat16", **vit_fields)
+    assert architecture_kwargs(cfg) == {"in_chans": 5}
+    net = create_from_config(cfg)
+    variables = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 5)))
+    state = convert.to_torch(dict(variables), "resnet18", **architecture_kwargs(cfg))
+    assert state["conv1.weight"].shape == (64, 5, 7, 7)
+    assert architecture_kwargs(dict(name="vit_small_patch14", patch_size=8, dtype="float32")) == {
+        "patch_size": 8}
 
 
 def test_take_first_layer_replaces_exactly_the_first_layer():

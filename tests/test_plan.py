@@ -121,5 +121,11 @@ def test_chip_list_and_device_flag(monkeypatch):
     assert os.environ["XLA_FLAGS"].endswith("--xla_force_host_platform_device_count=4")
     planner.simulate_devices(["plan.py", "--devices=16"])  # a count already set is kept
     assert "count=16" not in os.environ["XLA_FLAGS"]
+    monkeypatch.setenv("XLA_FLAGS", "")
+    planner.simulate_devices(["plan.py", "--chip", "v4"])   # the flag's default, 8
+    assert os.environ["XLA_FLAGS"] == f"--xla_force_host_platform_device_count={planner.DEFAULT_DEVICES}"
+    monkeypatch.setenv("XLA_FLAGS", "")
+    planner.simulate_devices(["plan.py", "--devices", "0"])  # left to the flag's own check
+    assert os.environ["XLA_FLAGS"] == ""
     assert planner.CHIPS["h100"].peak("bfloat16") == 989e12
     assert planner.CHIPS["h100"].peak("float32") == 494.7e12

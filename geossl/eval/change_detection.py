@@ -210,4 +210,5 @@ def change_detection_probe(model, variables, train_split, train_indices, test_sp
 
 if __name__ == "__main__":  # the `python -m` entry point of the command line
     from geossl.cli.change_detection import main
-    main()
+    from geossl.errors import run_command
+    run_command(main, "python -m geossl.eval.change_detection")

@@ -258,4 +258,5 @@ def finetune_probe(model, variables, train_split, train_indices, test_split, tes
 
 if __name__ == "__main__":  # the `python -m` entry point of the command line
     from geossl.cli.finetune import main
-    main()
+    from geossl.errors import run_command
+    run_command(main, "python -m geossl.eval.finetune")

@@ -155,4 +155,5 @@ def linear_probe(train_features, train_labels, test_features, test_labels, *, nu
 
 if __name__ == "__main__":  # the `python -m` entry point of the command line
     from geossl.cli.linear_probe import main
-    main()
+    from geossl.errors import run_command
+    run_command(main, "python -m geossl.eval.linear_probe")

@@ -176,4 +176,5 @@ def segmentation_probe(model, variables, train_split, train_indices, test_split,
 
 if __name__ == "__main__":  # the `python -m` entry point of the command line
     from geossl.cli.segmentation import main
-    main()
+    from geossl.errors import run_command
+    run_command(main, "python -m geossl.eval.segmentation")

@@ -455,4 +455,5 @@ def write_outputs(doc: dict, workdir: str) -> tuple[str, str]:
 
 if __name__ == "__main__":  # the `python -m` entry point of the command line
     from geossl.cli.suite import main
-    main()
+    from geossl.errors import run_command
+    run_command(main, "python -m geossl.eval.suite")

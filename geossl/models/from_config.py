@@ -22,10 +22,13 @@ COMPUTE_OPTIONS = ("dtype", "remat", "drop_path_rate", "drop_path_uniform")
 
 
 def architecture_kwargs(model_cfg) -> dict:
-    """``config.model`` without ``name`` and ``COMPUTE_OPTIONS``: the arguments that fix the
-    parameter layout (what conversions to / from PyTorch and exports need)."""
+    """``config.model`` without ``name``, ``COMPUTE_OPTIONS`` and the fields its family ignores
+    (``Family.ignores``): the arguments that fix the parameter layout (what conversions to / from
+    PyTorch and exports need)."""
+    from geossl import models
+    ignored = models.family(model_cfg["name"]).ignores
     return {k: v for k, v in dict(model_cfg).items()
-            if k != "name" and k not in COMPUTE_OPTIONS}
+            if k != "name" and k not in COMPUTE_OPTIONS and k not in ignored}
 
 
 def create_from_config(model_cfg):

@@ -113,6 +113,10 @@ def check_config(config) -> None:
             if key in wd:
                 _at_least(config, f"optim.weight_decay.{key}", 0.0)
     _at_least(config, "optim.clip_norm", 0.0)
+    for field, low in (("num_workers", 0), ("worker_batch_size", 0), ("read_threads", 0),
+                       ("prefetch_batches", 0)):
+        if field in config.get("data", {}):
+            _at_least(config, f"data.{field}", low, integer=True)
     _check_optimizer(config)
     for key in ("base", "final"):
         if key in config.ema:

@@ -1,0 +1,69 @@
+"""geossl.errors.run_command: what a command line reports in one line, and what it does not."""
+
+import json
+
+import pytest
+
+from geossl import errors
+from geossl.data import manifest
+
+
+def _run(monkeypatch, capsys, fn, traceback=None):
+    if traceback is None:
+        monkeypatch.delenv(errors.TRACEBACK_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(errors.TRACEBACK_VARIABLE, traceback)
+    with pytest.raises(SystemExit) as stop:
+        errors.run_command(fn, "prog", status=3)
+    return stop.value.code, capsys.readouterr().err
+
+
+def test_geossl_message_stands_alone(monkeypatch, capsys):
+    def main():
+        raise errors.ConfigError("config.model.dtype: expected float32,\n found 'float8'")
+    code, err = _run(monkeypatch, capsys, main)
+    assert code == 3
+    assert err == "prog: config.model.dtype: expected float32, found 'float8'\n"
+
+
+def test_third_party_error_names_its_type_and_the_traceback_switch(monkeypatch, capsys, tmp_path):
+    bad = tmp_path / "x.json"
+    bad.write_text("{")
+    code, err = _run(monkeypatch, capsys, lambda: json.loads(bad.read_text()))
+    assert code == 3 and err.count("\n") == 1
+    assert err.startswith("prog: JSONDecodeError: Expecting property name")
+    assert f"({errors.TRACEBACK_VARIABLE}=1 shows the traceback)" in err
+    code, err = _run(monkeypatch, capsys, lambda: open(tmp_path / "missing.txt"))
+    assert code == 3 and "FileNotFoundError: [Errno 2]" in err and "missing.txt" in err
+
+
+def test_quoted_key_error_message_is_unquoted():
+    # ml_collections raises KeyError(repr(message)) for an unknown override
+    wrapped = KeyError(repr("'total_stepz'\nDid you mean"))
+    assert errors.one_line(wrapped) == "'total_stepz' Did you mean"
+    assert errors.one_line(OSError()) == "OSError"
+
+
+def test_traceback_variable_reraises(monkeypatch, capsys):
+    def main():
+        raise ValueError("bad")
+    monkeypatch.setenv(errors.TRACEBACK_VARIABLE, "1")
+    with pytest.raises(ValueError, match="bad"):
+        errors.run_command(main, "prog")
+    monkeypatch.setenv(errors.TRACEBACK_VARIABLE, "0")   # "0" is off
+    code, err = _run(monkeypatch, capsys, main, traceback="0")
+    assert code == 3 and err.startswith("prog: ")
+
+
+def test_bugs_are_not_swallowed(monkeypatch):
+    """Only ValueError / OSError are a user's input; anything else keeps its traceback."""
+    monkeypatch.delenv(errors.TRACEBACK_VARIABLE, raising=False)
+    with pytest.raises(TypeError):
+        errors.run_command(lambda: len(1), "prog")
+    with pytest.raises(KeyError):
+        errors.run_command(lambda: {}["x"], "prog")
+    assert errors.run_command(lambda: 7, "prog") == 7
+
+
+def test_incomplete_set_is_a_user_error():
+    assert issubclass(manifest.IncompleteDatasetError, errors.USER_ERRORS)
