@@ -67,3 +67,39 @@ def test_bugs_are_not_swallowed(monkeypatch):
 
 def test_incomplete_set_is_a_user_error():
     assert issubclass(manifest.IncompleteDatasetError, errors.USER_ERRORS)
+
+
+def test_every_probe_entry_point_reports_a_missing_workdir_in_one_line(tmp_path):
+    """The ``python -m geossl.eval.*`` shims run their command through ``run_command``: each one,
+    run as ``__main__`` in one subprocess, ends with one line and exit 1 (argparse's own errors
+    keep exit 2)."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = f"""
+import contextlib, io, runpy, sys
+for module in ("linear_probe", "knn", "segmentation", "finetune", "change_detection", "suite"):
+    sys.argv = ["x", "--workdir", {str(tmp_path / "none")!r}, "--dataset", "synthetic"]
+    if module == "suite":
+        sys.argv = sys.argv[:3] + ["--data_root", "synthetic"]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            runpy.run_module("geossl.eval." + module, run_name="__main__")
+            code = 0
+        except SystemExit as stop:
+            code = stop.code
+    print(module, code, repr(err.getvalue()))
+"""
+    env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
+    env.pop(errors.TRACEBACK_VARIABLE, None)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split(" ", 2) for line in done.stdout.splitlines() if line.strip()]
+    assert len(rows) == 6, done.stdout
+    for module, code, err in rows:
+        text = eval(err)  # noqa: S307 (the repr printed above)
+        assert code in ("1", "2") and text.count("\n") == 1, (module, code, text)
+        assert "Traceback" not in text and str(tmp_path / "none") in text, (module, text)
