@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from geossl import errors
 from geossl.data.parallel_writer import BadInputError, write_shards  # noqa: F401 - re-exported
 from geossl.train import signals
 
@@ -27,26 +28,30 @@ from geossl.train import signals
 
 def run_cli(main: Callable[[], object], prog: str) -> None:
     """Runs a data_prep CLI's ``main()``: SIGINT (Ctrl-C) or SIGTERM stops it with one line on
-    stderr and exit status 130 / 143, no traceback. Shards being written are left as an
-    incomplete set (``PREFIX.incomplete``, which readers refuse), their temporary files removed;
-    the same command writes them again. An input it cannot use (BadInputError, naming the file)
-    or a missing input folder is one line and exit status 1 (bad flags: argparse's, status 2)."""
+    stderr and exit status 130 / 143, no traceback. Shards being written are staged under
+    hidden names, so the stop removes them and leaves an older set as it was; only a stop while
+    the finished shards replace the older set (renames, a moment) leaves it marked
+    ``PREFIX.incomplete`` (readers refuse it until the same command is run again). An input it
+    cannot use (BadInputError, naming the file), a missing input folder or any other ValueError /
+    OSError is one line ``prog: message`` and exit status 1, the folder unchanged (bad flags:
+    argparse's, status 2). ``GEOSSL_TRACEBACK=1`` re-raises those errors with their traceback."""
     signals.install_interrupt_handlers()
     try:
         main()
-    except BadInputError as e:
-        hint = ("" if "--skip_bad" in str(e) else
-                " [--skip_bad skips such inputs, counted in the summary]")
-        print(f"{prog}: {e}{hint}", file=sys.stderr)
-        sys.exit(1)
-    except FileNotFoundError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
+    except errors.USER_ERRORS as e:
+        if errors.traceback_requested():
+            raise
+        line = errors.report_user_error(prog, e)
+        if isinstance(e, BadInputError) and "--skip_bad" not in line:
+            line += " [--skip_bad skips such inputs, counted in the summary]"
+        print(line, file=sys.stderr)
         sys.exit(1)
     except (signals.Interrupted, KeyboardInterrupt) as e:
         signum = getattr(e, "signum", signal.SIGINT)
-        print(f"{prog}: stopped by {signals.signal_name(signum)}; a shard set being written "
-              f"stays marked PREFIX.incomplete and is refused until the same command is run "
-              f"again", file=sys.stderr)
+        print(f"{prog}: stopped by {signals.signal_name(signum)}; the shards it was writing are "
+              f"removed and an older set is kept as it was (stopped while replacing it: "
+              f"PREFIX.incomplete, refused until the same command is run again)",
+              file=sys.stderr)
         sys.exit(signals.exit_code(signum))
 
 
@@ -102,15 +107,47 @@ def channels_last(array: np.ndarray, channels: int) -> np.ndarray:
     return array
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {value}")
+    return value
+
+
+def output_folder(text: str) -> str:
+    """argparse type: a folder to write in (existing or new), not a file."""
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"expected a folder (existing or new), found the file "
+                                         f"{text}")
+    return text
+
+
 def add_writer_flags(parser: argparse.ArgumentParser, *, prefix: str | None, num_shards: int,
                      with_prefix: bool = True) -> None:
     """--output, --prefix (not with ``with_prefix=False``: CLIs naming their sets by split),
     --num_shards, --num_workers, --skip_bad."""
-    parser.add_argument("--output", required=True, help="folder for the shards")
+    parser.add_argument("--output", required=True, type=output_folder,
+                        help="folder for the shards")
     if with_prefix:
         parser.add_argument("--prefix", default=prefix, help="shard name prefix")
-    parser.add_argument("--num_shards", type=int, default=num_shards, help="shards to write")
-    parser.add_argument("--num_workers", type=int, default=None,
+    parser.add_argument("--num_shards", type=positive_int, default=num_shards,
+                        help="shards to write")
+    parser.add_argument("--num_workers", type=positive_int, default=None,
                         help="processes (default: min(num_shards, CPUs))")
     parser.add_argument("--skip_bad", action="store_true",
                         help="skip unusable inputs (counted in the summary) instead of stopping")

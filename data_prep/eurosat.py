@@ -20,8 +20,9 @@ Splits (``--splits DIR``): the files ``eurosat-train.txt``, ``eurosat-val.txt`` 
 sensing" splits: one file name a line, ``.jpg`` names of the RGB release allowed) give the shard
 sets ``train``, ``val`` and ``test``; an image in no list is left out (counted). Without
 ``--splits`` every image goes into one set named ``--prefix`` (default ``all``). A listed name
-without an image stops the run naming it (``--skip_bad`` counts it instead), as does a file with
-another band count or pixel type.
+without an image stops the run naming it before anything is written (``--skip_bad`` counts it
+instead), as does a file with another band count, pixel type or size than 64 x 64 px. A refused
+run leaves the output folder as it was.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ import numpy as np
 
 from data_prep.common import BadInputError, add_writer_flags, channels_last, write_shards
 from data_prep.images import read_array
+from geossl.data.parallel_writer import committed_together
 
 CLASSES = ("AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
            "PermanentCrop", "Residential", "River", "SeaLake")
 BANDS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9", "B10", "B11", "B12", "B8A")
 LABEL_SET = "eurosat_10"
+SIZE = 64
 SPLITS = ("train", "val", "test")
 SPLIT_FILE = "eurosat-{}.txt"
 EXTENSIONS = (".tif", ".tiff")
@@ -95,6 +98,9 @@ def make_record(item) -> dict:
                             f"{channels} (shape {image.shape})")
     if image.dtype != np.uint16:
         raise BadInputError(f"{path}: expected uint16 digital numbers, found {image.dtype}")
+    if image.shape[:2] != (SIZE, SIZE):
+        raise BadInputError(f"{path}: expected {SIZE}x{SIZE} px, found "
+                            f"{image.shape[0]}x{image.shape[1]}")
     folder, file = os.path.split(path)
     return {
         "image": np.ascontiguousarray(image)[None],
@@ -129,17 +135,25 @@ def convert(input_dir: str, output_dir: str, *, splits_dir: str | None = None,
     if not images:
         raise FileNotFoundError(f"{class_root}: no .tif images in the class folders")
     sets = split_items(images, splits_dir, prefix)
+    unmatched = [f"{SPLIT_FILE.format(name)}: {stem}" for name, items in sets.items()
+                 for stem, label in items if label is None]
+    if unmatched and not skip_bad:
+        raise BadInputError(
+            f"{splits_dir}: {len(unmatched)} listed name(s) without a .tif in {class_root} "
+            f"({', '.join(unmatched[:5])}{', ...' if len(unmatched) > 5 else ''})")
     listed = {path for items in sets.values() for path, label in items if label is not None}
     summaries = {}
-    for name, items in sets.items():
-        random.Random(seed).shuffle(items)
-        summaries[name] = write_shards(
-            items, make_record, output_dir, name, num_shards=num_shards, num_workers=num_workers,
-            skip_bad=skip_bad, desc=f"eurosat {name}", verbose=verbose,
-            extra_summary={"classes": list(CLASSES), "label_set": LABEL_SET,
-                           "bands": list(BANDS), "class_root": class_root,
-                           "images_found": len(images),
-                           "images_in_no_split": len(images) - len(listed)})
+    with committed_together():  # a bad image in val or test leaves an older train set too
+        for name, items in sets.items():
+            random.Random(seed).shuffle(items)
+            summaries[name] = write_shards(
+                items, make_record, output_dir, name, num_shards=num_shards,
+                num_workers=num_workers, skip_bad=skip_bad, desc=f"eurosat {name}",
+                verbose=verbose,
+                extra_summary={"classes": list(CLASSES), "label_set": LABEL_SET,
+                               "bands": list(BANDS), "class_root": class_root,
+                               "images_found": len(images),
+                               "images_in_no_split": len(images) - len(listed)})
     return summaries
 
 

@@ -36,7 +36,8 @@ it instead), leaving the output folder as it was:
 - Non-image files and class folders without images are skipped, counted and named in the summary
   line (an empty class folder is no class). A map of another size, a map with values above 255
   or an image whose pixels do not decode (truncated) stop the run naming the file as well; the
-  last two are found while writing (the set is then marked incomplete until a run ends).
+  last two are found while writing, and the shards written so far are discarded (an earlier set
+  in ``--output`` stays as it was).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from data_prep.common import BadInputError, add_writer_flags, write_shards
+from data_prep.common import BadInputError, add_writer_flags, positive_int, write_shards
 from geossl.data import bands as bands_lib
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -536,7 +537,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--convert_16bit", choices=("scale",), default=None,
                         help="store 16-bit images as 8-bit v // 256 (default: refused by name)")
     sizes = parser.add_mutually_exclusive_group()
-    sizes.add_argument("--center_crop", type=int, default=None, metavar="S",
+    sizes.add_argument("--center_crop", type=positive_int, default=None, metavar="S",
                        help="store every image's central SxS (smaller images are refused)")
     sizes.add_argument("--mixed_sizes", action="store_true",
                        help="keep images of different sizes (pretraining only: the probes need "

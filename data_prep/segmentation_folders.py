@@ -214,6 +214,21 @@ def mask_spec(*, num_classes: int | None, class_map: str | None, palette: str | 
     return MaskSpec(num_classes, pairs, colours, ignore_index)
 
 
+def check_flags(*, tile: int, pair: str | None, num_classes: int | None, class_map: str | None,
+                palette: str | None, ignore_index: int | None) -> tuple:
+    """(pair as (OLD, NEW) or None, MaskSpec); ValueError naming the flag that cannot be used."""
+    if tile < 0:
+        raise ValueError(f"--tile: expected 0 (whole images) or a size in px, found {tile}")
+    replace = None
+    if pair:
+        old, sep, new = pair.partition(":")
+        if not sep or not old:
+            raise ValueError(f"--pair: expected OLD:NEW, found {pair!r}")
+        replace = (old, new)
+    return replace, mask_spec(num_classes=num_classes, class_map=class_map, palette=palette,
+                              ignore_index=ignore_index)
+
+
 def convert(images_dir: str, masks_dir: str, output_dir: str, *, pair: str | None = None,
             bands: str | None = None, sensor: str | None = None, num_classes: int | None = None,
             class_map: str | None = None, palette: str | None = None,
@@ -224,16 +239,8 @@ def convert(images_dir: str, masks_dir: str, output_dir: str, *, pair: str | Non
     for flag, folder in (("--images", images_dir), ("--masks", masks_dir)):
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"{flag} {folder}: not a folder")
-    if tile < 0:
-        raise ValueError(f"--tile: expected 0 (whole images) or a size in px, found {tile}")
-    replace = None
-    if pair:
-        old, sep, new = pair.partition(":")
-        if not sep or not old:
-            raise ValueError(f"--pair: expected OLD:NEW, found {pair!r}")
-        replace = (old, new)
-    spec = mask_spec(num_classes=num_classes, class_map=class_map, palette=palette,
-                     ignore_index=ignore_index)
+    replace, spec = check_flags(tile=tile, pair=pair, num_classes=num_classes,
+                                class_map=class_map, palette=palette, ignore_index=ignore_index)
     band_names = parse_bands(bands)
     sensor = sensor or PRESET_SENSORS.get(bands or "rgb", "unknown")
     images_dir, masks_dir = os.path.abspath(images_dir), os.path.abspath(masks_dir)
@@ -283,6 +290,12 @@ def main(argv=None) -> dict:
                         help="records of TILE x TILE px windows (0: one record per image)")
     add_writer_flags(parser, prefix="train", num_shards=4)
     args = parser.parse_args(argv)
+    try:
+        check_flags(tile=args.tile, pair=args.pair, num_classes=args.num_classes,
+                    class_map=args.class_map, palette=args.palette,
+                    ignore_index=args.ignore_index)
+    except ValueError as e:
+        parser.error(str(e))
     return convert(args.images, args.masks, args.output, pair=args.pair, bands=args.bands,
                    sensor=args.sensor, num_classes=args.num_classes, class_map=args.class_map,
                    palette=args.palette, ignore_index=args.ignore_index,

@@ -32,6 +32,7 @@ import os
 import numpy as np
 
 from data_prep.common import BadInputError, add_writer_flags, write_shards
+from geossl.data.parallel_writer import committed_together
 
 FILES = {"train": "training.h5", "val": "validation.h5", "test": "testing.h5"}
 CLASSES = ("Compact high rise", "Compact mid rise", "Compact low rise", "Open high rise",
@@ -142,21 +143,21 @@ def convert(input_dir: str, output_dir: str, *, sensor: str = "s2", splits=None,
     summaries = {}
     close_files()  # rows cached by an earlier run in this process may be of another file
     try:
-        for split in splits:
-            path = os.path.abspath(os.path.join(input_dir, FILES[split]))
-            rows = check_file(path)
-            items = [(path, split, row, rows) for row in range(rows)]
-            for name in sensors:
-                out = os.path.join(output_dir, name) if sensor == "both" else output_dir
-                os.makedirs(out, exist_ok=True)
-                scale = s2_scale if name == "s2" else 1.0
-                make = functools.partial(make_record, sensor=name, scale=scale, chunk=chunk)
-                summaries[f"{name}/{split}"] = write_shards(
-                    items, make, out, split, num_shards=num_shards, num_workers=num_workers,
-                    skip_bad=skip_bad, desc=f"so2sat {name} {split}", verbose=verbose,
-                    extra_summary={"source": path, "label_set": LABEL_SET,
-                                   "classes": list(CLASSES), "bands": list(SENSORS[name][2]),
-                                   "sensor": SENSORS[name][1], "scale": scale})
+        with committed_together():  # a bad row in test leaves an older train set too
+            for split in splits:
+                path = os.path.abspath(os.path.join(input_dir, FILES[split]))
+                rows = check_file(path)
+                items = [(path, split, row, rows) for row in range(rows)]
+                for name in sensors:
+                    out = os.path.join(output_dir, name) if sensor == "both" else output_dir
+                    scale = s2_scale if name == "s2" else 1.0
+                    make = functools.partial(make_record, sensor=name, scale=scale, chunk=chunk)
+                    summaries[f"{name}/{split}"] = write_shards(
+                        items, make, out, split, num_shards=num_shards, num_workers=num_workers,
+                        skip_bad=skip_bad, desc=f"so2sat {name} {split}", verbose=verbose,
+                        extra_summary={"source": path, "label_set": LABEL_SET,
+                                       "classes": list(CLASSES), "bands": list(SENSORS[name][2]),
+                                       "sensor": SENSORS[name][1], "scale": scale})
     finally:
         close_files()
     return summaries

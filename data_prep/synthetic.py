@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 
+from data_prep.common import non_negative_int, output_folder, positive_int
 from geossl.data.synthetic import (  # noqa: F401 - the generator's public names
     BANDS, CLASSES, LABEL_SET, MODALITIES, PEAK, SENSOR, generate, greenness, make_location)
 from geossl.data.synthetic_s1 import make_s1_location  # noqa: F401
@@ -24,17 +25,21 @@ from geossl.data.synthetic_s1 import make_s1_location  # noqa: F401
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m data_prep.synthetic",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", required=True, help="folder for the shards")
+    parser.add_argument("--output", required=True, type=output_folder,
+                        help="folder for the shards")
     parser.add_argument("--modality", default="both", choices=MODALITIES,
                         help="s2 (train-*, heldout-*), s1 (s1-train-*, s1-heldout-*) or both")
-    parser.add_argument("--num_locations", type=int, default=2048, help="training locations")
-    parser.add_argument("--seasons", type=int, default=4, help="acquisitions per location (T)")
-    parser.add_argument("--size", type=int, default=32, help="scene side in pixels")
-    parser.add_argument("--num_shards", type=int, default=4, help="training shards")
+    parser.add_argument("--num_locations", type=positive_int, default=2048,
+                        help="training locations")
+    parser.add_argument("--seasons", type=positive_int, default=4,
+                        help="acquisitions per location (T)")
+    parser.add_argument("--size", type=positive_int, default=32, help="scene side in pixels")
+    parser.add_argument("--num_shards", type=positive_int, default=4, help="training shards")
     parser.add_argument("--seed", type=int, default=0, help="seed of the scenes")
-    parser.add_argument("--heldout", type=int, default=512, help="held-out probe locations")
-    parser.add_argument("--heldout_shards", type=int, default=1, help="held-out shards")
-    parser.add_argument("--num_workers", type=int, default=None,
+    parser.add_argument("--heldout", type=non_negative_int, default=512,
+                        help="held-out probe locations (0: none)")
+    parser.add_argument("--heldout_shards", type=positive_int, default=1, help="held-out shards")
+    parser.add_argument("--num_workers", type=positive_int, default=None,
                         help="writer processes (default: one per core, at most one per shard)")
     parser.add_argument("--overwrite", action="store_true", help="regenerate even if present")
     args = parser.parse_args(argv)

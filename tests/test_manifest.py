@@ -41,12 +41,38 @@ def test_manifest_lists_every_shard_and_a_rerun_replaces_the_old_set(tmp_path):
     assert not list(tmp_path.glob("train-*-of-00004.tfrecord*"))
 
 
-def test_interrupted_run_is_refused_until_rerun(tmp_path):
+def listing(folder):
+    """Path, size and mtime of everything under ``folder``."""
+    return sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+def test_interrupted_run_leaves_the_older_set_and_a_fresh_folder_as_they_were(tmp_path):
+    write(tmp_path / "set", list(range(12)), 4)
+    before = listing(tmp_path)
     with pytest.raises(KeyboardInterrupt):
-        write(tmp_path, list(range(8)) + ["stop"] + list(range(8, 12)), 4)
-    assert (tmp_path / "train-00000-of-00004.tfrecord").exists()  # finished shards are there
+        write(tmp_path / "set", list(range(8)) + ["stop"] + list(range(8, 12)), 4)
+    with pytest.raises(KeyboardInterrupt):
+        write(tmp_path / "new" / "deeper", ["stop"], 1)
+    assert listing(tmp_path) == before
+    assert len(train_files(str(tmp_path / "set" / "train-*.tfrecord"))) == 4
+
+
+def test_a_stop_while_the_set_is_replaced_leaves_it_refused_until_rerun(tmp_path, monkeypatch):
+    write(tmp_path, list(range(12)), 4)
+    real_replace = os.replace
+
+    def stop_after_first(source, target):
+        real_replace(source, target)
+        if target.endswith("00000-of-00004.tfrecord"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(manifest.os, "replace", stop_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        write(tmp_path, list(range(12, 24)), 4)
+    monkeypatch.undo()
     with pytest.raises(manifest.IncompleteDatasetError, match=r"'train' shards are incomplete .*train.incomplete"):
         train_files(str(tmp_path / "train-*.tfrecord"))
+    assert not list(tmp_path.glob(".*"))
     write(tmp_path, list(range(12)), 4)
     assert len(train_files(str(tmp_path / "train-*.tfrecord"))) == 4
 

@@ -158,13 +158,23 @@ def test_sigterm_before_the_first_step_boundary_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("signum, group", [(signal.SIGINT, True), (signal.SIGTERM, False)])
-def test_data_prep_stops_in_one_line_leaving_a_refused_set(tmp_path, signum, group):
+def test_data_prep_stops_in_one_line_leaving_the_older_set(tmp_path, signum, group):
     """Ctrl-C (SIGINT to the process group, workers included) or SIGTERM to the CLI while shards
-    are written: one line, 130 / 143, no temporaries, the set marked incomplete and refused."""
+    are written: one line, 130 / 143, no temporaries, and the older set of the folder as it was
+    (its files, sizes and times; it still reads as whole)."""
     import glob
     import time
     from geossl.data import manifest
     out = str(tmp_path / "data")
+    older = subprocess.run(
+        [sys.executable, "-m", "data_prep.synthetic", "--output", out, "--num_locations", "4",
+         "--size", "16", "--seasons", "2", "--num_shards", "2", "--num_workers", "1",
+         "--heldout", "0"], env=_env(1), capture_output=True, text=True, timeout=300)
+    assert older.returncode == 0, older.stderr[-3000:]
+
+    def listing():
+        return sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(out))
+    before = listing()
     proc = subprocess.Popen(
         [sys.executable, "-m", "data_prep.synthetic", "--output", out, "--num_locations", "3000",
          "--size", "16", "--seasons", "2", "--num_shards", "4", "--num_workers", "2",
@@ -179,13 +189,14 @@ def test_data_prep_stops_in_one_line_leaving_a_refused_set(tmp_path, signum, gro
     assert proc.returncode == 128 + signum, stderr[-3000:]
     name = signal.Signals(signum).name
     assert re.split(r"[\r\n]+", stderr.strip())[-1] == (
-        f"python -m data_prep.synthetic: stopped by {name}; a shard set being written stays "
-        f"marked PREFIX.incomplete and is refused until the same command is run again")
+        f"python -m data_prep.synthetic: stopped by {name}; the shards it was writing are removed "
+        f"and an older set is kept as it was (stopped while replacing it: PREFIX.incomplete, "
+        f"refused until the same command is run again)")
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
-    assert os.path.exists(manifest.marker_path(out, "train"))
+    assert not os.path.exists(manifest.marker_path(out, "train"))
     assert not glob.glob(os.path.join(out, ".*.tmp-*"))
-    with pytest.raises(manifest.IncompleteDatasetError, match="incomplete"):
-        manifest.check_shard_set([os.path.join(out, "train-00000-of-00004.tfrecord")])
+    assert listing() == before
+    manifest.check_shard_set(sorted(glob.glob(os.path.join(out, "train-*.tfrecord"))))
 
 
 @pytest.mark.slow

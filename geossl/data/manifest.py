@@ -1,8 +1,9 @@
 """A set of shards is complete or refused: the writer's manifest and the readers' check.
 
-``write_shards`` marks ``<prefix>.incomplete`` before it writes, and only after every shard is
-in place writes ``<prefix>.manifest.json`` (shard names, records, bytes, CRC32C of each file),
-removes the older set's shards of the same prefix and then the marker. Readers call
+``write_shards`` writes every shard under a hidden staged name; only then :func:`replace_set`
+marks ``<prefix>.incomplete``, moves the shards onto their names, writes ``<prefix>.manifest.json``
+(shard names, records, bytes, CRC32C of each file), removes the older set's shards of the same
+prefix and then the marker (a run stopped inside these renames leaves the marker). Readers call
 :func:`check_shard_set`: a marker means an interrupted run (refused); with a manifest, a listed
 shard that is missing or has another size, or a shard of that prefix that is not listed, is
 refused by name. Shards without either file (written by TensorFlow or another tool) pass.
@@ -27,6 +28,10 @@ _SHARD = re.compile(r"^(?P<prefix>.+)-\d{5}-of-\d{5}\.tfrecord(\.gz)?$")
 
 class IncompleteDatasetError(ConfigError):
     """A shard set that its manifest (or an interrupted writer's marker) says is not whole."""
+
+
+class ManifestError(ConfigError):
+    """A ``*.manifest.json`` that is not a readable manifest; the message names the file."""
 
 
 def manifest_path(folder: str, prefix: str) -> str:
@@ -57,11 +62,35 @@ def file_crc32c(path: str, chunk: int = 1 << 24, progress=None) -> int:
     return value
 
 
+def shard_entries(paths: Sequence[str], records: Sequence[int],
+                  names: Sequence[str] | None = None) -> list[dict]:
+    """The manifest's entry of each shard file (named ``names``, default the files' names)."""
+    names = names or [os.path.basename(p) for p in paths]
+    return [{"name": name, "records": int(n), "bytes": os.path.getsize(p),
+             "crc32c": file_crc32c(p)} for name, p, n in zip(names, paths, records)]
+
+
 def finish(folder: str, prefix: str, paths: Sequence[str], records: Sequence[int]) -> dict:
     """After every shard is written: manifest (atomically), old set removed, marker removed."""
-    shards = [{"name": os.path.basename(p), "records": int(n), "bytes": os.path.getsize(p),
-               "crc32c": file_crc32c(p)} for p, n in zip(paths, records)]
-    manifest = {"prefix": prefix, "records": int(sum(records)), "shards": shards}
+    return _complete(folder, prefix, shard_entries(paths, records))
+
+
+def replace_set(folder: str, prefix: str, staged: Sequence[str], paths: Sequence[str],
+                records: Sequence[int]) -> dict:
+    """Makes the written ``staged`` shard files (and their ``.index``) the set ``paths``: CRC32Cs
+    first, then marker, renames, manifest, the older set's other shards removed, marker removed.
+    Only a stop during the renames leaves the set marked incomplete."""
+    entries = shard_entries(staged, records, [os.path.basename(p) for p in paths])
+    begin(folder, prefix)
+    for source, target in zip(staged, paths):
+        os.replace(source, target)
+        if os.path.exists(source + ".index"):
+            os.replace(source + ".index", target + ".index")
+    return _complete(folder, prefix, entries)
+
+
+def _complete(folder: str, prefix: str, shards: list[dict]) -> dict:
+    manifest = {"prefix": prefix, "records": sum(s["records"] for s in shards), "shards": shards}
     tmp = manifest_path(folder, prefix) + ".tmp"
     with open(tmp, "w") as f:
         json.dump(manifest, f, indent=1)
@@ -94,14 +123,12 @@ def check_shard_set(files: Sequence[str]) -> None:
                 f"exists: the data_prep run writing them stopped); run it again")
         if not os.path.exists(manifest_path(folder, prefix)):
             continue
-        with open(manifest_path(folder, prefix)) as f:
-            listed = {s["name"]: s for s in json.load(f)["shards"]}
+        listed = {s["name"]: s for s in read_manifest(manifest_path(folder, prefix))["shards"]}
         on_disk = {os.path.basename(p): p for p in _shards_on_disk(folder, prefix)}
         problems = [f"missing {name} (listed with {s['records']} records)"
                     for name, s in listed.items() if name not in on_disk]
-        problems += [f"{name}: {os.path.getsize(on_disk[name])} bytes, the manifest says "
-                     f"{s['bytes']}" for name, s in listed.items()
-                     if name in on_disk and os.path.getsize(on_disk[name]) != s["bytes"]]
+        problems += [f"{name}: {problem}" for name, s in listed.items() if name in on_disk
+                     and (problem := _size_problem(on_disk[name], s["bytes"]))]
         problems += [f"extra {name} (not in the manifest)" for name in on_disk if name not in listed]
         if problems:
             raise IncompleteDatasetError(
@@ -110,8 +137,42 @@ def check_shard_set(files: Sequence[str]) -> None:
 
 
 def read_manifest(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
+    """The manifest at ``path``; :class:`ManifestError` naming the file if it is not one."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ManifestError(f"{path}: not a shard manifest (unreadable JSON: {e}); write the "
+                            f"set again") from None
+    except IsADirectoryError:
+        raise ManifestError(f"{path}: a directory, expected a shard manifest file") from None
+    problem = _manifest_problem(data)
+    if problem:
+        raise ManifestError(f"{path}: not a shard manifest ({problem}); write the set again")
+    return data
+
+
+def _manifest_problem(data) -> str | None:
+    if not isinstance(data, dict):
+        return f"expected a JSON object, found {type(data).__name__}"
+    if not isinstance(data.get("prefix"), str):
+        return f"expected a string 'prefix', found {data.get('prefix')!r:.60}"
+    shards = data.get("shards")
+    if not isinstance(shards, list):
+        return f"expected a list 'shards', found {shards!r:.60}"
+    for k, shard in enumerate(shards):
+        if not (isinstance(shard, dict) and isinstance(shard.get("name"), str)
+                and all(isinstance(shard.get(key), int) for key in ("records", "bytes", "crc32c"))):
+            return (f"shards[{k}]: expected {{name, records, bytes, crc32c}}, "
+                    f"found {shard!r:.80}")
+    return None
+
+
+def _size_problem(path: str, listed_bytes: int) -> str | None:
+    if os.path.isdir(path):
+        return "a directory, expected a shard file"
+    size = os.path.getsize(path)
+    return None if size == listed_bytes else f"{size} bytes, the manifest says {listed_bytes}"
 
 
 def verify_shard_set(path: str, *, workers: int = 8, progress=None) -> list[tuple[str, str]]:
@@ -132,8 +193,8 @@ def verify_shard_set(path: str, *, workers: int = 8, progress=None) -> list[tupl
     for name, shard in listed.items():
         if name not in on_disk:
             problems.append((name, f"missing (listed with {shard['records']} records)"))
-        elif (size := os.path.getsize(on_disk[name])) != shard["bytes"]:
-            problems.append((name, f"{size} bytes, the manifest says {shard['bytes']}"))
+        elif problem := _size_problem(on_disk[name], shard["bytes"]):
+            problems.append((name, problem))
         else:
             to_read.append((name, shard))
     problems += [(name, "not in the manifest") for name in sorted(on_disk) if name not in listed]

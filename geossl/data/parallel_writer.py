@@ -2,6 +2,11 @@
 contiguous runs, one process writes each shard atomically (ShardWriter) and a tqdm bar counts
 records; the run summary is saved beside the shards.
 
+Shards are written under hidden staged names and replace an older set of the same prefix only
+once every shard is written (geossl.data.manifest.replace_set): a run that fails or is stopped
+while writing leaves the folder as it was (a folder it created is removed again).
+``committed_together`` extends that to several sets (the splits of one run).
+
 A caller names a picklable ``make_record(item) -> record dict``, which raises ``BadInputError``
 (naming the file) for an input it cannot use: the run stops on it, or with ``skip_bad`` counts it
 as skipped and goes on.
@@ -9,6 +14,7 @@ as skipped and goes on.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import multiprocessing
@@ -16,6 +22,7 @@ import os
 import queue as queue_lib
 import signal
 import time
+import uuid
 from collections.abc import Callable, Sequence
 
 from geossl.data import manifest
@@ -41,7 +48,7 @@ def _init_worker(progress_queue) -> None:
 def _write_one_shard(task) -> dict:
     path, items, make_record, skip_bad = task
     stats = {"path": path, "records": 0, "skipped": 0, "bad": []}
-    with ShardWriter(path) as writer:
+    with ShardWriter(path, compression="") as writer:
         for item in items:
             try:
                 record = make_record(item)
@@ -66,14 +73,75 @@ def split_evenly(items: Sequence, num_parts: int) -> list[list]:
     return [list(items[k * n // num_parts:(k + 1) * n // num_parts]) for k in range(num_parts)]
 
 
-def _remove_temporaries(paths: Sequence[str]) -> None:
-    for path in paths:
-        folder, name = os.path.split(path)
-        for tmp in glob.glob(os.path.join(folder or ".", f".{glob.escape(name)}.tmp-*")):
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
+def _missing_folders(folder: str) -> list[str]:
+    """The folders ``os.makedirs(folder)`` would create, outermost first."""
+    missing, path = [], os.path.abspath(folder)
+    while not os.path.exists(path):
+        missing.insert(0, path)
+        path = os.path.dirname(path)
+    return missing
+
+
+class _StagedSet:
+    """One set's shards written under staged names, waiting to replace the set on disk."""
+
+    def __init__(self, output_dir: str, prefix: str, paths: list[str]):
+        self.output_dir, self.prefix, self.paths = output_dir, prefix, paths
+        self.created = _missing_folders(output_dir)
+        self.found = os.path.dirname(self.created[0]) if self.created else output_dir
+        found = os.stat(self.found)
+        self.found_times = (found.st_atime_ns, found.st_mtime_ns)
+        os.makedirs(output_dir, exist_ok=True)
+        token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.staged = [os.path.join(output_dir, f".{os.path.basename(p)}.tmp-staged-{token}")
+                       for p in paths]
+        self.records, self.summary = None, None
+
+    def commit(self) -> None:
+        manifest.replace_set(self.output_dir, self.prefix, self.staged, self.paths, self.records)
+        tmp = os.path.join(self.output_dir, f".{self.prefix}.summary.json.tmp-{os.getpid()}")
+        with open(tmp, "w") as f:
+            json.dump(self.summary, f, indent=1)
+        os.replace(tmp, os.path.join(self.output_dir, f"{self.prefix}.summary.json"))
+
+    def discard(self) -> None:
+        """Removes this run's staged shards, indexes and temporaries and the folders it created;
+        the folder found keeps its times (a listing of it is as before the run)."""
+        for path in self.staged:
+            folder, name = os.path.split(path)
+            for leftover in [path, path + ".index", *glob.glob(
+                    os.path.join(glob.escape(folder), f".{glob.escape(name)}*.tmp-*"))]:
+                with contextlib.suppress(OSError):
+                    os.remove(leftover)
+        for folder in reversed(self.created):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only if empty: nothing of anyone else's is removed
+        with contextlib.suppress(OSError):
+            os.utime(self.found, ns=self.found_times)
+
+
+_pending: list[_StagedSet] | None = None
+
+
+@contextlib.contextmanager
+def committed_together():
+    """Sets written by ``write_shards`` inside replace their older sets only when the block ends
+    without an error; an error (or a stop) in any of them leaves every older set as it was."""
+    global _pending
+    if _pending is not None:  # nested: the outer block commits
+        yield
+        return
+    _pending = []
+    try:
+        yield
+        for staged in _pending:
+            staged.commit()
+    except BaseException:
+        for staged in reversed(_pending):
+            staged.discard()
+        raise
+    finally:
+        _pending = None
 
 
 def write_shards(items: Sequence, make_record: Callable, output_dir: str, prefix: str, *,
@@ -85,8 +153,10 @@ def write_shards(items: Sequence, make_record: Callable, output_dir: str, prefix
     ``num_workers``: processes (spawned, so safe after JAX is imported); <= 1 runs in-process.
     The summary (records, skipped, bytes, seconds, shards, bad items) is written to
     ``output_dir/prefix.summary.json``; the set is whole only once ``prefix.manifest.json`` is
-    written (geossl.data.manifest), which also removes an older set of the same prefix. Fewer
-    items than shards: one shard per item (no empty shards).
+    written (geossl.data.manifest), which also removes an older set of the same prefix. Shards
+    are staged until every one is written: on an error or a stop (BadInputError, Ctrl-C) the
+    folder stays as it was. Inside ``committed_together`` the set replaces the older one when
+    the block ends. Fewer items than shards: one shard per item (no empty shards).
     """
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, found {num_shards}")
@@ -95,10 +165,40 @@ def write_shards(items: Sequence, make_record: Callable, output_dir: str, prefix
             print(f"{prefix}: {len(items)} items for {num_shards} shards: writing {len(items)} "
                   f"shards instead (no empty shards)")
         num_shards = len(items)
-    manifest.begin(output_dir, prefix)
     paths = [os.path.join(output_dir, shard_name(prefix, k, num_shards)) for k in range(num_shards)]
+    staged = _StagedSet(output_dir, prefix, paths)
+    try:
+        results, seconds = _write_staged(items, make_record, staged, skip_bad=skip_bad,
+                                         num_workers=num_workers, desc=desc, verbose=verbose)
+        summary = {
+            "prefix": prefix,
+            "output_dir": os.path.abspath(output_dir),
+            "shards": [os.path.basename(p) for p in paths],
+            "records": sum(r["records"] for r in results),
+            "skipped": sum(r["skipped"] for r in results),
+            "bytes": sum(os.path.getsize(p) for p in staged.staged),
+            "seconds": seconds,
+            "bad": [b for r in results for b in r["bad"]][:MAX_LISTED_BAD],
+        }
+        summary.update(extra_summary or {})
+        staged.records, staged.summary = [r["records"] for r in results], summary
+        if _pending is None:
+            staged.commit()
+        else:
+            _pending.append(staged)
+    except BaseException:
+        staged.discard()
+        raise
+    if verbose:
+        print_summary(summary)
+    return summary
+
+
+def _write_staged(items, make_record, staged: _StagedSet, *, skip_bad, num_workers, desc,
+                  verbose) -> tuple[list[dict], float]:
+    num_shards = len(staged.staged)
     tasks = [(p, chunk, make_record, skip_bad)
-             for p, chunk in zip(paths, split_evenly(items, num_shards))]
+             for p, chunk in zip(staged.staged, split_evenly(items, num_shards))]
     if num_workers is None:
         num_workers = min(num_shards, os.cpu_count() or 1)
     num_workers = max(1, min(num_workers, num_shards))
@@ -106,7 +206,7 @@ def write_shards(items: Sequence, make_record: Callable, output_dir: str, prefix
 
     from tqdm import tqdm
 
-    bar = tqdm(total=len(items), desc=desc or prefix, unit="rec", disable=not verbose)
+    bar = tqdm(total=len(items), desc=desc or staged.prefix, unit="rec", disable=not verbose)
     try:
         if num_workers == 1:
             results = []
@@ -116,29 +216,9 @@ def write_shards(items: Sequence, make_record: Callable, output_dir: str, prefix
                 bar.update(len(task[1]))
         else:
             results = _run_pool(tasks, num_workers, bar)
-    except BaseException:
-        _remove_temporaries(paths)
-        raise
     finally:
         bar.close()
-
-    summary = {
-        "prefix": prefix,
-        "output_dir": os.path.abspath(output_dir),
-        "shards": [os.path.basename(p) for p in paths],
-        "records": sum(r["records"] for r in results),
-        "skipped": sum(r["skipped"] for r in results),
-        "bytes": sum(os.path.getsize(p) for p in paths),
-        "seconds": round(time.time() - start, 3),
-        "bad": [b for r in results for b in r["bad"]][:MAX_LISTED_BAD],
-    }
-    summary.update(extra_summary or {})
-    with open(os.path.join(output_dir, f"{prefix}.summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    manifest.finish(output_dir, prefix, paths, [r["records"] for r in results])
-    if verbose:
-        print_summary(summary)
-    return summary
+    return results, round(time.time() - start, 3)
 
 
 def _spawn_pool(ctx, num_workers: int, progress):
