@@ -12,10 +12,12 @@ Builders: ResNets ``resnet18`` (basic blocks) / ``resnet50`` (bottlenecks) with 
 names (``vit_small_patch14_dinov2``, ``vit_base_patch16_224``, ...; with registers the one
 without, given ``reg_tokens``), else ``vit_small_patch16_224``:
 torchgeo's ViT and ResNet builders pass every keyword to ``timm.create_model``, and the export's
-keywords give the whole structure; DOFA its own name (``dofa_small_patch16_224``, ...; those
-builders fix the width and depth). torchgeo 0.8.1's Swin builders (``swin_t`` / ``s`` / ``b``,
-``swin_v2_*``) are torchvision's Swin (3 input channels, other keys): load a geossl Swin with timm
-(the header's ``timm_model``) or TerraTorch (examples/terratorch_finetune.py).
+keywords give the whole structure; DOFA the builder whose fixed patch size, width, depth and heads
+(``dofa_small_patch16_224``, ...; they override those keywords) are the export's, else the class
+``torchgeo.models.DOFA`` with the export's structure (the any-sensor demo's patch 8, width 192,
+depth 4). torchgeo 0.8.1's Swin builders (``swin_t`` / ``s`` / ``b``, ``swin_v2_*``) are
+torchvision's Swin (3 input channels, other keys): load a geossl Swin with timm (the header's
+``timm_model``) or TerraTorch (examples/terratorch_finetune.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,15 @@ import json
 import re
 
 VIT_FALLBACK = "vit_small_patch16_224"
+#: The structure torchgeo 0.8.1's DOFA builders fix (whatever keywords they are given).
+DOFA_BUILDERS = {
+    "dofa_small_patch16_224": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
+    "dofa_base_patch16_224": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    "dofa_large_patch16_224": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
+    "dofa_huge_patch14_224": dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16),
+}
+#: geossl's DOFA keywords that shape torchgeo's DOFA (in_chans, dtype, drop_path_rate do not).
+DOFA_STRUCTURE = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
 
 
 def read_export(path: str) -> tuple[dict, dict]:
@@ -50,13 +61,38 @@ def _resnet_layers(state_dict: dict) -> list[int]:
     return [blocks[s] for s in sorted(blocks)]
 
 
+def dofa_structure(meta: dict) -> dict:
+    """The export's DOFA structure: its architecture's sizes with the recorded keywords over them;
+    ``img_size`` an int (torchgeo's DOFA takes square images)."""
+    recorded = json.loads(meta["geossl.model_kwargs"])
+    structure = dict(DOFA_BUILDERS.get(meta["geossl.arch"], {}),
+                     **{k: recorded[k] for k in DOFA_STRUCTURE if k in recorded})
+    size = structure.get("img_size")
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            raise ValueError(f"{meta['geossl.arch']}: img_size {size}: torchgeo's DOFA takes "
+                             "square images only")
+        structure["img_size"] = size[0]
+    return structure
+
+
+def dofa_builder(structure: dict) -> tuple[str, dict]:
+    """(torchgeo.models builder name, its keywords) of a DOFA ``structure``: the builder that fixes
+    it, else the class ``DOFA`` with every structure keyword."""
+    size = {k: structure[k] for k in ("img_size",) if k in structure}
+    shape = dict({"mlp_ratio": 4.0}, **{k: v for k, v in structure.items() if k != "img_size"})
+    for name, fixed in DOFA_BUILDERS.items():
+        if shape == dict(fixed, mlp_ratio=4.0):  # the builders keep DOFA's mlp_ratio 4
+            return name, dict(num_classes=0, **size)
+    return "DOFA", dict(num_classes=0, **structure)
+
+
 def builder(meta: dict, state_dict: dict) -> tuple[str, dict]:
     """(torchgeo.models builder name, its keywords) for a geossl export."""
     import torchgeo.models
     arch = meta["geossl.arch"]
     if arch.startswith("dofa"):
-        structure = json.loads(meta["geossl.model_kwargs"])
-        return arch, dict(num_classes=0, **{k: structure[k] for k in ("img_size",) if k in structure})
+        return dofa_builder(dofa_structure(meta))
     if arch.startswith("swin"):
         raise ValueError(f"{arch}: torchgeo 0.8.1's Swin builders are torchvision's (3 channels, "
                          f"other keys); load it with timm.create_model({meta['timm_model']!r}, ...) "

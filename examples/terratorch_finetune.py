@@ -18,7 +18,11 @@ How each family loads (TerraTorch's backbone registry, ``BACKBONE_REGISTRY.build
 - Other ResNets, ViTs and Swins: ``timm_<the timm model the export names>`` with
   ``pretrained=True, pretrained_cfg_overlay={"file": export}`` and the export's timm keywords:
   timm reads the file itself, strictly.
-- DOFA: ``terratorch_dofa_*`` with ``ckpt_data``; TerraTorch's wavelength table rounds
+- DOFA: ``terratorch_dofa_*`` with ``ckpt_data`` when the export has that entry's structure
+  (DOFA-S / B / L: the entries fix patch 16, width and depth); any other (the any-sensor demo's
+  patch 8, width 192, depth 4) ``terratorch_geossl_dofa``, which this example adds to TerraTorch's
+  registry (a TerraTorch config needs it imported): torchgeo's ``DOFA`` class with the export's
+  structure, loaded strictly, in TerraTorch's DOFA wrapper. TerraTorch's wavelength table rounds
   Sentinel-2's (0.44 µm for B1 where geossl and torchgeo use 0.4427) and gives Sentinel-1 5.405 µm
   where geossl gives DOFA v1's 3.75: set ``backbone.wavelengths`` to keep geossl's.
 """
@@ -37,6 +41,14 @@ SSL4EO_ENTRIES = {
     ("resnet18", S2_L1C): "ssl4eos12_resnet18_sentinel2_all_moco",
     ("resnet50", ("VV", "VH")): "ssl4eos12_resnet50_sentinel1_all_moco",
 }
+#: The structure of TerraTorch's DOFA entries (``terratorch_`` + name: torchgeo's builders fix it).
+DOFA_ENTRIES = {
+    "dofa_small_patch16_224": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
+    "dofa_base_patch16_224": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    "dofa_large_patch16_224": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
+}
+#: geossl's DOFA keywords that shape torchgeo's DOFA (in_chans, dtype, drop_path_rate do not).
+DOFA_STRUCTURE = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
 
 
 def read_export(path: str) -> tuple[dict, list[str]]:
@@ -72,6 +84,55 @@ def torch_checkpoint(export: str) -> str:
     return path
 
 
+def geossl_dofa(model_bands, ckpt_data: str | None = None, out_indices: list | None = None,
+                **structure):
+    """TerraTorch backbone ``terratorch_geossl_dofa``: torchgeo's ``DOFA`` of any ``structure``
+    (patch_size, embed_dim, depth, ...), ``ckpt_data`` (.safetensors or .pth) loaded strictly, in
+    TerraTorch's DOFA wrapper (the tokens of the ``out_indices`` blocks; the bands' wavelengths
+    from TerraTorch's table)."""
+    import torch
+    from safetensors.torch import load_file
+    from terratorch.models.backbones.dofa_vit import DOFAEncoderWrapper, get_wavelenghts
+    from torchgeo.models import DOFA
+
+    model = DOFA(num_classes=0, **structure)
+    if ckpt_data is not None:
+        state_dict = load_file(ckpt_data) if ckpt_data.endswith(".safetensors") else \
+            torch.load(ckpt_data, map_location="cpu", weights_only=True)
+        model.load_state_dict(state_dict, strict=True)
+    return DOFAEncoderWrapper(model, get_wavelenghts(model_bands), out_indices=out_indices)
+
+
+def register_geossl_dofa() -> str:
+    """Adds :func:`geossl_dofa` to TerraTorch's backbone registry; returns its name there."""
+    from terratorch.registry import TERRATORCH_BACKBONE_REGISTRY
+    if geossl_dofa.__name__ not in TERRATORCH_BACKBONE_REGISTRY:
+        TERRATORCH_BACKBONE_REGISTRY.register(geossl_dofa)
+    return f"terratorch_{geossl_dofa.__name__}"
+
+
+def dofa_structure(meta: dict) -> dict:
+    """The export's DOFA structure: its architecture's sizes with the recorded keywords over them;
+    ``img_size`` an int (torchgeo's DOFA takes square images)."""
+    recorded = json.loads(meta["geossl.model_kwargs"])
+    structure = dict(DOFA_ENTRIES.get(meta["geossl.arch"], {}),
+                     **{k: recorded[k] for k in DOFA_STRUCTURE if k in recorded})
+    size = structure.get("img_size")
+    if isinstance(size, (list, tuple)):
+        if len(set(size)) != 1:
+            raise ValueError(f"{meta['geossl.arch']}: img_size {size}: torchgeo's DOFA takes "
+                             "square images only")
+        structure["img_size"] = size[0]
+    return structure
+
+
+def dofa_entry(structure: dict) -> str | None:
+    """TerraTorch's DOFA entry (``terratorch_`` + name) that fixes ``structure``, else None."""
+    shape = dict({"mlp_ratio": 4.0}, **{k: v for k, v in structure.items() if k != "img_size"})
+    matches = (name for name, fixed in DOFA_ENTRIES.items() if shape == dict(fixed, mlp_ratio=4.0))
+    return next(matches, None)
+
+
 def _depth(keys: list[str]) -> int:
     return 1 + max(int(m.group(1)) for k in keys if (m := re.match(r"blocks\.(\d+)\.", k)))
 
@@ -87,11 +148,16 @@ def backbone_args(export: str) -> tuple[str, dict, str]:
     bands = export_bands(meta, export, needed=arch.startswith("dofa"))
     structure = json.loads(meta["geossl.model_kwargs"])
     if arch.startswith("dofa"):
+        dofa, blocks = dofa_structure(meta), list(range(_depth(keys)))
+        entry = dofa_entry(dofa)
+        if entry is None:  # the entries fix DOFA-S / B / L's structure
+            kw = dict(model_bands=get_pretrained_bands(bands), ckpt_data=export, out_indices=blocks)
+            return register_geossl_dofa(), dict(kw, **dofa), "dofa"
         kw = dict(model_bands=get_pretrained_bands(bands), pretrained=True,
-                  ckpt_data=torch_checkpoint(export), out_indices=list(range(_depth(keys))))
-        if "img_size" in structure:
-            kw["img_size"] = structure["img_size"]
-        return f"terratorch_{arch}", kw, "dofa"
+                  ckpt_data=torch_checkpoint(export), out_indices=blocks)
+        if "img_size" in dofa:
+            kw["img_size"] = dofa["img_size"]
+        return f"terratorch_{entry}", kw, "dofa"
     timm_kw = json.loads(meta["timm_kwargs"])
     timm_kw.pop("num_classes", None)
     if arch.startswith("resnet"):

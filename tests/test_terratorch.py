@@ -3,7 +3,8 @@
 
 Each backbone family, built through TerraTorch's backbone registry as examples/terratorch_finetune.py
 builds it (the SoftCon entry ``terratorch_ssl4eos12_resnet50_sentinel2_all_softcon`` and
-``terratorch_dofa_small_patch16_224`` with ``ckpt_data``; ``timm_vit_small_patch14_dinov2`` and
+``terratorch_dofa_small_patch16_224`` with ``ckpt_data``; a DOFA of patch 8, which no TerraTorch
+entry builds, as the example's ``terratorch_geossl_dofa``; ``timm_vit_small_patch14_dinov2`` and
 ``timm_swin_tiny_patch4_window7_224`` with timm's file overlay), gives geossl's features of the same
 random network within 1e-5: TerraTorch loads ``ckpt_data`` with ``strict=False`` and fills input
 channels it cannot match by band name at random, so only the outputs prove that every tensor
@@ -29,7 +30,8 @@ from geossl.data import bands  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-5
 #: name → (geossl architecture, its keywords, image size): tiny where the builders take structure
-#: keywords (TerraTorch's DOFA entries fix DOFA-S's 12 × 384).
+#: keywords (TerraTorch's DOFA entries fix DOFA-S's 12 × 384; "dofa_p8" has a structure of its own,
+#: as the any-sensor demo's).
 CASES = {
     "resnet": ("resnet50", dict(in_chans=13, stage_sizes=(1, 1, 1, 1)), 32),
     "vit": ("vit_small_patch14", dict(in_chans=13, img_size=28, depth=2, embed_dim=48,
@@ -37,11 +39,13 @@ CASES = {
     "swin": ("swin_tiny_patch4_window7_224", dict(in_chans=13, img_size=32, embed_dim=16,
                                                   depths=(2, 2), num_heads=(1, 2), window_size=4), 32),
     "dofa": ("dofa_small_patch16_224", dict(img_size=32), 32),
+    "dofa_p8": ("dofa_small_patch16_224", dict(img_size=32, patch_size=8, embed_dim=64, depth=2,
+                                               num_heads=2), 32),
 }
 #: What TerraTorch names each case's backbone (the example's choice, checked here).
 BACKBONES = {"resnet": "terratorch_ssl4eos12_resnet50_sentinel2_all_softcon",
              "vit": "timm_vit_small_patch14_dinov2", "swin": "timm_swin_tiny_patch4_window7_224",
-             "dofa": "terratorch_dofa_small_patch16_224"}
+             "dofa": "terratorch_dofa_small_patch16_224", "dofa_p8": "terratorch_geossl_dofa"}
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +66,7 @@ def _env() -> dict:
 def _geossl_levels(name: str, model, variables, images) -> list[np.ndarray]:
     """geossl's features in the layout TerraTorch returns for that family: ResNet stages NCHW,
     Swin stages NHWC, ViT blocks as (B,D,h,w) maps of the patch tokens, DOFA blocks as tokens."""
-    call = {"wavelengths": bands.wavelengths(bands.S2_L1C)} if name == "dofa" else {}
+    call = {"wavelengths": bands.wavelengths(bands.S2_L1C)} if name.startswith("dofa") else {}
     feats = geossl_exports.features(model, variables, images, **call)
     if name == "resnet":
         return [f.transpose(0, 3, 1, 2) for f in feats["stages"]]
@@ -77,7 +81,7 @@ def _geossl_levels(name: str, model, variables, images) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def terratorch_run(tmp_path_factory, terratorch_python):
-    """Writes the four exports and inputs and runs tests/terratorch_job.py once, computing
+    """Writes the exports and inputs and runs tests/terratorch_job.py once, computing
     geossl's features meanwhile; returns (output folder, {name: (images NHWC, geossl's levels)})."""
     root = tmp_path_factory.mktemp("terratorch")
     models, cases = {}, []
@@ -113,7 +117,7 @@ def test_terratorch_backbones_and_segmentation_tasks_carry_geossl_weights(terrat
         got = np.load(out / f"{name}.npz")
         info = json.loads((out / f"{name}.json").read_text())
         assert info["backbone"] == BACKBONES[name]
-        if name == "dofa":  # TerraTorch's own table: S2 rounded (B1 0.44 where geossl has 0.4427)
+        if name.startswith("dofa"):  # TerraTorch's own table: S2 rounded (B1 0.44, geossl 0.4427)
             np.testing.assert_allclose(info["terratorch_wavelengths"],
                                        bands.wavelengths(bands.S2_L1C), atol=5e-3)
         assert len([k for k in got.files if k.startswith("level_")]) == len(expected), name

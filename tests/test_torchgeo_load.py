@@ -2,6 +2,7 @@
 examples/load_in_torchgeo.py, the README's "Load in torchgeo" command, picks the builder and loads
 each export with ``strict=True``; the torchgeo model's embedding equals geossl's within 1e-5."""
 
+import json
 import os
 import sys
 
@@ -21,7 +22,8 @@ sys.path.insert(0, os.path.join(ROOT, "examples"))
 import load_in_torchgeo  # noqa: E402
 
 #: (geossl architecture, keywords, bands, the torchgeo builder expected): tiny where the builder
-#: takes structure keywords (torchgeo's DOFA builders fix DOFA-S's 12 × 384).
+#: takes structure keywords (torchgeo's DOFA builders fix DOFA-S's 12 × 384; another DOFA
+#: structure, as the any-sensor demo's patch 8, loads into the class ``DOFA``).
 CASES = [
     ("resnet50", dict(in_chans=13, stage_sizes=(1, 2, 1, 1)), bands.S2_L1C, "resnet50"),
     ("resnet18", dict(in_chans=2, stage_sizes=(1, 1, 2, 1)), bands.S1, "resnet18"),
@@ -32,6 +34,8 @@ CASES = [
     ("vit_tiny_patch16", dict(in_chans=13, img_size=32, depth=2, patch_size=8, embed_dim=32,
                               num_heads=2), bands.S2_L1C, "vit_small_patch16_224"),  # the demo's
     ("dofa_small_patch16_224", dict(img_size=32), bands.S2_L1C, "dofa_small_patch16_224"),
+    ("dofa_small_patch16_224", dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2),
+     bands.S2_L1C, "DOFA"),
 ]
 
 
@@ -71,3 +75,29 @@ def test_command_prints_the_builder_and_the_embedding(tmp_path, capsys):
     out = capsys.readouterr().out
     assert 'torchgeo.models.resnet18(**{"weights": null, ' in out and '"layers": [1, 1, 1, 1]' in out
     assert "tensors loaded strictly" in out and "embedding of a random batch: (2, 512)" in out, out
+
+
+def test_dofa_exports_load_into_the_builder_of_their_structure_else_the_class():
+    """A header naming DOFA-S with DOFA-B's recorded sizes gets DOFA-B's builder; a structure no
+    builder fixes (patch 8, width 192, depth 4: the any-sensor demo's) the class, with all of it."""
+    def meta(arch, **kw):
+        return {"geossl.arch": arch, "geossl.model_kwargs": json.dumps(dict(in_chans=13, **kw))}
+
+    base = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12)
+    small_named_base_sized = meta("dofa_small_patch16_224", img_size=[64, 64], **base)
+    assert load_in_torchgeo.builder(small_named_base_sized, {}) == \
+        ("dofa_base_patch16_224", dict(num_classes=0, img_size=64))
+    assert load_in_torchgeo.builder(meta("dofa_base_patch16_224", mlp_ratio=2.0), {})[0] == "DOFA"
+    demo = dict(img_size=32, patch_size=8, embed_dim=192, depth=4, num_heads=3)
+    assert load_in_torchgeo.builder(meta("dofa_small_patch16_224", dtype="bfloat16", **demo), {}) \
+        == ("DOFA", dict(num_classes=0, **demo))
+
+
+def test_command_loads_a_dofa_of_another_structure(tmp_path, capsys):
+    path = str(tmp_path / "dofa.safetensors")
+    geossl_exports.export("dofa_small_patch16_224", dict(img_size=16, patch_size=8, embed_dim=32,
+                                                          depth=1, num_heads=2), path, bands.S1)
+    assert load_in_torchgeo.main(["--export", path]) == 0
+    out = capsys.readouterr().out
+    assert 'models.DOFA(**{"num_classes": 0, "patch_size": 8, "embed_dim": 32, "depth": 1' in out
+    assert "tensors loaded strictly" in out and "embedding of a random batch: (2, 32)" in out, out
