@@ -82,6 +82,12 @@ def _is_tiff(path: str) -> bool:
     return path.lower().endswith((".tif", ".tiff"))
 
 
+def planes_first(shape: tuple) -> bool:
+    """Whether a TIFF's (A, B, C) array holds A channel planes (moved last): A is at most 16 and
+    smaller than both other axes ((13, 64, 64) yes; (64, 64, 13), (16, 16, 20), (8, 16, 3) no)."""
+    return len(shape) == 3 and shape[0] <= 16 and shape[0] < min(shape[1], shape[2])
+
+
 def read_array(path: str, *, colour: bool = True) -> np.ndarray:
     """An image file as (H, W) or (H, W, C): TIFF through tifffile (channel-first planes of up
     to 16 bands are moved last), JPEG / PNG through Pillow (with ``colour``, palette, grey+alpha,
@@ -91,7 +97,7 @@ def read_array(path: str, *, colour: bool = True) -> np.ndarray:
         if _is_tiff(path):
             import tifffile
             array = np.squeeze(tifffile.imread(path))
-            if array.ndim == 3 and array.shape[0] <= 16 < array.shape[-1]:
+            if planes_first(array.shape):
                 array = np.moveaxis(array, 0, -1)
         else:
             from PIL import Image
@@ -190,7 +196,7 @@ def read_header(path: str) -> Header:
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
                 shape, dtype = tuple(d for d in series.shape if d != 1), np.dtype(series.dtype)
-            if len(shape) == 3 and shape[0] <= 16 < shape[-1]:  # read_array moves the planes last
+            if planes_first(shape):  # read_array moves the planes last
                 shape = shape[1:] + shape[:1]
             if len(shape) not in (2, 3):
                 raise BadInputError(f"{path}: expected an image (H, W) or (H, W, C), found shape "

@@ -317,3 +317,21 @@ def test_the_cli_refuses_in_one_line_naming_the_file_and_the_flag(tmp_path, case
     assert len(lines) == 1 and lines[0].startswith(f"python -m data_prep.images: {message}"), lines
     assert "--convert_16bit=scale" in lines[0] or case == "broken"
     assert not (tmp_path / "out").exists()
+
+
+def test_tiff_channel_planes_are_the_smallest_leading_axis(tmp_path):
+    """Channel-first planes are moved last only when the first axis is the smallest (and at most
+    16): a 16 × 16 image of 20 bands keeps its layout; the header agrees with the array."""
+    from data_prep import images
+    cases = {"planes.tif": ((13, 24, 24), (24, 24, 13)), "last.tif": ((16, 16, 20), (16, 16, 20)),
+             "rgb.tif": ((8, 16, 3), (8, 16, 3)), "wide.tif": ((3, 16, 40), (16, 40, 3))}
+    rng = np.random.default_rng(0)
+    for name, (stored, read) in cases.items():
+        data = rng.integers(0, 255, stored, dtype=np.uint8)
+        tifffile.imwrite(tmp_path / name, data)
+        array = images.read_array(str(tmp_path / name))
+        assert array.shape == read, name
+        expected = np.moveaxis(data, 0, -1) if stored != read else data
+        np.testing.assert_array_equal(array, expected)
+        header = images.read_header(str(tmp_path / name))
+        assert (header.height, header.width, header.channels) == read, name
