@@ -9,14 +9,17 @@
 ``export`` writes the backbone of a geossl workdir (training or backbone-only) in timm's layout
 (``--layout original``: DINOv2's ViT with its mask_token, Microsoft's Swin), with the geossl
 architecture and the timm model to create in the .safetensors header; ``import`` writes a
-backbone-only workdir that training (``config.init.workdir``), evaluation and ``export`` read.
-A geossl export carries its architecture and arguments, so ``--arch`` may be left out.
+backbone-only workdir that training (``config.init.workdir``), evaluation and ``export`` read,
+into a new or empty directory (never over a workdir). A geossl export carries its architecture
+and arguments, so ``--arch`` may be left out, and its bands and normalisation, which the workdir
+keeps.
 ``geossl/convert/__main__.py`` is the ``python -m`` entry point that delegates to ``main``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -42,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="model name, e.g. vit_small_patch14, resnet50; default: the one a geossl "
                           "export records (its model arguments are used too)")
     imp.add_argument("--input", required=True, help="state dict: .pth/.pt or .safetensors")
-    imp.add_argument("--output", required=True, help="directory to write")
+    imp.add_argument("--output", required=True, help="directory to write (new or empty)")
     imp.add_argument("--in_chans", type=int, default=None, help="default: the checkpoint's")
     imp.add_argument("--img_size", type=int, default=None,
                      help="ViT and Swin; default: the checkpoint's (Swin timm layout: 224)")
@@ -80,12 +83,15 @@ def import_(arch: str | None, input_path: str, output: str, *, in_chans: int | N
     """Converts ``input_path`` and writes a backbone-only workdir ``output``; returns the variables.
 
     A geossl export (.safetensors with geossl metadata) supplies the architecture and its
-    arguments (depth, patch size, ...); ``in_chans``, ``img_size`` and ``window_size`` given here
-    override them. ``arch=None`` needs such a file."""
+    arguments (depth, patch size, ...), and its input bands and normalisation
+    (``config.data.bands`` / ``norm``, so that a re-export records the same); ``in_chans``,
+    ``img_size`` and ``window_size`` given here override the arguments. ``arch=None`` needs such
+    a file. ``output`` must not hold a workdir already (an empty folder is fine)."""
     from geossl import convert, models
-    from geossl.train.checkpoint import save_backbone
+    from geossl.train.checkpoint import load_config, save_backbone, write_config
 
-    arch, recorded = _recorded_model(arch, input_path)
+    arch, recorded, data = _recorded_export(arch, input_path)
+    _check_new_workdir(output)
     sd = convert.load_state_dict(input_path, key=key, strip_prefixes=tuple(strip_prefixes))
     given = {"in_chans": in_chans, "img_size": img_size, "window_size": window_size}
     kw = {**recorded, **{k: v for k, v in given.items() if v is not None}}
@@ -95,30 +101,68 @@ def import_(arch: str | None, input_path: str, output: str, *, in_chans: int | N
         sd, arch, strict=strict, first_layer=first_layer, rng=seed,
         drop_prefixes=tuple(drop_prefixes), return_report=True, **kw)
     logging.info("%s", report)
+    bands = data.get("bands")
+    if bands is not None and len(bands) != kw.get("in_chans", len(bands)):
+        logging.warning("%s records %d bands %s; the imported model takes %d channels: its bands "
+                        "and norm are not kept", input_path, len(bands), bands, kw["in_chans"])
+        data = {}
     ignored = models.family(arch).ignores  # a ResNet's img_size: any size fits
-    save_backbone(variables, arch, output, **{k: v for k, v in kw.items() if k not in ignored})
+    save_backbone(variables, arch, output, bands=data.get("bands"),
+                  **{k: v for k, v in kw.items() if k not in ignored})
+    if "norm" in data:  # save_backbone records bands only
+        config = load_config(output)
+        config.data = {**(config.get("data") or {}), "norm": data["norm"]}
+        write_config(output, config)
     return variables
 
 
-def _recorded_model(arch: str | None, input_path: str) -> tuple[str, dict]:
-    """``(arch, model kwargs)`` from ``arch`` and the geossl metadata of ``input_path`` (none for
-    other files): the recorded kwargs apply when ``arch`` is None or the recorded one."""
-    from geossl import convert
-    from geossl.convert.lib.io import geossl_model
+def _check_new_workdir(output: str) -> None:
+    """Raises, naming what it found, when ``output`` is a file or already holds a workdir."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise ValueError(f"--output {output}: an existing file, expected a directory to write")
+    found = [name + "/" if os.path.isdir(os.path.join(output, name)) else name
+             for name in ("config.json", "checkpoints", "backbone")
+             if os.path.exists(os.path.join(output, name))]
+    if not found:
+        return
+    if found[0] == "config.json" and (objective := _objective_name(output)):
+        found[0] = f"config.json of a {objective!r} run"
+    raise ValueError(f"--output {output} already holds a workdir ({', '.join(found)}): import "
+                     "writes a new backbone-only workdir; pass a new or empty directory")
 
-    recorded = None
+
+def _objective_name(workdir: str) -> str | None:
+    """``config.objective.name`` of the workdir's config.json; None where it cannot be read."""
+    try:
+        with open(os.path.join(workdir, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None
+    objective = config.get("objective") if isinstance(config, dict) else None
+    return objective.get("name") if isinstance(objective, dict) else None
+
+
+def _recorded_export(arch: str | None, input_path: str) -> tuple[str, dict, dict]:
+    """``(arch, model kwargs, data)`` from ``arch`` and the geossl metadata of ``input_path`` (none
+    for other files): the recorded kwargs and ``data`` (``bands``, ``norm``) apply when ``arch``
+    is None or the recorded one."""
+    from geossl import convert
+    from geossl.convert.lib.io import geossl_data, geossl_model
+
+    recorded, metadata = None, {}
     if input_path.endswith(".safetensors"):
-        recorded = geossl_model(convert.read_metadata(input_path), input_path)
+        metadata = convert.read_metadata(input_path)
+        recorded = geossl_model(metadata, input_path)
     if recorded is None:
         if arch is None:
             raise ValueError(f"--arch is needed: {input_path} is not a geossl export (no geossl "
                              "metadata naming its architecture)")
-        return arch, {}
+        return arch, {}, {}
     if arch is not None and arch != recorded[0]:
         raise ValueError(f"--arch {arch}, but {input_path} is a geossl export of {recorded[0]} "
                          f"(geossl.arch, with {recorded[1]}): leave --arch out or pass {recorded[0]}")
     logging.info("%s: geossl export of %s %s", input_path, recorded[0], recorded[1])
-    return recorded
+    return (*recorded, geossl_data(metadata, input_path))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                     first_layer=args.first_layer, seed=args.seed, key=args.key,
                     strip_prefixes=args.strip_prefixes, drop_prefixes=args.drop_prefixes,
                     strict=not args.non_strict)
-    except (ValueError, KeyError, FileNotFoundError) as e:  # ConversionError is a ValueError
+    except (ValueError, KeyError, OSError) as e:  # ConversionError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

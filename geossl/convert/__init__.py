@@ -10,6 +10,7 @@ from geossl.convert.lib import (
     FIRST_LAYER_MODES,
     ConversionError,
     ConversionReport,
+    UnreadableFileError,
     entries,
     from_torch,
     layouts,
@@ -22,6 +23,6 @@ from geossl.convert.lib import (
 )
 from geossl.convert.lib.export import export_backbone
 
-__all__ = ["FIRST_LAYER_MODES", "ConversionError", "ConversionReport", "entries", "export_backbone",
-           "from_torch", "layouts", "load_state_dict", "read_metadata", "resolve_model_kwargs",
-           "save_state_dict", "timm_model", "to_torch"]
+__all__ = ["FIRST_LAYER_MODES", "ConversionError", "ConversionReport", "UnreadableFileError", "entries",
+           "export_backbone", "from_torch", "layouts", "load_state_dict", "read_metadata",
+           "resolve_model_kwargs", "save_state_dict", "timm_model", "to_torch"]

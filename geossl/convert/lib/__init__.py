@@ -30,13 +30,14 @@ from geossl import models
 from geossl.convert.lib.adapters import adapt_input_channels
 from geossl.convert.lib.families import adapter, first_layer_key, layouts
 from geossl.convert.lib.family_adapter import FamilyAdapter
-from geossl.convert.lib.io import load_state_dict, read_metadata, save_state_dict, to_numpy
+from geossl.convert.lib.io import (UnreadableFileError, load_state_dict, read_metadata,
+                                   save_state_dict, to_numpy)
 from geossl.convert.lib.keymap import TRANSFORMS, Entry
 from geossl.convert.lib.report import ConversionError, ConversionReport, first_layer_hints
 
-__all__ = ["ConversionError", "ConversionReport", "FamilyAdapter", "entries", "from_torch",
-           "layouts", "load_state_dict", "read_metadata", "resolve_model_kwargs", "save_state_dict",
-           "timm_model", "to_torch"]
+__all__ = ["ConversionError", "ConversionReport", "FamilyAdapter", "UnreadableFileError", "entries",
+           "from_torch", "layouts", "load_state_dict", "read_metadata", "resolve_model_kwargs",
+           "save_state_dict", "timm_model", "to_torch"]
 
 FIRST_LAYER_MODES = ("keep", "reinit", "repeat")
 
@@ -102,9 +103,10 @@ def resolve_model_kwargs(state_dict: Mapping[str, Any], arch: str, *, in_chans: 
 
     ``in_chans=None`` takes the channel count of the checkpoint's first layer (the family's
     ``first_layer``); the family completes the rest (``FamilyAdapter.structure``): for a ViT,
-    registers, and ``img_size=None`` the size whose patch grid the checkpoint's ``pos_embed``
-    covers (518 for DINOv2 hub weights); for a Swin, ``embed_dim``, ``depths``, ``num_heads`` and
-    ``window_size`` (where absent from ``model_kw``) are the checkpoint's (first bias table) and
+    registers, ``qkv_bias=False`` without qkv biases, and ``img_size=None`` the size whose patch
+    grid the checkpoint's ``pos_embed`` covers (518 for DINOv2 hub weights, also in timm's
+    register layout without the class row); for a Swin, ``embed_dim``, ``depths``, ``num_heads``,
+    ``window_size`` and ``qkv_bias`` (where absent from ``model_kw``) are the checkpoint's and
     ``img_size=None`` the one its stage-0 ``attn_mask`` covers (original layout; the name's 224
     otherwise). ResNets take any image size, so ``img_size`` is ignored.
     """

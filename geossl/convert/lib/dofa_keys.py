@@ -72,10 +72,11 @@ def _detect_layout(keys) -> str:
 def identity_fc_norm(state_dict: dict) -> dict:
     """A DOFA state dict without ``fc_norm`` (the released MAE weights) gets torchgeo's initial
     LayerNorm (weight ones, bias zeros, the width of ``cls_token``); others come back as they are."""
-    width = np.shape(state_dict.get("cls_token", ()))[-1:]
-    if "fc_norm.weight" in state_dict or "fc_norm.bias" in state_dict or not width:
-        return state_dict
-    dtype = np.asarray(state_dict["cls_token"]).dtype
+    cls_token = state_dict.get("cls_token")
+    if ("fc_norm.weight" in state_dict or "fc_norm.bias" in state_dict or cls_token is None
+            or np.ndim(cls_token) == 0):
+        return state_dict  # without cls_token the key table reports it missing
+    width, dtype = np.shape(cls_token)[-1:], np.asarray(cls_token).dtype
     logging.warning("DOFA checkpoint without fc_norm: its LayerNorm starts at weight 1, bias 0, as "
                     "torchgeo's builders leave it")
     return {**state_dict, "fc_norm.weight": np.ones(width, dtype), "fc_norm.bias": np.zeros(width, dtype)}
@@ -88,9 +89,13 @@ def _no_timm_model(model: DOFA, arch: str) -> tuple[str, dict]:
 
 
 def mismatch_hints(mismatched: dict, state_dict: Mapping, model: DOFA) -> list[str]:
-    """The ViT's (``pos_embed``, depth), and another patch size or width from ``fc_weight``."""
+    """The ViT's (``pos_embed``, depth), another patch size or width from ``fc_weight``, and a
+    checkpoint without DOFA's wavelength-conditioned patch embedding."""
     hints = vit_keys.mismatch_hints(mismatched, state_dict, model)
     key = "patch_embed.weight_generator.fc_weight.weight"
+    if key not in state_dict and "cls_token" not in state_dict:
+        hints.append(f"no {key} nor cls_token: not a DOFA checkpoint (expected torchgeo's DOFA "
+                     f"keys, found {', '.join(list(state_dict)[:4])}, ...)")
     if key in mismatched:
         rows = mismatched[key][1][0]
         hints.append(f"{key} has {rows} rows, the model's patch_size² · embed_dim = "

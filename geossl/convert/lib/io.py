@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import tempfile
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
@@ -17,6 +19,11 @@ import numpy as np
 #: Containers that training scripts wrap a state dict in, tried in this order.
 CONTAINER_KEYS = ("state_dict", "model", "teacher", "module", "student")
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+class UnreadableFileError(ValueError):
+    """A checkpoint file that exists but cannot be read (a directory, empty, truncated, not in its
+    suffix's format); the message starts with the path."""
 
 
 def to_numpy(value: Any) -> np.ndarray:
@@ -63,18 +70,19 @@ def load_state_dict(path: str, *, key: str | None = None,
     first of ``strip_prefixes`` it starts with (DDP's ``module.``, DINO's ``backbone.``);
     pass ``()`` to keep keys as stored. Non-tensor entries of the state dict are skipped.
     """
+    _check_readable(path)
     if path.endswith(".safetensors"):
         from safetensors.numpy import load_file
-        sd: Mapping[str, Any] = load_file(path)
         if key is not None:
             raise ValueError(f"{path}: key={key!r} given, but a .safetensors file is a flat state dict")
+        sd: Mapping[str, Any] = _read_safetensors(load_file, path)
     elif path.endswith(_TORCH_SUFFIXES):
         try:
             import torch
         except ImportError as e:
             raise ImportError(f"{path}: reading a PyTorch checkpoint needs torch; "
                               "install it or convert the file to .safetensors") from e
-        sd = _unwrap(torch.load(path, map_location="cpu", weights_only=True), key, path)
+        sd = _unwrap(_torch_load(torch, path), key, path)
     else:
         raise ValueError(f"{path}: expected a .safetensors or {'/'.join(_TORCH_SUFFIXES)} file")
     out = {}
@@ -90,6 +98,56 @@ def load_state_dict(path: str, *, key: str | None = None,
             raise ValueError(f"{path}: two entries map to {name!r} after stripping {strip_prefixes}")
         out[name] = to_numpy(value)
     return out
+
+
+def _check_readable(path: str) -> None:
+    """Raises for a path that is missing, a directory or an empty file, naming it."""
+    if os.path.isdir(path):
+        raise UnreadableFileError(f"{path}: a directory, expected a .safetensors or "
+                                  f"{'/'.join(_TORCH_SUFFIXES)} file")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise UnreadableFileError(f"{path}: an empty file (0 bytes)")
+
+
+def _read_safetensors(read, path: str):
+    """``read(path)`` (safetensors' ``load_file`` or ``safe_open``), its errors naming the file."""
+    from safetensors import SafetensorError
+    try:
+        return read(path)
+    except SafetensorError as e:
+        raise UnreadableFileError(f"{path}: not a readable .safetensors file (truncated, or another "
+                                  f"format?): {e}") from e
+
+
+def _torch_load(torch, path: str):
+    """``torch.load(path, weights_only=True)``, its errors naming the file in one line."""
+    try:
+        with warnings.catch_warnings():  # a non-torch pickle also warns of its protocol
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:  # OSError: a short zip
+        raise UnreadableFileError(f"{path}: {_torch_load_failure(e)}") from e
+
+
+def _torch_load_failure(error: Exception) -> str:
+    """What ``torch.load`` found wrong, in one line (its messages run over many)."""
+    lines = str(error).splitlines()
+    unpickler = [line.split("WeightsUnpickler error:", 1)[1].strip() for line in lines
+                 if "WeightsUnpickler error:" in line]
+    if unpickler and unpickler[0].startswith("Unsupported global"):
+        return ("holds pickled objects other than tensors, which torch.load(weights_only=True) "
+                f"refuses: {unpickler[0].split('. ')[0]}")
+    if isinstance(error, EOFError):
+        reason = "unexpected end of file"
+    elif unpickler:
+        reason = unpickler[0] or "not a pickle of tensors"
+    else:
+        reason = lines[0].split(". ")[0] if lines else type(error).__name__
+    return f"not a readable PyTorch checkpoint (truncated, or not written by torch.save?): {reason}"
 
 
 def save_state_dict(state_dict: Mapping[str, Any], path: str,
@@ -114,6 +172,8 @@ def save_state_dict(state_dict: Mapping[str, Any], path: str,
             torch.save({k: _to_tensor(torch, v) for k, v in arrays.items()}, tmp)
     else:
         raise ValueError(f"{path}: expected a .safetensors or {'/'.join(_TORCH_SUFFIXES)} file")
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: an existing directory, expected the path of a file to write")
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
@@ -136,7 +196,8 @@ def _to_tensor(torch, array: np.ndarray):
 def read_metadata(path: str) -> dict[str, str]:
     """The str → str metadata of a ``.safetensors`` header ({} when there is none)."""
     from safetensors import safe_open
-    with safe_open(path, framework="numpy") as f:
+    _check_readable(path)
+    with _read_safetensors(lambda p: safe_open(p, framework="numpy"), path) as f:
         return dict(f.metadata() or {})
 
 
@@ -178,3 +239,21 @@ def geossl_model(metadata: Mapping[str, str], path: str = "") -> tuple[str, dict
         raise ValueError(f"{path}: geossl.model_kwargs: expected a JSON object, found "
                          f"{type(kwargs).__name__}")
     return metadata["geossl.arch"], kwargs
+
+
+def geossl_data(metadata: Mapping[str, str], path: str = "") -> dict:
+    """``{"bands": [...], "norm": ...}`` recorded by :func:`export_metadata` (the keys it has)."""
+    data = {}
+    if "geossl.bands" in metadata:
+        try:
+            bands = json.loads(metadata["geossl.bands"])
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: geossl.bands is not JSON ({e}): "
+                             f"{metadata['geossl.bands'][:200]!r}") from e
+        if not isinstance(bands, list) or not all(isinstance(b, str) for b in bands):
+            raise ValueError(f"{path}: geossl.bands: expected a JSON list of band names, found "
+                             f"{metadata['geossl.bands'][:200]!r}")
+        data["bands"] = bands
+    if metadata.get("geossl.norm"):
+        data["norm"] = metadata["geossl.norm"]
+    return data

@@ -76,7 +76,7 @@ def swin_entries(model: SwinTransformer, layout: str = "timm") -> list[Entry]:
                                ("params", *f, "attn", "relative_position_bias_table")))
             if original:
                 table.append(Entry(f"{t}.attn.relative_position_index", None, torch_only=_constant(index)))
-            table += _linear(f"{t}.attn.qkv", (*f, "attn", "qkv"))
+            table += _linear(f"{t}.attn.qkv", (*f, "attn", "qkv"), bias=model.qkv_bias)
             table += _linear(f"{t}.attn.proj", (*f, "attn", "proj"))
             table += _layer_norm(f"{t}.norm2", (*f, "norm2"))
             table += _linear(f"{t}.mlp.fc1", (*f, "mlp", "fc1"))
@@ -87,8 +87,8 @@ def swin_entries(model: SwinTransformer, layout: str = "timm") -> list[Entry]:
 
 
 def checkpoint_structure(state_dict: Mapping) -> dict:
-    """``embed_dim``, ``depths`` and ``num_heads`` read from the keys and shapes (either layout);
-    empty when the keys hold no Swin blocks."""
+    """``embed_dim``, ``depths``, ``num_heads`` and, without a qkv bias, ``qkv_bias=False`` read
+    from the keys and shapes (either layout); empty when the keys hold no Swin blocks."""
     blocks: dict[int, set[int]] = {}
     for key in state_dict:
         m = re.match(r"layers\.(\d+)\.blocks\.(\d+)\.", key)
@@ -101,8 +101,13 @@ def checkpoint_structure(state_dict: Mapping) -> dict:
               for i in range(len(blocks))]
     if any(t is None or len(t.shape) != 2 for t in tables):
         return {}
-    return {"embed_dim": int(proj.shape[0]), "depths": tuple(len(blocks[i]) for i in range(len(blocks))),
-            "num_heads": tuple(int(t.shape[1]) for t in tables)}
+    structure = {"embed_dim": int(proj.shape[0]),
+                 "depths": tuple(len(blocks[i]) for i in range(len(blocks))),
+                 "num_heads": tuple(int(t.shape[1]) for t in tables)}
+    qkv = "layers.0.blocks.0.attn.qkv"
+    if f"{qkv}.weight" in state_dict and f"{qkv}.bias" not in state_dict:
+        structure["qkv_bias"] = False
+    return structure
 
 
 def checkpoint_window_size(state_dict: Mapping) -> int | None:

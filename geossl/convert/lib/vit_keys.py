@@ -57,7 +57,7 @@ def vit_entries(model: VisionTransformer, layout: str = "timm") -> list[Entry]:
     for i in range(model.depth):
         t, f = f"blocks.{i}", f"blocks_{i}"
         table += _layer_norm(f"{t}.norm1", f, "norm1")
-        table += _linear(f"{t}.attn.qkv", f, "attn", "qkv")
+        table += _linear(f"{t}.attn.qkv", f, "attn", "qkv", bias=model.qkv_bias)
         table += _linear(f"{t}.attn.proj", f, "attn", "proj")
         if model.layerscale_init is not None:
             table.append(Entry(f"{t}.ls1.gamma", ("params", f, "ls1", "gamma")))
@@ -110,24 +110,43 @@ def timm_model(model: VisionTransformer, arch: str) -> tuple[str, dict]:
 
 
 def checkpoint_structure(state_dict: Mapping) -> dict:
-    """``num_register_tokens`` read from the keys (either layout); empty without registers."""
+    """``num_register_tokens`` and ``qkv_bias`` read from the keys (either layout): registers
+    where the keys hold them, ``qkv_bias=False`` where the first block's ``qkv`` has no bias."""
+    structure = {}
     tokens = state_dict.get("reg_token", state_dict.get("register_tokens"))
-    if tokens is None or np.ndim(tokens) != 3:
-        return {}
-    return {"num_register_tokens": int(np.shape(tokens)[1])}
+    if tokens is not None and np.ndim(tokens) == 3:
+        structure["num_register_tokens"] = int(np.shape(tokens)[1])
+    if "blocks.0.attn.qkv.weight" in state_dict and "blocks.0.attn.qkv.bias" not in state_dict:
+        structure["qkv_bias"] = False
+    return structure
+
+
+def position_grid(state_dict: Mapping) -> int | None:
+    """The side G of the square patch grid ``pos_embed`` covers: (1, 1+G², D), or (1, G², D) in
+    timm's layout with registers (``reg_token``, no class row); None for another table."""
+    pos = state_dict.get("pos_embed")
+    if pos is None or np.ndim(pos) != 3:
+        return None
+    rows = np.shape(pos)[1]
+    for prefix in (1, 0) if "reg_token" in state_dict else (1,):  # 1 + m² = n² only for m = 0
+        grid = math.isqrt(max(rows - prefix, 0))
+        if grid > 0 and grid * grid == rows - prefix:
+            return grid
+    return None
 
 
 # ----- import adapters ----------------------------------------------------------------------------
 def resolve_structure(state_dict: Mapping, arch: str, kw: dict, img_size: int | None) -> dict:
-    """``kw`` plus the checkpoint's register count and, for ``img_size=None``, the size whose
-    patch grid its ``pos_embed`` covers (518 for DINOv2 hub weights)."""
+    """``kw`` plus the checkpoint's register count and qkv bias and, for ``img_size=None``, the
+    size whose patch grid its ``pos_embed`` covers (518 for DINOv2 hub weights, with or without
+    the class row)."""
+    accepted = models.family(arch).kwargs  # DOFA shares this reader, without registers or qkv_bias
     for name, value in checkpoint_structure(state_dict).items():
-        kw.setdefault(name, value)
-    pos = state_dict.get("pos_embed")
-    if img_size is None and pos is not None and np.ndim(pos) == 3:
-        grid = math.isqrt(np.shape(pos)[1] - 1)
-        if grid * grid == np.shape(pos)[1] - 1:
-            img_size = grid * models.create(arch, **kw).patch_size
+        if name in accepted:
+            kw.setdefault(name, value)
+    grid = position_grid(state_dict)
+    if img_size is None and grid is not None:
+        img_size = grid * models.create(arch, **kw).patch_size
     if img_size is not None:
         kw["img_size"] = img_size
     return kw
