@@ -226,3 +226,41 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(shards, tmp_path
     for stderr, code in launch(None):
         assert code == 0, stderr[-3000:]
     assert [r["step"] for r in read_metrics(workdir)] == list(range(1, 7))
+
+
+def test_a_start_up_signal_python_dropped_stops_the_run_at_its_loop(monkeypatch):
+    """jax runs a garbage-collector callback at start-up; a SIGTERM handled inside it raises
+    ``Interrupted`` there, which Python prints and drops ("Exception ignored in ..."). The run
+    then stops where the loop begins (audit: it trained to the end and exited 0)."""
+    import gc
+
+    from geossl.train import signals
+
+    class Finaliser:
+        def __del__(self):
+            signals.raise_interrupted(signal.SIGTERM, None)
+
+    dropped = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: dropped.append(u.exc_type))
+    Finaliser()          # the handler's exception is raised inside __del__ and dropped
+    gc.collect()
+    assert dropped == [signals.Interrupted]
+    with pytest.raises(signals.Interrupted):
+        signals.raise_if_interrupted()
+    previous = {s: signal.getsignal(s) for s in signals.STOP_SIGNALS}
+    try:   # the CLIs' handlers also keep Python's "Exception ignored" lines off stderr
+        signals.install_interrupt_handlers()
+        Finaliser()
+        gc.collect()
+        assert dropped == [signals.Interrupted]
+        sys.unraisablehook(type("U", (), {"exc_type": ValueError})())
+        assert dropped == [signals.Interrupted, ValueError]   # others still reach the hook
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    with pytest.raises(signals.Interrupted) as stop:
+        with signals.StopRequest(1):
+            pass
+    assert stop.value.exit_code == 143
+    with signals.StopRequest(1) as request:   # taken once: the next loop runs
+        assert not request.due(1)

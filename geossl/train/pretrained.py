@@ -292,6 +292,8 @@ def check_checkpoint_file(path: str, field: str, expected: str) -> dict | None:
     if path.endswith(".safetensors"):
         try:
             return convert.read_metadata(path)
+        except convert.UnreadableFileError as e:  # names the file and what is wrong
+            raise ConfigError(f"{field}: {e}") from None
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
             raise ConfigError(f"{field}: {path}: unreadable safetensors header "
                               f"({type(e).__name__}: {e}); a truncated or partial file?") from None

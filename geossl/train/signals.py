@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 
 #: The signals that request a stop at the next step boundary.
@@ -55,18 +56,51 @@ class Stopped(Exception):
                          f"the same command resumes from it (exit status {self.exit_code})")
 
 
+#: The signal :func:`raise_interrupted` last handled, until :func:`raise_if_interrupted` takes it.
+_handled: int | None = None
+
+
 def raise_interrupted(signum, frame) -> None:
-    """A signal handler: raises :class:`Interrupted` in the main thread."""
+    """A signal handler: raises :class:`Interrupted` in the main thread (and records the signal:
+    raised inside a finaliser or a garbage-collector callback, which jax runs at start-up, the
+    exception is printed and dropped by Python, and :func:`raise_if_interrupted` raises it again)."""
+    global _handled
     del frame
+    _handled = int(signum)
     raise Interrupted(signum)
+
+
+def raise_if_interrupted() -> None:
+    """Raises :class:`Interrupted` for a signal :func:`raise_interrupted` handled since the last
+    call (its own exception may have been dropped); the record is cleared either way."""
+    global _handled
+    signum, _handled = _handled, None
+    if signum is not None:
+        raise Interrupted(signum)
 
 
 def install_interrupt_handlers(signums=STOP_SIGNALS) -> None:
     """Makes each of ``signums`` raise :class:`Interrupted` (CLIs, at start-up); SIGINT then no
     longer means a KeyboardInterrupt traceback. Main thread only (a no-op elsewhere)."""
+    global _handled
     if threading.current_thread() is threading.main_thread():
+        _handled = None
         for signum in signums:
             signal.signal(signum, raise_interrupted)
+        if not isinstance(sys.unraisablehook, _QuietInterrupted):
+            sys.unraisablehook = _QuietInterrupted(sys.unraisablehook)
+
+
+class _QuietInterrupted:
+    """``sys.unraisablehook`` that drops an :class:`Interrupted` silently (it is recorded and
+    raised again by :func:`raise_if_interrupted`) and hands anything else to ``hook``."""
+
+    def __init__(self, hook):
+        self.hook = hook
+
+    def __call__(self, unraisable) -> None:
+        if unraisable.exc_type is not Interrupted:
+            self.hook(unraisable)
 
 
 def _jax_preemption_sync():
@@ -103,6 +137,8 @@ class StopRequest:
         return self._reached_sync is not None
 
     def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            raise_if_interrupted()  # a start-up signal whose exception Python dropped
         if not self._enabled or threading.current_thread() is not threading.main_thread():
             return self
         for signum in STOP_SIGNALS:
