@@ -155,3 +155,41 @@ def test_workers_stopped_mid_stream_leave_no_blocks_and_no_tracker_warning(tmp_p
     made = set(log.read_text().split())
     assert len(made) >= 2                       # both workers made blocks
     assert not made & set(os.listdir("/dev/shm"))
+
+
+_KILLED_MID_STREAM = _STOPPED_MID_STREAM.replace('''    it.close()      # batches still in flight in both workers
+    print("closed")''', '''    import multiprocessing, signal
+    pids = [p.pid for p in multiprocessing.active_children()]
+    print(" ".join(map(str, pids)), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)   # as a preempted host's trainer dies''')
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="POSIX shared memory under /dev/shm")
+def test_workers_of_a_killed_trainer_exit_and_unlink_their_blocks(tmp_path):
+    """``kill -9`` of the trainer: its grain workers notice they were re-parented, unlink their
+    blocks and exit (audit: they lived on for 20 minutes holding their blocks in /dev/shm)."""
+    import time
+    script, log = tmp_path / "killed.py", tmp_path / "blocks.txt"
+    script.write_text(_KILLED_MID_STREAM)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with open(out, "w") as stdout, open(err, "w") as stderr:   # files: orphans hold no pipe
+        run = subprocess.run([sys.executable, str(script)], stdout=stdout, stderr=stderr,
+                             timeout=300, cwd=root,
+                             env={**os.environ, "PYTHONPATH": root, "BLOCK_LOG": str(log)})
+    assert run.returncode == -9, err.read_text()[-2000:]
+    pids = [int(p) for p in out.read_text().split()]
+    assert pids, out.read_text()
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+    deadline = time.time() + 30
+    while any(alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(p) for p in pids), pids
+    made = set(log.read_text().split())
+    assert len(made) >= 2 and not made & set(os.listdir("/dev/shm"))

@@ -16,15 +16,19 @@ is its state:
              garbage collected, the block is FREE again.
 
 With every block BUSY (batches the trainer holds, or ones dropped in flight when grain restarts
-its workers) a worker writes the batch into a one-off block, as grain would.
+its workers) a worker writes the batch into a one-off block, as grain would. A worker unlinks
+its blocks as it exits, and exits when its trainer is gone (``kill -9``: re-parented workers
+would otherwise live on with their blocks).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import multiprocessing
 import os
 import threading
+import time
 import weakref
 from multiprocessing import shared_memory
 from multiprocessing import util as mp_util
@@ -38,6 +42,8 @@ HEADER = 64
 #: Reused blocks per worker: grain's per-worker buffer, its read-ahead and the trainer's device
 #: prefetch each hold a batch or two, and each read thread the batch it is filling.
 MAX_BLOCKS = 8
+#: Seconds between a worker's checks that its trainer process is still there.
+PARENT_CHECK_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +101,9 @@ class _WorkerBlocks:
         (self.blocks if reused else self.one_offs).append(block)
         if self._at_exit is None:     # run as the process exits (multiprocessing's exit hook)
             self._at_exit = mp_util.Finalize(None, self.unlink_unmapped, exitpriority=0)
+            if multiprocessing.parent_process() is not None:   # a worker: not the trainer
+                threading.Thread(target=_exit_with_parent, args=(os.getppid(), self),
+                                 name="geossl-parent-watch", daemon=True).start()
         return block, reused
 
     def unlink_unmapped(self) -> None:
@@ -109,6 +118,16 @@ class _WorkerBlocks:
                     block.unlink()
                 except FileNotFoundError:
                     pass
+
+
+def _exit_with_parent(parent: int, blocks: _WorkerBlocks, every_s: float = PARENT_CHECK_S) -> None:
+    """A worker's watch: once its trainer is gone (killed with SIGKILL: the worker is re-parented)
+    it unlinks its blocks and exits, instead of living on with its blocks mapped."""
+    while True:
+        time.sleep(every_s)
+        if os.getppid() != parent:
+            blocks.unlink_unmapped()
+            os._exit(1)
 
 
 _worker_blocks = _WorkerBlocks()
