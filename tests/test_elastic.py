@@ -12,6 +12,7 @@ import pytest
 
 from configs import common
 from geossl.data.pipeline import make_dataset
+from geossl.errors import ConfigError
 from geossl.parallel import cpu_options
 from geossl.train import checkpoint as ckpt_lib
 from geossl.train import loop, signals
@@ -92,6 +93,12 @@ def test_eight_then_four_then_two_devices_log_the_losses_of_one_device(shards, t
         assert stopped.value.step == stop
     done = loop.run(sharded, elastic, devices=jax.devices()[:2])
     assert done["final_step"] == 6
+    before = {name: os.path.getmtime(os.path.join(elastic, name))
+              for name in ("config.json", "metrics.jsonl")}
+    shorter = config(**{"mesh.data": -1, "mesh.fsdp": 2, "total_steps": 3})
+    with pytest.raises(ConfigError, match="checkpoint is at step 6, past 3"):
+        loop.run(shorter, elastic, devices=jax.devices()[:2])   # audit: exit 0, "final_step 3"
+    assert before == {name: os.path.getmtime(os.path.join(elastic, name)) for name in before}
     a, b = read_metrics(one["workdir"]), read_metrics(elastic)
     assert [r["step"] for r in b] == list(range(1, 7))
     losses = [r["loss"] for r in a]

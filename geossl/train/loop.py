@@ -94,13 +94,23 @@ def example_batch(view_fn, source, size: int = 2) -> dict:
 
 def _resume_position(config, sets, data, start: int) -> int:
     """The global stream position of a restored step; a mixed stream resumes only with the
-    global batch that wrote it (its set draws are per global batch)."""
+    global batch that wrote it (its set draws are per global batch), another stream with a
+    warning; a step past ``config.total_steps`` is refused."""
+    if start > int(config.total_steps):
+        raise ConfigError(f"config.total_steps: the workdir's checkpoint is at step {start}, past "
+                          f"{config.total_steps}; pass --config.total_steps={start} (or more) to "
+                          f"resume, or another workdir")
     position = ckpt_lib.data_position(data, start, config.global_batch)
     written = (data or {}).get("global_batch", config.global_batch)
-    if band_sets.is_mixed(sets) and int(written) != int(config.global_batch):
-        raise ConfigError(f"config.global_batch: a mixed-sensor stream (config.data.sets) resumes "
-                          f"with the global batch that wrote it, {written}; found "
-                          f"{config.global_batch}")
+    if int(written) != int(config.global_batch):
+        if band_sets.is_mixed(sets):
+            raise ConfigError(f"config.global_batch: a mixed-sensor stream (config.data.sets) "
+                              f"resumes with the global batch that wrote it, {written}; found "
+                              f"{config.global_batch}")
+        logging.warning("config.global_batch %s, the checkpoint's was %s: the stream continues at "
+                        "global sample %d, steps (and the schedules over them) count batches of "
+                        "%s from step %d", config.global_batch, written, position,
+                        config.global_batch, start)
     return position
 
 
