@@ -101,8 +101,9 @@ class _WorkerBlocks:
         (self.blocks if reused else self.one_offs).append(block)
         if self._at_exit is None:     # run as the process exits (multiprocessing's exit hook)
             self._at_exit = mp_util.Finalize(None, self.unlink_unmapped, exitpriority=0)
-            if multiprocessing.parent_process() is not None:   # a worker: not the trainer
-                threading.Thread(target=_exit_with_parent, args=(os.getppid(), self),
+            trainer = multiprocessing.parent_process()   # None in the trainer itself
+            if trainer is not None:  # its pid from the spawn: this may run after it died
+                threading.Thread(target=_exit_with_parent, args=(trainer.pid, self),
                                  name="geossl-parent-watch", daemon=True).start()
         return block, reused
 
@@ -123,11 +124,10 @@ class _WorkerBlocks:
 def _exit_with_parent(parent: int, blocks: _WorkerBlocks, every_s: float = PARENT_CHECK_S) -> None:
     """A worker's watch: once its trainer is gone (killed with SIGKILL: the worker is re-parented)
     it unlinks its blocks and exits, instead of living on with its blocks mapped."""
-    while True:
+    while os.getppid() == parent:
         time.sleep(every_s)
-        if os.getppid() != parent:
-            blocks.unlink_unmapped()
-            os._exit(1)
+    blocks.unlink_unmapped()
+    os._exit(1)
 
 
 _worker_blocks = _WorkerBlocks()
