@@ -270,3 +270,37 @@ def test_cli_import_refuses_an_output_that_holds_a_workdir(tmp_path, capsys):
     assert main(["import", "--arch", "resnet18", "--input", src, "--output", str(tmp_path / "file")]) == 1
     assert _error_lines(capsys)[-1] == (f"error: --output {tmp_path / 'file'}: an existing file, "
                                         "expected a directory to write")
+
+
+# ----- a ViT of another size than its name's, through --model_kwargs ------------------------------
+def test_cli_import_takes_other_architecture_arguments_as_json(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    net = _randomize(timm.create_model("vit_tiny_patch16_224", patch_size=8, img_size=32,
+                                       depth=3, num_heads=4, num_classes=0))
+    torch.save(net.state_dict(), tmp_path / "p8.pth")
+    src, workdir = str(tmp_path / "p8.pth"), str(tmp_path / "wd")
+    assert main(["import", "--arch", "vit_tiny_patch16", "--input", src, "--output",
+                 str(tmp_path / "plain")]) == 1          # patch 16 and 12 blocks: refused
+    assert "patch_size" in capsys.readouterr().err
+    assert main(["import", "--arch", "vit_tiny_patch16", "--input", src, "--output", workdir,
+                 "--model_kwargs", '{"patch_size": 8, "depth": 3, "num_heads": 4}']) == 0
+    config = json.load(open(os.path.join(workdir, "config.json")))["model"]
+    assert (config["patch_size"], config["depth"], config["num_heads"], config["img_size"]) == (
+        8, 3, 4, 32)
+    out = str(tmp_path / "back.safetensors")
+    assert main(["export", "--workdir", workdir, "--output", out]) == 0
+    meta = convert.read_metadata(out)
+    back = timm.create_model(meta["timm_model"], **json.loads(meta["timm_kwargs"])).eval()
+    back.load_state_dict({k: torch.from_numpy(v) for k, v in io.load_state_dict(out).items()},
+                         strict=True)
+    x = _images(32, 3)
+    ref = _torch_forward(net, x)
+    np.testing.assert_allclose(_torch_forward(back, x), ref, atol=1e-5 * np.abs(ref).max())
+    capsys.readouterr()
+    assert main(["import", "--arch", "vit_tiny_patch16", "--input", src, "--output",
+                 str(tmp_path / "bad"), "--model_kwargs", '{"heads": 4}']) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --model_kwargs: vit_tiny_patch16 takes no heads; its "
+                          "arguments: depth, ") and err.count("\n") == 1
+    assert not os.path.exists(tmp_path / "bad")

@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ViT and Swin; default: the checkpoint's (Swin timm layout: 224)")
     imp.add_argument("--window_size", type=int, default=None,
                      help="Swin only; default: the checkpoint's (bias tables are resampled to another)")
+    imp.add_argument("--model_kwargs", type=_json_object, default=None,
+                     help="other architecture arguments as a JSON object, e.g. a ViT of another "
+                          "size than its name: '{\"patch_size\": 8, \"num_heads\": 3}' (a "
+                          "ViT's head count is not in its weights)")
     imp.add_argument("--first_layer", choices=FIRST_LAYER_MODES, default="keep",
                      help="a first layer with another channel count: keep (error), reinit, repeat")
     imp.add_argument("--seed", type=int, default=0, help="seed of a re-initialised first layer")
@@ -59,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--drop_prefixes", nargs="*", default=["head.", "fc."])
     imp.add_argument("--non_strict", action="store_true", help="keep what matches, log the rest")
     return parser
+
+
+def _json_object(text: str) -> dict:
+    """argparse type: a JSON object."""
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, found {text!r} ({e})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, found {text!r}")
+    return value
 
 
 def export(workdir: str, output: str, step: int | None = None, layout: str | None = None) -> dict:
@@ -77,7 +92,7 @@ def export(workdir: str, output: str, step: int | None = None, layout: str | Non
 
 def import_(arch: str | None, input_path: str, output: str, *, in_chans: int | None = None,
             img_size: int | None = None, window_size: int | None = None,
-            first_layer: str = "keep", seed: int = 0,
+            model_kwargs: dict | None = None, first_layer: str = "keep", seed: int = 0,
             key: str | None = None, strip_prefixes=("module.", "backbone."),
             drop_prefixes=("head.", "fc."), strict: bool = True) -> dict:
     """Converts ``input_path`` and writes a backbone-only workdir ``output``; returns the variables.
@@ -85,16 +100,23 @@ def import_(arch: str | None, input_path: str, output: str, *, in_chans: int | N
     A geossl export (.safetensors with geossl metadata) supplies the architecture and its
     arguments (depth, patch size, ...), and its input bands and normalisation
     (``config.data.bands`` / ``norm``, so that a re-export records the same); ``in_chans``,
-    ``img_size`` and ``window_size`` given here override the arguments. ``arch=None`` needs such
-    a file. ``output`` must not hold a workdir already (an empty folder is fine)."""
+    ``img_size``, ``window_size`` and ``model_kwargs`` (any other argument of the architecture)
+    given here override the arguments. ``arch=None`` needs such a file. ``output`` must not hold
+    a workdir already (an empty folder is fine)."""
     from geossl import convert, models
     from geossl.train.checkpoint import load_config, save_backbone, write_config
 
     arch, recorded, data = _recorded_export(arch, input_path)
     _check_new_workdir(output)
     sd = convert.load_state_dict(input_path, key=key, strip_prefixes=tuple(strip_prefixes))
+    extra = dict(model_kwargs or {})
+    accepted = set(models.family(arch).kwargs) - {"in_chans", "img_size", "window_size"}
+    unknown = sorted(set(extra) - accepted)
+    if unknown:
+        raise ValueError(f"--model_kwargs: {arch} takes no {', '.join(unknown)}; its arguments: "
+                         f"{', '.join(sorted(accepted))}")
     given = {"in_chans": in_chans, "img_size": img_size, "window_size": window_size}
-    kw = {**recorded, **{k: v for k, v in given.items() if v is not None}}
+    kw = {**recorded, **extra, **{k: v for k, v in given.items() if v is not None}}
     kw = convert.resolve_model_kwargs(sd, arch, in_chans=kw.pop("in_chans", None),
                                       img_size=kw.pop("img_size", None), **kw)
     variables, report = convert.from_torch(
@@ -178,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             import_(args.arch, args.input, args.output, in_chans=args.in_chans,
                     img_size=args.img_size, window_size=args.window_size,
+                    model_kwargs=args.model_kwargs,
                     first_layer=args.first_layer, seed=args.seed, key=args.key,
                     strip_prefixes=args.strip_prefixes, drop_prefixes=args.drop_prefixes,
                     strict=not args.non_strict)
