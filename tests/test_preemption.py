@@ -264,3 +264,48 @@ def test_a_start_up_signal_python_dropped_stops_the_run_at_its_loop(monkeypatch)
     assert stop.value.exit_code == 143
     with signals.StopRequest(1) as request:   # taken once: the next loop runs
         assert not request.due(1)
+
+
+def test_the_loop_waits_for_each_step_two_steps_later(tmp_path, monkeypatch):
+    """With log and checkpoint rows far apart, the host still waits for step k's results when it
+    has dispatched step k + STEPS_IN_FLIGHT: a stop request is checkpointed within that many
+    steps (audit: a SIGTERM acted on 17 steps, 6 s, later with log_every 1000)."""
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+    import numpy as np
+
+    from geossl.parallel import mesh as mesh_lib
+    from geossl.train import loop, metrics as metrics_lib
+
+    waited = []
+    real = jax.block_until_ready
+
+    def recording(tree):
+        if isinstance(tree, dict) and "step" in tree:
+            waited.append(int(tree["step"]))
+        return real(tree)
+    monkeypatch.setattr(loop.jax, "block_until_ready", recording)
+
+    config = ml_collections.ConfigDict(dict(total_steps=7, checkpoint_every=1000, log_every=1000,
+                                            global_batch=8))
+    step = jax.jit(lambda state, batch: (state + 1, {"step": state + 1,
+                                                    "loss": jnp.sum(batch["x"]) * 0.0}))
+    data = iter(lambda: {"x": np.ones((8, 2), np.float32)}, None)
+    mesh = mesh_lib.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1}),
+                              jax.devices()[:1])
+    saved = []
+
+    class Checkpointer:
+        directory = str(tmp_path)
+
+        def wait(self):
+            pass
+
+    writer = metrics_lib.MetricsWriter(str(tmp_path), 7)
+    loop._loop(config, jnp.zeros((), jnp.int32), 0, step, data, mesh,
+               lambda s, _: saved.append(s), Checkpointer(), writer)
+    writer.close()
+    assert loop.STEPS_IN_FLIGHT == 2
+    assert waited == [1, 2, 3, 4, 5]        # after dispatching steps 3..7
+    assert saved == [7]
