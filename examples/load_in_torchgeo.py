@@ -76,15 +76,21 @@ def dofa_structure(meta: dict) -> dict:
     return structure
 
 
+def fixed_dofa(structure: dict, table: dict = DOFA_BUILDERS) -> str | None:
+    """The name in ``table`` (torchgeo's builders, or TerraTorch's entries) whose fixed sizes are
+    ``structure``'s (they keep DOFA's mlp_ratio 4), else None."""
+    shape = dict({"mlp_ratio": 4.0}, **{k: v for k, v in structure.items() if k != "img_size"})
+    return next((name for name, fixed in table.items() if shape == dict(fixed, mlp_ratio=4.0)),
+                None)
+
+
 def dofa_builder(structure: dict) -> tuple[str, dict]:
     """(torchgeo.models builder name, its keywords) of a DOFA ``structure``: the builder that fixes
     it, else the class ``DOFA`` with every structure keyword."""
-    size = {k: structure[k] for k in ("img_size",) if k in structure}
-    shape = dict({"mlp_ratio": 4.0}, **{k: v for k, v in structure.items() if k != "img_size"})
-    for name, fixed in DOFA_BUILDERS.items():
-        if shape == dict(fixed, mlp_ratio=4.0):  # the builders keep DOFA's mlp_ratio 4
-            return name, dict(num_classes=0, **size)
-    return "DOFA", dict(num_classes=0, **structure)
+    name = fixed_dofa(structure)
+    if name is None:
+        return "DOFA", dict(num_classes=0, **structure)
+    return name, dict(num_classes=0, **{k: structure[k] for k in ("img_size",) if k in structure})
 
 
 def builder(meta: dict, state_dict: dict) -> tuple[str, dict]:

@@ -34,6 +34,8 @@ import json
 import os
 import re
 
+from load_in_torchgeo import DOFA_BUILDERS, dofa_structure, fixed_dofa  # same folder
+
 #: SSL4EO-S12's TerraTorch entries (``terratorch_`` + name) by (geossl architecture, bands).
 S2_L1C = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12")
 SSL4EO_ENTRIES = {
@@ -41,14 +43,10 @@ SSL4EO_ENTRIES = {
     ("resnet18", S2_L1C): "ssl4eos12_resnet18_sentinel2_all_moco",
     ("resnet50", ("VV", "VH")): "ssl4eos12_resnet50_sentinel1_all_moco",
 }
-#: The structure of TerraTorch's DOFA entries (``terratorch_`` + name: torchgeo's builders fix it).
-DOFA_ENTRIES = {
-    "dofa_small_patch16_224": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
-    "dofa_base_patch16_224": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
-    "dofa_large_patch16_224": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
-}
-#: geossl's DOFA keywords that shape torchgeo's DOFA (in_chans, dtype, drop_path_rate do not).
-DOFA_STRUCTURE = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
+#: The structure of TerraTorch's DOFA entries (``terratorch_`` + name): torchgeo's builders, which
+#: fix it, but for DOFA-huge, which TerraTorch has no entry for.
+DOFA_ENTRIES = {name: sizes for name, sizes in DOFA_BUILDERS.items()
+                if name != "dofa_huge_patch14_224"}
 
 
 def read_export(path: str) -> tuple[dict, list[str]]:
@@ -111,28 +109,6 @@ def register_geossl_dofa() -> str:
     return f"terratorch_{geossl_dofa.__name__}"
 
 
-def dofa_structure(meta: dict) -> dict:
-    """The export's DOFA structure: its architecture's sizes with the recorded keywords over them;
-    ``img_size`` an int (torchgeo's DOFA takes square images)."""
-    recorded = json.loads(meta["geossl.model_kwargs"])
-    structure = dict(DOFA_ENTRIES.get(meta["geossl.arch"], {}),
-                     **{k: recorded[k] for k in DOFA_STRUCTURE if k in recorded})
-    size = structure.get("img_size")
-    if isinstance(size, (list, tuple)):
-        if len(set(size)) != 1:
-            raise ValueError(f"{meta['geossl.arch']}: img_size {size}: torchgeo's DOFA takes "
-                             "square images only")
-        structure["img_size"] = size[0]
-    return structure
-
-
-def dofa_entry(structure: dict) -> str | None:
-    """TerraTorch's DOFA entry (``terratorch_`` + name) that fixes ``structure``, else None."""
-    shape = dict({"mlp_ratio": 4.0}, **{k: v for k, v in structure.items() if k != "img_size"})
-    matches = (name for name, fixed in DOFA_ENTRIES.items() if shape == dict(fixed, mlp_ratio=4.0))
-    return next(matches, None)
-
-
 def _depth(keys: list[str]) -> int:
     return 1 + max(int(m.group(1)) for k in keys if (m := re.match(r"blocks\.(\d+)\.", k)))
 
@@ -149,7 +125,7 @@ def backbone_args(export: str) -> tuple[str, dict, str]:
     structure = json.loads(meta["geossl.model_kwargs"])
     if arch.startswith("dofa"):
         dofa, blocks = dofa_structure(meta), list(range(_depth(keys)))
-        entry = dofa_entry(dofa)
+        entry = fixed_dofa(dofa, DOFA_ENTRIES)
         if entry is None:  # the entries fix DOFA-S / B / L's structure
             kw = dict(model_bands=get_pretrained_bands(bands), ckpt_data=export, out_indices=blocks)
             return register_geossl_dofa(), dict(kw, **dofa), "dofa"
