@@ -19,6 +19,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from geossl.errors import run_command
 from geossl.train import signals
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/softcon_vit_s.py:demo.")
@@ -58,7 +59,7 @@ FLAGS["config"].parser = _OptimizerSwitch(FLAGS["config"].parser)
 
 def parse_flags(argv):
     """absl's flag parsing; a bad flag or ``--config.*`` override is one line and exit status 2."""
-    from geossl.errors import ConfigError
+    from geossl.errors import ConfigError, one_line
     try:
         return FLAGS(argv)
     except flags.Error as e:
@@ -68,11 +69,9 @@ def parse_flags(argv):
             print(f"main.py: {e} (--helpshort lists the flags)", file=sys.stderr)
         sys.exit(2)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
-        from geossl.errors import one_line
         print(f"main.py: bad --config override: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:  # the config file itself
-        from geossl.errors import one_line
         print(f"main.py: --config: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
 
@@ -92,8 +91,7 @@ def main(argv):
     from geossl.eval import monitor, online
     from geossl.train import loop
     config = FLAGS.config
-    from geossl.errors import (USER_ERRORS, ConfigError, DataConfigMismatchError,
-                               report_user_error, traceback_requested)
+    from geossl.errors import ConfigError, DataConfigMismatchError
     from geossl.train.checkpoint import (CheckpointMismatchError, CheckpointWriteError,
                                          NoReadableCheckpointError)
     from geossl.train.workdir_lock import WorkdirInUseError
@@ -113,11 +111,6 @@ def main(argv):
             DataConfigMismatchError) as e:  # the workdir is untouched
         print(f"main.py: {e}", file=sys.stderr)
         sys.exit(1)
-    except USER_ERRORS as e:  # any other value, file or record the run cannot use
-        if traceback_requested():
-            raise
-        print(report_user_error("main.py", e), file=sys.stderr)
-        sys.exit(1)
     logging.info("done: %s", {k: v for k, v in summary.items() if k != "state"})
     import jax
     if jax.process_index() == 0:
@@ -131,7 +124,8 @@ def main(argv):
 if __name__ == "__main__":
     signals.install_interrupt_handlers()  # until the trainer's own: stop at once, in one line
     try:
-        app.run(main, flags_parser=parse_flags)
+        # any other value, file or record the run cannot use: one line, exit 1 (run_command)
+        app.run(lambda argv: run_command(lambda: main(argv), "main.py"), flags_parser=parse_flags)
     except (signals.Interrupted, KeyboardInterrupt) as e:
         signum = getattr(e, "signum", signal.SIGINT)
         print(f"main.py: stopped by {signals.signal_name(signum)} before a step boundary; "

@@ -1,4 +1,10 @@
-"""Exceptions shared by every layer (the bottom of the import layers)."""
+"""Exceptions shared by every layer (the bottom of the import layers), and how a command line
+reports them."""
+
+import ast
+import os
+import sys
+import traceback
 
 
 class ConfigError(ValueError):
@@ -20,7 +26,6 @@ USER_ERRORS = (ValueError, OSError)
 def one_line(error: BaseException) -> str:
     """An error's message on one line: newlines folded, a quoted message (ml_collections wraps a
     KeyError's repr) unquoted; an error without a message as its type."""
-    import ast
     text = str(error.args[0] if len(error.args) == 1 else error)
     if text[:1] in "'\"":
         try:
@@ -34,8 +39,6 @@ def report_user_error(prog: str, error: BaseException) -> str:
     """``prog: message`` for :func:`run_command`. An error raised by geossl's own code (its
     message names the field, file or record) stands alone; one raised elsewhere (numpy, json,
     the OS, ...) also names its type and how to see the traceback."""
-    import os
-    import traceback
     text = one_line(error)
     frames = traceback.extract_tb(error.__traceback__)
     where = os.path.abspath(frames[-1].filename) if frames else ""
@@ -50,14 +53,12 @@ def report_user_error(prog: str, error: BaseException) -> str:
 
 def traceback_requested() -> bool:
     """Whether ``GEOSSL_TRACEBACK`` asks for tracebacks instead of one-line reports."""
-    import os
     return os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0")
 
 
 def run_command(main, prog: str, status: int = 1):
     """``main()`` of a command line; a :data:`USER_ERRORS` error ends it with one line on stderr
     and exit ``status`` instead of a traceback (``GEOSSL_TRACEBACK=1``: raised as it is)."""
-    import sys
     try:
         return main()
     except USER_ERRORS as e:
