@@ -70,11 +70,6 @@ def shard_entries(paths: Sequence[str], records: Sequence[int],
              "crc32c": file_crc32c(p)} for name, p, n in zip(names, paths, records)]
 
 
-def finish(folder: str, prefix: str, paths: Sequence[str], records: Sequence[int]) -> dict:
-    """After every shard is written: manifest (atomically), old set removed, marker removed."""
-    return _complete(folder, prefix, shard_entries(paths, records))
-
-
 def replace_set(folder: str, prefix: str, staged: Sequence[str], paths: Sequence[str],
                 records: Sequence[int]) -> dict:
     """Makes the written ``staged`` shard files (and their ``.index``) the set ``paths``: CRC32Cs
