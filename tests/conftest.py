@@ -40,3 +40,14 @@ def tf_python():
         pytest.skip("TensorFlow interop: set GEOSSL_TF_PYTHON to a python with tensorflow")
     return sys.executable
 
+
+@pytest.fixture(params=["opencv", "numpy"])
+def resize_path(request, monkeypatch):
+    """Runs a test with OpenCV's resize and blur (geossl.data.blur.cv2), then with the numpy
+    kernels."""
+    from geossl.data import blur
+    if request.param == "opencv" and blur.cv2 is None:
+        pytest.skip("OpenCV not installed")
+    if request.param == "numpy":
+        monkeypatch.setattr(blur, "cv2", None)
+    return request.param

@@ -145,16 +145,6 @@ def test_random_resized_crop_box_fallback_is_torchvision_centre_crop():
     assert tuple(tv.RandomResizedCrop.get_params(img, [2.0, 3.0], [0.75, 4 / 3])) == (0, 36, 20, 27)
 
 
-@pytest.fixture(params=["opencv", "numpy"])
-def resize_path(request, monkeypatch):
-    """Runs a test with OpenCV's resize and blur, then with the numpy kernels."""
-    if request.param == "opencv" and blur.cv2 is None:
-        pytest.skip("OpenCV not installed")
-    if request.param == "numpy":
-        monkeypatch.setattr(blur, "cv2", None)
-    return request.param
-
-
 def test_crop_and_resize_matches_direct_bilinear(resize_path):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 1000, (30, 40, 3)).astype(np.uint16)
@@ -162,7 +152,7 @@ def test_crop_and_resize_matches_direct_bilinear(resize_path):
                      ((2, 2, 8, 8), 8)]:
         top, left, h, w = box
         want = _bilinear_reference(image[top:top + h, left:left + w].astype(np.float64),
-                                   *aug._pair(out))
+                                   *aug.pair(out))
         got = _crop_and_resize(image, box, out)
         assert got.dtype == np.float32 and got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
@@ -180,7 +170,7 @@ def test_crop_and_resize_matches_torch_interpolate(resize_path):
                      ((1, 2, 30, 40), (15, 20)), ((0, 0, 50, 60), (50, 17)), ((5, 5, 3, 2), 7)]:
         top, left, h, w = box
         crop = torch.from_numpy(np.ascontiguousarray(image[top:top + h, left:left + w]))
-        want = torch.nn.functional.interpolate(crop.permute(2, 0, 1)[None], size=aug._pair(out),
+        want = torch.nn.functional.interpolate(crop.permute(2, 0, 1)[None], size=aug.pair(out),
                                                mode="bilinear", align_corners=False,
                                                antialias=False)[0].permute(1, 2, 0).numpy()
         np.testing.assert_allclose(_crop_and_resize(image, box, out), want, atol=1e-5)

@@ -112,22 +112,27 @@ def _lerp_cols(x: np.ndarray, out: int, flip: bool) -> np.ndarray:
 
 
 def resize_bilinear(x: np.ndarray, out_h: int, out_w: int, vflip: bool = False,
-                    hflip: bool = False) -> np.ndarray:
+                    hflip: bool = False, out: np.ndarray | None = None) -> np.ndarray:
     """(h, w, C) float32 → (out_h, out_w, C): bilinear, align_corners=False, no antialiasing, then
-    the flips. OpenCV's ``resize`` (INTER_LINEAR: the same taps and border clamp) when installed,
-    else two passes of numpy gathers (``_lerp_rows``, ``_lerp_cols``); they agree to float32
-    rounding of the weights (tests: both against torch's ``interpolate``)."""
+    the flips; written into ``out`` when given (and returned). OpenCV's ``resize`` (INTER_LINEAR:
+    the same taps and border clamp) when installed, else two passes of numpy gathers
+    (``_lerp_rows``, ``_lerp_cols``); they agree to float32 rounding of the weights (tests: both
+    against torch's ``interpolate``)."""
     h, w, c = x.shape
     if blur.cv2 is None or c > 512 or (h, w) == (out_h, out_w):
-        return _lerp_cols(_lerp_rows(x, out_h, vflip), out_w, hflip)
-    y = blur.cv2.resize(x, (out_w, out_h), interpolation=blur.cv2.INTER_LINEAR)
+        return blur.write_into(_lerp_cols(_lerp_rows(x, out_h, vflip), out_w, hflip), out)
+    flipped = vflip or hflip
+    y = blur.cv2.resize(x, (out_w, out_h), dst=None if flipped else out,
+                        interpolation=blur.cv2.INTER_LINEAR)
     y = y.reshape(out_h, out_w, c)
-    if vflip or hflip:
-        y = np.ascontiguousarray(y[::-1 if vflip else 1, ::-1 if hflip else 1])
-    return y
+    if flipped:
+        y = y[::-1 if vflip else 1, ::-1 if hflip else 1]
+        return np.ascontiguousarray(y) if out is None else blur.write_into(y, out)
+    return blur.write_into(y, out)
 
 
-def _pair(size) -> tuple[int, int]:
+def pair(size) -> tuple[int, int]:
+    """An output size: S or (height, width) → (height, width)."""
     if isinstance(size, (int, np.integer)):
         return int(size), int(size)
     h, w = size
@@ -298,9 +303,11 @@ def fill_invalid(region: np.ndarray, mask: np.ndarray, plan: BandPlan, fill: str
 
 
 def render_geometry(image: np.ndarray, plan: BandPlan, params: ViewParams, out_size,
-                    nodata: float | None = None, fill: str = "zero") -> np.ndarray:
-    """(H, W, C_in) stored → (S, S, C) float32 in stored units: crop box, band selection, no-data
-    fill, softcon clip, bilinear resize and flips. ``render_photometric`` finishes the view."""
+                    nodata: float | None = None, fill: str = "zero",
+                    out: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, C_in) stored → (S, S, C) float32 in stored units (into ``out`` when given): crop
+    box, band selection, no-data fill, softcon clip, bilinear resize and flips.
+    ``render_photometric`` finishes the view."""
     top, left, h, w = params.box
     region = take_bands(image[top:top + h, left:left + w], plan.index)
     c = region.shape[-1]
@@ -315,14 +322,15 @@ def render_geometry(image: np.ndarray, plan: BandPlan, params: ViewParams, out_s
         flat = x.reshape(h, w * c)
         np.maximum(region.reshape(h, w * c), np.tile(plan.bounds[0], w), out=flat)
         np.minimum(flat, np.tile(plan.bounds[1], w), out=flat)
-    out_h, out_w = _pair(out_size)
-    return resize_bilinear(x, out_h, out_w, params.vflip, params.hflip)
+    out_h, out_w = pair(out_size)
+    return resize_bilinear(x, out_h, out_w, params.vflip, params.hflip, out)
 
 
 def render_photometric(x: np.ndarray, plan: BandPlan, params: ViewParams, *,
                        jitter_clip: bool = True, solarize_threshold: float = 0.5,
-                       blur_truncate: float = 3.0) -> np.ndarray:
-    """(S, S, C) float32 from ``render_geometry`` (overwritten) → the finished view (S, S, C).
+                       blur_truncate: float = 3.0, out: np.ndarray | None = None) -> np.ndarray:
+    """(S, S, C) float32 from ``render_geometry`` (overwritten) → the finished view (S, S, C),
+    written into ``out`` when given (``x`` itself may be out: then all in place).
 
     In the plan's unit domain: brightness / contrast fused with the map to it as one per-band
     affine (clipped to [0, 1] when the domain is bounded and ``jitter_clip``), or torchvision's
@@ -354,12 +362,14 @@ def render_photometric(x: np.ndarray, plan: BandPlan, params: ViewParams, *,
         x = np.einsum("ijk->ij", x)[..., None]
         x *= np.float32(1 / c)
     if params.blur_sigma is not None:
-        x = gaussian_blur(x, params.blur_sigma, blur_truncate)
+        x = gaussian_blur(x, params.blur_sigma, blur_truncate,
+                          out=None if params.gray else out)
     if params.solarize:
         np.subtract(np.float32(1), x, out=x, where=x >= solarize_threshold)
     if params.gray:
-        x = np.broadcast_to(x, (s_h, s_w, c)).copy()
-    x = _unit_to_normalised(x, plan)
+        x = np.broadcast_to(x, (s_h, s_w, c))
+        x = x.copy() if out is None else blur.write_into(x, out)
+    x = _unit_to_normalised(blur.write_into(x, out), plan)
     if params.dropped:
         x[..., list(params.dropped)] = 0.0
     return x
@@ -377,11 +387,14 @@ def _unit_to_normalised(x: np.ndarray, plan: BandPlan) -> np.ndarray:
 
 
 def render_view(image: np.ndarray, plan: BandPlan, params: ViewParams, out_size, *,
-                nodata: float | None = None, fill: str = "zero", **photometric_kw) -> np.ndarray:
-    """One view (S, S, C) float32 of an (H, W, C_in) stored image."""
-    x = render_geometry(image, plan, params, out_size, nodata, fill)
-    return render_photometric(x, plan, params, **photometric_kw)
-
+                nodata: float | None = None, fill: str = "zero", out: np.ndarray | None = None,
+                **photometric_kw) -> np.ndarray:
+    """One view (S, S, C) float32 of an (H, W, C_in) stored image, written into ``out`` when
+    given: the resize writes there unless a later step makes a new array (blur, grayscale, RGB
+    jitter), which then writes there instead."""
+    in_place = params.blur_sigma is None and not params.gray and params.jitter_order is None
+    x = render_geometry(image, plan, params, out_size, nodata, fill, out if in_place else None)
+    return render_photometric(x, plan, params, out=out, **photometric_kw)
 
 
 # ----- class maps -------------------------------------------------------------------------------
@@ -405,7 +418,7 @@ def render_class_map(class_map: np.ndarray, params: ViewParams, out_size) -> np.
     if top < 0 or left < 0 or top + h > m.shape[0] or left + w > m.shape[1]:
         raise ValueError(f"render_class_map: crop box {params.box} (top, left, h, w) does not fit "
                          f"the class map of shape {m.shape}")
-    out_h, out_w = _pair(out_size)
+    out_h, out_w = pair(out_size)
     rows = nearest_taps(h, out_h, params.vflip) + top
     cols = nearest_taps(w, out_w, params.hflip) + left
     return m[rows[:, None], cols[None, :]]

@@ -74,22 +74,37 @@ def _banded_matmul(m: np.ndarray, x: np.ndarray, radius: int, block: int = 32) -
     return out
 
 
-def gaussian_blur(x: np.ndarray, sigma: float, truncate: float = 3.0) -> np.ndarray:
+def gaussian_blur(x: np.ndarray, sigma: float, truncate: float = 3.0,
+                  out: np.ndarray | None = None) -> np.ndarray:
     """(H, W, C) float → float32 blurred over H and W (separable, reflected borders "dcba|abcd",
-    radius int(truncate·σ + 0.5) as scipy); channels independent. Each axis is a banded matrix
-    product on one BLAS thread, W after swapping it to the front."""
+    radius int(truncate·σ + 0.5) as scipy); channels independent; written into ``out`` (H, W, C)
+    float32 when given. OpenCV's ``sepFilter2D``, else each axis a
+    banded matrix product on one BLAS thread, W after swapping it to the front."""
     k = gaussian_kernel(sigma, truncate)
     r = len(k) // 2
     x = np.asarray(x, np.float32)
     h, w, c = x.shape
     if r == 0:
-        return x.copy()
+        return x.copy() if out is None else write_into(x, out)
+    if out is not None and np.may_share_memory(x, out):
+        return write_into(gaussian_blur(x, sigma, truncate), out)
     if cv2 is not None and r < min(h, w) and c <= 512:
         taps = k.astype(np.float32)
-        y = cv2.sepFilter2D(x, -1, taps, taps, borderType=cv2.BORDER_REFLECT)
-        return y.reshape(h, w, c)
+        y = cv2.sepFilter2D(x, -1, taps, taps, dst=out, borderType=cv2.BORDER_REFLECT)
+        return y.reshape(h, w, c) if out is None else write_into(y, out)
     with _one_blas_thread():
         y = _banded_matmul(blur_matrix(h, k), x.reshape(h, w * c), r).reshape(h, w, c)
         y = np.ascontiguousarray(y.transpose(1, 0, 2)).reshape(w, h * c)
         y = _banded_matmul(blur_matrix(w, k), y, r).reshape(w, h, c)
-    return np.ascontiguousarray(y.transpose(1, 0, 2))
+    y = y.transpose(1, 0, 2)
+    return np.ascontiguousarray(y) if out is None else write_into(y, out)
+
+
+def write_into(y: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """``y`` when there is no ``out``; else ``out`` holding y's values, copied unless y already
+    is out's memory (OpenCV wrote there). The view kernels' ``out=`` arguments end here."""
+    if out is None or y is out:
+        return y
+    if not (y.ctypes.data == out.ctypes.data and y.size == out.size and y.flags.c_contiguous):
+        np.copyto(out, y if y.shape == out.shape else y.reshape(out.shape))
+    return out

@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Sequence
 import grain
 import numpy as np
 
-from geossl.data import malloc, manifest, shared_batches
+from geossl.data import batch_rows, malloc, manifest, shared_batches
 
 
 class _ProcessRows(grain.MapDataset):
@@ -54,16 +54,20 @@ def stack(samples: Iterable[dict], into: Callable[[dict], dict] | None = None,
     """Sample dicts → one dict of stacked arrays (B, ...). ``into``: given the batch's
     {key: (shape, dtype)}, the {key: array} to write it into (default: new arrays). ``size``: B
     where ``samples`` is an iterator (default ``len(samples)``); each sample is written into the
-    batch as it comes and dropped before the next is made, so the next reuses its (cached) memory."""
+    batch as it comes and dropped before the next is made, so the next reuses its (cached) memory,
+    and while sample i ≥ 1 is made its rows are offered to be rendered in place
+    (``batch_rows``: an entry returned as its offered row is not copied)."""
     if size is None:
         samples = list(samples)
         size = len(samples)
     if size <= 0:
         raise ValueError("stack: a batch needs at least one sample")
-    out, count = None, 0
-    for i, sample in enumerate(samples):
-        if i >= size:
-            raise ValueError(f"stack: more than the {size} samples of the batch")
+    out, keys, offered, it = None, None, None, iter(samples)
+    for i in range(size):
+        with batch_rows.offering(offered):
+            sample = next(it, _END)
+        if sample is _END:
+            raise ValueError(f"stack: {i} samples for a batch of {size}")
         if out is None:
             keys = sample.keys()
             specs = {k: ((size,) + np.shape(v), np.asarray(v).dtype) for k, v in sample.items()}
@@ -71,17 +75,23 @@ def stack(samples: Iterable[dict], into: Callable[[dict], dict] | None = None,
         elif sample.keys() != keys:
             raise ValueError(f"samples of one batch have different keys: {sorted(keys)} vs "
                              f"{sorted(sample.keys())}")
-        _write_row(out, sample, i)
+        _write_row(out, sample, i, offered or {})
         del sample                    # freed before the iterator makes the next one
-        count = i + 1
-    if count != size:
-        raise ValueError(f"stack: {count} samples for a batch of {size}")
+        offered = {k: arr[i + 1] for k, arr in out.items()} if i + 1 < size else None
+    if next(it, _END) is not _END:
+        raise ValueError(f"stack: more than the {size} samples of the batch")
     return out
 
 
-def _write_row(out: dict, sample: dict, i: int) -> None:
-    """Row ``i`` of the batch ``out`` ← ``sample`` (its keys are out's), shapes checked."""
+_END = object()
+
+
+def _write_row(out: dict, sample: dict, i: int, offered: dict) -> None:
+    """Row ``i`` of the batch ``out`` ← ``sample`` (its keys are out's), shapes checked; an entry
+    that is its ``offered`` row (rendered in place) is there already."""
     for k, arr in out.items():
+        if k in offered and sample[k] is offered[k]:
+            continue
         value = np.asarray(sample[k])
         if value.shape != arr.shape[1:]:
             raise ValueError(f"samples of one batch have different shapes for {k!r}: "

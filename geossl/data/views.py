@@ -29,7 +29,7 @@ import numpy as np
 from absl import logging
 from ml_collections import config_dict
 
-from geossl.data import augment
+from geossl.data import augment, batch_rows
 from geossl.data import bands as bands_lib
 from geossl.errors import ConfigError, DataConfigMismatchError
 
@@ -242,12 +242,16 @@ class PhotometricSpec(_Checked):
 
 
 def render(cfg: BandSpec, image: np.ndarray, plan: augment.BandPlan, params: augment.ViewParams,
-           size) -> np.ndarray:
+           size, into: str | None = None) -> np.ndarray:
     """One finished view (S, S, C) float32 of an (H, W, C_in) acquisition: ``augment.render_view``
-    with cfg's no-data policy and, for a PhotometricSpec, its rendering constants."""
+    with cfg's no-data policy and, for a PhotometricSpec, its rendering constants. ``into``: the
+    sample key the view is returned under; rendered into that key's row of the batch being
+    stacked where one is offered (``geossl.data.batch_rows``)."""
     kw = cfg.render_constants() if isinstance(cfg, PhotometricSpec) else {}
+    s_h, s_w = augment.pair(size)
+    out = batch_rows.claim(into, (s_h, s_w, len(plan.bands_out)), np.float32) if into else None
     return augment.render_view(image, plan, params, size, nodata=cfg.nodata,
-                               fill=cfg.nodata_fill, **kw)
+                               fill=cfg.nodata_fill, out=out, **kw)
 
 
 # ----- acquisitions and labels ------------------------------------------------------------------

@@ -106,7 +106,8 @@ def two_view_sample(record: dict, rng: np.random.Generator, cfg: DenseViewConfig
         geo = _draw_geometry(rng, height, width, cfg, first)
         first = geo["box"] if first is None else first
         params = cfg.draw_view(rng, geo, view, c)
-        out[f"view{view + 1}"] = views.render(cfg, image[acq], plan, params, cfg.img_size)
+        out[f"view{view + 1}"] = views.render(cfg, image[acq], plan, params, cfg.img_size,
+                                              into=f"view{view + 1}")
         out[f"geometry{view + 1}"] = geometry(params)
         if masks is not None:
             out[f"mask{view + 1}"] = augment.render_class_map(masks[acq], params, cfg.img_size)

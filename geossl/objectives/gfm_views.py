@@ -37,4 +37,4 @@ def masked_crop_sample(record: dict, rng: np.random.Generator, cfg: MaskedCropCo
     x = image[views.pick_one(rng, image.shape[0])]
     plan = cfg.band_plan(record)
     params = augment.ViewParams(**cfg.draw(rng, x.shape[0], x.shape[1]))
-    return {"image": views.render(cfg, x, plan, params, cfg.img_size)}
+    return {"image": views.render(cfg, x, plan, params, cfg.img_size, into="image")}

@@ -120,7 +120,8 @@ class MAE(Objective):
         x = image[views.pick_one(rng, image.shape[0])]
         cfg = self.view_config
         params = augment.ViewParams(**cfg.draw(rng, x.shape[0], x.shape[1]))
-        return {"image": views.render(cfg, x, cfg.band_plan(record), params, cfg.img_size)}
+        return {"image": views.render(cfg, x, cfg.band_plan(record), params, cfg.img_size,
+                                      into="image")}
 
     def init(self, rng, batch) -> Variables:
         r_enc, r_dec = jax.random.split(rng)

@@ -97,7 +97,8 @@ def two_view_sample(record: dict, rng: np.random.Generator, cfg: ViewConfig) -> 
     independently. Returns view1, view2 (S, S, C) float32 and labels1, labels2 (K,) float32."""
     out = {}
     for view, (_, image, plan, params, labels) in enumerate(two_view_draws(record, rng, cfg), 1):
-        out[f"view{view}"] = views.render(cfg, image, plan, params, cfg.img_size)
+        out[f"view{view}"] = views.render(cfg, image, plan, params, cfg.img_size,
+                                          into=f"view{view}")
         out[f"labels{view}"] = labels
     return out
 
