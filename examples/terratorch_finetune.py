@@ -49,6 +49,26 @@ DOFA_ENTRIES = {name: sizes for name, sizes in DOFA_BUILDERS.items()
                 if name != "dofa_huge_patch14_224"}
 
 
+def import_terratorch() -> None:
+    """``import terratorch``, keeping torch's float32 matmul precision. TerraTorch 1.2.11's import
+    (its Clay v1.5 module) calls ``torch.set_float32_matmul_precision("medium")`` for the whole
+    process: float32 matmuls then run in bfloat16 on CPUs with AMX (oneDNN) and on GPUs, which
+    moved a ViT block's features by 7e-4 of their scale on a Sapphire Rapids CPU. One line says
+    when the precision was set back."""
+    import sys
+
+    import torch
+    if "terratorch" in sys.modules:
+        return
+    precision = torch.get_float32_matmul_precision()
+    import terratorch  # noqa: F401
+    found = torch.get_float32_matmul_precision()
+    if found != precision:
+        torch.set_float32_matmul_precision(precision)
+        print(f"importing terratorch set torch's float32 matmul precision to {found!r}; set back "
+              f"to {precision!r}")
+
+
 def read_export(path: str) -> tuple[dict, list[str]]:
     """(header metadata, tensor names) of a geossl ``.safetensors`` export."""
     from safetensors import safe_open
@@ -90,6 +110,7 @@ def geossl_dofa(model_bands, ckpt_data: str | None = None, out_indices: list | N
     from TerraTorch's table)."""
     import torch
     from safetensors.torch import load_file
+    import_terratorch()
     from terratorch.models.backbones.dofa_vit import DOFAEncoderWrapper, get_wavelenghts
     from torchgeo.models import DOFA
 
@@ -103,6 +124,7 @@ def geossl_dofa(model_bands, ckpt_data: str | None = None, out_indices: list | N
 
 def register_geossl_dofa() -> str:
     """Adds :func:`geossl_dofa` to TerraTorch's backbone registry; returns its name there."""
+    import_terratorch()
     from terratorch.registry import TERRATORCH_BACKBONE_REGISTRY
     if geossl_dofa.__name__ not in TERRATORCH_BACKBONE_REGISTRY:
         TERRATORCH_BACKBONE_REGISTRY.register(geossl_dofa)
@@ -117,6 +139,7 @@ def backbone_args(export: str) -> tuple[str, dict, str]:
     """(TerraTorch backbone name, its keywords, family) that load ``export`` (see the module
     docstring). Every level is returned: ResNet stages 1-4 (strides 4-32), every ViT / DOFA block,
     every Swin stage."""
+    import_terratorch()
     from terratorch.models.backbones.torchgeo_resnet import get_pretrained_bands
 
     meta, keys = read_export(export)
@@ -181,6 +204,7 @@ def segmentation_task(export: str, num_classes: int, lr: float = 1e-4, ignore_in
     """TerraTorch's ``SemanticSegmentationTask`` (cross entropy, AdamW) on the export; labels
     ``ignore_index`` (geossl's unlabelled 255) are left out of the loss (TerraTorch 1.2.11's
     default None fails in torch 2.14's cross entropy)."""
+    import_terratorch()
     from terratorch.tasks import SemanticSegmentationTask
     return SemanticSegmentationTask(model_args=model_args(export, num_classes, channels),
                                     model_factory="EncoderDecoderFactory", loss="ce", lr=lr,

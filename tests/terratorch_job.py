@@ -82,7 +82,8 @@ def run_case(case: dict, out_dir: str) -> None:
     name, kw, family = example.backbone_args(case["export"])
     task = example.segmentation_task(case["export"], NUM_CLASSES, channels=DECODER_CHANNELS)
     encoder = task.model.encoder
-    report = {"backbone": name, "kwargs": kw, "family": family}
+    report = {"backbone": name, "kwargs": kw, "family": family,
+              "matmul_precision": torch.get_float32_matmul_precision()}
     if family == "dofa":
         report["terratorch_wavelengths"] = [float(w) for w in encoder.wavelengths]
         encoder.wavelengths = case["wavelengths"]  # geossl's, as the README says

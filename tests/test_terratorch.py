@@ -117,6 +117,7 @@ def test_terratorch_backbones_and_segmentation_tasks_carry_geossl_weights(terrat
         got = np.load(out / f"{name}.npz")
         info = json.loads((out / f"{name}.json").read_text())
         assert info["backbone"] == BACKBONES[name]
+        assert info["matmul_precision"] == "highest", name   # TerraTorch's import sets "medium"
         if name.startswith("dofa"):  # TerraTorch's own table: S2 rounded (B1 0.44, geossl 0.4427)
             np.testing.assert_allclose(info["terratorch_wavelengths"],
                                        bands.wavelengths(bands.S2_L1C), atol=5e-3)
