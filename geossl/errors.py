@@ -16,6 +16,12 @@ class DataConfigMismatchError(ValueError):
     ``config.data.num_classes``); the message names the record and the config field."""
 
 
+def one_line_list(problems: list[str], shown: int = 5) -> str:
+    """Problems on one line: the first ``shown`` joined by "; ", then how many more."""
+    more = len(problems) - shown
+    return "; ".join(problems[:shown]) + (f"; and {more} more" if more > 0 else "")
+
+
 #: Set to 1 to see the traceback of an error a command line reports in one line.
 TRACEBACK_VARIABLE = "GEOSSL_TRACEBACK"
 #: What a command line reports in one line: a value, field, file or record it cannot use

@@ -103,3 +103,9 @@ for module in ("linear_probe", "knn", "segmentation", "finetune", "change_detect
         text = eval(err)  # noqa: S307 (the repr printed above)
         assert code in ("1", "2") and text.count("\n") == 1, (module, code, text)
         assert "Traceback" not in text and str(tmp_path / "none") in text, (module, text)
+
+
+def test_one_line_list_shows_the_first_problems_and_counts_the_rest():
+    assert errors.one_line_list(["a", "b"]) == "a; b"
+    assert errors.one_line_list([f"p{i}" for i in range(8)], shown=3) == "p0; p1; p2; and 5 more"
+    assert errors.one_line_list([f"p{i}" for i in range(5)]) == "p0; p1; p2; p3; p4"

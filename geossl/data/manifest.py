@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import crc32c
 
-from geossl.errors import ConfigError
+from geossl.errors import ConfigError, one_line_list
 
 _SHARD = re.compile(r"^(?P<prefix>.+)-\d{5}-of-\d{5}\.tfrecord(\.gz)?$")
 
@@ -127,8 +127,8 @@ def check_shard_set(files: Sequence[str]) -> None:
         problems += [f"extra {name} (not in the manifest)" for name in on_disk if name not in listed]
         if problems:
             raise IncompleteDatasetError(
-                f"{folder}: the {prefix!r} shards do not match {os.path.basename(manifest_path(folder, prefix))}:"
-                "\n  " + "\n  ".join(problems[:20]))
+                f"{folder}: the {prefix!r} shards do not match "
+                f"{os.path.basename(manifest_path(folder, prefix))}: {one_line_list(problems)}")
 
 
 def read_manifest(path: str) -> dict:

@@ -30,6 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from geossl.data import bands as bands_lib
+from geossl.errors import one_line_list
 from geossl.parallel.sharding import path_str
 
 
@@ -121,10 +122,8 @@ def check_meta(saved: dict, expected: dict, directory: str) -> None:
             elif list(got[name]) != list(want[name]):
                 problems.append(f"{what} {name}: checkpoint shape {got[name]}, configured {want[name]}")
     if problems:
-        shown = "\n  ".join(problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise CheckpointMismatchError(
-            f"checkpoint in {directory} does not match the config:\n  {shown}{more}")
+            f"checkpoint in {directory} does not match the config: {one_line_list(problems)}")
 
 
 def data_position(record: dict | None, step: int, global_batch: int) -> int:
@@ -213,7 +212,7 @@ class Checkpointer:
         if failures:
             failures = [f"step {s}: {why}" for s, why in failures]
             raise NoReadableCheckpointError(
-                f"no readable checkpoint in {self.directory}:\n  " + "\n  ".join(failures))
+                f"no readable checkpoint in {self.directory}: {one_line_list(failures)}")
         return None, None, None
 
     def _move_aside(self, step: int) -> str:

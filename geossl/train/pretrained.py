@@ -30,7 +30,7 @@ from absl import logging
 
 from geossl import convert, models
 from geossl.convert.lib.io import geossl_model
-from geossl.errors import ConfigError
+from geossl.errors import ConfigError, one_line_list
 from geossl.models.from_config import COMPUTE_OPTIONS, architecture_kwargs, create_from_config
 from geossl.train.checkpoint import load_backbone
 
@@ -42,7 +42,7 @@ def check_same_tree(name: str, loaded, current) -> None:
     problems = [f"{k}: expected {want.get(k)}, found {got.get(k)}"
                 for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k)]
     if problems:
-        raise ValueError(f"{name} does not fit the configured network:\n  " + "\n  ".join(problems[:20]))
+        raise ValueError(f"{name} does not fit the configured network: {one_line_list(problems)}")
 
 
 def load_student_backbone(config, current: dict) -> dict | None:
