@@ -304,3 +304,18 @@ def test_cli_import_takes_other_architecture_arguments_as_json(tmp_path, capsys)
     assert err.startswith("error: --model_kwargs: vit_tiny_patch16 takes no heads; its "
                           "arguments: depth, ") and err.count("\n") == 1
     assert not os.path.exists(tmp_path / "bad")
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_take_the_umask_like_any_new_file(tmp_path, umask, mode):
+    """An export is written to a temporary file (0600) and renamed: its mode is then what
+    ``open`` would have made under the process umask, so others can read a shared export."""
+    from geossl.convert.lib import io
+    old = os.umask(umask)
+    try:
+        for name in ("model.safetensors", "model.pth"):
+            path = str(tmp_path / f"{umask:o}-{name}")
+            io.save_state_dict({"w": np.ones((2, 3), np.float32)}, path)
+            assert os.stat(path).st_mode & 0o777 == mode, name
+    finally:
+        os.umask(old)
