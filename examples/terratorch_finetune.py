@@ -177,9 +177,14 @@ def backbone_args(export: str) -> tuple[str, dict, str]:
 
 
 def upernet_blocks(depth: int) -> list[int]:
-    """The four ViT blocks UPerNet reads (PANGAEA / geossl: 3, 5, 7, 11 of 12)."""
-    q = depth // 6
-    return [depth - 1 - q * k for k in (4, 3, 2, 0)]
+    """The four ViT blocks UPerNet reads, at 1/3, 1/2, 2/3 and the end of the depth (PANGAEA /
+    geossl: 3, 5, 7, 11 of 12; 7, 11, 15, 23 of 24; 0, 1, 2, 3 of 4), each after the one before
+    where the depth allows."""
+    blocks = []
+    for k in (4, 6, 8, 12):
+        block = max(round(depth * k / 12) - 1, blocks[-1] + 1 if blocks else 0)
+        blocks.append(min(block, depth - 1))
+    return blocks
 
 
 def model_args(export: str, num_classes: int, channels: int = 256) -> dict:

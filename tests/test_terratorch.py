@@ -170,3 +170,15 @@ def test_readme_fine_tune_in_terratorch_command_runs(tmp_path, terratorch_python
         assert '"backbone": "timm_vit_small_patch14_dinov2"' in done.stdout, done.stdout[-2000:]
         losses = [float(v) for v in re.findall(r"^step \d+: loss (\S+)$", done.stdout, re.M)]
         assert len(losses) == 2 and np.isfinite(losses).all(), done.stdout[-2000:]
+
+
+def test_upernet_reads_four_distinct_blocks_spread_over_the_depth():
+    """PANGAEA's 3, 5, 7, 11 of 12 (and 7, 11, 15, 23 of 24); a shallow export (the any-sensor
+    demo's depth 4) gets four different blocks, not block 3 four times. Needs no TerraTorch."""
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    import terratorch_finetune as example
+    assert example.upernet_blocks(12) == [3, 5, 7, 11]
+    assert example.upernet_blocks(24) == [7, 11, 15, 23]
+    for depth in (4, 5, 6, 8, 16):
+        blocks = example.upernet_blocks(depth)
+        assert blocks == sorted(set(blocks)) and blocks[-1] == depth - 1 and blocks[0] >= 0, depth
