@@ -125,7 +125,7 @@ def test_two_processes_then_one_log_the_losses_of_one_process(shards, tmp_path):
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     procs = [subprocess.Popen(
-        [sys.executable, "-c", SIGNAL_AT_STEP, "2", "SIGTERM"]
+        [sys.executable, "-c", SIGNAL_AT_STEP, "2", "SIGTERM", "process"]
         + _flags(shards, elastic, total_steps=4)[1:]
         + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
         env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]

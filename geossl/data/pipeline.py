@@ -233,18 +233,23 @@ def batch_stream(stream: grain.MapDataset, *, local_batch_size: int, process_ind
         if not flags.FLAGS.is_parsed():   # grain reads its absl flags; outside absl.app nobody
             flags.FLAGS.mark_as_parsed()  # parsed them, so take their defaults
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
-                            worker_init_fn=_worker_leaves_ctrl_c_to_the_trainer)
+                            worker_init_fn=_worker_leaves_stop_signals_to_the_trainer)
         it = it.map(shared_batches.open_batch)
     if unit != local_batch_size:
         it = it.batch(local_batch_size // unit, drop_remainder=drop_remainder, batch_fn=concat)
     return it
 
 
-def _worker_leaves_ctrl_c_to_the_trainer(worker_index: int, worker_count: int) -> None:
-    """grain worker processes ignore SIGINT (Ctrl-C reaches the whole process group): the trainer
-    checkpoints and ends them, instead of a KeyboardInterrupt traceback from each."""
+def _worker_leaves_stop_signals_to_the_trainer(worker_index: int, worker_count: int) -> None:
+    """grain worker processes ignore SIGINT and SIGTERM, which reach the whole process group
+    (Ctrl-C; SLURM's and many schedulers' stop): the trainer checkpoints and then ends them
+    through grain, and each exits cleanly, unlinking its blocks. Before, Ctrl-C gave a
+    KeyboardInterrupt traceback from each worker, and a SIGTERM killed them before their exit
+    hook, so Python's resource tracker warned of "leaked shared_memory objects". A worker whose
+    trainer is gone still exits (``shared_batches``' watch)."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def train_files(pattern: str | Sequence[str]) -> list[str]:
