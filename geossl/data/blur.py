@@ -78,8 +78,8 @@ def gaussian_blur(x: np.ndarray, sigma: float, truncate: float = 3.0,
                   out: np.ndarray | None = None) -> np.ndarray:
     """(H, W, C) float → float32 blurred over H and W (separable, reflected borders "dcba|abcd",
     radius int(truncate·σ + 0.5) as scipy); channels independent; written into ``out`` (H, W, C)
-    float32 when given. OpenCV's ``sepFilter2D``, else each axis a
-    banded matrix product on one BLAS thread, W after swapping it to the front."""
+    float32 when given. OpenCV's ``sepFilter2D``, else each axis a banded matrix product on one
+    BLAS thread, W after swapping it to the front."""
     k = gaussian_kernel(sigma, truncate)
     r = len(k) // 2
     x = np.asarray(x, np.float32)
