@@ -368,7 +368,8 @@ def render_photometric(x: np.ndarray, plan: BandPlan, params: ViewParams, *,
         np.subtract(np.float32(1), x, out=x, where=x >= solarize_threshold)
     if params.gray:
         x = np.broadcast_to(x, (s_h, s_w, c))
-        x = x.copy() if out is None else blur.write_into(x, out)
+        if out is None:
+            x = x.copy()
     x = _unit_to_normalised(blur.write_into(x, out), plan)
     if params.dropped:
         x[..., list(params.dropped)] = 0.0
