@@ -180,7 +180,7 @@ def save_state_dict(state_dict: Mapping[str, Any], path: str,
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp's 0600 → what open() would have made
+        os.chmod(tmp, 0o666 & ~_umask())   # 0600 (mkstemp, safetensors) → what open() makes
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
