@@ -104,7 +104,7 @@ def import_(arch: str | None, input_path: str, output: str, *, in_chans: int | N
     given here override the arguments. ``arch=None`` needs such a file. ``output`` must not hold
     a workdir already (an empty folder is fine)."""
     from geossl import convert, models
-    from geossl.train.checkpoint import load_config, save_backbone, write_config
+    from geossl.train.checkpoint import save_backbone
 
     arch, recorded, data = _recorded_export(arch, input_path)
     _check_new_workdir(output)
@@ -129,12 +129,8 @@ def import_(arch: str | None, input_path: str, output: str, *, in_chans: int | N
                         "and norm are not kept", input_path, len(bands), bands, kw["in_chans"])
         data = {}
     ignored = models.family(arch).ignores  # a ResNet's img_size: any size fits
-    save_backbone(variables, arch, output, bands=data.get("bands"),
+    save_backbone(variables, arch, output, bands=data.get("bands"), norm=data.get("norm"),
                   **{k: v for k, v in kw.items() if k not in ignored})
-    if "norm" in data:  # save_backbone records bands only
-        config = load_config(output)
-        config.data = {**(config.get("data") or {}), "norm": data["norm"]}
-        write_config(output, config)
     return variables
 
 

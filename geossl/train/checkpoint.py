@@ -285,18 +285,24 @@ DEFAULT_BANDS = {13: bands_lib.S2_L1C, 12: bands_lib.S2_L2A, 2: bands_lib.S1, 3:
 
 
 def save_backbone(variables: dict, arch: str, directory: str, *, bands=None,
-                  **model_kwargs) -> None:
+                  norm: str | None = None, **model_kwargs) -> None:
     """Writes a backbone-only workdir (``backbone/`` orbax pytree + ``config.json``). ``bands``:
     the model's input bands in order (default: ``DEFAULT_BANDS`` of ``in_chans`` when listed),
-    recorded as ``config.data.bands`` so that probes select and zero-fill bands by name."""
+    recorded as ``config.data.bands`` so that probes select and zero-fill bands by name;
+    ``norm``: their normalisation, recorded as ``config.data.norm``."""
     config = ml_collections.ConfigDict({"model": {"name": arch, **model_kwargs},
                                         "objective": {"name": "backbone"}})
     bands = bands or DEFAULT_BANDS.get(model_kwargs.get("in_chans"))
+    data = {}
     if bands:
         if "in_chans" in model_kwargs and len(bands) != model_kwargs["in_chans"]:
             raise ValueError(f"save_backbone: {len(bands)} bands {list(bands)} for a model with "
                              f"in_chans={model_kwargs['in_chans']}")
-        config.data = {"bands": [str(b) for b in bands]}
+        data["bands"] = [str(b) for b in bands]
+    if norm:
+        data["norm"] = norm
+    if data:
+        config.data = data
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(os.path.abspath(directory), "backbone")
     with ocp.StandardCheckpointer() as ckpt:
