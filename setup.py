@@ -5,13 +5,14 @@ from setuptools import find_packages, setup
 CORE = [
     "jax>=0.10", "flax>=0.12.8", "optax>=0.2.8", "orbax-checkpoint>=0.12", "grain>=0.2.18",
     "tensorflow-datasets", "numpy", "ml-collections", "absl-py", "protobuf>=4", "crc32c",
-    "tifffile", "tqdm", "safetensors", "tensorboardX", "scipy", "threadpoolctl",
+    "tifffile", "tqdm", "safetensors", "scipy", "threadpoolctl",
     "opencv-python-headless", "h5py",
 ]
 TORCH = ["torch", "torchvision", "timm"]
 TEST = TORCH + [
     "pytest", "pytest-xdist", "scikit-learn", "scipy", "bigearthnet-common==2.8.0", "nbclient",
     "nbformat", "ipykernel", "matplotlib", "import-linter", "torchgeo==0.8.1",
+    "tensorboardX",  # its copy of TensorFlow's Event protobuf reads geossl's event files
 ]
 
 setup(

@@ -336,6 +336,11 @@ for path in job.get("prep", []):
                      "shape": tf.sparse.to_dense(ex["shape"]).numpy().tolist(),
                      "labels": tf.sparse.to_dense(ex["labels"]).numpy().tolist()})
     read[path] = rows
+for path in job.get("events", []):   # TensorBoard event files (geossl.train.events)
+    read[path] = [{"step": e.step, "wall_time": e.wall_time, "what": e.WhichOneof("what"),
+                   "file_version": e.file_version, "session": e.session_log.status,
+                   "values": [[v.tag, v.simple_value] for v in e.summary.value]}
+                  for e in tf.compat.v1.train.summary_iterator(path)]
 json.dump(read, open(sys.argv[2], "w"))
 """
 
@@ -349,8 +354,14 @@ def test_tensorflow_reads_our_shards_and_we_read_theirs(tmp_path, tf_python):
         records[3]["labels"] = np.zeros((0,), np.int64)  # unlabelled
         ours.append((str(_write(tmp_path / f"ours-{k}{suffix}", records)), records))
     theirs = [(str(tmp_path / "tf.tfrecord"), ""), (str(tmp_path / "tf.tfrecord.gz"), "GZIP")]
+    from geossl.train import events
+    board = events.EventWriter(str(tmp_path / "tb"), start_step=5)
+    board.scalars(5, {"loss": 0.75, "lr": 0.5})
+    board.scalars(6, {"loss": -1.5})
+    board.close()
     job = tmp_path / "job.json"
-    job.write_text(json.dumps({"ours": [p for p, _ in ours], "theirs": theirs}))
+    job.write_text(json.dumps({"ours": [p for p, _ in ours], "theirs": theirs,
+                               "events": [board.path]}))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     (tmp_path / "tf_job.py").write_text(_TF_SCRIPT)
     done = subprocess.run([python, str(tmp_path / "tf_job.py"), str(job), str(tmp_path / "out")],
@@ -380,6 +391,14 @@ def test_tensorflow_reads_our_shards_and_we_read_theirs(tmp_path, tf_python):
             assert (r["key"], r["sensor"], r["bands"]) == (f"tf-{i}", "s1_grd", ["VV", "VH"])
             assert r["labels"].tolist() == [i, 5] and r["weights"].tolist() == [0.5, 1.5]
         assert [d["key"] for d in read_records(path, decode=True)] == ["tf-0", "tf-1", "tf-2"]
+
+    board_events = read[board.path]   # TensorFlow's summary_iterator: its framing and protobufs
+    assert [(e["step"], e["what"]) for e in board_events] == [
+        (5, "file_version"), (5, "session_log"), (5, "summary"), (6, "summary")]
+    assert board_events[0]["file_version"] == "brain.Event:2" and board_events[1]["session"] == 1
+    assert [e["values"] for e in board_events[2:]] == [[["loss", 0.75], ["lr", 0.5]],
+                                                      [["loss", -1.5]]]
+    assert all(abs(e["wall_time"] - board_events[0]["wall_time"]) < 60 for e in board_events)
 
 
 def _slow_values(data):

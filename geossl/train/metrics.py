@@ -1,4 +1,5 @@
-"""Per-step metrics: process-0 JSONL, absl log lines with throughput/ETA, TensorBoard events."""
+"""Per-step metrics: process-0 JSONL, absl log lines with throughput/ETA, TensorBoard events
+(``events``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import os
 
 import jax
 from absl import logging
+
+from geossl.train import events
 
 
 class OwnInfoOnly(pylogging.Filter):
@@ -79,25 +82,25 @@ class ProgressBar:
 
 
 class MetricsWriter:
-    """Appends one JSON object per step to ``workdir/metrics.jsonl`` (process 0 only); with
-    ``progress_bar`` a tqdm bar follows the logged steps as well."""
+    """Appends one JSON object per step to ``workdir/metrics.jsonl`` and its numbers as scalars
+    to an event file in ``workdir/tensorboard`` (process 0 only); with ``progress_bar`` a tqdm bar
+    follows the logged steps as well."""
 
     def __init__(self, workdir: str, total_steps: int, progress_bar: bool = False):
         self.enabled = jax.process_index() == 0
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.total_steps = total_steps
         self._bar = ProgressBar(total_steps) if progress_bar and self.enabled else None
-        self._tb = None
+        self._events_dir = os.path.join(workdir, "tensorboard")
+        self._events = None   # an events.EventWriter, opened with the first rows
+        self._first_step = 0
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
-            try:
-                from tensorboardX import SummaryWriter
-                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-            except ImportError:
-                self._tb = None
 
     def truncate_after(self, step: int) -> None:
-        """On resume: drop lines of steps > ``step`` (they are recomputed), atomically."""
+        """On resume: drop lines of steps > ``step`` (they are recomputed), atomically; the
+        TensorBoard events of those steps are superseded by this run's."""
+        self._first_step = step + 1
         if not self.enabled or not os.path.exists(self.path):
             return
         with open(self.path) as f:
@@ -113,12 +116,12 @@ class MetricsWriter:
         with open(self.path, "a") as f:
             for row in rows:
                 f.write(json.dumps(row, sort_keys=True) + "\n")
-        if self._tb is not None:
-            for row in rows:
-                for k, v in row.items():
-                    if k != "step" and isinstance(v, (int, float)):
-                        self._tb.add_scalar(k, v, row["step"])
-            self._tb.flush()
+        if self._events is None:
+            self._events = events.EventWriter(self._events_dir, self._first_step)
+        for row in rows:
+            self._events.scalars(row["step"], {k: v for k, v in row.items()
+                                               if k != "step" and isinstance(v, (int, float))})
+        self._events.flush()
 
     def log(self, row: dict, elapsed_s: float, steps_done: int) -> None:
         """absl line with loss, wall-clock images/s and ETA (``elapsed_s`` over ``steps_done``
@@ -135,8 +138,8 @@ class MetricsWriter:
     def close(self):
         if self._bar is not None:
             self._bar.close()
-        if self._tb is not None:
-            self._tb.close()
+        if self._events is not None:
+            self._events.close()
 
 
 def _hms(seconds: float) -> str:

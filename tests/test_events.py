@@ -1,0 +1,78 @@
+"""TensorBoard event files written by geossl.train.events, parsed by tensorboardX's copy of
+TensorFlow's Event protobuf (TensorFlow's own reader: tests/test_tfrecord.py's interop job)."""
+
+import glob
+import math
+import os
+
+import numpy as np
+import pytest
+
+from geossl.data.reader import read_records
+from geossl.train import events
+from geossl.train.metrics import MetricsWriter
+
+event_pb2 = pytest.importorskip("tensorboardX.proto.event_pb2")
+
+
+def _events(path):
+    return [event_pb2.Event.FromString(raw) for raw in read_records(path)]
+
+
+def _scalars(parsed):
+    return {(e.step, v.tag): v.simple_value for e in parsed if e.HasField("summary")
+            for v in e.summary.value}
+
+
+def test_event_file_is_a_version_header_a_session_start_and_one_summary_per_step(tmp_path):
+    writer = events.EventWriter(str(tmp_path / "tb"), start_step=7)
+    writer.scalars(7, {"loss": 1.25, "lr": 3e-4, "images_per_s": 12, "grad_norm": float("nan")})
+    writer.scalars(8.0, {"loss": -2.5})   # a row's step read back from JSON or a device
+    writer.scalars(2**40, {"big/step": float("inf")})
+    writer.scalars(9, {})   # nothing to write: no event
+    writer.close()
+    (path,) = glob.glob(str(tmp_path / "tb" / "events.out.tfevents.*"))
+    assert os.path.basename(path).split(".")[-2] == str(os.getpid())
+    parsed = _events(path)
+    assert len(parsed) == 5
+    assert parsed[0].file_version == "brain.Event:2" and parsed[0].step == 7
+    assert parsed[1].session_log.status == event_pb2.SessionLog.START and parsed[1].step == 7
+    assert not parsed[1].HasField("summary") and not parsed[0].HasField("session_log")
+    assert all(abs(e.wall_time - parsed[0].wall_time) < 60 for e in parsed)
+    values = _scalars(parsed)
+    assert values[(7, "loss")] == 1.25 and values[(7, "images_per_s")] == 12.0
+    assert values[(7, "lr")] == np.float32(3e-4)          # simple_value is a float32
+    assert math.isnan(values[(7, "grad_norm")]) and values[(8, "loss")] == -2.5
+    assert values[(2**40, "big/step")] == math.inf
+    assert [e.step for e in parsed[2:]] == [7, 8, 2**40]
+
+
+@pytest.mark.parametrize("step", [0, 1, 127, 128, 300, 2**31, 2**63 - 1, -1, -(2**63)])
+def test_steps_round_trip_as_int64(step):
+    parsed = event_pb2.Event.FromString(events.event(step, wall_time=1.5, scalars={"a": 1.0}))
+    assert parsed.step == step and parsed.wall_time == 1.5
+    assert [(v.tag, v.simple_value) for v in parsed.summary.value] == [("a", 1.0)]
+
+
+def test_a_resumed_run_writes_a_new_file_starting_after_its_checkpoint(tmp_path):
+    """The second file's session START at the resumed step + 1 is what makes TensorBoard drop the
+    first file's events of the steps that are computed again (as metrics.jsonl's rows are)."""
+    workdir = str(tmp_path / "run")
+    first = MetricsWriter(workdir, total_steps=4)
+    first.truncate_after(0)
+    first.write([{"step": s, "loss": float(s), "flag": True, "note": "x"} for s in (1, 2, 3)])
+    first.close()
+    resumed = MetricsWriter(workdir, total_steps=4)
+    resumed.truncate_after(2)
+    assert not resumed.enabled or len(glob.glob(os.path.join(workdir, "tensorboard", "*"))) == 1
+    resumed.write([{"step": 3, "loss": 30.0}, {"step": 4, "loss": 40.0}])
+    resumed.close()
+    files = sorted(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*")),
+                   key=lambda f: int(f.split(".")[-1]))   # within one second: the file number
+    assert len(files) == 2
+    a, b = (_events(f) for f in files)
+    assert [(e.step, e.session_log.status) for e in a if e.HasField("session_log")] == [(1, 1)]
+    assert [(e.step, e.session_log.status) for e in b if e.HasField("session_log")] == [(3, 1)]
+    assert _scalars(a) == {(1, "loss"): 1.0, (2, "loss"): 2.0, (3, "loss"): 3.0,
+                           (1, "flag"): 1.0, (2, "flag"): 1.0, (3, "flag"): 1.0}
+    assert _scalars(b) == {(3, "loss"): 30.0, (4, "loss"): 40.0}
