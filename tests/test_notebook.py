@@ -11,7 +11,8 @@ from xla_env import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "quickstart.ipynb")
-STEPS = 20
+STEPS = 10
+PROBE_EVERY = 5
 
 
 def test_notebook_is_committed_without_outputs():
@@ -61,7 +62,7 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("GEOSSL_DATA", data)
     monkeypatch.setenv("GEOSSL_NB_STEPS", str(STEPS))
-    monkeypatch.setenv("GEOSSL_NB_PROBE_EVERY", "10")
+    monkeypatch.setenv("GEOSSL_NB_PROBE_EVERY", str(PROBE_EVERY))
     monkeypatch.setenv("GEOSSL_NB_WORKDIR", workdir)
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
@@ -76,7 +77,7 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
-    assert [r["step"] for r in rows if "probe/linear_map_micro" in r] == [10, 20]
+    assert [r["step"] for r in rows if "probe/linear_map_micro" in r] == [PROBE_EVERY, STEPS]
     assert os.path.isfile(os.path.join(workdir, "export", "vit_tiny_patch16.safetensors"))
     assert os.path.isfile(os.path.join(workdir, "linear_probe.json"))
     assert os.path.isfile(os.path.join(workdir, "linear_probe_random_init.json"))

@@ -20,9 +20,12 @@ from test_engine_run import _env, _flags, read_metrics, tiny_config
 #: Runs main.py with an evaluator hook that sends this process a signal after a given step (so
 #: the signal arrives mid-run at a known step, through the real handlers).
 #: argv: STEP SIGNAL WHO main.py FLAGS... (WHO: "process", or "group": its whole process group,
-#: grain workers included, as a scheduler's stop does).
+#: grain workers included, as a scheduler's stop does). In a run of several processes the hook
+#: then waits 3 s: jax's preemption service needs some RPCs to agree on a stop step, and a tiny
+#: run's last steps take less (a signal near the end lets the run finish, exit 0).
 SIGNAL_AT_STEP = """
-import os, runpy, signal, sys
+import os, runpy, signal, sys, time
+import jax
 from geossl.train import loop
 at, signum, who = int(sys.argv[1]), getattr(signal, sys.argv[2]), sys.argv[3]
 
@@ -33,6 +36,8 @@ class SignalAt:
             os.killpg(os.getpgid(0), signum)
         elif step == at:
             os.kill(os.getpid(), signum)
+        if step == at and jax.process_count() > 1:
+            time.sleep(3)
         return {}
 
 run = loop.run
