@@ -4,7 +4,7 @@ writes their own training loop gets.
     python benchmarks/backbone_step.py --arch vit_small_patch14 --batch 8 --img 224 --bands 13 --steps 5
     python benchmarks/backbone_step.py --arch resnet50
     python benchmarks/backbone_step.py --arch swin_tiny_patch4_window7_224
-    python benchmarks/backbone_step.py --xla_options "xla_cpu_use_onednn=true" --xla_options ""
+    python benchmarks/backbone_step.py --xla_options "xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED" --xla_options ""
 
 geossl: ``geossl.models.create(arch, in_chans=C, img_size=S)``, its pooled embedding of two views
 (B, C, S, S each), symmetric InfoNCE between them (``geossl.losses.info_nce_loss``, τ 0.2),

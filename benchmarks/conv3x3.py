@@ -2,7 +2,7 @@
 
     python benchmarks/conv3x3.py                     # the seven 3×3 shapes of ResNet-50, batch 16
     python benchmarks/conv3x3.py --parts             # forward, input gradient, weight gradient apart
-    python benchmarks/conv3x3.py --xla_options "xla_cpu_experimental_onednn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
+    python benchmarks/conv3x3.py --xla_options "xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"
 
 geossl side: ``lax.conv_general_dilated`` (NHWC / HWIO, padding 1, as ``models.resnet``), the
 gradient of Σ y² · 1e-3 to x and w in one ``jax.jit``, compiled with the train step's CPU options
