@@ -28,7 +28,7 @@ def test_event_file_is_a_version_header_a_session_start_and_one_summary_per_step
     writer = events.EventWriter(str(tmp_path / "tb"), start_step=7)
     writer.scalars(7, {"loss": 1.25, "lr": 3e-4, "images_per_s": 12, "grad_norm": float("nan")})
     writer.scalars(8.0, {"loss": -2.5})   # a row's step read back from JSON or a device
-    writer.scalars(2**40, {"big/step": float("inf")})
+    writer.scalars(2**40, {"big/step": float("inf"), "diverged": 1e39, "down": -1e300})
     writer.scalars(9, {})   # nothing to write: no event
     writer.close()
     (path,) = glob.glob(str(tmp_path / "tb" / "events.out.tfevents.*"))
@@ -43,7 +43,8 @@ def test_event_file_is_a_version_header_a_session_start_and_one_summary_per_step
     assert values[(7, "loss")] == 1.25 and values[(7, "images_per_s")] == 12.0
     assert values[(7, "lr")] == np.float32(3e-4)          # simple_value is a float32
     assert math.isnan(values[(7, "grad_norm")]) and values[(8, "loss")] == -2.5
-    assert values[(2**40, "big/step")] == math.inf
+    assert values[(2**40, "big/step")] == values[(2**40, "diverged")] == math.inf
+    assert values[(2**40, "down")] == -math.inf   # beyond float32: ±inf, as a cast gives
     assert [e.step for e in parsed[2:]] == [7, 8, 2**40]
 
 

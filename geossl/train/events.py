@@ -15,6 +15,7 @@ Summary.Value {tag = 1 string, simple_value = 2 float}.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import socket
 import struct
@@ -37,6 +38,14 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+def _float32(value: float) -> bytes:
+    """Little-endian float32; beyond its range ±inf (struct raises there), as a cast rounds."""
+    try:
+        return struct.pack("<f", value)
+    except OverflowError:
+        return struct.pack("<f", math.copysign(math.inf, value))
+
+
 def _bytes_field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
@@ -49,7 +58,7 @@ def event(step: int, *, wall_time: float, file_version: str | None = None,
         out += _bytes_field(3, file_version.encode())
     if scalars:
         values = b"".join(_bytes_field(1, _bytes_field(1, tag.encode()) + _varint(2 << 3 | 5)
-                                       + struct.pack("<f", value))
+                                       + _float32(value))
                           for tag, value in scalars.items())
         out += _bytes_field(5, values)
     if session_start:
