@@ -7,21 +7,11 @@ tf.train.Example and the reverse. The descriptors live in a private pool under p
 so importing TensorFlow in the same process does not clash.
 """
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2
 
-_F = descriptor_pb2.FieldDescriptorProto
-
-
-def _field(name, number, ftype, *, label=_F.LABEL_OPTIONAL, type_name=None, oneof=None,
-           packed=False):
-    field = _F(name=name, number=number, type=ftype, label=label, json_name=name)
-    if type_name:
-        field.type_name = type_name
-    if oneof is not None:
-        field.oneof_index = oneof
-    if packed:
-        field.options.packed = True
-    return field
+from geossl.data.proto_schema import FieldProto as _F
+from geossl.data.proto_schema import field as _field
+from geossl.data.proto_schema import message_classes
 
 
 def _file_descriptor_proto() -> descriptor_pb2.FileDescriptorProto:
@@ -56,19 +46,8 @@ def _file_descriptor_proto() -> descriptor_pb2.FileDescriptorProto:
     return fdp
 
 
-_POOL = descriptor_pool.DescriptorPool()
-_POOL.Add(_file_descriptor_proto())
-
-
-def _message_class(name):
-    return message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"geossl.{name}"))
-
-
-BytesList = _message_class("BytesList")
-FloatList = _message_class("FloatList")
-Int64List = _message_class("Int64List")
-Feature = _message_class("Feature")
-Features = _message_class("Features")
-Example = _message_class("Example")
+BytesList, FloatList, Int64List, Feature, Features, Example = message_classes(
+    _file_descriptor_proto(), "BytesList", "FloatList", "Int64List", "Feature", "Features",
+    "Example")
 
 __all__ = ["BytesList", "FloatList", "Int64List", "Feature", "Features", "Example"]

@@ -6,64 +6,37 @@ given folder holds TFRecord-framed ``tensorflow.Event`` protobufs: first ``file_
 then drops the events of earlier files at that step and later, which a resumed run writes again —
 then one ``Summary`` of ``simple_value`` scalars per step.
 
-The messages used, with their field numbers (tensorflow/core/util/event.proto, summary.proto):
-Event {wall_time = 1 double, step = 2 int64, and one of file_version = 3 string, summary = 5,
-session_log = 7}; SessionLog {status = 1 enum, START = 1}; Summary {value = 1 repeated};
-Summary.Value {tag = 1 string, simple_value = 2 float}.
+The messages are those of ``geossl.train.event_proto``; the file framing is TFRecord's
+(``geossl.data.framing``).
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import socket
-import struct
 import time
 
 from geossl.data import framing
+from geossl.train.event_proto import Event, SessionLog
 
 FILE_VERSION = "brain.Event:2"
-SESSION_START = 1
 _FILE_NUMBERS = itertools.count()
-
-
-def _varint(value: int) -> bytes:
-    value &= (1 << 64) - 1   # int64 fields: negatives as 10-byte two's complement
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _float32(value: float) -> bytes:
-    """Little-endian float32; beyond its range ±inf (struct raises there), as a cast rounds."""
-    try:
-        return struct.pack("<f", value)
-    except OverflowError:
-        return struct.pack("<f", math.copysign(math.inf, value))
-
-
-def _bytes_field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
 def event(step: int, *, wall_time: float, file_version: str | None = None,
           scalars: dict[str, float] | None = None, session_start: bool = False) -> bytes:
-    """One serialized Event: the file-version header, a session START, or a Summary of scalars."""
-    out = _varint(1 << 3 | 1) + struct.pack("<d", wall_time) + _varint(2 << 3) + _varint(step)
+    """One serialized Event: the file-version header, a session START, or a Summary of scalars
+    (float32 values; beyond float32's range ±inf, as a cast gives)."""
+    message = Event(wall_time=wall_time, step=step)
     if file_version is not None:
-        out += _bytes_field(3, file_version.encode())
+        message.file_version = file_version
     if scalars:
-        values = b"".join(_bytes_field(1, _bytes_field(1, tag.encode()) + _varint(2 << 3 | 5)
-                                       + _float32(value))
-                          for tag, value in scalars.items())
-        out += _bytes_field(5, values)
+        for tag, value in scalars.items():
+            message.summary.value.add(tag=tag, simple_value=value)
     if session_start:
-        out += _bytes_field(7, _varint(1 << 3) + _varint(SESSION_START))
-    return out
+        message.session_log.status = SessionLog.START
+    return message.SerializeToString()
 
 
 class EventWriter:
