@@ -78,6 +78,10 @@ def parse_flags(argv):
 
 def main(argv):
     del argv
+    from geossl.data import malloc
+    from geossl.parallel import cpu_options
+    if cpu_options.one_cpu_device_expected():  # before jax's CPU threads start: each step's
+        malloc.keep_step_memory()               # buffers reuse their pages (data/malloc.py)
     if not FLAGS["verbosity"].present:  # third-party INFO lines (orbax, grain) only on request
         from geossl.train.metrics import quiet_third_party_info
         quiet_third_party_info(os.path.abspath(__file__))

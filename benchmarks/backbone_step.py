@@ -141,7 +141,9 @@ def main(argv=None):
     p.add_argument("--peak_size", type=int, default=2048)
     p.add_argument("--xla_options", action="append", default=None,
                    help="XLA options of one geossl row, 'name=value;...' ('' = default; repeatable)")
+    train_step.add_malloc_flag(p)
     args = p.parse_args(argv)
+    train_step.apply_malloc(args)
     args.method = "backbone"
     peak, peak_lib = train_step.matmul_peak(args.peak_size)
     rows = [geossl_side(args, parse_options(o)) for o in (args.xla_options or [""])]

@@ -4,13 +4,17 @@
     python benchmarks/profile_step.py --arch vit_small_patch14 --batch 8 --img 224 --bands 13
     python benchmarks/profile_step.py --arch resnet50 --batch 8 --img 224 --bands 13
     python benchmarks/profile_step.py --method pera --batch 2 --img 112
+    python benchmarks/profile_step.py --arch vit_small_patch14 --xla_options ""
 
 The profiler records one event per executed operation (``hlo_op``: an instruction of the optimised
 HLO module). Each is classed by what it computes: its opcode, or for a fusion the heaviest
 operation inside it (convolution > dot > reduce-window > reduce > gather/scatter > elementwise;
 fusions that only transpose, copy, pad or slice are "copy / transpose").
 Times are per step, summed over threads (operations that run side by side both count), beside the
-step's wall time. ``--top`` lists the costliest operations with their shapes; ``--trace_dir``
+step's wall time. ``--xla_options "name=value;..."`` compiles the step with those XLA options
+instead of the trainer's (``geossl.parallel.cpu_options``; "" is XLA's defaults), and the table then
+splits dots and reductions by the library that runs them (XLA's own, YNNPACK, oneDNN, XNNPACK).
+``--top`` lists the costliest operations with their shapes; ``--trace_dir``
 keeps the trace for Perfetto / TensorBoard.
 """
 
@@ -32,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 
 import train_step as bench  # noqa: E402
+from backbone_step import parse_options  # noqa: E402
 
 #: Fusion contents that decide a fusion's class, most telling first.
 HEAVY = ("convolution", "dot", "reduce-window", "select-and-scatter", "reduce", "scatter",
@@ -115,13 +120,20 @@ def main():
                    help="config.objective.mask_ratio (default: SoftCon 0, others the config's)")
     p.add_argument("--steps", type=int, default=2, help="profiled steps (after one warm-up step)")
     p.add_argument("--top", type=int, default=12, help="costliest operations listed")
+    p.add_argument("--xla_options", default=None,
+                   help='"name=value;..." XLA options replacing the trainer\'s CPU options ("": none)')
     p.add_argument("--trace_dir", default="", help="keep the trace here (default: a temporary folder)")
+    bench.add_malloc_flag(p)
     args = p.parse_args()
+    bench.apply_malloc(args)
     args.arch = args.arch or bench.default_arch(args.method)
     if args.mask_ratio is None:
         args.mask_ratio = getattr(bench.twin(args.method), "SAVING", {}).get("objective.mask_ratio")
     overrides = {} if args.mask_ratio is None else {"objective.mask_ratio": args.mask_ratio}
 
+    if args.xla_options is not None:
+        from geossl.parallel import cpu_options
+        cpu_options.CPU_STEP_OPTIONS = tuple(parse_options(args.xla_options).items())
     built = bench.compiled_step(args, overrides)
     compiled, state, batch = built["compiled"], built["state"], built["batch"]
     ops = parse_hlo(compiled.as_text())
@@ -141,7 +153,7 @@ def main():
         by_class[op_class(name, ops)] += ms
     print(f"{args.method} train step profile: {args.arch}, {args.bands} bands, {args.img} px, batch "
           f"{args.batch}, mask {args.mask_ratio}, {os.cpu_count()} CPU cores, jax "
-          f"{jax.__version__} {jax.default_backend()}")
+          f"{jax.__version__} {jax.default_backend()}, malloc {args.malloc}")
     print(f"wall {wall * 1e3:.1f} ms/step; operations {total:.1f} ms/step summed over threads "
           f"({len(times)} operations); trace: {trace_dir}")
     print(f"{'class':24s} {'ms/step':>9s} {'share':>6s}")

@@ -228,9 +228,25 @@ def parse_args(argv=None):
     p.add_argument("--torch_threads", type=int, default=os.cpu_count(),
                    help="PyTorch intra-op threads (default: all cores, like XLA)")
     p.add_argument("--peak_size", type=int, default=2048, help="n of the n³ peak matmul")
+    add_malloc_flag(p)
     args = p.parse_args(argv)
     args.arch = args.arch or default_arch(args.method)
     return args
+
+
+def add_malloc_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--malloc", default="keep", choices=("keep", "default"),
+                        help="keep: geossl.data.malloc.keep_step_memory() first, as main.py does "
+                             "(XLA:CPU's per-step buffers reuse their pages); default: glibc's")
+
+
+def apply_malloc(args) -> None:
+    """``--malloc keep``: the allocator setting main.py applies, before jax starts (process-wide:
+    both sides run under it)."""
+    if args.malloc == "keep":
+        from geossl.data import malloc
+        if not malloc.keep_step_memory():
+            args.malloc = "default (mallopt refused)"
 
 
 def table(args, rows, peak, peak_lib, title: str) -> list[str]:
@@ -238,7 +254,7 @@ def table(args, rows, peak, peak_lib, title: str) -> list[str]:
     last) in images/s, with the min–max of the per-round ratios."""
     lines = [f"{title}: {args.arch}, {args.bands} bands, {args.img} px, batch {args.batch}, "
              f"float32, {os.cpu_count()} CPU cores (PyTorch threads {args.torch_threads}), jax "
-             f"{jax.__version__} {jax.default_backend()}",
+             f"{jax.__version__} {jax.default_backend()}, malloc {args.malloc}",
              f"peak: {peak / 1e9:.1f} GFLOP/s ({peak_lib} fp32 matmul {args.peak_size}³, best of 3)",
              f"step time: median (min–max) of {args.steps} rounds (per side one untimed + one timed "
              f"step) after {args.warmup} warm-up; images/s = samples/s",
@@ -264,6 +280,7 @@ def table(args, rows, peak, peak_lib, title: str) -> list[str]:
 
 def main(argv=None):
     args = parse_args(argv)
+    apply_malloc(args)
     module = twin(args.method)
     peak, peak_lib = matmul_peak(args.peak_size)
     saving = getattr(module, "SAVING", {})   # {config path: value at the same math}
