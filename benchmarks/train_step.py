@@ -235,14 +235,15 @@ def parse_args(argv=None):
 
 
 def add_malloc_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--malloc", default="keep", choices=("keep", "default"),
-                        help="keep: geossl.data.malloc.keep_step_memory() first, as main.py does "
-                             "(XLA:CPU's per-step buffers reuse their pages); default: glibc's")
+    parser.add_argument("--malloc", default="default", choices=("keep", "default"),
+                        help="keep: geossl.data.malloc.keep_step_memory() first, as main.py "
+                             "--keep_step_memory does (XLA:CPU's per-step buffers reuse their "
+                             "pages); default: glibc's")
 
 
 def apply_malloc(args) -> None:
-    """``--malloc keep``: the allocator setting main.py applies, before jax starts (process-wide:
-    both sides run under it)."""
+    """``--malloc keep``: the allocator setting of ``main.py --keep_step_memory``, before jax
+    starts (process-wide: both sides run under it)."""
     if args.malloc == "keep":
         from geossl.data import malloc
         if not malloc.keep_step_memory():

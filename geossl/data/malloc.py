@@ -10,12 +10,14 @@ freed memory for reuse.
 
 XLA:CPU allocates each execution's temporary buffer (2.6 GB for a ViT-S/14 step at batch 8 × 2
 views) with malloc on one of its worker threads. A thread's arena cannot hold a block that large,
-so glibc maps fresh pages for it and unmaps them when the step ends: every step faults in and zeroes
-the whole buffer again (640k minor faults and 1.2 s of kernel time a step; the step takes 10–14% longer).
+so glibc maps fresh pages for it and unmaps them when the step ends: every step faults in and
+zeroes the whole buffer again (640k minor faults and 1.2 s of kernel time a step).
 ``keep_step_memory()`` puts every thread on the main heap, never maps blocks apart and never trims
-the heap, so the next step reuses the pages (docs/DESIGN.md "Performance", session 19). One arena
-costs where many threads allocate at once (8 simulated CPU devices: +25% test time), so main.py
-applies it only where one CPU device runs the steps (``cpu_options.one_cpu_device_expected``).
+the heap, so the next step reuses the pages (docs/DESIGN.md "Performance", session 19). It is
+opt-in (``main.py --keep_step_memory``, the benchmarks' ``--malloc keep``): one arena costs where
+several threads allocate at once. ViT and Swin steps gained 4–18%, but the trainer's ResNet-50
+steps, whose convolutions allocate scratch on both threads, ran slower (dense: 3,772 → 4,405 ms a
+step), and 8 simulated CPU devices took 25% longer over three test files.
 
 Both are no-ops where the C library has no ``mallopt`` (macOS, musl).
 """

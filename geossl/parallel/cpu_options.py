@@ -11,10 +11,6 @@ and Swin-T unchanged (``benchmarks/backbone_step.py --xla_options``).
 from __future__ import annotations
 
 import functools
-import importlib.metadata
-import importlib.util
-import os
-import re
 
 import jax
 import jax.numpy as jnp
@@ -42,24 +38,3 @@ def step_compiler_options(devices) -> dict | None:
         return None
     return dict(CPU_STEP_OPTIONS) if _accepted(CPU_STEP_OPTIONS) else None
 
-
-def one_cpu_device_expected() -> bool:
-    """Whether this process will run its steps on one CPU device, judged before jax starts a
-    backend: JAX_PLATFORMS is "cpu", or no accelerator plugin (a ``jax_plugins`` entry point or
-    package, libtpu) is installed; and neither ``jax_num_cpu_devices`` nor XLA_FLAGS'
-    ``--xla_force_host_platform_device_count`` asks for several CPU devices.
-    ``geossl.data.malloc.keep_step_memory`` is worth it there and costs where several device
-    threads allocate at once (8 simulated devices: +25% test time)."""
-    platforms = (os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms or "").lower()
-    if platforms:
-        if platforms.split(",")[0].strip() != "cpu":
-            return False
-    elif (importlib.util.find_spec("libtpu") is not None
-          or importlib.util.find_spec("jax_plugins") is not None
-          or list(importlib.metadata.entry_points(group="jax_plugins"))):
-        return False
-    forced = re.findall(r"--xla_force_host_platform_device_count=(\d+)",
-                        os.environ.get("XLA_FLAGS", ""))
-    count = int(forced[-1]) if forced else 1
-    configured = getattr(jax.config, "jax_num_cpu_devices", -1)
-    return max(count, configured if configured and configured > 0 else 1) == 1
