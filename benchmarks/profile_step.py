@@ -12,10 +12,9 @@ operation inside it (convolution > dot > reduce-window > reduce > gather/scatter
 fusions that only transpose, copy, pad or slice are "copy / transpose").
 Times are per step, summed over threads (operations that run side by side both count), beside the
 step's wall time. ``--xla_options "name=value;..."`` compiles the step with those XLA options
-instead of the trainer's (``geossl.parallel.cpu_options``; "" is XLA's defaults), and the table then
-splits dots and reductions by the library that runs them (XLA's own, YNNPACK, oneDNN, XNNPACK).
-``--top`` lists the costliest operations with their shapes; ``--trace_dir``
-keeps the trace for Perfetto / TensorBoard.
+instead of the trainer's (``geossl.parallel.cpu_options``; "" is XLA's defaults). ``--top`` lists
+the costliest operations with their shapes; ``--trace_dir`` keeps the trace for Perfetto /
+TensorBoard.
 """
 
 from __future__ import annotations
@@ -121,7 +120,8 @@ def main():
     p.add_argument("--steps", type=int, default=2, help="profiled steps (after one warm-up step)")
     p.add_argument("--top", type=int, default=12, help="costliest operations listed")
     p.add_argument("--xla_options", default=None,
-                   help='"name=value;..." XLA options replacing the trainer\'s CPU options ("": none)')
+                   help='"name=value;..." XLA options replacing the trainer\'s CPU options '
+                        '("": none)')
     p.add_argument("--trace_dir", default="", help="keep the trace here (default: a temporary folder)")
     bench.add_malloc_flag(p)
     args = p.parse_args()

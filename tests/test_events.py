@@ -80,8 +80,8 @@ def test_a_resumed_run_writes_a_new_file_starting_after_its_checkpoint(tmp_path)
 
 
 def test_event_schema_matches_tensorflows_field_numbers_and_types():
-    """Every field geossl declares has TensorFlow's number, type and repetition (tensorboardX's copy of
-    event.proto / summary.proto), and the status enum its values."""
+    """Every field geossl declares has TensorFlow's number, type and repetition (tensorboardX's
+    copy of event.proto / summary.proto), and the status enum its values."""
     from geossl.train import event_proto
     summary_pb2 = pytest.importorskip("tensorboardX.proto.summary_pb2")
     pairs = [(event_proto.Event, event_pb2.Event), (event_proto.SessionLog, event_pb2.SessionLog),
@@ -90,7 +90,8 @@ def test_event_schema_matches_tensorflows_field_numbers_and_types():
     for ours, theirs in pairs:
         for f in ours.DESCRIPTOR.fields:
             ref = theirs.DESCRIPTOR.fields_by_name[f.name]
-            assert (f.number, f.type, f.is_repeated) == (ref.number, ref.type, ref.is_repeated), f.full_name
+            assert (f.number, f.type, f.is_repeated) == (ref.number, ref.type, ref.is_repeated), \
+                f.full_name
             assert (f.containing_oneof is None) == (ref.containing_oneof is None), f.full_name
     ours = event_proto.SessionLog.DESCRIPTOR.enum_types_by_name["SessionStatus"].values_by_name
     theirs = event_pb2.SessionLog.DESCRIPTOR.enum_types_by_name["SessionStatus"].values_by_name

@@ -2,7 +2,8 @@
 
 Each schema lives in its own private descriptor pool, so importing TensorFlow (or TensorBoard,
 which register the same message names) in the same process does not clash. Users:
-``geossl.data.example_proto`` (tf.train.Example) and ``geossl.train.event_proto`` (tensorflow.Event).
+``geossl.data.example_proto`` (tf.train.Example) and ``geossl.train.event_proto``
+(tensorflow.Event).
 """
 
 from __future__ import annotations

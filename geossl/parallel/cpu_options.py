@@ -37,4 +37,3 @@ def step_compiler_options(devices) -> dict | None:
     if {d.platform for d in devices} != {"cpu"} or jax.default_backend() != "cpu":
         return None
     return dict(CPU_STEP_OPTIONS) if _accepted(CPU_STEP_OPTIONS) else None
-
