@@ -29,7 +29,7 @@ $(VENV)/.test: $(VENV)/.core setup.py
 $(TF_VENV)/.tf-tfds:
 	$(PYTHON) -m venv $(TF_VENV)
 	$(TF_VENV)/bin/python -m pip install -q --upgrade pip
-	$(TF_VENV)/bin/python -m pip install -q tensorflow-cpu tensorflow-datasets crc32c
+	$(TF_VENV)/bin/python -m pip install -q tensorflow-cpu tensorflow-datasets crc32c 'ml-dtypes<0.7'
 	touch $@
 
 $(TT_STAMP):

@@ -7,6 +7,9 @@ CORE = [
     "tensorflow-datasets", "numpy", "ml-collections", "absl-py", "protobuf>=4", "crc32c",
     "tifffile", "tqdm", "safetensors", "scipy", "threadpoolctl",
     "opencv-python-headless", "h5py",
+    # jax's dtype extension: 0.7.0 registers its new dtypes' numpy loops in 1.0–1.4 s at import
+    # (0.6.0: 0.1 s), which every process (main.py, each grain worker) would pay
+    "ml-dtypes<0.7",
 ]
 TORCH = ["torch", "torchvision", "timm"]
 TEST = TORCH + [

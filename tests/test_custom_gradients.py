@@ -1,6 +1,6 @@
 """The layers with hand-written gradients (geossl.models.resnet_ops, layers.channel_matmul and
-layers.Dense) against torch's layers in float64 and flax's own: values and every gradient, ties and
-odd sizes included."""
+layers.Dense) and layers.gelu's erf form against torch's layers in float64 and flax's own: values
+and every gradient, ties and odd sizes included."""
 
 import flax.linen as nn
 import jax
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from geossl.models.layers import Dense, channel_matmul
+from geossl.models.layers import Dense, channel_matmul, gelu
 from geossl.models.resnet_ops import batch_norm_train, max_pool_3x3_s2
 
 
@@ -112,3 +112,16 @@ def test_dense_equals_flax_dense(features, use_bias, dtype):
     for a, b in zip(jax.tree.leaves(loss(ours)), jax.tree.leaves(loss(ref))):
         assert a.dtype == b.dtype
         np.testing.assert_allclose(np.float32(a), np.float32(b), atol=tol * 10, rtol=tol)
+
+
+def test_gelu_matches_torch_exact_gelu_in_both_tails():
+    """Values and gradient against torch's exact GELU in float64, from −12 (where 1 + erf rounds to
+    0 in float32) through 0 to +12; and the erfc form of jax.nn.gelu in float32."""
+    torch = pytest.importorskip("torch")
+    x = np.concatenate([np.linspace(-12, 12, 241), [-1e-3, 1e-6, 0.0, 3.5e-2, 40.0, -40.0]])
+    ref, (ref_grad,), t = _torch_grads(torch.nn.functional.gelu, x)
+    out, (grad,) = _ours(gelu, t, x)
+    np.testing.assert_allclose(out, ref, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(grad, ref_grad, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(out, jax.nn.gelu(jnp.float32(x), approximate=False), atol=1e-6)
+    assert gelu(jnp.ones((2,), jnp.bfloat16)).dtype == jnp.bfloat16

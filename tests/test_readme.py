@@ -3,6 +3,7 @@ config has), `make demo`'s block is the Makefile's, and the commands that need n
 at tiny scale, in the README's order, each on the previous one's output."""
 
 import functools
+import json
 import os
 import re
 import shlex
@@ -87,14 +88,24 @@ def test_readme_command_flags_exist(command):
 
 
 @functools.lru_cache(maxsize=None)
-def _help(prefix: tuple) -> str:
-    """The ``--help`` text of one command line prefix (once per test process: 34 README commands
-    share 25 prefixes)."""
+def _help_texts() -> dict[tuple, tuple]:
+    """{prefix: (exit code, stdout, stderr)} of ``python PREFIX --help`` for every README command
+    line's prefix (36 commands share 26), from one process (``tests/help_texts.py``: the shared
+    imports load once, each command runs in a fork); once per test process."""
+    prefixes = sorted({tuple(_cli(shlex.split(c))[0]) for c in PYTHON_COMMANDS})
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-    done = subprocess.run([sys.executable, *prefix, "--help"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode in (0, 1) and done.stdout, done.stderr[-2000:]  # absl: 1, argparse: 0
-    return done.stdout
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "help_texts.py")],
+                          input=json.dumps(prefixes), cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return {p: tuple(t) for p, t in zip(prefixes, json.loads(done.stdout))}
+
+
+def _help(prefix: tuple) -> str:
+    """The ``--help`` text of one command line prefix."""
+    code, out, err = _help_texts()[prefix]
+    assert code in (0, 1) and out, f"python {' '.join(prefix)} --help: exit {code}\n{err[-2000:]}"
+    return out  # absl exits 1 after its help, argparse 0
 
 
 def _png_folders(root: str) -> tuple[str, str]:

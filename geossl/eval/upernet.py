@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from geossl.models.layers import gelu
+
 POOL_SCALES = (1, 2, 3, 6)
 PLAIN_RESCALES = (4, 2, 1, 0.5)
 
@@ -119,7 +121,7 @@ class Rescale(nn.Module):
             x = Upsample2x(c, name="up_0")(x)
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                              name="bn")(x)
-            return Upsample2x(c, name="up_1")(nn.gelu(x, approximate=False))
+            return Upsample2x(c, name="up_1")(gelu(x))
         if self.factor == 2:
             return Upsample2x(c, name="up_0")(x)
         if self.factor == 1:

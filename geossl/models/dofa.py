@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from geossl.models.family import Family, module_fields
-from geossl.models.layers import (LN_EPS, POS_EMBED_RESIZE, Attention, Block, PatchGrid,
+from geossl.models.layers import (LN_EPS, POS_EMBED_RESIZE, Attention, Block, PatchGrid, gelu,
                                   append_inserted_tokens, check_token_options, drop_path_rates,
                                   positioned_patch_tokens)
 
@@ -83,7 +83,7 @@ class EncoderLayer(nn.Module):
         x = nn.LayerNorm(GENERATOR_LN_EPS, name="norm1")(x + y)
         y = nn.Dense(GENERATOR_FFN, kernel_init=_xavier, bias_init=_bias_init, name="linear1")(x)
         y = nn.Dense(e, kernel_init=_xavier, bias_init=_bias_init,
-                     name="linear2")(nn.gelu(y, approximate=False))
+                     name="linear2")(gelu(y))
         return nn.LayerNorm(GENERATOR_LN_EPS, name="norm2")(x + y)
 
 

@@ -16,11 +16,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from geossl.models.layers import gelu
 from geossl.models.resnet import BatchNorm
 
 # torch nn.Linear's default: kaiming_uniform(a=sqrt(5)) = U(±1/sqrt(fan_in)).
 _TORCH_LINEAR_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-_ACTIVATIONS = {"relu": nn.relu, "gelu": lambda x: nn.gelu(x, approximate=False)}
+_ACTIVATIONS = {"relu": nn.relu, "gelu": gelu}
 
 
 def _activation(name: str):
@@ -99,7 +100,7 @@ class DINOHead(nn.Module):
                 if self.use_bn:
                     x = BatchNorm(momentum=self.bn_momentum, dtype=self.dtype, name=f"bn_{i}")(
                         x, train=train)
-                x = nn.gelu(x, approximate=False)
+                x = gelu(x)
         x = x.astype(jnp.float32)
         # F.normalize(x, eps=1e-12): x / max(||x||, eps)
         x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

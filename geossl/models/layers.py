@@ -251,6 +251,17 @@ class Attention(nn.Module):
         return Dense(d, dtype=self.dtype, kernel_init=dense_init, name="proj")(y.reshape(b, n, d))
 
 
+SQRT_HALF = float(np.sqrt(0.5))
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact GELU x·Φ(x) = x/2 · (1 + erf(x/√2)), elementwise, in x's dtype: torch's
+    ``nn.GELU()`` formula. ``jax.nn.gelu(approximate=False)`` writes it with erfc, whose float32
+    form XLA evaluates with an exponential where erf's is one polynomial: on the CPU its forward
+    takes 2.5× as long and forward + backward 1.6× (docs/DESIGN.md "Performance", session 20)."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x * SQRT_HALF))
+
+
 class Mlp(nn.Module):
     """fc1 → exact (erf) GELU → fc2."""
 
@@ -260,7 +271,7 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x):
         y = Dense(self.hidden_dim, dtype=self.dtype, kernel_init=dense_init, name="fc1")(x)
-        y = nn.gelu(y, approximate=False)
+        y = gelu(y)
         return Dense(x.shape[-1], dtype=self.dtype, kernel_init=dense_init, name="fc2")(y)
 
 
