@@ -5,8 +5,9 @@ LLVM's optimisation level 0, and XLA:CPU's elemental emitters instead of its MLI
 the suite compiles a few hundred small programs and runs each for a few steps, so compile time is
 most of its time; unoptimised CPU code compiles in about two thirds of it, and the elemental
 emitters cut the suite by a quarter again (docs/DESIGN.md "Test suite"). Results agree with XLA's
-default build to float rounding, except that long float32 reductions round differently: a test of float accuracy itself compiles with
-:data:`USER_BUILD`. What users run (main.py, the benchmarks, ``-m slow``) keeps XLA's default.
+default build to float rounding, except that long float32 reductions round differently: a test of
+float accuracy itself compiles with :data:`USER_BUILD`. What users run (main.py, the benchmarks,
+``-m slow``) keeps XLA's defaults.
 """
 
 TEST_XLA_OPTIONS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
