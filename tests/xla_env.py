@@ -13,8 +13,8 @@ float accuracy itself compiles with :data:`USER_BUILD`. What users run (main.py,
 TEST_XLA_OPTIONS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 
 #: ``compiler_options`` of a jitted function's ``.lower(...).compile(...)`` that restore XLA's
-#: default optimisation level (3) for one program.
-USER_BUILD = {"xla_backend_optimization_level": 3}
+#: defaults (optimisation level 3, the fusion emitters) for one program.
+USER_BUILD = {"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True}
 
 
 def xla_flags(devices: int | None = None) -> str:
