@@ -38,7 +38,11 @@ def _child(prefix: list[str], out_fd: int, err_fd: int) -> None:
             sys.path[0] = os.path.dirname(os.path.abspath(prefix[0]))
             runpy.run_path(prefix[0], run_name="__main__")
     except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if e.code is None or isinstance(e.code, int):
+            code = e.code or 0
+        else:  # as the interpreter does: the message on stderr, exit status 1
+            print(e.code, file=sys.stderr)
+            code = 1
     except BaseException:  # noqa: BLE001 (reported as the child's exit code and traceback)
         traceback.print_exc()
         code = 2
