@@ -10,6 +10,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # The persistent compilation cache (main.py's default) of the tests' own, outside the user's home.
 # With 8 simulated devices it stays off (compile_cache.supported); one-device test processes use it.
 os.environ.setdefault("GEOSSL_CACHE", os.path.join("/tmp", f"geossl-test-cache-{os.getuid()}"))
+# main.py and the benchmarks start again with glibc's huge-page tunable where the kernel has THP in
+# madvise mode (data/malloc.py); the tests' subprocesses start with it, as they end up, at once.
+from geossl.data import malloc  # noqa: E402
+
+_huge = malloc.huge_page_environ(dict(os.environ), malloc.thp_mode(), malloc.glibc_version())
+if _huge is not None:
+    os.environ["GLIBC_TUNABLES"] = _huge["GLIBC_TUNABLES"]
 
 import absl.flags  # noqa: E402
 
