@@ -85,11 +85,10 @@ def parse_flags(argv):
 
 def main(argv):
     del argv
+    from geossl.data import malloc
     if FLAGS.huge_pages:  # glibc reads its tunables at start: a new start (same PID and argv)
-        from geossl.data import malloc
         malloc.exec_with_huge_pages()
     if FLAGS.keep_step_memory:  # before jax's CPU threads start (they keep their first arena)
-        from geossl.data import malloc
         malloc.keep_step_memory()
     if not FLAGS["verbosity"].present:  # third-party INFO lines (orbax, grain) only on request
         from geossl.train.metrics import quiet_third_party_info

@@ -2,6 +2,7 @@
 thread at each execution, reuses its pages from the second execution on (glibc's default maps
 fresh ones, which fault in again every time)."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -37,9 +38,11 @@ print(compiled.memory_analysis().temp_size_in_bytes, *faults)
 """
 
 
-def _temp_bytes_and_faults(mode: str) -> tuple[int, list[int]]:
+@functools.lru_cache(maxsize=None)
+def _temp_bytes_and_faults(mode: str) -> tuple[int, tuple[int, ...]]:
     """(temporary bytes, minor faults of each of 6 executions after the first); "huge": glibc's
-    huge-page tunable, otherwise without it."""
+    huge-page tunable, otherwise without it. Once per mode and test process (both fault tests
+    compare with "default")."""
     tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":")
                 if t and not t.startswith("glibc.malloc.hugetlb=")]
     if mode == "huge":
@@ -50,7 +53,7 @@ def _temp_bytes_and_faults(mode: str) -> tuple[int, list[int]]:
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     temp, *faults = (int(v) for v in done.stdout.split())
-    return temp, faults
+    return temp, tuple(faults)
 
 
 @pytest.mark.skipif(malloc.thp_mode() != "madvise" or (malloc.glibc_version() or (0,)) < (2, 35),
