@@ -235,20 +235,26 @@ def parse_args(argv=None):
 
 
 def add_malloc_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--malloc", default="huge", choices=("huge", "keep", "default"),
-                        help="huge (as main.py by default): start again with glibc's huge-page "
-                             "tunable where the kernel gives huge pages on request; keep: "
-                             "geossl.data.malloc.keep_step_memory() first, as main.py "
+    parser.add_argument("--malloc", default="reuse", choices=("reuse", "huge", "keep", "default"),
+                        help="reuse (as main.py by default): huge, and the step's buffers reuse "
+                             "their pages (malloc.keep_main_heap + cpu_options."
+                             "run_steps_on_calling_thread); huge: start again with glibc's "
+                             "huge-page tunable where the kernel gives huge pages on request; "
+                             "keep: geossl.data.malloc.keep_step_memory() first, as main.py "
                              "--keep_step_memory does; default: glibc's as the process started")
 
 
 def apply_malloc(args) -> None:
     """The allocator setting of ``--malloc``, before jax starts (process-wide: both sides run
-    under it). ``huge`` starts the benchmark again (same PID and arguments) where that helps;
-    ``args.malloc`` then says what the process has."""
+    under it). ``huge`` and ``reuse`` start the benchmark again (same PID and arguments) where
+    that helps; ``args.malloc`` then says what the process has."""
     from geossl.data import malloc
-    if args.malloc == "huge":
+    from geossl.parallel import cpu_options
+    if args.malloc in ("huge", "reuse"):
         malloc.exec_with_huge_pages()
+    if args.malloc == "reuse" and not (malloc.keep_main_heap()
+                                       and cpu_options.run_steps_on_calling_thread()):
+        args.malloc = "reuse (refused)"
     elif args.malloc == "keep" and not malloc.keep_step_memory():
         args.malloc = "default (mallopt refused)"
     args.malloc = f"{args.malloc}: {malloc.huge_pages_state()}"

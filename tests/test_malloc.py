@@ -1,12 +1,14 @@
-"""``malloc.keep_step_memory``: an XLA:CPU program's temporary buffer, allocated on jax's worker
-thread at each execution, reuses its pages from the second execution on (glibc's default maps
-fresh ones, which fault in again every time)."""
+"""``malloc.keep_step_memory``, and ``malloc.keep_main_heap`` with
+``cpu_options.run_steps_on_calling_thread``: an XLA:CPU program's temporary buffer, allocated at
+each execution, reuses its pages from the second execution on (glibc's default maps fresh ones,
+which fault in again every time)."""
 
 import functools
 import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from geossl.data import malloc
@@ -19,6 +21,11 @@ from geossl.data import malloc
 if sys.argv[1] == "keep":
     assert malloc.keep_step_memory() and malloc.keep_step_memory()
     assert malloc.reuse_freed_memory()   # the pipeline's settings then change nothing
+if sys.argv[1] == "reuse":
+    from geossl.parallel import cpu_options
+    assert malloc.keep_main_heap() and malloc.keep_main_heap()
+    assert malloc.reuse_freed_memory()
+    assert cpu_options.run_steps_on_calling_thread()
 import jax
 import jax.numpy as jnp
 
@@ -79,6 +86,25 @@ def test_step_buffers_reuse_their_pages_with_keep_step_memory():
     assert min(faults) >= pages // 2, (faults, pages)
     temp_kept, kept = _temp_bytes_and_faults("keep")
     assert temp_kept == temp and min(kept) < pages // 20, (kept, pages)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_step_buffers_reuse_their_pages_on_the_calling_thread():
+    """Run on the calling (main) thread, the step's buffer comes from the main heap, which keeps
+    it: no faults from the execution after the first measured one (glibc's default: every one)."""
+    temp, faults = _temp_bytes_and_faults("default")
+    pages = temp // 4096
+    temp_reused, reused = _temp_bytes_and_faults("reuse")
+    assert temp_reused == temp and max(reused[1:]) < pages // 50, (reused, pages)
+    assert min(faults) >= pages // 2, (faults, pages)
+
+
+def test_steps_stay_asynchronous_once_jax_has_started():
+    from geossl.parallel import cpu_options
+    jax.devices()
+    before = jax.config.values["jax_cpu_enable_async_dispatch"]
+    assert cpu_options.run_steps_on_calling_thread() is (not before)
+    assert jax.config.values["jax_cpu_enable_async_dispatch"] == before
 
 
 def test_thp_mode_reads_the_bracketed_word(tmp_path):

@@ -27,6 +27,13 @@ then faults in 2 MB at a time: a ViT-S/14 step 700k → 11k faults, 1.75 → 0.3
 5.5 → 4.4 s a step, with no shared arena (docs/DESIGN.md, session 21). glibc reads tunables only
 at start, hence the new start.
 
+``keep_main_heap()`` removes the faults altogether without one shared arena (main.py's
+``--reuse_step_buffers``, the benchmarks' ``--malloc reuse``, both defaults): with jax's
+asynchronous CPU dispatch off (``cpu_options.run_steps_on_calling_thread``), a one-device step
+runs on the thread that calls it, so its buffer comes from the main heap, which then never maps
+blocks apart and never trims. The trainer's SoftCon ViT-S/14 step spent 1.6–2.9 s a step in the
+kernel zeroing fresh huge pages; with it, 0.01 s (docs/DESIGN.md, session 22).
+
 Both mallopt settings are no-ops where the C library has no ``mallopt`` (macOS, musl).
 """
 
@@ -44,6 +51,7 @@ _TUNABLES_BEFORE = "GEOSSL_GLIBC_TUNABLES_BEFORE"   # set for the new start only
 _RESTARTED: set[int] = set()
 _DONE: set[int] = set()
 _KEPT: set[int] = set()
+_MAIN_HEAP: set[int] = set()
 
 
 def _mallopt():
@@ -70,11 +78,31 @@ def keep_step_memory() -> bool:
     return ok
 
 
+def keep_main_heap() -> bool:
+    """The main arena (the heap of the process's first thread) never maps blocks apart and never
+    trims: what the main thread frees, however large, it reuses. Other threads keep their own
+    arenas, as glibc gives them. With single-device CPU steps run on the calling thread
+    (``cpu_options.run_steps_on_calling_thread``), each step's temporary buffer is allocated
+    here, and from the second step on it faults nothing in. True when glibc accepted the settings
+    (once per process)."""
+    if os.getpid() in _MAIN_HEAP or os.getpid() in _KEPT:
+        return True
+    mallopt = _mallopt()
+    if mallopt is None:
+        return False
+    ok = all(mallopt(option, value) == 1 for option, value in (
+        (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
+    if ok:
+        _MAIN_HEAP.add(os.getpid())
+    return ok
+
+
 def reuse_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 30,
                        top_pad: int = 64 << 20) -> bool:
     """Applies the settings once per process; True when glibc accepted them. After
-    :func:`keep_step_memory` in the same process there is nothing to do (it keeps more)."""
-    if os.getpid() in _DONE or os.getpid() in _KEPT:
+    :func:`keep_step_memory` or :func:`keep_main_heap` in the same process there is nothing to do
+    (they keep more)."""
+    if os.getpid() in _DONE or os.getpid() in _KEPT or os.getpid() in _MAIN_HEAP:
         return True
     mallopt = _mallopt()
     if mallopt is None:

@@ -6,6 +6,12 @@ its convolutions run on one thread: a 3×3 convolution at 16 × 56² × 64, forw
 gradients, takes 66 ms at 1.07 CPU-seconds per second against 45 ms at 1.74 for XLA's own. The
 step therefore keeps YNNPACK for dots and reductions only: a ResNet-50 step 5–8% faster, ViT-S
 and Swin-T unchanged (``benchmarks/backbone_step.py --xla_options``).
+
+``run_steps_on_calling_thread()`` turns off jax's asynchronous CPU dispatch, so that a
+single-device CPU step runs on the thread that calls it (the GIL released meanwhile, as before).
+XLA then allocates the step's temporary buffer on that thread: from the main thread, with
+``malloc.keep_main_heap()``, it reuses its pages every step instead of faulting in fresh ones
+(docs/DESIGN.md "Performance", session 22). Executions over several devices stay asynchronous.
 """
 
 from __future__ import annotations
@@ -18,6 +24,16 @@ import jax.numpy as jnp
 #: The options, in XLA's ``DebugOptions`` spelling of this jaxlib.
 CPU_STEP_OPTIONS = (("xla_cpu_experimental_ynn_fusion_type",
                      "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"),)
+
+
+def run_steps_on_calling_thread() -> bool:
+    """Sets ``jax_cpu_enable_async_dispatch`` off before jax creates its CPU client (it is read
+    then). True where it takes effect; False once jax's backends exist (nothing is changed)."""
+    from jax._src import xla_bridge
+    if xla_bridge.backends_are_initialized():
+        return not jax.config.values["jax_cpu_enable_async_dispatch"]
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
+    return True
 
 
 @functools.cache
