@@ -79,12 +79,13 @@ def keep_step_memory() -> bool:
 
 
 def keep_main_heap() -> bool:
-    """The main arena (the heap of the process's first thread) never maps blocks apart and never
-    trims: what the main thread frees, however large, it reuses. Other threads keep their own
-    arenas, as glibc gives them. With single-device CPU steps run on the calling thread
-    (``cpu_options.run_steps_on_calling_thread``), each step's temporary buffer is allocated
-    here, and from the second step on it faults nothing in. True when glibc accepted the settings
-    (once per process)."""
+    """No blocks mapped apart, no trimming: what the main thread frees, however large, its heap
+    (the main arena) keeps for reuse. Other threads keep their own arenas; the settings are
+    process-wide, so their heaps stop shrinking too, but a block too large for a thread heap
+    (64 MB) is still mapped for it. With single-device CPU steps run on the calling thread
+    (``cpu_options.run_steps_on_calling_thread``), each step's temporary buffer comes from the
+    main heap, and from the second step on it faults nothing in. True when glibc accepted the
+    settings (once per process)."""
     if os.getpid() in _MAIN_HEAP or os.getpid() in _KEPT:
         return True
     mallopt = _mallopt()
