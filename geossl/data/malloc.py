@@ -49,9 +49,8 @@ HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb=1"
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
 _TUNABLES_BEFORE = "GEOSSL_GLIBC_TUNABLES_BEFORE"   # set for the new start only
 _RESTARTED: set[int] = set()
-_DONE: set[int] = set()
-_KEPT: set[int] = set()
-_MAIN_HEAP: set[int] = set()
+_APPLIED: dict[int, set[str]] = {}   # pid -> the settings applied in that process
+_MAIN_HEAP_SETTINGS = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))
 
 
 def _mallopt():
@@ -61,21 +60,27 @@ def _mallopt():
         return None
 
 
+def _apply_once(name: str, settings, covered_by: tuple[str, ...] = ()) -> bool:
+    """``mallopt`` each (option, value) of ``settings``, once per process; True when glibc accepted
+    them all, or when ``name`` or a setting that keeps more (``covered_by``) is applied already."""
+    applied = _APPLIED.setdefault(os.getpid(), set())
+    if name in applied or applied.intersection(covered_by):
+        return True
+    mallopt = _mallopt()
+    if mallopt is None:
+        return False
+    ok = all(mallopt(option, value) == 1 for option, value in settings)
+    if ok:
+        applied.add(name)
+    return ok
+
+
 def keep_step_memory() -> bool:
     """One malloc arena for every thread, no separately mapped blocks, no heap trimming: freed
     memory, however large, stays in the process for the next allocation. Call it before the first
     jax computation (XLA's worker threads keep the arena they first allocate from). The process
     then keeps its peak heap. True when glibc accepted the settings (once per process)."""
-    if os.getpid() in _KEPT:
-        return True
-    mallopt = _mallopt()
-    if mallopt is None:
-        return False
-    ok = all(mallopt(option, value) == 1 for option, value in (
-        (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
-    if ok:
-        _KEPT.add(os.getpid())
-    return ok
+    return _apply_once("keep_step_memory", ((_M_ARENA_MAX, 1),) + _MAIN_HEAP_SETTINGS)
 
 
 def keep_main_heap() -> bool:
@@ -86,16 +91,7 @@ def keep_main_heap() -> bool:
     (``cpu_options.run_steps_on_calling_thread``), each step's temporary buffer comes from the
     main heap, and from the second step on it faults nothing in. True when glibc accepted the
     settings (once per process)."""
-    if os.getpid() in _MAIN_HEAP or os.getpid() in _KEPT:
-        return True
-    mallopt = _mallopt()
-    if mallopt is None:
-        return False
-    ok = all(mallopt(option, value) == 1 for option, value in (
-        (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
-    if ok:
-        _MAIN_HEAP.add(os.getpid())
-    return ok
+    return _apply_once("keep_main_heap", _MAIN_HEAP_SETTINGS, covered_by=("keep_step_memory",))
 
 
 def reuse_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 30,
@@ -103,17 +99,9 @@ def reuse_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 
     """Applies the settings once per process; True when glibc accepted them. After
     :func:`keep_step_memory` or :func:`keep_main_heap` in the same process there is nothing to do
     (they keep more)."""
-    if os.getpid() in _DONE or os.getpid() in _KEPT or os.getpid() in _MAIN_HEAP:
-        return True
-    mallopt = _mallopt()
-    if mallopt is None:
-        return False
-    ok = all(mallopt(option, value) == 1 for option, value in (
+    return _apply_once("reuse_freed_memory", (
         (_M_MMAP_THRESHOLD, mmap_threshold), (_M_TRIM_THRESHOLD, trim_threshold),
-        (_M_TOP_PAD, top_pad)))
-    if ok:
-        _DONE.add(os.getpid())
-    return ok
+        (_M_TOP_PAD, top_pad)), covered_by=("keep_step_memory", "keep_main_heap"))
 
 
 def thp_mode(path: str = THP_MODE_FILE) -> str:
