@@ -3,6 +3,7 @@ writes their own training loop gets.
 
     python benchmarks/backbone_step.py --arch vit_small_patch14 --batch 8 --img 224 --bands 13 --steps 5
     python benchmarks/backbone_step.py --arch resnet50
+    python benchmarks/backbone_step.py --arch resnet50 --step_options_in_xla_flags
     python benchmarks/backbone_step.py --arch swin_tiny_patch4_window7_224
     python benchmarks/backbone_step.py --xla_options "xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED" --xla_options ""
 
@@ -141,16 +142,24 @@ def main(argv=None):
     p.add_argument("--peak_size", type=int, default=2048)
     p.add_argument("--xla_options", action="append", default=None,
                    help="XLA options of one geossl row, 'name=value;...' ('' = default; repeatable)")
+    p.add_argument("--step_options_in_xla_flags", action="store_true",
+                   help="cpu_options.set_step_options_in_xla_flags() first: every row's plain "
+                        "jax.jit compiles with the train step's XLA:CPU options, as a user's own "
+                        "loop after that one call")
     train_step.add_malloc_flag(p)
     args = p.parse_args(argv)
     train_step.apply_malloc(args)
+    title = "backbone + InfoNCE + AdamW step through the public API"
+    if args.step_options_in_xla_flags:
+        from geossl.parallel import cpu_options
+        title += (", XLA_FLAGS with the step's options" if cpu_options.set_step_options_in_xla_flags()
+                  else ", XLA_FLAGS unchanged (refused)")
     args.method = "backbone"
     peak, peak_lib = train_step.matmul_peak(args.peak_size)
     rows = [geossl_side(args, parse_options(o)) for o in (args.xla_options or [""])]
     rows.append(torch_side(args))
     train_step.interleaved_times(rows, args.warmup, args.steps)
-    lines = train_step.table(args, rows, peak, peak_lib,
-                             "backbone + InfoNCE + AdamW step through the public API")
+    lines = train_step.table(args, rows, peak, peak_lib, title)
     print("\n".join(lines))
 
 

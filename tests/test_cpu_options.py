@@ -1,13 +1,19 @@
 """The train step's XLA:CPU options (``parallel/cpu_options.py``): accepted by this jaxlib, they
 move convolutions off YNNPACK and keep its reductions and dots, and change no value."""
 
+import os
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from geossl.parallel import cpu_options
+from xla_env import xla_flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def conv_bn(x, w):
@@ -62,3 +68,40 @@ def test_other_platforms_keep_the_defaults():
     class Gpu:
         platform = "gpu"
     assert cpu_options.step_compiler_options([Gpu()]) is None
+
+
+USER_JOB = """
+import jax, jax.numpy as jnp, numpy as np
+from geossl.parallel import cpu_options
+from test_cpu_options import compiled, ynn_roots
+assert cpu_options.set_step_options_in_xla_flags()
+assert not cpu_options.set_step_options_in_xla_flags()      # named already: left as it is
+x, w = jnp.ones((2, 28, 28, 64)), jnp.ones((3, 3, 64, 64))
+print(sorted(ynn_roots(compiled(None, x, w).as_text())))
+"""
+
+
+def test_step_options_in_xla_flags_reach_a_plain_jit():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]),
+               JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1))
+    done = subprocess.run([sys.executable, "-c", USER_JOB], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    roots = eval(done.stdout.strip().splitlines()[-1])
+    assert "convolution" not in roots and {"reduce", "dot"} <= set(roots)
+
+
+def test_xla_flags_this_jaxlib_cannot_parse_are_not_set(monkeypatch):
+    from jax._src import xla_bridge
+    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    monkeypatch.setattr(cpu_options, "CPU_STEP_OPTIONS", (("xla_cpu_no_such_option", "1"),))
+    assert not cpu_options.set_step_options_in_xla_flags()
+    assert os.environ["XLA_FLAGS"] == "--xla_backend_optimization_level=0"
+
+
+def test_xla_flags_stay_once_jax_has_started():
+    before = os.environ.get("XLA_FLAGS")
+    jax.devices()
+    assert not cpu_options.set_step_options_in_xla_flags()
+    assert os.environ.get("XLA_FLAGS") == before

@@ -12,11 +12,17 @@ single-device CPU step runs on the thread that calls it (the GIL released meanwh
 XLA then allocates the step's temporary buffer on that thread: from the main thread, with
 ``malloc.keep_main_heap()``, it reuses its pages every step instead of faulting in fresh ones
 (docs/DESIGN.md "Performance", session 22). Executions over several devices stay asynchronous.
+
+``set_step_options_in_xla_flags()`` makes the step's options the process's default, so a user's
+own ``jax.jit`` gets them without passing ``compiler_options`` (session 23).
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +40,35 @@ def run_steps_on_calling_thread() -> bool:
         return not jax.config.values["jax_cpu_enable_async_dispatch"]
     jax.config.update("jax_cpu_enable_async_dispatch", False)
     return True
+
+
+#: A child interpreter that only makes XLA's compile options: XLA parses XLA_FLAGS there and exits
+#: on a flag or value it does not know, before any jax client exists.
+_PARSE_XLA_FLAGS = "from jaxlib import xla_client; xla_client.CompileOptions()"
+
+
+def set_step_options_in_xla_flags() -> bool:
+    """Adds :data:`CPU_STEP_OPTIONS` to ``XLA_FLAGS`` before jax starts, so every ``jax.jit`` of
+    the process (and of its child processes) compiles with them. True where set; False, changing
+    nothing, once jax's backends exist (XLA has read its flags), where ``XLA_FLAGS`` already names
+    one of the options (the user's value stays), or where this jaxlib does not parse them: that
+    is asked of a child interpreter first (~0.2 s), since XLA exits on a flag it does not know."""
+    from jax._src import xla_bridge
+    current = os.environ.get("XLA_FLAGS", "")
+    if xla_bridge.backends_are_initialized() or any(f"--{name}=" in current
+                                                     for name, _ in CPU_STEP_OPTIONS):
+        return False
+    flags = " ".join([current] * bool(current.strip()) +
+                     [f"--{name}={value}" for name, value in CPU_STEP_OPTIONS])
+    try:
+        parsed = subprocess.run([sys.executable, "-c", _PARSE_XLA_FLAGS],
+                                env=dict(os.environ, XLA_FLAGS=flags), capture_output=True,
+                                timeout=120).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        parsed = False
+    if parsed:
+        os.environ["XLA_FLAGS"] = flags
+    return parsed
 
 
 @functools.cache
