@@ -105,3 +105,15 @@ def test_xla_flags_stay_once_jax_has_started():
     jax.devices()
     assert not cpu_options.set_step_options_in_xla_flags()
     assert os.environ.get("XLA_FLAGS") == before
+
+
+def test_jit_with_step_options_compiles_as_the_trainer_step():
+    """The evaluation's fine-tuning steps (``cpu_options.jit_with_step_options``) get the train step's options."""
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((2, 28, 28, 64)), jnp.float32)
+    w = jnp.asarray(0.1 * rng.standard_normal((3, 3, 64, 64)), jnp.float32)
+    loss = lambda x, w: (conv_bn(x, w) ** 2).sum()  # noqa: E731
+    step = cpu_options.jit_with_step_options(jax.value_and_grad(loss, (0, 1)))
+    assert "convolution" not in ynn_roots(step.lower(x, w).compile().as_text())
+    plain = jax.jit(jax.value_and_grad(loss, (0, 1)))
+    assert "convolution" in ynn_roots(plain.lower(x, w).compile().as_text())

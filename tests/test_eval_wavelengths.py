@@ -46,15 +46,15 @@ def test_features_are_the_models_under_the_given_wavelengths(dofa):
     model.apply(..., wavelengths=w), other wavelengths other numbers, one program per band count."""
     model, variables = dofa
     x = np.random.default_rng(0).normal(size=(11, 16, 16, 13)).astype(np.float32)
-    before = features._forward._cache_size()
+    before = features._jitted_forward()._cache_size()
     got = features.extract_features(model, variables, x, batch_size=8, wavelengths=S2)
-    compiled = features._forward._cache_size()
+    compiled = features._jitted_forward()._cache_size()
     want = np.asarray(_direct(model, variables, x, S2)["embedding"])
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
     shifted = S2 + 0.3  # same band count: the same program, other numbers
     got_shifted = features.extract_features(model, variables, x, batch_size=8,
                                             wavelengths=shifted)
-    assert features._forward._cache_size() == compiled <= before + 1
+    assert features._jitted_forward()._cache_size() == compiled <= before + 1
     np.testing.assert_allclose(got_shifted,
                                np.asarray(_direct(model, variables, x, shifted)["embedding"]),
                                atol=2e-5, rtol=1e-5)

@@ -40,6 +40,7 @@ from geossl.eval import upernet
 from geossl.eval import segmentation_heads as heads
 from geossl.eval import segmentation_metrics as seg_metrics
 from geossl.eval.features import wavelength_kwargs
+from geossl.parallel import cpu_options
 
 MODES = ("frozen", "finetune")
 SCHEDULES = ("cosine", "multistep")
@@ -274,7 +275,7 @@ def train_frozen(encoder: Encoder, variables, inputs, maps, *, num_classes: int,
     params = head_variables.pop("params")
     tx = optax.adamw(make_schedule(config.lr, config), weight_decay=config.weight_decay)
 
-    @jax.jit
+    @cpu_options.jit_with_step_options
     def step(params, state, opt_state, batch_levels, labels, rng):
         def loss_fn(p):
             logits, updates = head_logits(head, {**state, "params": p}, batch_levels, stats,
@@ -329,7 +330,7 @@ def train_finetune(encoder: Encoder, variables, inputs, maps, *, num_classes: in
         optax.adamw(make_schedule(config.lr, config), weight_decay=config.weight_decay),
         layer_decay_lib.scale_updates(finetune_multipliers(features.model, params, config)))
 
-    @jax.jit
+    @cpu_options.jit_with_step_options
     def step(params, others, head_state, opt_state, x, labels, rng, wavelengths):
         def loss_fn(p):
             enc = {**others, "params": p["encoder"]}

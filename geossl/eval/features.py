@@ -25,7 +25,8 @@ every function here takes ``wavelengths`` (C,) µm, one per band of the images
 (:func:`input_wavelengths` of their band names), and hands them to the model call through
 ``Family.wavelength_kwargs`` (:func:`wavelength_kwargs`): None for the other families, which
 refuse them (their first layer has one fixed band order). In the jitted forward they are an
-array argument, so one program serves every sensor with the same band count.
+array argument, so one program serves every sensor with the same band count. On CPUs the forward
+compiles with the train step's XLA options (``cpu_options.jit_with_step_options``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from typing import Iterable, Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from geossl.parallel import cpu_options
 
 MODES = ("cls", "avgpool", "cls+avgpool", "dinov2_4layer", "dinov2_4layer+avgpool")
 #: Modes of per-layer features (token families; feature-map families take "cls").
@@ -244,7 +247,6 @@ def _static(model):
         return _ByIdentity(model)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
 def _forward(model, mode, img_size, crop_ratio, layers, source, variables, images, wavelengths):
     """A tuple of feature arrays: ``mode``'s features, or one per layer of ``layers``;
     ``wavelengths`` (C,) float32 or None (a traced argument: one program per band count)."""
@@ -255,6 +257,13 @@ def _forward(model, mode, img_size, crop_ratio, layers, source, variables, image
         return (apply_features(model, variables, images, mode, wavelengths=wavelengths),)
     return apply_layer_features(model, variables, images, layers, source, mode,
                                 wavelengths=wavelengths)
+
+
+@functools.cache
+def _jitted_forward():
+    """:func:`_forward` jitted at its first use, when jax's default devices are known, with the
+    train step's XLA:CPU options (``cpu_options.jit_with_step_options``)."""
+    return cpu_options.jit_with_step_options(_forward, static_argnums=(0, 1, 2, 3, 4, 5))
 
 
 def _batches(images_iter, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
@@ -338,7 +347,7 @@ def _extract(model, variables, images_iter, mode, layers, source, batch_size, im
 
     for batch, real in _batches(images_iter, batch_size):
         x = jax.device_put(batch, mesh_lib.batch_sharding(mesh, batch.ndim))
-        features = _forward(static_model, mode, img_size, float(crop_ratio), layers, source,
+        features = _jitted_forward()(static_model, mode, img_size, float(crop_ratio), layers, source,
                             variables, x, wavelengths)
         if pending is not None:  # fetch the previous batch while this one runs
             collect(pending)

@@ -36,6 +36,7 @@ from geossl.data import augment
 from geossl.eval import bootstrap as bootstrap_lib
 from geossl.eval import layer_decay
 from geossl.eval.features import CROP_RATIO, resize_center_crop, wavelength_kwargs
+from geossl.parallel import cpu_options
 from geossl.train.optim import decay_mask
 
 
@@ -188,7 +189,7 @@ def train_classifier(model, variables, images, labels, *, num_classes: int, mult
     tx = make_optimizer(model, params, config, n)
     smoothing = 0.0 if multilabel else config.label_smoothing
 
-    @jax.jit
+    @cpu_options.jit_with_step_options
     def step(params, others, opt_state, x, y, rng, wavelengths):
         def loss_fn(p):
             kw = {"rngs": {"dropout": rng}, "stochastic": True} if stochastic else {}
