@@ -166,7 +166,8 @@ class Encoder:
         self.features, self.batch = features, int(batch)
         wavelength_kwargs(features.model, wavelengths)  # fixed-band families refuse them
         self.wavelengths = None if wavelengths is None else jnp.asarray(wavelengths, jnp.float32)
-        self._forward = jax.jit(lambda v, x, w: features(v, x, wavelengths=w))
+        self._forward = cpu_options.jit_with_step_options(
+            lambda v, x, w: features(v, x, wavelengths=w))
 
     def levels(self, variables, inputs) -> list[np.ndarray]:
         """[(N, h, w, c), …] float32 of all ``inputs`` (N, …), in padded batches."""
@@ -220,7 +221,7 @@ class Segmenter:
     def __post_init__(self):
         head, stats = self.head, self.stats
 
-        @functools.partial(jax.jit, static_argnums=2)
+        @functools.partial(cpu_options.jit_with_step_options, static_argnums=2)
         def classify(head_variables, levels, size):
             logits, _ = head_logits(head, head_variables, levels, stats)
             return jnp.argmax(heads.upsample_logits(logits, size), axis=-1)
@@ -312,8 +313,8 @@ def train_finetune(encoder: Encoder, variables, inputs, maps, *, num_classes: in
     mutable = ["batch_stats"] if "batch_stats" in others else False
     batches = batch_indices(len(maps), config)
     if mutable:  # levels as training sees them: BatchNorm on the statistics of each batch
-        forward = jax.jit(lambda v, x, w: features(v, x, train=True, mutable=mutable,
-                                                   wavelengths=w)[0])
+        forward = cpu_options.jit_with_step_options(
+            lambda v, x, w: features(v, x, train=True, mutable=mutable, wavelengths=w)[0])
         first = batches[:max(1, -(-len(maps) // config.batch_size))]  # about one epoch
         parts = [[np.asarray(lv) for lv in forward(variables, jnp.asarray(inputs[index]),
                                                    wavelengths)]

@@ -138,7 +138,7 @@ class Classifier:
         model, img_size = self.model, self.img_size
         wavelength_kwargs(model, self.wavelengths)  # fixed-band families refuse them
 
-        @jax.jit
+        @cpu_options.jit_with_step_options
         def forward(variables, head, x, wavelengths):
             x = resize_center_crop(x, img_size, CROP_RATIO)
             embedding = model.apply(variables, x, train=False,
