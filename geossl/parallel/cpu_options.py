@@ -58,8 +58,8 @@ def set_step_options_in_xla_flags() -> bool:
     if xla_bridge.backends_are_initialized() or any(f"--{name}=" in current
                                                      for name, _ in CPU_STEP_OPTIONS):
         return False
-    flags = " ".join([current] * bool(current.strip()) +
-                     [f"--{name}={value}" for name, value in CPU_STEP_OPTIONS])
+    added = " ".join(f"--{name}={value}" for name, value in CPU_STEP_OPTIONS)
+    flags = f"{current} {added}".strip()
     try:
         parsed = subprocess.run([sys.executable, "-c", _PARSE_XLA_FLAGS],
                                 env=dict(os.environ, XLA_FLAGS=flags), capture_output=True,
