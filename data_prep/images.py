@@ -88,17 +88,46 @@ def planes_first(shape: tuple) -> bool:
     return len(shape) == 3 and shape[0] <= 16 and shape[0] < min(shape[1], shape[2])
 
 
+def samples_order(shape: tuple, axes: str) -> tuple[int, int, int] | None:
+    """The axes (Y, X, S) of a TIFF series with several samples per pixel (tifffile's axis
+    letters: a single-page band stack as GDAL / rasterio write it, pixel- or band-interleaved)
+    whose other axes are all 1: its layout is then known, whatever the sizes. None otherwise
+    (pages stacked as bands, or one sample: :func:`planes_first` decides)."""
+    if not set("YXS") <= set(axes) or any(n != 1 for a, n in zip(axes, shape) if a not in "YXS"):
+        return None
+    return axes.index("Y"), axes.index("X"), axes.index("S")
+
+
+def tiff_shape(shape: tuple, axes: str) -> tuple:
+    """The (H, W) or (H, W, C) shape :func:`read_array` gives a TIFF series of ``shape`` /
+    ``axes``: samples last by :func:`samples_order`, else axes of 1 dropped and leading channel
+    planes (:func:`planes_first`) moved last."""
+    order = samples_order(shape, axes)
+    if order is not None:
+        return tuple(shape[i] for i in order)
+    shape = tuple(n for n in shape if n != 1)
+    return shape[1:] + shape[:1] if planes_first(shape) else shape
+
+
 def read_array(path: str, *, colour: bool = True) -> np.ndarray:
-    """An image file as (H, W) or (H, W, C): TIFF through tifffile (channel-first planes of up
-    to 16 bands are moved last), JPEG / PNG through Pillow (with ``colour``, palette, grey+alpha,
+    """An image file as (H, W) or (H, W, C): TIFF through tifffile (samples per pixel last, in
+    either interleave; pages stacked as bands: up to 16 leading planes moved last), JPEG / PNG through Pillow (with ``colour``, palette, grey+alpha,
     RGBA, CMYK become RGB; without, a palette image gives its indices). Raises BadInputError
     naming the file."""
     try:
         if _is_tiff(path):
             import tifffile
-            array = np.squeeze(tifffile.imread(path))
-            if planes_first(array.shape):
-                array = np.moveaxis(array, 0, -1)
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                array, axes = series.asarray(), series.axes
+            order = samples_order(array.shape, axes)
+            if order is not None:  # (…, Y, …, X, …, S, …) with 1 elsewhere → (Y, X, S)
+                rest = tuple(i for i in range(array.ndim) if i not in order)
+                array = np.transpose(array, order + rest).reshape(tiff_shape(array.shape, axes))
+            else:
+                array = np.squeeze(array)
+                if planes_first(array.shape):
+                    array = np.moveaxis(array, 0, -1)
         else:
             from PIL import Image
             with Image.open(path) as img:
@@ -195,9 +224,7 @@ def read_header(path: str) -> Header:
             import tifffile
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
-                shape, dtype = tuple(d for d in series.shape if d != 1), np.dtype(series.dtype)
-            if planes_first(shape):  # read_array moves the planes last
-                shape = shape[1:] + shape[:1]
+                shape, dtype = tiff_shape(series.shape, series.axes), np.dtype(series.dtype)
             if len(shape) not in (2, 3):
                 raise BadInputError(f"{path}: expected an image (H, W) or (H, W, C), found shape "
                                     f"{series.shape}")

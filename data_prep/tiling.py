@@ -14,17 +14,17 @@ from data_prep.common import BadInputError
 
 
 def image_size(path: str) -> tuple[int, int]:
-    """(H, W) of an image file from its header (TIFF: the Y and X axes of tifffile's first
-    series, wherever the bands are; others: Pillow)."""
+    """(H, W) of an image file from its header, as ``images.read_array`` reads it (TIFF:
+    ``images.tiff_shape`` of tifffile's first series; others: Pillow)."""
     if not os.path.isfile(path):
         raise BadInputError(f"{path}: missing image file")
     try:
         if path.lower().endswith((".tif", ".tiff")):
             import tifffile
+            from data_prep.images import tiff_shape
             with tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                return (int(series.shape[series.axes.index("Y")]),
-                        int(series.shape[series.axes.index("X")]))
+                height, width = tiff_shape(tif.series[0].shape, tif.series[0].axes)[:2]
+                return int(height), int(width)
         from PIL import Image
         with Image.open(path) as img:
             return img.height, img.width

@@ -335,3 +335,27 @@ def test_tiff_channel_planes_are_the_smallest_leading_axis(tmp_path):
         np.testing.assert_array_equal(array, expected)
         header = images.read_header(str(tmp_path / name))
         assert (header.height, header.width, header.channels) == read, name
+
+
+def test_tiff_samples_per_pixel_are_the_bands_whatever_their_sizes(tmp_path):
+    """A single-page band stack (tifffile's axis S, as GDAL / rasterio write it) is read with its
+    samples last in either interleave, whatever the sizes: 20 band-interleaved bands of 16 × 16
+    (planes_first alone keeps 20 as the height) and a 1 × 16 RGB strip (squeezing alone made it a
+    16 × 3 grey image); the header and the tiler's size agree with the array, pages too."""
+    from data_prep import images, tiling
+    rng = np.random.default_rng(1)
+    bands20 = rng.integers(0, 4000, (16, 16, 20), dtype=np.uint16)
+    strip = rng.integers(0, 255, (1, 16, 3), dtype=np.uint8)
+    pages = rng.integers(0, 255, (24, 40, 13), dtype=np.uint8)  # tifffile: 24 pages of 40 × 13
+    cases = {"separate.tif": (np.moveaxis(bands20, -1, 0),
+                              dict(photometric="minisblack", planarconfig="separate"), bands20),
+             "contig.tif": (bands20, dict(photometric="minisblack", planarconfig="contig"), bands20),
+             "strip.tif": (strip, dict(photometric="rgb"), strip),
+             "pages.tif": (pages, {}, pages)}
+    for name, (stored, options, want) in cases.items():
+        tifffile.imwrite(tmp_path / name, stored, **options)
+        array = images.read_array(str(tmp_path / name))
+        np.testing.assert_array_equal(array, want, err_msg=name)
+        header = images.read_header(str(tmp_path / name))
+        assert (header.height, header.width, header.channels) == want.shape, name
+        assert tiling.image_size(str(tmp_path / name)) == want.shape[:2], name  # its tiles agree
