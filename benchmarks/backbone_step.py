@@ -152,8 +152,8 @@ def main(argv=None):
     title = "backbone + InfoNCE + AdamW step through the public API"
     if args.step_options_in_xla_flags:
         from geossl.parallel import cpu_options
-        title += (", XLA_FLAGS with the step's options" if cpu_options.set_step_options_in_xla_flags()
-                  else ", XLA_FLAGS unchanged (refused)")
+        applied = cpu_options.set_step_options_in_xla_flags()
+        title += ", XLA_FLAGS with the step's options" if applied else ", XLA_FLAGS unchanged (refused)"
     args.method = "backbone"
     peak, peak_lib = train_step.matmul_peak(args.peak_size)
     rows = [geossl_side(args, parse_options(o)) for o in (args.xla_options or [""])]

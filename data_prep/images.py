@@ -98,36 +98,37 @@ def samples_order(shape: tuple, axes: str) -> tuple[int, int, int] | None:
     return axes.index("Y"), axes.index("X"), axes.index("S")
 
 
-def tiff_shape(shape: tuple, axes: str) -> tuple:
-    """The (H, W) or (H, W, C) shape :func:`read_array` gives a TIFF series of ``shape`` /
-    ``axes``: samples last by :func:`samples_order`, else axes of 1 dropped and leading channel
-    planes (:func:`planes_first`) moved last."""
+def tiff_axes(shape: tuple, axes: str) -> tuple[int, ...]:
+    """The axes of a TIFF series of ``shape`` / ``axes`` that :func:`read_array` keeps, in its
+    order: (Y, X, S) by :func:`samples_order`; else those longer than 1, leading channel planes
+    (:func:`planes_first`) moved last."""
     order = samples_order(shape, axes)
     if order is not None:
-        return tuple(shape[i] for i in order)
-    shape = tuple(n for n in shape if n != 1)
-    return shape[1:] + shape[:1] if planes_first(shape) else shape
+        return order
+    kept = tuple(i for i, n in enumerate(shape) if n != 1)
+    return kept[1:] + kept[:1] if planes_first(tuple(shape[i] for i in kept)) else kept
+
+
+def tiff_shape(shape: tuple, axes: str) -> tuple:
+    """The (H, W) or (H, W, C) shape :func:`read_array` gives a TIFF series (:func:`tiff_axes`)."""
+    return tuple(shape[i] for i in tiff_axes(shape, axes))
 
 
 def read_array(path: str, *, colour: bool = True) -> np.ndarray:
     """An image file as (H, W) or (H, W, C): TIFF through tifffile (samples per pixel last, in
-    either interleave; pages stacked as bands: up to 16 leading planes moved last), JPEG / PNG through Pillow (with ``colour``, palette, grey+alpha,
-    RGBA, CMYK become RGB; without, a palette image gives its indices). Raises BadInputError
-    naming the file."""
+    either interleave; pages stacked as bands: up to 16 leading planes moved last; see
+    :func:`tiff_axes`), JPEG / PNG through Pillow (with ``colour``, palette, grey+alpha, RGBA,
+    CMYK become RGB; without, a palette image gives its indices). Raises BadInputError naming
+    the file."""
     try:
         if _is_tiff(path):
             import tifffile
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
                 array, axes = series.asarray(), series.axes
-            order = samples_order(array.shape, axes)
-            if order is not None:  # (…, Y, …, X, …, S, …) with 1 elsewhere → (Y, X, S)
-                rest = tuple(i for i in range(array.ndim) if i not in order)
-                array = np.transpose(array, order + rest).reshape(tiff_shape(array.shape, axes))
-            else:
-                array = np.squeeze(array)
-                if planes_first(array.shape):
-                    array = np.moveaxis(array, 0, -1)
+            kept = tiff_axes(array.shape, axes)
+            dropped = tuple(i for i in range(array.ndim) if i not in kept)  # all of length 1
+            array = np.transpose(array, kept + dropped).reshape([array.shape[i] for i in kept])
         else:
             from PIL import Image
             with Image.open(path) as img:

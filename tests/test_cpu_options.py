@@ -108,7 +108,8 @@ def test_xla_flags_stay_once_jax_has_started():
 
 
 def test_jit_with_step_options_compiles_as_the_trainer_step():
-    """The evaluation's fine-tuning steps (``cpu_options.jit_with_step_options``) get the train step's options."""
+    """The evaluation's training steps and forward passes (``cpu_options.jit_with_step_options``)
+    get the train step's options."""
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.standard_normal((2, 28, 28, 64)), jnp.float32)
     w = jnp.asarray(0.1 * rng.standard_normal((3, 3, 64, 64)), jnp.float32)

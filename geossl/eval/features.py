@@ -347,8 +347,8 @@ def _extract(model, variables, images_iter, mode, layers, source, batch_size, im
 
     for batch, real in _batches(images_iter, batch_size):
         x = jax.device_put(batch, mesh_lib.batch_sharding(mesh, batch.ndim))
-        features = _jitted_forward()(static_model, mode, img_size, float(crop_ratio), layers, source,
-                            variables, x, wavelengths)
+        features = _jitted_forward()(static_model, mode, img_size, float(crop_ratio), layers,
+                                     source, variables, x, wavelengths)
         if pending is not None:  # fetch the previous batch while this one runs
             collect(pending)
         pending = (features, real)

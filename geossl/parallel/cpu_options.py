@@ -92,6 +92,7 @@ def step_compiler_options(devices) -> dict | None:
 
 def jit_with_step_options(fn, **jit_kwargs):
     """``jax.jit(fn, **jit_kwargs)`` compiled with :func:`step_compiler_options` of jax's default
-    devices: the evaluation's training steps and forward passes compile as the trainer's step (a ResNet-50 fine-tuning step 2,628 → 1,654 ms, its forward over 32 images 2,428 → 1,933
-    ms on a 2-core host: docs/DESIGN.md "Performance", session 23)."""
+    devices: the evaluation's training steps and forward passes compile as the trainer's step
+    (a ResNet-50 fine-tuning step 2,628 → 1,654 ms, its forward over 32 images 2,428 → 1,933 ms
+    on a 2-core host: docs/DESIGN.md "Performance", session 23)."""
     return jax.jit(fn, compiler_options=step_compiler_options(jax.devices()), **jit_kwargs)
