@@ -54,6 +54,9 @@ def _rel_err(a, b):
 @pytest.mark.parametrize("name,img,window,bands,depths", [
     (TINY, 224, 7, 3, (2, 2, 2, 2)),  # last stage 7x7 = window: one window, no shift
     ("swin_base_patch4_window7_224", 192, 6, 13, (1, 1, 2, 1)),
+    # BigEarthNet's 120 px: stages 30, 15, 8, 4; windows padded (30 → 35, 15 → 21, 8 → 14, the
+    # shifted masks on the padded maps) and an odd size merged (15 → 16 → 8), as timm pads
+    (TINY, 120, 7, 13, (2, 2, 2, 2)),
 ])
 def test_matches_timm_both_directions(name, img, window, bands, depths):
     import torch
@@ -68,10 +71,12 @@ def test_matches_timm_both_directions(name, img, window, bands, depths):
     out = jax.jit(model.apply)(variables, jnp.asarray(x))
     assert _rel_err(out["embedding"], ref) < 1e-5
     assert out["embedding"].shape == (2, model.num_features)
-    g = img // 4
+    sizes = [img // 4]
+    for _ in range(3):
+        sizes.append((sizes[-1] + 1) // 2)
     assert [f.shape[1:] for f in out["features"]] == [
-        (g >> i, g >> i, model.embed_dim << i) for i in range(4)]
-    assert out["feature_map"].shape == (2, g // 8, g // 8, model.num_features)
+        (g, g, model.embed_dim << i) for i, g in enumerate(sizes)]
+    assert out["feature_map"].shape == (2, sizes[-1], sizes[-1], model.num_features)
     np.testing.assert_allclose(out["feature_map"].mean(axis=(1, 2)), out["embedding"], atol=1e-6)
 
     # geossl → timm: a fresh timm model loads the export strictly and gives the same embedding
@@ -166,6 +171,14 @@ def test_original_layout_import_export():
         variables, TINY, img_size=56, **SMALL_KW)
     again = convert.from_torch(simmim, TINY, **SMALL_KW)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(variables)))
+
+    # at 60 px (15 tokens: windows padded, an odd size merged) the weights import, but the original
+    # code pads nothing, so only timm's layout exports
+    padded = convert.from_torch(original, TINY, img_size=60, **SMALL_KW)
+    with pytest.raises(ValueError, match=r"stage 0's \(15, 15\) tokens are not whole \(7, 7\) windows"
+                                         r".*export layout 'timm'"):
+        convert.to_torch(padded, TINY, layout="original", img_size=60, **SMALL_KW)
+    assert list(convert.to_torch(padded, TINY, img_size=60, **SMALL_KW)) == list(sd)
 
 
 # ----- adapters ---------------------------------------------------------------------------------
@@ -273,8 +286,8 @@ def test_remat_bf16_from_config_and_sizes(small):
     assert [s[1:] for s in cfg.stage_windows()] == [((4, 4), (2, 2)), ((4, 4), (2, 2))]
     assert models.family(TINY).name == "swin" and models.create(
         "swin_base_patch4_window7_224").num_features == 1024
-    with pytest.raises(ValueError, match="not a multiple of window"):
-        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 60, 60, 3)))
+    with pytest.raises(ValueError, match="multiples of patch_size 4, found"):
+        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 58, 58, 3)))
 
 
 def test_cli_import_original_then_export_timm(tmp_path, small):

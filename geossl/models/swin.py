@@ -6,9 +6,13 @@ same layer at the end of stage i-1 (:mod:`geossl.convert.lib.swin_keys` maps bot
 
 Windows: a stage whose feature size is not larger than the window uses one window of the feature
 size and no shift (timm's ``_calc_window_shift``, the original code's ``min(input_resolution) <=
-window_size`` test), e.g. the 7×7 last stage of a 224 px model, window 7. Otherwise the stage size
-must be a multiple of the window (timm pads; geossl raises). The relative-position index and the
-shifted-window attention mask are numpy constants computed at trace time (static shapes).
+window_size`` test), e.g. the 7×7 last stage of a 224 px model, window 7. Other sizes are padded as
+timm pads them, so any multiple of the patch size runs (BigEarthNet's 120 px: stages 30, 15, 8, 4):
+a block pads its rolled map with zeros at the bottom and right to whole windows (the shifted mask
+is computed on the padded map) and crops after; a patch merging pads an odd size by one zero row or
+column. The original Microsoft code pads neither, so such a model exports in timm's layout only.
+The relative-position index and the shifted-window attention mask are numpy constants computed at
+trace time (static shapes).
 """
 
 from __future__ import annotations
@@ -62,6 +66,11 @@ def shifted_window_mask(resolution: tuple[int, int], window: tuple[int, int],
             label += 1
     win = _partition(region[None, :, :, None], window)[..., 0][0]  # (nW, N)
     return np.where(win[:, :, None] == win[:, None, :], 0.0, MASK_VALUE).astype(np.float32)
+
+
+def padded(resolution: tuple[int, int], window: tuple[int, int]) -> tuple[int, int]:
+    """``resolution`` rounded up to whole windows (timm's padding before window partition)."""
+    return tuple(-(-r // k) * k for r, k in zip(resolution, window))
 
 
 def _partition(x, window):
@@ -141,10 +150,13 @@ class SwinBlock(nn.Module):
         y = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm1")(x)
         if shifted:
             y = jnp.roll(y, (-self.shift[0], -self.shift[1]), axis=(1, 2))
-        mask = shifted_window_mask((h, w), self.window, self.shift) if shifted else None
+        hp, wp = padded((h, w), self.window)
+        if (hp, wp) != (h, w):
+            y = jnp.pad(y, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
+        mask = shifted_window_mask((hp, wp), self.window, self.shift) if shifted else None
         y = WindowAttention(self.num_heads, self.window, self.qkv_bias, self.dtype, name="attn")(
             _partition(y, self.window), mask)
-        y = _reverse(y, self.window, h, w)
+        y = _reverse(y, self.window, hp, wp)[:, :h, :w]
         if shifted:
             y = jnp.roll(y, self.shift, axis=(1, 2))
         x = x + _drop_path(self, y, self.drop_path, self.stochastic)
@@ -154,14 +166,18 @@ class SwinBlock(nn.Module):
 
 
 class PatchMerging(nn.Module):
-    """(B,H,W,C) → (B,H/2,W/2,2C): 2×2 neighbours concatenated [(0,0),(1,0),(0,1),(1,1)] (row,
-    column offsets, the original code's x0..x3), LayerNorm, bias-free linear."""
+    """(B,H,W,C) → (B,⌈H/2⌉,⌈W/2⌉,2C): 2×2 neighbours concatenated [(0,0),(1,0),(0,1),(1,1)]
+    (row, column offsets, the original code's x0..x3), LayerNorm, bias-free linear. An odd H or W
+    gets one zero row or column at the bottom or right first (timm)."""
 
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         b, h, w, c = x.shape
+        if h % 2 or w % 2:
+            x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+            h, w = h + h % 2, w + w % 2
         x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
         x = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm")(x)
         return Dense(2 * c, use_bias=False, dtype=self.dtype, kernel_init=dense_init, name="reduction")(x)
@@ -199,7 +215,8 @@ class SwinTransformer(nn.Module):
 
     ``__call__(x (B,H,W,C), *, train, stochastic, mask)`` returns
     ``{"embedding" (B,D) mean of the final-normed tokens (timm ``forward_head(pre_logits=True)``),
-    "features" [(B,H/4,W/4,c0), ..., (B,H/(4·2^(S-1)),..,D)] stage outputs before the final norm,
+    "features" [(B,H/4,W/4,c0), ..., (B,H/(4·2^(S-1)),..,D)] stage outputs before the final norm
+    (sizes rounded up where a patch merging pads),
     "feature_map" (B,h,w,D) final-normed, "merged" [S-1 maps] the patch-merging outputs of stages
     1.., i.e. the original code's stage outputs (GFM distils the last one, 8·embed_dim wide)}``,
     in the compute ``dtype``; parameters are float32.
@@ -229,7 +246,8 @@ class SwinTransformer(nn.Module):
 
     def stage_windows(self, img_size: int | tuple[int, int] | None = None):
         """Per stage: ((h, w) feature size, (wh, ww) window, (sh, sw) shift) for ``img_size``;
-        raises if a size does not fit the patch, merging and window grid."""
+        raises if the size is not a multiple of the patch size. A patch merging halves a size
+        rounding up; a size that is not a multiple of its window is padded in each block."""
         size = self.img_size if img_size is None else img_size
         h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         p = self.patch_size
@@ -238,15 +256,8 @@ class SwinTransformer(nn.Module):
         res, out = (h // p, w // p), []
         for i in range(len(self.depths)):
             if i:
-                if res[0] % 2 or res[1] % 2:
-                    raise ValueError(f"Swin stage {i}: patch merging needs an even feature size, found "
-                                     f"{res} (input {(h, w)})")
-                res = (res[0] // 2, res[1] // 2)
-            win, shift = window_and_shift(res, self.window_size)
-            if res[0] % win[0] or res[1] % win[1]:
-                raise ValueError(f"Swin stage {i}: feature size {res} (input {(h, w)}) is not a multiple "
-                                 f"of window {self.window_size}")
-            out.append((res, win, shift))
+                res = ((res[0] + 1) // 2, (res[1] + 1) // 2)
+            out.append((res, *window_and_shift(res, self.window_size)))
         return out
 
     @nn.compact

@@ -4,7 +4,8 @@
 ``mask_token``. "original" (Microsoft Swin, SimMIM, GFM): patch merging at the end of stage
 i < last (``layers.{i}.downsample``, ``reduction`` before ``norm``), with the persistent buffers
 ``attn.relative_position_index`` (every block) and ``attn_mask`` (shifted blocks), recomputed
-here on export and ignored on import. "simmim": "original" plus SimMIM's ``mask_token`` (1,1,D)
+here on export and ignored on import; a model that pads (a stage not in whole windows, an odd
+size merged) has no original-layout export, since that code pads neither. "simmim": "original" plus SimMIM's ``mask_token`` (1,1,D)
 (``SwinTransformerForSimMIM``; GFM checkpoints hold it under ``encoder.``).
 """
 
@@ -19,7 +20,8 @@ from geossl.convert.lib.adapters import resample_rel_pos_bias_table
 from geossl.convert.lib.family_adapter import FamilyAdapter
 from geossl.convert.lib import keymap
 from geossl.convert.lib.keymap import Entry
-from geossl.models.swin import SwinTransformer, relative_position_index, shifted_window_mask
+from geossl.models.swin import (SwinTransformer, padded, relative_position_index,
+                                shifted_window_mask)
 
 LAYOUTS = ("timm", "original", "simmim")
 BUFFER_SUFFIXES = ("relative_position_index", "attn_mask")
@@ -52,6 +54,23 @@ def _constant(array):
     return lambda: array.copy()
 
 
+def _unpadded_reason(stages) -> str | None:
+    """Why the original code (no padding) cannot build a model of these stages, or None."""
+    for i, (resolution, window, _) in enumerate(stages):
+        if resolution[0] % window[0] or resolution[1] % window[1]:
+            return f"stage {i}'s {resolution} tokens are not whole {window} windows"
+        if i + 1 < len(stages) and (resolution[0] % 2 or resolution[1] % 2):
+            return f"stage {i}'s {resolution} tokens do not halve at the next patch merging"
+    return None
+
+
+def _refused(reason: str):
+    def make():
+        raise ValueError(f"Swin original layout: the original code pads neither windows nor patch "
+                         f"merging, and {reason}: export layout 'timm' instead")
+    return make
+
+
 def swin_entries(model: SwinTransformer, layout: str = "timm") -> list[Entry]:
     """One :class:`Entry` per state-dict key of ``model`` in ``layout``, in that code's order."""
     if layout not in LAYOUTS:
@@ -62,20 +81,24 @@ def swin_entries(model: SwinTransformer, layout: str = "timm") -> list[Entry]:
               Entry("patch_embed.proj.bias", ("params", "patch_embed", "proj", "bias"))]
     table += _layer_norm("patch_embed.norm", ("patch_embed", "norm"))
     stages = model.stage_windows()
+    reason = _unpadded_reason(stages)
+    buffer = _constant if reason is None else (lambda _: _refused(reason))
     for i, (resolution, window, shift) in enumerate(stages):
         if i and not original:
             table += _downsample(f"layers.{i}.downsample", (f"layers_{i}", "downsample"), False)
         index = relative_position_index(*window)
-        mask = shifted_window_mask(resolution, window, shift) if any(shift) else None
+        mask = (shifted_window_mask(padded(resolution, window), window, shift) if any(shift)
+                else None)
         for j in range(model.depths[i]):
             t, f = f"layers.{i}.blocks.{j}", (f"layers_{i}", f"blocks_{j}")
             if original and j % 2 and mask is not None:  # the block's own buffer precedes its children
-                table.append(Entry(f"{t}.attn_mask", None, torch_only=_constant(mask)))
+                table.append(Entry(f"{t}.attn_mask", None, torch_only=buffer(mask)))
             table += _layer_norm(f"{t}.norm1", (*f, "norm1"))
             table.append(Entry(f"{t}.attn.relative_position_bias_table",
                                ("params", *f, "attn", "relative_position_bias_table")))
             if original:
-                table.append(Entry(f"{t}.attn.relative_position_index", None, torch_only=_constant(index)))
+                table.append(Entry(f"{t}.attn.relative_position_index", None,
+                                   torch_only=buffer(index)))
             table += _linear(f"{t}.attn.qkv", (*f, "attn", "qkv"), bias=model.qkv_bias)
             table += _linear(f"{t}.attn.proj", (*f, "attn", "proj"))
             table += _layer_norm(f"{t}.norm2", (*f, "norm2"))
