@@ -163,3 +163,23 @@ def test_exec_with_huge_pages_starts_again_with_the_same_pid_and_arguments():
     # the new start keeps its huge pages, and its children get the user's tunables back
     assert restored == "False glibc.malloc.arena_max=4 False huge pages (GLIBC_TUNABLES)"
     assert last == "False glibc.malloc.arena_max=4"                # started once, not twice
+
+
+def test_main_reads_huge_pages_from_the_command_line_before_parsing(monkeypatch):
+    """main.py starts again before absl parses the config (whose imports, jax among them, would
+    run twice): the flag as absl reads a boolean, the last one winning; a flag file or a value
+    that is not a boolean leaves it to absl (None)."""
+    monkeypatch.syspath_prepend(ROOT)
+    import main
+    read = main.huge_pages_in_argv
+    for argv, expected in [
+            (["main.py", "--config=c.py", "--workdir=w"], True),
+            (["main.py", "--nohuge_pages"], False),
+            (["main.py", "--nohuge_pages", "--huge_pages"], True),
+            (["main.py", "--huge_pages=false"], False),
+            (["main.py", "-huge_pages=0"], False),
+            (["main.py", "--huge_pages=T"], True),
+            (["main.py", "--", "--nohuge_pages"], True),
+            (["main.py", "--flagfile=run.flags"], None),
+            (["main.py", "--huge_pages=maybe"], None)]:
+        assert read(argv) is expected, argv
