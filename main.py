@@ -69,6 +69,31 @@ class _OptimizerSwitch(flags.ArgumentParser):
 FLAGS["config"].parser = _OptimizerSwitch(FLAGS["config"].parser)
 
 
+def missing_config_field(argv) -> str | None:
+    """For the first ``--config.a.b=v`` whose path the ``--config=FILE`` config lacks: the override,
+    the missing field, a close name and the fields there are (one line); None otherwise."""
+    import difflib
+    spec = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")), None)
+    try:
+        config = FLAGS["config"].parser.parse(spec) if spec else None
+    except Exception:  # noqa: BLE001 (the file's own error is reported as it was)
+        return None
+    for arg in argv if config is not None else ():
+        if not arg.startswith("--config."):
+            continue
+        node, where = config, "config"
+        for name in arg[len("--config."):].split("=", 1)[0].split("."):
+            if not hasattr(node, "keys"):
+                return f"{arg}: {where} is a value ({node!r}), not a section with field {name!r}"
+            if name not in node:
+                fields = sorted(node.keys())
+                close = difflib.get_close_matches(name, fields, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                return f"{arg}: {where} has no field {name!r} ({hint}its fields: {', '.join(fields)})"
+            node, where = node[name], f"{where}.{name}"
+    return None
+
+
 def parse_flags(argv):
     """absl's flag parsing; a bad flag or ``--config.*`` override is one line and exit status 2."""
     from geossl.errors import ConfigError, one_line
@@ -81,7 +106,8 @@ def parse_flags(argv):
             print(f"main.py: {e} (--helpshort lists the flags)", file=sys.stderr)
         sys.exit(2)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
-        print(f"main.py: bad --config override: {one_line(e)}", file=sys.stderr)
+        print(f"main.py: {missing_config_field(argv) or f'bad --config override: {one_line(e)}'}",
+              file=sys.stderr)
         sys.exit(2)
     except OSError as e:  # the config file itself
         print(f"main.py: --config: {one_line(e)}", file=sys.stderr)

@@ -13,7 +13,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.parametrize("config, override, message", [
     ("softcon_vit_s.py:demo", "--config.total_stepz=5",
-     'bad --config override: \'total_stepz\' Did you mean "total_steps"'),
+     "--config.total_stepz=5: config has no field 'total_stepz' (did you mean 'total_steps'? its "
+     "fields: async_checkpoints, checkpoint_every, data,"),
+    ("softcon_vit_s.py:demo", "--config.optim.lr=0.1",
+     "--config.optim.lr=0.1: config.optim has no field 'lr' (its fields: b1, b2, clip_norm, decay, "
+     "eps, name, weight_decay)"),
     ("softcon_vit_s.py:demo", "--config.total_steps=abc",
      "flag --config.total_steps=abc: invalid literal for int()"),
     ("softcon_vit_s.py:demo", "--config.lr.base=-0.001",
@@ -40,6 +44,19 @@ def test_bad_config_is_one_line_and_writes_nothing(tmp_path, config, override, m
     assert lines[-1].startswith("main.py: ") and message in lines[-1], lines[-5:]
     assert "Traceback" not in done.stderr
     assert not workdir.exists() and not (tmp_path / "teachers").exists()
+
+
+def test_missing_config_field_names_the_override_in_process(monkeypatch):
+    """The first override whose path the config lacks is named, valid ones before it pass; a path
+    through a value says so; a config file that does not load leaves the message to absl."""
+    monkeypatch.syspath_prepend(ROOT)
+    import main
+    config = f"--config={ROOT}/configs/softcon_vit_s.py:demo"
+    assert main.missing_config_field(["main.py", config, "--config.seed=3",
+                                      "--config.total_steps.x=1", "--config.nope=2"]) == (
+        "--config.total_steps.x=1: config.total_steps is a value (600), not a section with field 'x'")
+    assert main.missing_config_field(["main.py", config, "--config.lr.base=0.1"]) is None
+    assert main.missing_config_field(["main.py", "--config=/nonexistent.py", "--config.a=1"]) is None
 
 
 def test_data_that_does_not_fit_the_config_is_one_line(tmp_path):
