@@ -5,8 +5,9 @@
 i < last (``layers.{i}.downsample``, ``reduction`` before ``norm``), with the persistent buffers
 ``attn.relative_position_index`` (every block) and ``attn_mask`` (shifted blocks), recomputed
 here on export and ignored on import; a model that pads (a stage not in whole windows, an odd
-size merged) has no original-layout export, since that code pads neither. "simmim": "original" plus SimMIM's ``mask_token`` (1,1,D)
-(``SwinTransformerForSimMIM``; GFM checkpoints hold it under ``encoder.``).
+size merged) has no original-layout export, since that code pads neither. "simmim": "original"
+plus SimMIM's ``mask_token`` (1,1,D) (``SwinTransformerForSimMIM``; GFM checkpoints hold it under
+``encoder.``).
 """
 
 from __future__ import annotations
