@@ -115,35 +115,21 @@ def parse_flags(argv):
 
 
 def huge_pages_in_argv(argv) -> bool | None:
-    """``--huge_pages`` as absl will read it from the command line (the last of ``--huge_pages``,
-    ``--nohuge_pages``, ``--huge_pages=VALUE``; default on), or None where a ``--flagfile`` may set
-    it or the value is not a boolean (absl decides, after parsing)."""
-    value = True
-    for arg in argv[1:]:
-        if arg == "--":
-            break
-        if not arg.startswith("-"):
-            continue
-        name, eq, text = arg.lstrip("-").partition("=")
-        if name == "flagfile":
-            return None
-        if name == "nohuge_pages" and not eq:
-            value = False
-        elif name == "huge_pages":
-            if not eq:
-                value = True
-            elif text.lower() in ("true", "t", "1", "false", "f", "0"):
-                value = text.lower() in ("true", "t", "1")
-            else:
-                return None
-    return value
+    """``--huge_pages`` from the command line alone (flag files included), read by absl's own parser
+    before the config is parsed; None where absl refuses the value (the full parse reports it)."""
+    alone = flags.FlagValues()
+    flags.DEFINE_bool("huge_pages", FLAGS["huge_pages"].default, FLAGS["huge_pages"].help,
+                      flag_values=alone)
+    try:
+        alone(list(argv), known_only=True)
+    except flags.Error:
+        return None
+    return alone.huge_pages
 
 
 def main(argv):
     del argv
-    from geossl.data import malloc
-    if FLAGS.huge_pages:  # glibc reads its tunables at start: a new start (same PID and argv)
-        malloc.exec_with_huge_pages()  # where the command line did not decide before the parse
+    from geossl.data import malloc  # --huge_pages: the new start came before the flags' parse
     if FLAGS.keep_step_memory:  # before jax's CPU threads start (they keep their first arena)
         malloc.keep_step_memory()
     if FLAGS.reuse_step_buffers:  # read when jax creates its CPU client
@@ -196,8 +182,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    if huge_pages_in_argv(sys.argv):  # the new start before the config's imports (jax: ~1 s)
-        from geossl.data import malloc
+    if huge_pages_in_argv(sys.argv):  # glibc reads its tunables at start: a new start (same PID
+        from geossl.data import malloc  # and argv) before the config's imports (jax: ~1 s)
         malloc.exec_with_huge_pages()
     signals.install_interrupt_handlers()  # until the trainer's own: stop at once, in one line
     try:

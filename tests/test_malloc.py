@@ -165,13 +165,15 @@ def test_exec_with_huge_pages_starts_again_with_the_same_pid_and_arguments():
     assert last == "False glibc.malloc.arena_max=4"                # started once, not twice
 
 
-def test_main_reads_huge_pages_from_the_command_line_before_parsing(monkeypatch):
+def test_main_reads_huge_pages_from_the_command_line_before_parsing(monkeypatch, tmp_path):
     """main.py starts again before absl parses the config (whose imports, jax among them, would
-    run twice): the flag as absl reads a boolean, the last one winning; a flag file or a value
-    that is not a boolean leaves it to absl (None)."""
+    run twice): the flag as absl reads it, the last one winning, flag files included; a value
+    that is not a boolean is None (the full parse refuses it)."""
     monkeypatch.syspath_prepend(ROOT)
     import main
     read = main.huge_pages_in_argv
+    flagfile = tmp_path / "run.flags"
+    flagfile.write_text("--workdir=w\n--nohuge_pages\n")
     for argv, expected in [
             (["main.py", "--config=c.py", "--workdir=w"], True),
             (["main.py", "--nohuge_pages"], False),
@@ -180,6 +182,7 @@ def test_main_reads_huge_pages_from_the_command_line_before_parsing(monkeypatch)
             (["main.py", "-huge_pages=0"], False),
             (["main.py", "--huge_pages=T"], True),
             (["main.py", "--", "--nohuge_pages"], True),
-            (["main.py", "--flagfile=run.flags"], None),
+            (["main.py", f"--flagfile={flagfile}"], False),
+            (["main.py", "--config.seed=3", "--workdir", "w", "--huge_pages=f"], False),
             (["main.py", "--huge_pages=maybe"], None)]:
         assert read(argv) is expected, argv
