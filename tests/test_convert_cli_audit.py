@@ -319,3 +319,13 @@ def test_written_files_take_the_umask_like_any_new_file(tmp_path, umask, mode):
             assert os.stat(path).st_mode & 0o777 == mode, name
     finally:
         os.umask(old)
+
+
+def test_a_failed_export_leaves_no_new_folder(tmp_path):
+    """The folders an export would have made for its file go again when the write fails."""
+    target = tmp_path / "a" / "b" / "model.safetensors"
+    with pytest.raises(Exception, match="Unknown dtype"):  # safetensors: Python objects
+        io.save_state_dict({"w": np.array([object()], dtype=object)}, str(target))
+    assert os.listdir(tmp_path) == []
+    io.save_state_dict({"w": np.ones(2, np.float32)}, str(target))
+    assert os.listdir(target.parent) == ["model.safetensors"]

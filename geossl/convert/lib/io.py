@@ -175,17 +175,36 @@ def save_state_dict(state_dict: Mapping[str, Any], path: str,
     if os.path.isdir(path):
         raise ValueError(f"{path}: an existing directory, expected the path of a file to write")
     directory = os.path.dirname(os.path.abspath(path))
+    created = _missing_directories(directory)
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+        os.close(fd)
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())   # 0600 (mkstemp, safetensors) → what open() makes
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+        for made in created:               # deepest first: a failed write leaves no new folder
+            try:
+                os.rmdir(made)
+            except OSError:
+                break
         raise
+
+
+def _missing_directories(directory: str) -> list[str]:
+    """The folders of ``directory``'s path that do not exist yet, deepest first."""
+    missing = []
+    while directory and not os.path.exists(directory):
+        missing.append(directory)
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    return missing
 
 
 def _umask() -> int:
