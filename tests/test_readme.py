@@ -179,3 +179,24 @@ def test_readme_commands_run_at_tiny_scale(tmp_path):
             "-m geossl.convert import", "-m geossl.eval.segmentation"} <= set(ran), ran
     assert os.path.isfile(os.path.join(workdir, "segmentation_frozen_0.1.json"))
     assert os.listdir(str(tmp_path / "imported")) and os.listdir(str(tmp_path / "geopile"))
+
+
+def test_own_training_loop_snippet_runs_and_sets_the_step_options(tmp_path):
+    """README's "Your own training loop" block, at a tiny size: it trains (the loss falls over its
+    three steps on one batch) and its first call put the trainer's XLA:CPU options in XLA_FLAGS."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    block = re.search(r"## Your own training loop\n.*?```python\n(.*?)```", text, re.S).group(1)
+    sizes = 'ARCH, BANDS, SIZE, BATCH = "resnet50", 13, 224, 8'
+    assert sizes in block
+    script = tmp_path / "loop.py"
+    script.write_text(block.replace(sizes, 'ARCH, BANDS, SIZE, BATCH = "resnet18", 13, 32, 4')
+                      + "\nimport os\nprint(os.environ['XLA_FLAGS'])\n")
+    done = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, XLA_FLAGS=xla_flags()), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    *steps, flags = done.stdout.splitlines()
+    loss = [float(line.rsplit(" ", 1)[1]) for line in steps]
+    assert len(loss) == 3 and np.isfinite(loss).all() and loss[2] < loss[0], steps
+    from geossl.parallel import cpu_options
+    assert all(f"--{name}={value}" in flags for name, value in cpu_options.CPU_STEP_OPTIONS), flags
