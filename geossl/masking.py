@@ -4,10 +4,10 @@ One mechanism serves SoftCon's Siamese masking, PerA's disjoint three-way split 
 masks: per sample, argsort of uniform random noise gives a uniformly random permutation of the
 token positions, and consecutive slices of it are the index sets.
 
-Counts from fractions use :func:`count_for`: round half up (2.5 → 3), not Python's round-half-even,
-so a count never depends on the parity of its neighbour. For the ratios used by PerA (0.2, 0.4)
-no ties arise at integer token counts, so this matches PerA's ``round``. SimMIM's mask generator
-takes the ceiling instead (:func:`ceil_count`).
+Counts from fractions are those of the official code, float arithmetic included: PerA's
+``int(round(L · f))`` (:func:`count_for`: Python's round, half to even), MAE's kept tokens
+``int(L · (1 − r))`` (:func:`kept_count`: rounded down) and SimMIM's masked units
+``ceil(r · U)`` (:func:`ceil_count`).
 
 Token indices are row-major over the patch grid (index = row · grid_w + col), as the ViT flattens.
 """
@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 __all__ = [
     "count_for",
+    "kept_count",
     "random_split",
     "keep_mask_indices",
     "indices_to_mask",
@@ -35,22 +36,29 @@ __all__ = [
 ]
 
 
-def count_for(fraction: float, total: int) -> int:
-    """round(fraction · total), half up, as a Python int (a static count).
-
-    The product is first rounded to 9 decimals so float noise (0.7·10 = 7.000000000000001,
-    or 2.4999999999999996 for 2.5) does not move the result.
-    """
+def _check_fraction(fraction: float) -> None:
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"expected a fraction in [0, 1], found {fraction!r}")
-    return int(math.floor(round(fraction * total, 9) + 0.5))
+
+
+def count_for(fraction: float, total: int) -> int:
+    """PerA's ``int(round(total · fraction))`` as a Python int (a static count): Python's round,
+    half to even (2.5 → 2, 3.5 → 4), on the float product as PerA computes it."""
+    _check_fraction(fraction)
+    return int(round(total * fraction))
+
+
+def kept_count(mask_ratio: float, total: int) -> int:
+    """MAE's ``int(total · (1 − mask_ratio))``: the tokens a random masking keeps, rounded down
+    (196 at 0.9: 19 kept, 177 masked), on the float product as MAE computes it."""
+    _check_fraction(mask_ratio)
+    return int(total * (1 - mask_ratio))
 
 
 def ceil_count(fraction: float, total: int) -> int:
     """ceil(fraction · total) as a Python int (SimMIM's ``MaskGenerator``), float noise rounded
     away first (0.6·10 is 6, not 7)."""
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"expected a fraction in [0, 1], found {fraction!r}")
+    _check_fraction(fraction)
     return int(math.ceil(round(fraction * total, 9)))
 
 
@@ -110,11 +118,11 @@ def keep_mask_indices(rng, batch: int, num_tokens: int, mask_ratio: float, *,
                       sort: bool = True) -> tuple[jax.Array, jax.Array]:
     """Random patch masking: ``(keep_idx (B, K), mask_idx (B, N−K))`` int32, disjoint, covering.
 
-    N − K = count_for(mask_ratio, N) positions are masked (round half up), K = N − that are kept.
+    K = kept_count(mask_ratio, N) positions are kept (MAE's ``int(N · (1 − r))``), N − K masked.
     """
     num_tokens = _check_static("num_tokens", num_tokens)
-    masked = count_for(mask_ratio, num_tokens)
-    return random_split(rng, batch, num_tokens, (num_tokens - masked, masked), sort=sort)
+    kept = kept_count(mask_ratio, num_tokens)
+    return random_split(rng, batch, num_tokens, (kept, num_tokens - kept), sort=sort)
 
 
 def indices_to_mask(idx, num_tokens: int) -> jax.Array:

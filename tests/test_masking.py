@@ -15,14 +15,24 @@ def as_sets(*idx_arrays):
     return [[set(a[b].tolist()) for a in arrays] for b in range(arrays[0].shape[0])]
 
 
-def test_count_for_rounds_half_up():
-    assert masking.count_for(0.5, 7) == 4  # 3.5 → 4 (Python's round gives 4 too)
-    assert masking.count_for(0.5, 5) == 3  # 2.5 → 3 (Python's round would give 2)
+def test_counts_follow_the_official_code():
+    """PerA's int(round(L·f)) (half to even) and MAE's int(L·(1 − r)) (down), float products as the
+    official code computes them; a wrong rounding moves one of these by a token."""
+    assert masking.count_for(0.5, 7) == 4 and masking.count_for(0.5, 5) == 2  # 3.5 → 4, 2.5 → 2
+    assert masking.count_for(0.1, 5) == 0 and masking.count_for(0.15, 30) == 4
     assert masking.count_for(0.7, 10) == 7  # 7.000000000000001
     assert masking.count_for(0.2, 196) == 39 and masking.count_for(0.4, 196) == 78
     assert masking.count_for(0.0, 9) == 0 and masking.count_for(1.0, 9) == 9
-    with pytest.raises(ValueError, match=r"fraction in \[0, 1\], found 1.5"):
-        masking.count_for(1.5, 10)
+    for ratio, total, kept in [(0.75, 196, 49), (0.9, 196, 19), (0.7, 196, 58), (0.8, 144, 28),
+                               (0.6, 64, 25), (0.5, 49, 24), (0.0, 16, 16), (1.0, 16, 0)]:
+        assert masking.kept_count(ratio, total) == kept, (ratio, total)
+    for ratio in np.linspace(0, 1, 101):
+        for total in (49, 64, 196, 256):
+            assert masking.kept_count(float(ratio), total) == int(total * (1 - float(ratio)))
+            assert masking.count_for(float(ratio), total) == int(round(total * float(ratio)))
+    for count in (masking.count_for, masking.kept_count):
+        with pytest.raises(ValueError, match=r"fraction in \[0, 1\], found 1.5"):
+            count(1.5, 10)
 
 
 def test_random_split_counts_disjoint_cover_sorted():
@@ -48,7 +58,7 @@ def test_random_split_errors():
 
 def test_keep_mask_indices_and_indices_to_mask():
     keep, masked = masking.keep_mask_indices(jax.random.key(2), 5, 49, 0.5)
-    assert keep.shape == (5, 24) and masked.shape == (5, 25)  # round(24.5) = 25 masked
+    assert keep.shape == (5, 24) and masked.shape == (5, 25)  # int(49 · 0.5) = 24 kept
     for sk, sm in as_sets(keep, masked):
         assert not sk & sm and sk | sm == set(range(49))
     m = np.asarray(masking.indices_to_mask(masked, 49))

@@ -17,7 +17,7 @@ import functools
 
 import numpy as np
 
-from geossl.masking import count_for
+from geossl.masking import kept_count
 from geossl.patches import sincos_pos_embed
 from twins import common
 
@@ -78,12 +78,12 @@ def torch_side(torch, args, config, host_batch) -> dict:
         module.train()
     opt = common.adamw(torch, (net, dec), config)
     x = common.images(torch, host_batch, "image")
-    masked_count = count_for(float(o.mask_ratio), n)
+    kept = kept_count(float(o.mask_ratio), n)
     out = {}
 
     def step():
         keep_idx, mask_idx = common.random_split(torch, x.shape[0], n,
-                                                 (n - masked_count, masked_count))
+                                                 (kept, n - kept))
         pred = decode(torch, dec, common.vit_tokens(torch, net, x, keep_idx), keep_idx, n)
         target = common.patchify(x, p)
         if o.norm_pix_loss:
