@@ -232,12 +232,17 @@ def _dino(student_logits, teacher_logits, center, student_temp, teacher_temp):
     return jnp.mean(-jnp.sum(target * log_p, axis=-1))
 
 
+#: torch's ``PairwiseDistance`` default, added to the difference of each pair.
+_PAIRWISE_EPS = 1e-8
+
+
 def koleo_loss(x, *, eps: float = 1e-8) -> jax.Array:
     """KoLeo regulariser (Sablayrolles et al. 2019, as in DINOv2).
 
-    Returns −mean_i log(min_{j≠i} ||x̂_i − x̂_j|| + eps) for x: (B, D), B >= 2, L2-normalised
-    here. The nearest neighbour is chosen by cosine similarity (no gradient through the choice);
-    the distance to it is then computed directly.
+    Returns −mean_i log(||x̂_i − x̂_n(i) + 1e-8|| + eps) for x: (B, D), B >= 2, x̂ = x / max(||x||,
+    eps), n(i) the nearest other row by cosine similarity (no gradient through the choice). The
+    1e-8 added to the difference is torch's ``PairwiseDistance(eps=1e-8)`` of DINOv2's and PerA's
+    KoLeo: an exact duplicate is at 1e-8·√D, not 0.
     """
     _check_ndim("x", x, 2, "(B, D)")
     b = jnp.shape(x)[0]
@@ -250,13 +255,12 @@ def koleo_loss(x, *, eps: float = 1e-8) -> jax.Array:
 @jax.jit
 def _koleo(x, eps):
     b = jnp.shape(x)[0]
-    xn = _l2_normalize(_f32(x))
+    xn = _l2_normalize(_f32(x), eps)
     sim = jnp.matmul(xn, xn.T, precision=_HIGHEST)
     sim = jnp.where(jnp.eye(b, dtype=bool), -jnp.inf, sim)
     nearest = jax.lax.stop_gradient(jnp.argmax(sim, axis=-1))
-    diff = xn - xn[nearest]
-    # sqrt with a floored argument: exact duplicates give distance ~0 with finite gradients.
-    dist = jnp.sqrt(jnp.maximum(jnp.sum(diff * diff, axis=-1), 1e-30))
+    diff = xn - xn[nearest] + _PAIRWISE_EPS
+    dist = jnp.sqrt(jnp.maximum(jnp.sum(diff * diff, axis=-1), 1e-30))  # finite gradients at 0
     return -jnp.mean(jnp.log(dist + eps))
 
 

@@ -281,10 +281,15 @@ def test_dino_loss_matches_numpy_and_stops_teacher_gradient():
 
 
 def np_koleo(x, eps):
-    xn = np_normalize(x)
-    b = len(x)
-    nearest = [min(np.linalg.norm(xn[i] - xn[j]) for j in range(b) if j != i) for i in range(b)]
-    return -np.mean([math.log(d + eps) for d in nearest])
+    """DINOv2's / PerA's KoLeo in float64: F.normalize(eps), the nearest other row by dot product,
+    torch's PairwiseDistance(eps=1e-8) (the eps added to the difference), −mean log(d + eps)."""
+    x = np.asarray(x, np.float64)
+    xn = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+    dots = xn @ xn.T
+    np.fill_diagonal(dots, -np.inf)
+    nearest = dots.argmax(axis=1)
+    d = np.linalg.norm(xn - xn[nearest] + 1e-8, axis=-1)
+    return -np.mean(np.log(d + eps))
 
 
 def test_koleo_matches_numpy():
@@ -292,13 +297,17 @@ def test_koleo_matches_numpy():
     x = rng.normal(size=(7, 5)).astype(np.float32)
     np.testing.assert_allclose(float(losses.koleo_loss(x)), np_koleo(x, 1e-8), rtol=1e-5)
     np.testing.assert_allclose(float(losses.koleo_loss(x, eps=0.1)), np_koleo(x, 0.1), rtol=1e-5)
-    # a duplicated row: distance 0 (up to float32 round-off under XLA fusion, < 1e-6) → about
-    # −log(eps) for both copies; gradients stay finite
-    xd = np.concatenate([x[:3], x[:1]], axis=0)
-    got = float(losses.koleo_loss(xd))
-    assert np_koleo(xd, 1e-6) < got <= np_koleo(xd, 1e-8) + 1e-5
-    g = jax.grad(losses.koleo_loss)(xd)
-    assert np.isfinite(np.asarray(g)).all()
+    # duplicated rows: each copy at 1e-8·√D from the other (PairwiseDistance's eps), not at 0, so
+    # −log(1e-8·(√D + 1)). Rows of four ±1 entries normalise exactly (to ±0.5), so a copy's
+    # difference is exactly 0 whatever order XLA sums a row in; gradients stay finite.
+    for d in (5, 384):
+        xr = np.zeros((6, d), np.float32)
+        for row in xr:
+            row[rng.choice(d, 4, replace=False)] = rng.choice([-1.0, 1.0], 4)
+        xd = np.concatenate([xr[:3], xr[:1], xr[1:2]], axis=0)
+        np.testing.assert_allclose(float(losses.koleo_loss(xd)), np_koleo(xd, 1e-8), rtol=1e-5)
+        g = jax.grad(losses.koleo_loss)(xd)
+        assert np.isfinite(np.asarray(g)).all()
     with pytest.raises(ValueError, match="at least 2 rows"):
         losses.koleo_loss(x[:1])
 
