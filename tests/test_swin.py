@@ -180,6 +180,18 @@ def test_original_layout_import_export():
         convert.to_torch(padded, TINY, layout="original", img_size=60, **SMALL_KW)
     assert list(convert.to_torch(padded, TINY, img_size=60, **SMALL_KW)) == list(sd)
 
+    # at 28×56 px stage 0 is (7, 14) tokens: timm's windows (7, 7) shifted by (0, 3), where the
+    # original code takes one 7×7 window and no shift; the import says so, the export refuses
+    wide, report = convert.from_torch(original, TINY, img_size=(28, 56), return_report=True,
+                                      **SMALL_KW)                 # stage 1: (4, 7) in one window
+    assert sum("window 7 → 4×7" in line for line in report.adapted) == 2, report.adapted
+    assert any("stage 0: (7, 14) tokens in timm's (7, 7) windows shifted by (0, 3)" in line
+               for line in report.adapted), report.adapted
+    with pytest.raises(ValueError, match=r"stage 0's \(7, 14\) tokens are smaller than the window 7"
+                                         r" on one axis only: export layout 'timm'"):
+        convert.to_torch(wide, TINY, layout="original", img_size=(28, 56), **SMALL_KW)
+    assert list(convert.to_torch(wide, TINY, img_size=(28, 56), **SMALL_KW)) == list(sd)
+
 
 # ----- adapters ---------------------------------------------------------------------------------
 def _keys_bicubic_1d(n_in, n_out):
@@ -209,6 +221,11 @@ def test_bias_table_resampling_window7_to_6_matches_torch_bicubic():
     exact = np.einsum("ih,jw,hwc->ijc", w, w, table.astype(np.float64).reshape(13, 13, 4)).reshape(121, 4)
     np.testing.assert_allclose(ours, exact, rtol=0, atol=1e-6)
     assert resample_rel_pos_bias_table(table, 7) is table
+    # a non-square window (a stage of 4 × 7 tokens, window 7): (7, 13) from the (13, 13) table
+    wide = resample_rel_pos_bias_table(table, (4, 7))
+    ref = torch.nn.functional.interpolate(torch.from_numpy(table).T.reshape(1, 4, 13, 13), size=(7, 13),
+                                          mode="bicubic", align_corners=False)
+    np.testing.assert_allclose(wide, ref.reshape(4, 91).T.numpy(), rtol=0, atol=1e-5)
 
     # through from_torch: window-7 checkpoint into a window-6 model (48 px: 12 → 6 tokens)
     sd = _np_sd(_timm_swin(TINY, 56, 7, 3, **SMALL_KW))

@@ -4,9 +4,11 @@
 merging (``layers_i/downsample``), as in timm; the original Microsoft / SimMIM / GFM code puts the
 same layer at the end of stage i-1 (:mod:`geossl.convert.lib.swin_keys` maps both layouts).
 
-Windows: a stage whose feature size is not larger than the window uses one window of the feature
-size and no shift (timm's ``_calc_window_shift``, the original code's ``min(input_resolution) <=
-window_size`` test), e.g. the 7×7 last stage of a 224 px model, window 7. Other sizes are padded as
+Windows: on an axis where a stage is not larger than the window, the window is the stage's size and
+there is no shift (timm's ``_calc_window_shift``), e.g. the 7×7 last stage of a 224 px model, window
+7. The original code tests ``min(input_resolution) <= window_size`` for both axes at once: the same
+for square stages, not where one axis only is that small (such a model exports in timm's layout
+only). Other sizes are padded as
 timm pads them, so any multiple of the patch size runs (BigEarthNet's 120 px: stages 30, 15, 8, 4):
 a block pads its rolled map with zeros at the bottom and right to whole windows (the shifted mask
 is computed on the padded map) and crops after; a patch merging pads an odd size by one zero row or

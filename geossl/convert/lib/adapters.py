@@ -34,23 +34,26 @@ def resample_pos_embed(pos_embed: np.ndarray, new_grid: tuple[int, int], num_pre
     return np.concatenate([prefix, table], axis=1)
 
 
-def resample_rel_pos_bias_table(table: np.ndarray, new_window: int) -> np.ndarray:
-    """Swin bias table ((2W-1)², heads) → ((2W'-1)², heads) for window W'.
+def resample_rel_pos_bias_table(table: np.ndarray, new_window) -> np.ndarray:
+    """Swin bias table ((2W-1)², heads) → ((2h-1)(2w-1), heads) for window ``new_window`` (h, w)
+    (an int: square).
 
     As SimMIM's ``load_pretrained`` (22k window-7 weights into window 6): each head's
     (2W-1)×(2W-1) table resized by ``F.interpolate(mode="bicubic")`` (align_corners=False, no
-    antialiasing); computed in float64, returned in the input dtype.
+    antialiasing), to a non-square window's (2h-1)×(2w-1) alike; computed in float64, returned
+    in the input dtype.
     """
     table = np.asarray(table)
     side = int(round(np.sqrt(table.shape[0]))) if table.ndim == 2 else 0
     if side * side != (table.shape[0] if table.ndim == 2 else -1) or side % 2 == 0:
         raise ValueError(f"relative_position_bias_table: expected ((2W-1)², heads), found {table.shape}")
-    new_side = 2 * int(new_window) - 1
-    if new_side == side:
+    wh, ww = (new_window, new_window) if np.ndim(new_window) == 0 else new_window
+    new_h, new_w = 2 * int(wh) - 1, 2 * int(ww) - 1
+    if (new_h, new_w) == (side, side):
         return table
     grid = table.astype(np.float64).reshape(side, side, -1)
-    out = resize_grid(grid, (new_side, new_side), antialias=False)
-    return out.reshape(new_side * new_side, -1).astype(table.dtype)
+    out = resize_grid(grid, (new_h, new_w), antialias=False)
+    return out.reshape(new_h * new_w, -1).astype(table.dtype)
 
 
 def adapt_input_channels(weight: np.ndarray, in_chans: int, mode: str = "repeat",

@@ -55,20 +55,26 @@ def _constant(array):
     return lambda: array.copy()
 
 
-def _unpadded_reason(stages) -> str | None:
-    """Why the original code (no padding) cannot build a model of these stages, or None."""
+def _original_differs(stages, window_size: int) -> str | None:
+    """Why the original code computes another function than this model's stages, or None."""
     for i, (resolution, window, _) in enumerate(stages):
+        if min(resolution) <= window_size < max(resolution):
+            return (f"the original code gives a stage no larger than its window on one axis one "
+                    f"{min(resolution)}×{min(resolution)} window and no shift (timm's rule, this "
+                    f"model's, works per axis), and stage {i}'s {resolution} tokens are smaller "
+                    f"than the window {window_size} on one axis only")
         if resolution[0] % window[0] or resolution[1] % window[1]:
-            return f"stage {i}'s {resolution} tokens are not whole {window} windows"
+            return (f"the original code pads neither windows nor patch merging, and stage {i}'s "
+                    f"{resolution} tokens are not whole {window} windows")
         if i + 1 < len(stages) and (resolution[0] % 2 or resolution[1] % 2):
-            return f"stage {i}'s {resolution} tokens do not halve at the next patch merging"
+            return (f"the original code pads neither windows nor patch merging, and stage {i}'s "
+                    f"{resolution} tokens do not halve at the next patch merging")
     return None
 
 
 def _refused(reason: str):
     def make():
-        raise ValueError(f"Swin original layout: the original code pads neither windows nor patch "
-                         f"merging, and {reason}: export layout 'timm' instead")
+        raise ValueError(f"Swin original layout: {reason}: export layout 'timm' instead")
     return make
 
 
@@ -82,7 +88,7 @@ def swin_entries(model: SwinTransformer, layout: str = "timm") -> list[Entry]:
               Entry("patch_embed.proj.bias", ("params", "patch_embed", "proj", "bias"))]
     table += _layer_norm("patch_embed.norm", ("patch_embed", "norm"))
     stages = model.stage_windows()
-    reason = _unpadded_reason(stages)
+    reason = _original_differs(stages, model.window_size)
     buffer = _constant if reason is None else (lambda _: _refused(reason))
     for i, (resolution, window, shift) in enumerate(stages):
         if i and not original:
@@ -173,19 +179,27 @@ def resolve_structure(state_dict: Mapping, arch: str, kw: dict, img_size: int | 
 
 def resample_bias_tables(state_dict: dict, torch_shape: dict, model: SwinTransformer,
                          adapted: list[str]) -> None:
-    """Bias tables ((2W-1)², heads) of another window → the model's, per block."""
-    del model
+    """Bias tables ((2W-1)², heads) of another window → the model's, per block; a stage whose
+    windows are not the original code's (smaller than the window on one axis only) is noted."""
+    for i, (resolution, window, shift) in enumerate(model.stage_windows()):
+        if min(resolution) <= model.window_size < max(resolution):
+            adapted.append(f"stage {i}: {resolution} tokens in timm's {window} windows shifted by "
+                           f"{shift} (the original code: one {min(resolution)}×{min(resolution)} "
+                           f"window, no shift)")
+    windows = [window for _, window, _ in model.stage_windows()]
     for key, value in list(state_dict.items()):
         expected = torch_shape.get(key)
         if (not key.endswith("relative_position_bias_table") or expected is None
                 or value.shape == expected):
             continue
-        side, new_side = math.isqrt(value.shape[0]), math.isqrt(expected[0])
+        side = math.isqrt(value.shape[0])
+        window = windows[int(key.split(".")[1])]
         if (value.ndim != 2 or value.shape[1] != expected[1] or side * side != value.shape[0]
-                or new_side * new_side != expected[0]):
+                or (2 * window[0] - 1) * (2 * window[1] - 1) != expected[0]):
             continue  # reported as a wrong shape
-        state_dict[key] = resample_rel_pos_bias_table(value, (new_side + 1) // 2)
-        adapted.append(f"{key}: resampled window {(side + 1) // 2} → {(new_side + 1) // 2}")
+        state_dict[key] = resample_rel_pos_bias_table(value, window)
+        new = window[0] if window[0] == window[1] else f"{window[0]}×{window[1]}"
+        adapted.append(f"{key}: resampled window {(side + 1) // 2} → {new}")
 
 
 def timm_model(model: SwinTransformer, arch: str) -> tuple[str, dict]:
