@@ -168,7 +168,7 @@ def backbone_args(export: str) -> tuple[str, dict, str]:
                 ckpt_data=torch_checkpoint(export), out_indices=[1, 2, 3, 4], **layers), "resnet"
         return f"timm_{meta['timm_model']}", dict(
             pretrained=True, pretrained_cfg_overlay={"file": export}, out_indices=[1, 2, 3, 4],
-            **timm_kw, **layers), "resnet"
+            **{**layers, **timm_kw}), "resnet"
     family = "swin" if arch.startswith("swin") else "vit"
     levels = len(timm_kw["depths"]) if family == "swin" else _depth(keys)
     return f"timm_{meta['timm_model']}", dict(

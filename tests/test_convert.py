@@ -355,13 +355,19 @@ def test_mismatch_hints_name_the_cause():
     assert any("32 outputs, the model's 64" in h for h in wide) and not any("channels" in h for h in wide)
 
 
-@pytest.mark.parametrize("arch,kw", [
-    ("resnet18", dict(in_chans=4)),
+@pytest.mark.parametrize("arch,kw,timm_name", [
+    ("resnet18", dict(in_chans=4), "resnet18"),
+    ("resnet18", dict(in_chans=2, stage_sizes=(1, 1, 1, 1)), "resnet18"),
+    ("resnet18", dict(in_chans=3, block="bottleneck"), "resnet50"),
+    ("resnet50", dict(in_chans=13, stage_sizes=(3, 4, 23, 3)), "resnet50"),
+    ("resnet34", dict(in_chans=3, stage_sizes=(1, 2, 1, 1)), "resnet18"),
     ("swin_tiny_patch4_window7_224", dict(img_size=32, in_chans=3, embed_dim=16, depths=(2, 2),
-                                          num_heads=(1, 2), window_size=4)),
+                                          num_heads=(1, 2), window_size=4),
+     "swin_tiny_patch4_window7_224"),
 ])
-def test_timm_model_of_swin_and_resnet_exports_loads_strictly(arch, kw):
-    """Keys and shapes only (a meta-device timm model): every export names a timm model."""
+def test_timm_model_of_swin_and_resnet_exports_loads_strictly(arch, kw, timm_name):
+    """Keys and shapes only (a meta-device timm model): every export names a timm model, a ResNet
+    of other stage sizes or block the timm ResNet of that block with its ``layers``."""
     torch = pytest.importorskip("torch")
     timm = pytest.importorskip("timm")
     model = models.create(arch, **kw)
@@ -370,7 +376,13 @@ def test_timm_model_of_swin_and_resnet_exports_loads_strictly(arch, kw):
     variables = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), shapes)
     sd = convert.to_torch(variables, arch, **kw)
     name, kwargs = convert.timm_model(arch, **kw)
-    assert name == arch and kwargs["num_classes"] == 0 and kwargs["in_chans"] == kw["in_chans"]
+    assert name == timm_name and kwargs["num_classes"] == 0 and kwargs["in_chans"] == kw["in_chans"]
     with torch.device("meta"):
         net = timm.create_model(name, **kwargs)
     net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, strict=True, assign=True)
+
+
+def test_timm_model_is_none_for_a_resnet_timm_cannot_build():
+    """timm's plain stem has 64 channels and its forward runs layer1 to layer4."""
+    assert convert.timm_model("resnet18", width=32) is None
+    assert convert.timm_model("resnet50", stage_sizes=(3, 4, 6)) is None

@@ -40,7 +40,8 @@ class FamilyAdapter:
     detect(state_dict) -> layout: the layout of a checkpoint's keys (detect).
     structure(state_dict, arch, kw, img_size) -> kw: ``kw`` (``models.create`` keywords) completed
         with what the checkpoint fixes (registers, depths, window, input size).
-    timm_model(model, arch) -> (name, kwargs): the timm model that loads the ``timm_layout`` export.
+    timm_model(model, arch) -> (name, kwargs) or None: the timm model that loads the
+        ``timm_layout`` export (None: timm builds no such model).
     timm_layout: the layout timm reads.
     buffer_suffixes: torch buffers recomputed by geossl: dropped on import, after ``structure``
         has read them (a Swin's ``attn_mask`` tells its input size).

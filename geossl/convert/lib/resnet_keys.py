@@ -8,7 +8,7 @@ import numpy as np
 
 from geossl.convert.lib.family_adapter import FamilyAdapter
 from geossl.convert.lib.keymap import Entry
-from geossl.models.resnet import ResNet, stage_plan
+from geossl.models.resnet import RESNET_CONFIGS, ResNet, stage_plan
 
 LAYOUTS = ("torchvision",)  # timm's ResNets share it
 
@@ -60,9 +60,17 @@ def _resolve_structure(state_dict: Mapping, arch: str, kw: dict, img_size: int |
     return kw
 
 
-def timm_model(model: ResNet, arch: str) -> tuple[str, dict]:
-    """``(name, kwargs)``: timm's ResNet of that name reads the torchvision layout."""
-    return arch, dict(in_chans=model.in_chans, num_classes=0)
+def timm_model(model: ResNet, arch: str) -> tuple[str, dict] | None:
+    """``(name, kwargs)``: timm's ResNet of ``model``'s structure, which reads the torchvision
+    layout: ``arch`` itself, or the timm ResNet of the same block (resnet50: bottleneck, resnet18:
+    basic) with ``layers`` the stage sizes; None for another width than 64 (timm's plain stem
+    has 64 channels) or other than 4 stages (its forward runs ``layer1`` to ``layer4``)."""
+    if model.width != 64 or len(model.stage_sizes) != 4:
+        return None
+    if RESNET_CONFIGS.get(arch) == dict(stage_sizes=tuple(model.stage_sizes), block=model.block):
+        return arch, dict(in_chans=model.in_chans, num_classes=0)
+    kw = dict(layers=list(model.stage_sizes), in_chans=model.in_chans, num_classes=0)
+    return ("resnet50" if model.block == "bottleneck" else "resnet18"), kw
 
 
 ADAPTER = FamilyAdapter(
