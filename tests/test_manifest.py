@@ -41,6 +41,20 @@ def test_manifest_lists_every_shard_and_a_rerun_replaces_the_old_set(tmp_path):
     assert not list(tmp_path.glob("train-*-of-00004.tfrecord*"))
 
 
+def test_a_set_whose_name_starts_with_another_sets_is_left_alone(tmp_path):
+    """Writing (or checking) set ``train`` neither removes nor counts ``train-2023``'s shards."""
+    write_shards(list(range(4)), make_record, str(tmp_path), "train-2023", num_shards=2,
+                 num_workers=1, verbose=False)
+    other = sorted(p.name for p in tmp_path.glob("train-2023-*"))
+    write(tmp_path, list(range(6)), 3)
+    write(tmp_path, list(range(6)), 2)   # a rerun replaces train's own 3 shards only
+    assert sorted(p.name for p in tmp_path.glob("train-2023-*")) == other and len(other) == 4
+    assert [os.path.basename(p) for p in manifest.shards_on_disk(str(tmp_path), "train")] == [
+        "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord"]
+    manifest.check_shard_set(train_files(str(tmp_path / "train-0*.tfrecord")))
+    manifest.check_shard_set(train_files(str(tmp_path / "train-2023-*.tfrecord")))
+
+
 def listing(folder):
     """Path, size and mtime of everything under ``folder``."""
     return sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))

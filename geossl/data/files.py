@@ -110,8 +110,8 @@ def add_demo_rendering(directory: str, modality: str) -> None:
             os.replace(os.path.join(tmp, name), os.path.join(directory, name))
         for split in ("train", "heldout"):
             prefix = synthetic.set_prefix(modality, split)
-            pattern = os.path.join(glob.escape(directory), f"{prefix}-*-of-*.tfrecord*")
-            stale = [p for p in glob.glob(pattern) if os.path.basename(p) not in names]
+            stale = [p for p in manifest.shards_on_disk(directory, prefix)
+                     if os.path.basename(p) not in names]
             for path in stale + glob.glob(manifest.marker_path(glob.escape(directory), prefix)):
                 os.remove(path)
         os.replace(os.path.join(tmp, meta), os.path.join(directory, meta))

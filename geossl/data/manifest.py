@@ -91,7 +91,7 @@ def _complete(folder: str, prefix: str, shards: list[dict]) -> dict:
         json.dump(manifest, f, indent=1)
     os.replace(tmp, manifest_path(folder, prefix))
     keep = {s["name"] for s in shards}
-    for path in _shards_on_disk(folder, prefix):
+    for path in shards_on_disk(folder, prefix):
         if os.path.basename(path) not in keep:  # the older set this run replaces
             for stale in (path, path + ".index"):
                 if os.path.exists(stale):
@@ -100,10 +100,12 @@ def _complete(folder: str, prefix: str, shards: list[dict]) -> dict:
     return manifest
 
 
-def _shards_on_disk(folder: str, prefix: str) -> list[str]:
+def shards_on_disk(folder: str, prefix: str) -> list[str]:
+    """The shard files of set ``prefix`` in ``folder`` (``prefix-NNNNN-of-NNNNN.tfrecord[.gz]``),
+    not those of another set whose name starts with it (``train-2023`` beside ``train``)."""
     pattern = os.path.join(glob.escape(folder), f"{glob.escape(prefix)}-*-of-*.tfrecord*")
     return sorted(p for p in glob.glob(pattern)
-                  if not p.endswith(".index") and _SHARD.match(os.path.basename(p)))
+                  if (m := _SHARD.match(os.path.basename(p))) and m.group("prefix") == prefix)
 
 
 def check_shard_set(files: Sequence[str]) -> None:
@@ -119,7 +121,7 @@ def check_shard_set(files: Sequence[str]) -> None:
         if not os.path.exists(manifest_path(folder, prefix)):
             continue
         listed = {s["name"]: s for s in read_manifest(manifest_path(folder, prefix))["shards"]}
-        on_disk = {os.path.basename(p): p for p in _shards_on_disk(folder, prefix)}
+        on_disk = {os.path.basename(p): p for p in shards_on_disk(folder, prefix)}
         problems = [f"missing {name} (listed with {s['records']} records)"
                     for name, s in listed.items() if name not in on_disk]
         problems += [f"{name}: {problem}" for name, s in listed.items() if name in on_disk
@@ -183,7 +185,7 @@ def verify_shard_set(path: str, *, workers: int = 8, progress=None) -> list[tupl
         problems.append((os.path.basename(marker_path(folder, prefix)),
                          "a data_prep run writing this set stopped: run it again"))
     listed = {s["name"]: s for s in manifest["shards"]}
-    on_disk = {os.path.basename(p): p for p in _shards_on_disk(folder, prefix)}
+    on_disk = {os.path.basename(p): p for p in shards_on_disk(folder, prefix)}
     to_read = []
     for name, shard in listed.items():
         if name not in on_disk:
