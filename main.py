@@ -102,6 +102,10 @@ def parse_flags(argv):
     except flags.Error as e:
         if isinstance(e.__context__, ConfigError):  # from the optimiser switch
             print(f"main.py: {e.__context__}", file=sys.stderr)
+        elif str(e).startswith("flag --config="):  # the config file failed: its own error
+            flag = str(e).split(": ", 1)[0][len("flag "):]
+            cause = innermost(e)
+            print(f"main.py: {flag}: {type(cause).__name__}: {one_line(cause)}", file=sys.stderr)
         else:
             print(f"main.py: {e} (--helpshort lists the flags)", file=sys.stderr)
         sys.exit(2)
@@ -112,6 +116,16 @@ def parse_flags(argv):
     except OSError as e:  # the config file itself
         print(f"main.py: --config: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
+    except Exception as e:  # noqa: BLE001 (the config file's code: a SyntaxError, a NameError...)
+        print(f"main.py: --config: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def innermost(error: BaseException) -> BaseException:
+    """The first error of the chain that ``error`` ends (its causes and contexts followed)."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    return error
 
 
 def huge_pages_in_argv(argv) -> bool | None:

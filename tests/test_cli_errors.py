@@ -31,6 +31,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("softcon_vit_s.py:demo", "--config.data.num_workers=-2",
      "config.data.num_workers: expected >= 0, found -2"),
     ("nope.py", "--config.seed=1", "--config: "),
+    ("softcon_vit_s.py:nope", "--config.seed=1",
+     "softcon_vit_s.py:nope: ValueError: unknown config variant(s) ['nope']; known: ['demo', 'sar']"),
+    ("../README.md", "--config.seed=1", "--config: SyntaxError: "),
 ])
 def test_bad_config_is_one_line_and_writes_nothing(tmp_path, config, override, message):
     workdir = tmp_path / "w"
