@@ -85,6 +85,18 @@ def test_decode_errors_name_the_feature():
         decode_example(example.SerializeToString())
     with pytest.raises(ExampleDecodeError, match="not a tf.train.Example"):
         decode_example(b"\xff\xff\xff")
+    # text that is not UTF-8 names its feature; a shape whose product overflows int64 is refused
+    for name in ("key", "bands"):
+        bad = Example.FromString(encode_example(_record(2)))
+        bad.features.feature[name].bytes_list.value[0] = b"\xffk"
+        with pytest.raises(ExampleDecodeError, match=f"feature '{name}': expected UTF-8 text, "
+                                                     r"found b'\\xffk' \(invalid start byte"):
+            decode_example(bad.SerializeToString())
+    huge = Example.FromString(encode_example(_record(2)))
+    del huge.features.feature["shape"].int64_list.value[:]
+    huge.features.feature["shape"].int64_list.value.extend([2**32, 2**32, 1, 1])
+    with pytest.raises(ExampleDecodeError, match="expected 36893488147419103232 bytes"):
+        decode_example(huge.SerializeToString())
 
 
 def test_framing_and_crc():

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -142,7 +143,7 @@ def _decode_array(values: dict, name: str) -> np.ndarray:
         raise ExampleDecodeError(f"feature 'shape': expected 4 values [T, H, W, C], found "
                                  f"{shape.tolist()}")
     native = np.dtype(dtype_str)
-    expected = int(np.prod(shape)) * native.itemsize
+    expected = math.prod(shape.tolist()) * native.itemsize   # Python ints: no int64 overflow
     if len(buf[0]) != expected:
         raise ExampleDecodeError(
             f"feature {name!r}: expected {expected} bytes for shape {shape.tolist()} dtype "
@@ -161,7 +162,15 @@ def _text(values: dict, name: str, default=None) -> str:
         raise ExampleDecodeError(f"missing feature {name!r}; found {sorted(values)}")
     if not (isinstance(value, list) and len(value) == 1):
         raise ExampleDecodeError(f"feature {name!r} must be a bytes list with one value")
-    return value[0].decode("utf-8")
+    return _utf8(value[0], name)
+
+
+def _utf8(value: bytes, name: str) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ExampleDecodeError(f"feature {name!r}: expected UTF-8 text, found {value[:32]!r} "
+                                 f"({e.reason} at byte {e.start})") from None
 
 
 _LARGE = 4096  # features above this many bytes are viewed in place when they are one bytes value
@@ -209,7 +218,7 @@ def decode_example(data) -> dict:
         "image": _decode_array(values, "image"),
         "labels": labels,
         "key": _text(values, "key"),
-        "bands": [b.decode("utf-8") for b in bands],
+        "bands": [_utf8(b, "bands") for b in bands],
         "sensor": _text(values, "sensor"),
         "label_set": _text(values, "label_set", default=""),
     }
