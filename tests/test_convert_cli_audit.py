@@ -266,6 +266,14 @@ def test_cli_import_refuses_an_output_that_holds_a_workdir(tmp_path, capsys):
     assert main(["import", "--arch", "resnet18", "--input", src, "--output", str(empty)]) == 0
     assert main(["import", "--arch", "resnet18", "--input", src, "--output", str(empty)]) == 1
     assert "config.json of a 'backbone' run, backbone/" in _error_lines(capsys)[-1]
+    # training there is refused before anything changes (its backbone/ would stay what is read)
+    from configs import softcon_vit_s
+    from geossl.train import checkpoint, loop
+    before = {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in empty.rglob("*")}
+    with pytest.raises(checkpoint.CheckpointMismatchError,
+                       match=f"{empty}: a backbone-only workdir .* --config.init.workdir={empty}$"):
+        loop.run(softcon_vit_s.get_config("demo"), str(empty))
+    assert {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in empty.rglob("*")} == before
     (tmp_path / "file").write_text("x")
     assert main(["import", "--arch", "resnet18", "--input", src, "--output", str(tmp_path / "file")]) == 1
     assert _error_lines(capsys)[-1] == (f"error: --output {tmp_path / 'file'}: an existing file, "

@@ -211,6 +211,11 @@ def run(config, workdir: str, devices=None, *, hooks=(), progress_bar: bool | No
 
 
 def _run(config, workdir: str, devices, hooks, progress_bar, stop) -> dict:
+    if os.path.isdir(os.path.join(workdir, "backbone")):
+        raise ckpt_lib.CheckpointMismatchError(
+            f"{workdir}: a backbone-only workdir (backbone/, from `geossl.convert import`), whose "
+            f"backbone the probes and exports would keep reading: train in another workdir, "
+            f"starting from this one with --config.init.workdir={workdir}")
     mesh = mesh_lib.make_mesh(config.mesh, devices)
     if config.global_batch % mesh_lib.batch_divisor(mesh):
         raise ValueError(f"global_batch {config.global_batch} is not divisible by data×fsdp = "
