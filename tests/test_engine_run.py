@@ -156,6 +156,14 @@ def test_checkpoint_of_another_model_is_refused(shards, two_steps, tmp_path):
     assert open(os.path.join(workdir, "config.json")).read() == config_json
     arch, variables = ckpt_lib.load_backbone(workdir)
     assert arch == "vit_tiny_patch16" and "blocks_0" in variables["params"]
+    # the same shapes reading other inputs: bands in another order, another normalisation
+    bands = tuple(reversed(tiny_config(shards).data.bands))
+    with pytest.raises(ckpt_lib.CheckpointMismatchError,
+                       match=r"config.data.bands: checkpoint has \['B1', .*, config asks \['B12', "
+                             r".*; config.data.norm: checkpoint has 'softcon', config asks 'none'"):
+        loop.run(tiny_config(shards, total_steps=4, **{"data.bands": bands, "data.norm": "none"}),
+                 workdir)
+    assert open(os.path.join(workdir, "config.json")).read() == config_json
 
 
 def test_unreadable_newest_checkpoint_falls_back_and_none_readable_is_one_error(shards, tmp_path,

@@ -100,7 +100,15 @@ def fingerprint(tree) -> str:
 
 def make_meta(config, state) -> dict:
     return {"model": config.model.name, "objective": config.objective.name,
+            "inputs": input_meta(config.data),
             "params": shape_summary(state.params), "opt_state": shape_summary(state.opt_state)}
+
+
+def input_meta(data) -> dict:
+    """What the weights learnt to read: the input bands in order, their normalisation and any
+    wavelength overrides (``config.data``); a resume that changes them is refused."""
+    return {"bands": [str(b) for b in data.bands], "norm": str(data.norm),
+            "wavelengths": {str(k): float(v) for k, v in dict(data.get("wavelengths", {})).items()}}
 
 
 def check_meta(saved: dict, expected: dict, directory: str) -> None:
@@ -109,6 +117,11 @@ def check_meta(saved: dict, expected: dict, directory: str) -> None:
     for key in ("model", "objective"):
         if saved.get(key) != expected[key]:
             problems.append(f"{key}: checkpoint has {saved.get(key)!r}, config asks {expected[key]!r}")
+    saved_inputs = saved.get("inputs")  # absent from checkpoints of geossl before session 25
+    for name, value in (expected.get("inputs", {}).items() if saved_inputs else ()):
+        if saved_inputs.get(name) != value:
+            problems.append(f"config.data.{name}: checkpoint has {saved_inputs.get(name)!r}, "
+                            f"config asks {value!r}")
     if "teacher" in expected and saved.get("teacher") != expected["teacher"]:
         problems.append(f"frozen teacher: the run started with weights {saved.get('teacher')}, "
                         f"config.teacher now gives {expected['teacher']}")
