@@ -337,3 +337,24 @@ def test_a_failed_export_leaves_no_new_folder(tmp_path):
     assert os.listdir(tmp_path) == []
     io.save_state_dict({"w": np.ones(2, np.float32)}, str(target))
     assert os.listdir(target.parent) == ["model.safetensors"]
+
+
+def test_cli_import_refuses_sizes_below_one_and_kwargs_of_another_type(tmp_path, capsys):
+    """One line each, nothing written: argparse for the sizes, the architecture's own values'
+    types for --model_kwargs (a JSON list stands for a tuple)."""
+    src = str(tmp_path / "any.safetensors")
+    io.save_state_dict({"w": np.ones(2, np.float32)}, src)
+    out = tmp_path / "out"
+    for flag in (["--in_chans", "-1"], ["--img_size", "0"], ["--window_size", "x"]):
+        with pytest.raises(SystemExit):
+            main(["import", "--arch", "resnet18", "--input", src, "--output", str(out), *flag])
+        assert f"argument {flag[0]}: expected an integer >= 1, found '{flag[1]}'" in (
+            capsys.readouterr().err)
+    for kwargs, message in [('{"width": "x"}', "width expects a value like 64 (int), found 'x'"),
+                            ('{"stage_sizes": 2}', "stage_sizes expects a value like (2, 2, 2, 2) "
+                                                   "(tuple), found 2"),
+                            ('{"width": true}', "width expects a value like 64 (int), found True")]:
+        assert main(["import", "--arch", "resnet18", "--input", src, "--output", str(out),
+                     "--model_kwargs", kwargs]) == 1
+        assert _error_lines(capsys) == [f"error: --model_kwargs: {message}"]
+    assert not out.exists()

@@ -46,10 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "export records (its model arguments are used too)")
     imp.add_argument("--input", required=True, help="state dict: .pth/.pt or .safetensors")
     imp.add_argument("--output", required=True, help="directory to write (new or empty)")
-    imp.add_argument("--in_chans", type=int, default=None, help="default: the checkpoint's")
-    imp.add_argument("--img_size", type=int, default=None,
+    imp.add_argument("--in_chans", type=_positive_int, default=None, help="default: the checkpoint's")
+    imp.add_argument("--img_size", type=_positive_int, default=None,
                      help="ViT and Swin; default: the checkpoint's (Swin timm layout: 224)")
-    imp.add_argument("--window_size", type=int, default=None,
+    imp.add_argument("--window_size", type=_positive_int, default=None,
                      help="Swin only; default: the checkpoint's (bias tables are resampled to another)")
     imp.add_argument("--model_kwargs", type=_json_object, default=None,
                      help="other architecture arguments as a JSON object, e.g. a ViT of another "
@@ -63,6 +63,39 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--drop_prefixes", nargs="*", default=["head.", "fc."])
     imp.add_argument("--non_strict", action="store_true", help="keep what matches, log the rest")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {text!r}")
+    return value
+
+
+def _check_kwarg_types(module, extra: dict) -> None:
+    """Each ``--model_kwargs`` value of the type of the architecture's own value (a JSON list for
+    a tuple, an int for a float)."""
+    for name, value in extra.items():
+        default = getattr(module, name, None)
+        if default is None:
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif isinstance(default, (tuple, list)):
+            ok = isinstance(value, list)
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise ValueError(f"--model_kwargs: {name} expects a value like {default!r} "
+                             f"({type(default).__name__}), found {value!r}")
 
 
 def _json_object(text: str) -> dict:
@@ -115,6 +148,7 @@ def import_(arch: str | None, input_path: str, output: str, *, in_chans: int | N
     if unknown:
         raise ValueError(f"--model_kwargs: {arch} takes no {', '.join(unknown)}; its arguments: "
                          f"{', '.join(sorted(accepted))}")
+    _check_kwarg_types(models.create(arch), extra)
     given = {"in_chans": in_chans, "img_size": img_size, "window_size": window_size}
     kw = {**recorded, **extra, **{k: v for k, v in given.items() if v is not None}}
     kw = convert.resolve_model_kwargs(sd, arch, in_chans=kw.pop("in_chans", None),
