@@ -425,6 +425,9 @@ def test_labels_follow_the_acquisition_read():
         images, labels = next(split.read([0], pre))
         assert np.flatnonzero(labels[0]).tolist() == want
         np.testing.assert_array_equal(images[0], record["image"][t].astype(np.float32))
+    for t in (2, -3):   # out of range: named, not an IndexError
+        with pytest.raises(ValueError, match=f"acquisition {t} of an image with 2 acquisitions"):
+            next(split.read([0], datasets.Preprocess(norm="none", acquisition=t)))
 
 
 @pytest.mark.parametrize("cli, flags, message", [

@@ -207,6 +207,9 @@ class RecordSplit(LabelledSplit):
         acq = record.get("acq_labels")
         image = record["image"]
         seasons = np.shape(image)[0] if np.ndim(image) == 4 else 1
+        if not -seasons <= acquisition < seasons:
+            raise ValueError(f"{record.get('key', 'a record')}: acquisition {acquisition} of an "
+                             f"image with {seasons} acquisitions")
         if acq is not None and np.size(acq) == seasons * self.num_classes:
             rows = np.asarray(acq).reshape(seasons, self.num_classes)
             return np.flatnonzero(rows[acquisition]).astype(np.int64)
