@@ -55,6 +55,17 @@ def test_a_set_whose_name_starts_with_another_sets_is_left_alone(tmp_path):
     manifest.check_shard_set(train_files(str(tmp_path / "train-2023-*.tfrecord")))
 
 
+def test_train_files_refuses_a_pattern_that_matches_nothing(tmp_path):
+    write(tmp_path, list(range(4)), 2)
+    good = str(tmp_path / "train-*.tfrecord")
+    assert len(train_files([good])) == 2
+    with pytest.raises(FileNotFoundError, match=r"no training shards match '.*/typo-\*.tfrecord' "
+                                                r"\(of the patterns .*; the others match 2 files\)"):
+        train_files([good, str(tmp_path / "typo-*.tfrecord")])
+    with pytest.raises(FileNotFoundError, match="no training shards match"):
+        train_files(str(tmp_path / "none-*.tfrecord"))
+
+
 def listing(folder):
     """Path, size and mtime of everything under ``folder``."""
     return sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))

@@ -253,12 +253,17 @@ def _worker_leaves_stop_signals_to_the_trainer(worker_index: int, worker_count: 
 
 
 def train_files(pattern: str | Sequence[str]) -> list[str]:
-    """Sorted shard paths of a glob (or a list of globs); error if none match."""
+    """Sorted shard paths of a glob (or a list of globs); error if none match, or if one of
+    several matches nothing (a typo would otherwise drop a set silently)."""
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
-    files = sorted({f for p in patterns for f in glob.glob(p)})
-    files = [f for f in files if not f.endswith(".index")]
+    found = {p: [f for f in glob.glob(p) if not f.endswith(".index")] for p in patterns}
+    files = sorted({f for matched in found.values() for f in matched})
     if not files:
         raise FileNotFoundError(f"no training shards match {patterns}")
+    empty = [p for p, matched in found.items() if not matched]
+    if empty:
+        raise FileNotFoundError(f"no training shards match {empty[0]!r} (of the patterns "
+                                f"{patterns}; the others match {len(files)} files)")
     manifest.check_shard_set(files)
     return files
 
