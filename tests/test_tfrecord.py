@@ -159,6 +159,16 @@ def test_index_rebuilt_when_missing_or_stale(tmp_path):
     src = ShardSource(path)
     assert len(src) == 4 and src[3]["key"] == "loc-9"
     assert offset_index._read_index(path)[0].size == 5
+    # damaged offsets under an intact header (size and mtime still the shard's) are not trusted
+    head = offset_index._INDEX_HEAD.size
+    for where, flip in ((head + 8 * 2 + 7, 0x80), (head, 0x01),
+                        (head + 8 * 4, 0x02)):
+        blob = bytearray(open(path + ".index", "rb").read())
+        blob[where] ^= flip
+        with open(path + ".index", "r+b") as f:
+            f.write(bytes(blob))
+        assert offset_index._read_index(path) is None, (where, flip)
+        assert [r["key"] for r in ShardSource(path)] == ["loc-0", "loc-1", "loc-2", "loc-9"]
 
 
 def test_gzip_and_zlib_shards(tmp_path):

@@ -23,6 +23,7 @@ _INDEX_MAGIC = b"GSSLIDX1"
 _INDEX_HEAD = struct.Struct("<8sQQqQ")
 _FLAGS = {"": 0, "gzip": 1, "zlib": 2}
 _KINDS = {v: k for k, v in _FLAGS.items()}
+_SMALLEST_RECORD = 16   # length (8) + its CRC (4) + no data + the data's CRC (4)
 
 
 def index_path(path: str) -> str:
@@ -65,6 +66,9 @@ def _read_index(path: str):
             or mtime_ns != stat.st_mtime_ns or len(blob) != _INDEX_HEAD.size + 8 * (n + 1)):
         return None
     offsets = np.frombuffer(blob, dtype="<u8", offset=_INDEX_HEAD.size).astype(np.uint64)
+    steps = np.diff(offsets.astype(np.int64))   # damaged offsets: rebuilt, not trusted
+    if offsets[0] != 0 or (steps < _SMALLEST_RECORD).any() or (not flags and offsets[-1] != size):
+        return None
     return offsets, _KINDS[flags]
 
 
