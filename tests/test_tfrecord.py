@@ -73,6 +73,14 @@ def test_encode_errors_name_the_problem():
         encode_example(dict(_record(1), image=np.zeros((1, 2, 2, 3), np.int32)))
     with pytest.raises(ValueError, match="2 band names"):
         encode_example(dict(_record(1), bands=["B1", "B2"]))
+    # an array feature's companions are its own, in whichever order the record lists them
+    mask = np.zeros((2, 2), np.uint8)
+    for extra in ({"mask": mask, "mask_shape": [5]}, {"mask_shape": [5], "mask": mask},
+                  {"mask": mask, "mask_dtype": "uint8"}):
+        companion = next(k for k in extra if k != "mask")
+        with pytest.raises(ValueError, match=f"record 'loc-1': feature '{companion}' collides "
+                                             "with the array feature 'mask'"):
+            encode_example(dict(_record(1), **extra))
 
 
 def test_decode_errors_name_the_feature():

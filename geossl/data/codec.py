@@ -42,6 +42,9 @@ def _le_bytes(array: np.ndarray) -> bytes:
 
 
 def _put_extra(features, name: str, value, where: str) -> None:
+    if name in features:   # an array feature's companion, written before it
+        stem = name.rsplit("_", 1)[0]
+        raise ValueError(f"{where}: feature {name!r} collides with the array feature {stem!r}")
     if isinstance(value, (str, bytes)):
         features[name].bytes_list.value.append(_as_text(value))
         return
