@@ -533,3 +533,17 @@ def test_tensorflow_reads_the_shards_data_prep_writes(tmp_path, tf_python):
                                                 .tobytes()).hexdigest()
             assert row["labels"] == record["labels"].tolist()
             assert row["names"] == sorted(example.features.feature)
+
+
+def test_an_absurd_length_with_a_valid_crc_is_a_truncation(tmp_path):
+    """Both readers: the length field (its CRC intact) asks for exabytes; the file has 4 bytes."""
+    for n in (2**62, 2**64 - 1):
+        length = struct.pack("<Q", n)
+        path = str(tmp_path / f"absurd-{n}.tfrecord")
+        with open(path, "wb") as f:
+            f.write(framing.frame(encode_example(_record(0))) + length
+                    + struct.pack("<I", framing.masked_crc32c(length)) + b"rest")
+        for read in (lambda: ShardSource(path), lambda: list(read_records(path))):
+            with pytest.raises(CorruptRecordError, match=rf"{path}: record 1 at byte offset \d+: "
+                                                         rf"truncated \(length field says {n} data"):
+                read()

@@ -139,6 +139,24 @@ class ShardSource:
         return f"ShardSource({len(self.paths)} shards from {first!r}, {len(self)} records)"
 
 
+_CHUNK = 1 << 26
+
+
+def _read_up_to(stream, n: int) -> bytes:
+    """At most ``n`` bytes of ``stream``, read 64 MB at a time: a damaged length field asking for
+    exabytes reads what the stream has and stops (a truncation), not a MemoryError."""
+    if n <= _CHUNK:
+        return stream.read(n)
+    parts, left = [], n
+    while left:
+        part = stream.read(min(left, _CHUNK))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
 def read_records(path, *, decode: bool = False) -> Iterator:
     """Yields every record of one shard in order (bytes, or record dicts with decode=True).
 
@@ -168,7 +186,7 @@ def read_records(path, *, decode: bool = False) -> Iterator:
                     f"({len(header)} bytes left, expected {HEADER.size})")
             length = check_header(header, path, index, offset, compression)
             try:
-                body = stream.read(length + CRC.size)
+                body = _read_up_to(stream, length + CRC.size)
             except (OSError, EOFError, zlib.error) as e:
                 raise CorruptRecordError(f"{path}: record {index} at byte offset {offset}"
                                          f"{where}: corrupt {compression} stream: {e}") from None
