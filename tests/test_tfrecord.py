@@ -547,3 +547,34 @@ def test_an_absurd_length_with_a_valid_crc_is_a_truncation(tmp_path):
             with pytest.raises(CorruptRecordError, match=rf"{path}: record 1 at byte offset \d+: "
                                                          rf"truncated \(length field says {n} data"):
                 read()
+
+
+def test_a_plain_shard_that_begins_like_zlib_reports_its_length_crc(tmp_path):
+    """A first record of 376 bytes has a length field beginning 78 01 (a zlib header): with its
+    length CRC damaged, the shard is still plain, and the error is the length field's."""
+    blob = bytearray(framing.frame(b"\x0a\xfa\x01" + b"x" * 373) * 2)
+    assert bytes(blob[:2]) == b"\x78\x01"
+    blob[8] ^= 1
+    path = tmp_path / "z-like.tfrecord"
+    path.write_bytes(bytes(blob))
+    for read in (lambda: ShardSource(str(path)), lambda: list(read_records(path))):
+        with pytest.raises(CorruptRecordError, match="record 0 at byte offset 0: corrupt length "
+                                                     "field"):
+            read()
+
+
+def test_a_map_entry_holding_its_feature_twice_is_read_as_protobuf_reads_it():
+    """protobuf merges the two Features (two image values): the fast walk does not pick one."""
+    def field(number, payload):
+        size, out = len(payload), b""
+        while size > 0x7F:
+            out, size = out + bytes([size & 0x7F | 0x80]), size >> 7
+        return bytes([number << 3 | 2]) + out + bytes([size]) + payload
+    example = Example.FromString(encode_example(_record(0)))
+    image = example.features.feature["image"].SerializeToString()
+    del example.features.feature["image"]
+    data = field(1, field(1, field(1, b"image") + field(2, image) + field(2, image)))
+    data += example.SerializeToString()
+    assert len(Example.FromString(data).features.feature["image"].bytes_list.value) == 2
+    with pytest.raises(ExampleDecodeError, match="feature 'image' must be a bytes list with one"):
+        decode_example(data)

@@ -101,15 +101,28 @@ def detect_compression(path: str) -> str:
     if len(head) == HEADER.size:
         if HEADER.unpack(head)[1] == masked_crc32c(head[:8]):
             return ""
-    if head[:2] == b"\x1f\x8b":
+    if head[:2] == b"\x1f\x8b" and _starts_stream(path, 16 + zlib.MAX_WBITS):
         return "gzip"
-    if len(head) >= 2 and head[0] & 0x0F == 8 and (head[0] << 8 | head[1]) % 31 == 0:
+    if (len(head) >= 2 and head[0] & 0x0F == 8 and (head[0] << 8 | head[1]) % 31 == 0
+            and _starts_stream(path, zlib.MAX_WBITS)):
         return "zlib"
     if len(head) < HEADER.size:
         raise CorruptRecordError(f"{path}: record 0 at byte offset 0: truncated header "
                                  f"({len(head)} bytes, expected {HEADER.size})")
     check_header(head, path, 0, 0, "")  # raises the corrupt-length message
     raise AssertionError("unreachable")
+
+
+def _starts_stream(path: str, wbits: int) -> bool:
+    """Whether the file's first 4 kB decompress as a gzip / zlib stream (a plain shard whose
+    first length field, its CRC damaged, happens to begin like one of their headers does not)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    try:
+        zlib.decompressobj(wbits).decompress(head)
+    except zlib.error:
+        return False
+    return True
 
 
 def decompress(path: str, compression: str) -> bytes:

@@ -63,6 +63,8 @@ def example_features(data) -> dict[str, memoryview]:
                 if field == 1:
                     name = bytes(buf[e:f]).decode("utf-8")
                 elif field == 2:
+                    if len(value):   # protobuf would merge the two Features: not a record's
+                        raise WireFormatError("map entry holds its Feature twice")
                     value = buf[e:f]
                 else:
                     raise WireFormatError(f"map entry has field {field}")
