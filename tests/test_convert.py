@@ -353,6 +353,32 @@ def test_mismatch_hints_name_the_cause():
     wide = _hint_lines(sd, "vit_tiny_patch16", patch_size=4, depth=2, embed_dim=64, num_heads=2,
                        img_size=16)
     assert any("32 outputs, the model's 64" in h for h in wide) and not any("channels" in h for h in wide)
+    # LayerScale both ways: named, not "drop them with drop_prefixes=" (that gives another model)
+    scaled = _hint_lines(sd, "vit_tiny_patch16", patch_size=4, depth=2, layerscale_init=1e-5, **small)
+    assert scaled == ["hint: the model has LayerScale (ls1, ls2), the checkpoint none: pass "
+                      "layerscale_init=None"], scaled
+    _, v2 = _random_vit("vit_tiny_patch16", in_chans=3, patch_size=4, depth=2, layerscale_init=0.1,
+                        **small)
+    sd2 = convert.to_torch(v2, "vit_tiny_patch16", patch_size=4, depth=2, layerscale_init=0.1, **small)
+    assert _hint_lines(sd2, "vit_tiny_patch16", patch_size=4, depth=2, **small) == [
+        "hint: the checkpoint's blocks have LayerScale (ls1, ls2): pass layerscale_init= (any "
+        "value: the weights are read)"]
+
+
+def test_resnet_mismatch_hints_name_stage_sizes_and_block():
+    def sd_of(arch, **kw):
+        model = models.create(arch, in_chans=3, **kw)
+        abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+        return convert.to_torch(jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abstract), arch,
+                                **kw)
+    deeper = _hint_lines(sd_of("resnet34"), "resnet18")
+    assert deeper == ["hint: the checkpoint has [3, 4, 6, 3] blocks per stage, the model "
+                      "[2, 2, 2, 2]: pass stage_sizes=(3, 4, 6, 3) (or the ResNet of that depth)"]
+    kind = _hint_lines(sd_of("resnet18"), "resnet50")
+    assert kind == ["hint: the checkpoint has [2, 2, 2, 2] blocks per stage, the model "
+                    "[3, 4, 6, 3]: pass stage_sizes=(2, 2, 2, 2) (or the ResNet of that depth)",
+                    "hint: the checkpoint has basic blocks, the model bottleneck: pass "
+                    "block='basic' (or a ResNet of that kind: resnet50 / resnet18)"], kind
 
 
 @pytest.mark.parametrize("arch,kw,timm_name", [

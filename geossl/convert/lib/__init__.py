@@ -19,6 +19,7 @@ every missing, unexpected and wrong-shape key at once.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Mapping
 
 import jax
@@ -292,7 +293,16 @@ def _hint(report: ConversionReport, first_key: str, rules: FamilyAdapter, sd: Ma
         hints += first_layer_hints(first_key, *shapes[first_key],
                                    patch="patch_size" in models.family(arch).kwargs)
     hints += rules.hints(shapes, sd, model)
-    if report.unexpected:
+    scale = re.compile(r"(^|\.)ls[12]\.")
+    unexpected = [k for k, _ in report.unexpected]
+    if any(scale.search(k) for k in unexpected):
+        hints.append("the checkpoint's blocks have LayerScale (ls1, ls2): pass layerscale_init= "
+                     "(any value: the weights are read)")
+    if any(scale.search(k) for k, _ in report.missing):
+        hints.append("the model has LayerScale (ls1, ls2), the checkpoint none: pass "
+                     "layerscale_init=None")
+    if [k for k in unexpected if not scale.search(k)] and not any(
+            h.startswith("the checkpoint has") for h in hints):
         hints.append("unexpected keys: drop them with drop_prefixes=, or strip a prefix when "
                      "loading (io.load_state_dict(strip_prefixes=...))")
     return "\n".join(f"hint: {h}" for h in hints)

@@ -61,9 +61,10 @@ def adapt_input_channels(weight: np.ndarray, in_chans: int, mode: str = "repeat"
     """First-layer weight in the torch layout (O, I, kh, kw) → (O, in_chans, kh, kw).
 
     "repeat" (timm ``adapt_input_conv``): one channel sums the I input channels; otherwise the I
-    channels are tiled up to ``in_chans`` and scaled by I / in_chans, so a constant image gives the
-    same response. "reinit": returns None, meaning "keep the target model's fresh initialisation"
-    (``rng`` is accepted for symmetry and unused).
+    channels are tiled up to ``in_chans`` (truncated where in_chans < I) and scaled by
+    I / in_chans, so a constant image gives the same response where in_chans >= I (not where
+    channels are dropped). "reinit": returns None, meaning "keep the target model's fresh
+    initialisation" (``rng`` is accepted for symmetry and unused).
     """
     if mode not in FIRST_LAYER_ADAPT_MODES:
         raise ValueError(f"adapt_input_channels: expected mode in {FIRST_LAYER_ADAPT_MODES}, found {mode!r}")

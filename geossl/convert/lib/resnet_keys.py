@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Mapping
 
 import numpy as np
@@ -73,6 +74,28 @@ def timm_model(model: ResNet, arch: str) -> tuple[str, dict] | None:
     return ("resnet50" if model.block == "bottleneck" else "resnet18"), kw
 
 
+def mismatch_hints(mismatched: dict, state_dict: Mapping, model: ResNet) -> list[str]:
+    """Another number of blocks per stage (``layerS.B.`` keys) or another block type."""
+    del mismatched
+    blocks: dict[int, set[int]] = {}
+    for key in state_dict:
+        m = re.match(r"layer(\d+)\.(\d+)\.", key)
+        if m:
+            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    found = tuple(len(blocks[s]) for s in sorted(blocks))
+    hints = []
+    if found and found != tuple(model.stage_sizes):
+        hints.append(f"the checkpoint has {list(found)} blocks per stage, the model "
+                     f"{list(model.stage_sizes)}: pass stage_sizes={found} (or the ResNet of "
+                     f"that depth)")
+    bottleneck = any(k.endswith(".conv3.weight") for k in state_dict)
+    if blocks and bottleneck != (model.block == "bottleneck"):
+        kind = "bottleneck" if bottleneck else "basic"
+        hints.append(f"the checkpoint has {kind} blocks, the model {model.block}: pass "
+                     f"block={kind!r} (or a ResNet of that kind: resnet50 / resnet18)")
+    return hints
+
+
 ADAPTER = FamilyAdapter(
     layouts=LAYOUTS, entries=resnet_entries, detect=_detect_layout, structure=_resolve_structure,
-    timm_model=timm_model, timm_layout="torchvision")
+    timm_model=timm_model, timm_layout="torchvision", hints=mismatch_hints)
