@@ -436,6 +436,8 @@ def test_labels_follow_the_acquisition_read():
     (knn_cli, ["--temperature", "0"], "--temperature: expected > 0, found 0.0"),
     (linear_probe_cli, ["--epochs", "0"], "--epochs: expected > 0, found 0"),
     (linear_probe_cli, ["--weight_decay", "-1"], "--weight_decay: expected >= 0, found -1.0"),
+    (linear_probe_cli, ["--feature_batch", "0"], "--feature_batch: expected >= 1, found 0"),
+    (knn_cli, ["--img_size", "-8"], "--img_size: expected >= 1, found -8"),
 ])
 def test_probe_cli_refuses_bad_settings_before_reading_anything(capsys, cli, flags, message):
     with pytest.raises(SystemExit) as stop:

@@ -131,7 +131,12 @@ def check_layers(parser, args) -> None:
 
 def check_ranges(parser, args, *, positive=(), non_negative=()) -> None:
     """``parser.error`` (exit 2, the flag named) for a flag in ``positive`` that is not > 0 or one
-    in ``non_negative`` that is < 0; run before anything is read."""
+    in ``non_negative`` that is < 0, and for the common ``--feature_batch`` and ``--img_size``
+    (when given) below 1; run before anything is read."""
+    for name in ("feature_batch", "img_size"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            parser.error(f"--{name}: expected >= 1, found {value}")
     for name in positive:
         if not getattr(args, name) > 0:
             parser.error(f"--{name}: expected > 0, found {getattr(args, name)}")
