@@ -59,6 +59,24 @@ def test_resolve_model_kwargs_reads_img_size_of_timm_register_checkpoints():
     assert "img_size" not in convert.resolve_model_kwargs(no_registers, "vit_small_patch14")
 
 
+def test_a_non_square_register_export_asks_for_its_img_size():
+    """timm's register table of a 2×4 grid has 8 rows, with the class row put back 9 = 3²: the size
+    is read from the table as timm wrote it (no square), so the error asks for img_size."""
+    kw = dict(img_size=(28, 56), depth=1, embed_dim=32, num_heads=2, num_register_tokens=2)
+    model = models.create("vit_small_patch14", **kw)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 56, 3)))
+    variables = jax.tree.map(lambda a: np.random.default_rng(a.size).normal(size=a.shape)
+                             .astype(a.dtype), shapes)
+    sd = convert.to_torch(variables, "vit_small_patch14", **kw)
+    assert sd["pos_embed"].shape == (1, 8, 32)
+    small = dict(depth=1, embed_dim=32, num_heads=2)
+    with pytest.raises(ConversionError, match=r"hint: pos_embed covers 8 patches, not a square "
+                                              r"grid: pass the checkpoint's img_size=\(H, W\)"):
+        convert.from_torch(sd, "vit_small_patch14", **small)
+    back = convert.from_torch(sd, "vit_small_patch14", img_size=(28, 56), **small)
+    assert np.array_equal(back["params"]["pos_embed"][:, 1:], variables["params"]["pos_embed"][:, 1:])
+
+
 def test_cli_import_of_timm_register_checkpoint_exports_what_timm_loads(tmp_path):
     torch = pytest.importorskip("torch")
     timm = pytest.importorskip("timm")

@@ -158,13 +158,14 @@ def from_torch(state_dict: Mapping[str, Any], arch: str, *, strict: bool = True,
     # detect
     sd = {str(k): to_numpy(v) for k, v in state_dict.items()}
     layout = rules.detect(sd)
-    sd = rules.from_reference(sd)
     by_prefix = {k for k in sd if k.startswith(tuple(drop_prefixes))}
     by_suffix = {k for k in sd if k.endswith(rules.buffer_suffixes)}
     report.dropped = [k for k in sd if k in by_prefix or k in by_suffix]
-    # the buffers tell sizes (a Swin's attn_mask its input size), so they are read before dropping
+    # the buffers tell sizes (a Swin's attn_mask its input size), so they are read before
+    # dropping, and the tables as the reference wrote them (timm's register pos_embed: no class row)
     kw = resolve_model_kwargs({k: v for k, v in sd.items() if k not in by_prefix}, arch,
                               in_chans=in_chans, img_size=img_size, **model_kw)
+    sd = rules.from_reference(sd)
     sd = {k: v for k, v in sd.items() if k not in by_prefix and k not in by_suffix}
     model = models.create(arch, **kw)
     table = rules.entries(model, layout)

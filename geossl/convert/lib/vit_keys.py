@@ -179,10 +179,14 @@ def mismatch_hints(mismatched: dict, state_dict: Mapping, model: VisionTransform
         if len(found) != 3 or found[2] != width:
             hints.append(f"pos_embed is {list(found)}, the model's (1, tokens, {width}): another "
                          "model size")
+        elif math.isqrt(found[1] - 1) ** 2 != found[1] - 1 and "reg_token" in state_dict:
+            hints.append(f"pos_embed covers {found[1] - 1} patches, not a square grid: pass the "
+                         "checkpoint's img_size=(H, W)")
         elif math.isqrt(found[1] - 1) ** 2 != found[1] - 1:
             hints.append(f"pos_embed has {found[1]} rows, not 1 class row + a square grid: a "
-                         "table with register rows, or without the class row (timm's "
-                         "no_embed_class) belongs to a checkpoint with registers (reg_token)")
+                         "non-square grid (pass the checkpoint's img_size=(H, W)), or a table "
+                         "with register rows or without the class row (timm's no_embed_class), "
+                         "which belongs to a checkpoint with registers (reg_token)")
         else:
             hints.append(f"pos_embed ({found[1]} rows) cannot be resampled to the model's {rows} "
                          "rows: pass a square img_size that is a multiple of the patch size")
