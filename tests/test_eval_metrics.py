@@ -60,3 +60,11 @@ def test_top1_accuracy():
     assert metrics.top1_accuracy([1, 0, 0], logits) == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="labels"):
         metrics.top1_accuracy([1, 0], logits)
+
+
+def test_scores_that_are_not_finite_are_refused():
+    """NaN ranks last and argmax takes class 0: a quietly wrong figure, refused as sklearn does."""
+    with pytest.raises(ValueError, match=r"scores: 1 of 3 are not finite \(first at index \(0, 0\)\)"):
+        metrics.average_precision(np.array([1, 0, 1]), np.array([np.nan, 0.8, 0.7]))
+    with pytest.raises(ValueError, match=r"scores: 1 of 4 are not finite \(first at index \(1, 1\)\)"):
+        metrics.top1_accuracy([1, 0], np.array([[0.1, 0.9], [0.8, np.inf]]))

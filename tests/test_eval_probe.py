@@ -164,16 +164,19 @@ def test_knn_matches_dino_weighted_vote():
     train = rng.normal(size=(30, 6)).astype(np.float32)
     labels = rng.integers(0, 3, 30)
     test = rng.normal(size=(5, 6)).astype(np.float32)
-    got = knn.knn_scores(train, labels, test, num_classes=3, multilabel=False, k=7,
-                         temperature=0.1, chunk=4)
     tn = train / np.linalg.norm(train, axis=1, keepdims=True)
     qn = test / np.linalg.norm(test, axis=1, keepdims=True)
-    for i, q in enumerate(qn):
-        sim = tn @ q
-        top = np.argsort(-sim)[:7]
-        votes = np.zeros(3)
-        np.add.at(votes, labels[top], np.exp(sim[top] / 0.1))
-        np.testing.assert_allclose(got[i], votes / np.exp(sim[top] / 0.1).sum(), rtol=1e-4)
+    for temperature in (0.1, 0.005):   # 1/T = 200: exp(s/T) alone overflows float32
+        got = knn.knn_scores(train, labels, test, num_classes=3, multilabel=False, k=7,
+                             temperature=temperature, chunk=4)
+        assert np.isfinite(got).all()
+        for i, q in enumerate(qn):
+            sim = (tn @ q).astype(np.float64)
+            top = np.argsort(-sim)[:7]
+            votes = np.zeros(3)
+            np.add.at(votes, labels[top], np.exp(sim[top] / temperature))
+            np.testing.assert_allclose(got[i], votes / np.exp(sim[top] / temperature).sum(),
+                                       rtol=1e-4, atol=1e-6)
 
 
 def test_knn_on_clustered_features():

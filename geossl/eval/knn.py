@@ -28,8 +28,10 @@ def l2_normalize(x, eps: float = 1e-12):
 @functools.partial(jax.jit, static_argnames=("k",))
 def _vote(test, train, train_onehot, temperature, *, k):
     sim = l2_normalize(test) @ l2_normalize(train).T                  # (B, N)
-    top_sim, top_idx = jax.lax.top_k(sim, k)                         # (B, k)
-    weights = jnp.exp(top_sim / temperature)
+    top_sim, top_idx = jax.lax.top_k(sim, k)                         # (B, k), decreasing
+    # exp(s/T) relative to the row's largest (the ratio below is unchanged): finite for any T,
+    # where exp(s/T) itself overflows float32 from T < 1/88.7
+    weights = jnp.exp((top_sim - top_sim[:, :1]) / temperature)
     votes = jnp.einsum("bk,bkc->bc", weights, train_onehot[top_idx])
     return votes / jnp.sum(weights, axis=-1, keepdims=True)
 

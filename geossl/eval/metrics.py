@@ -25,7 +25,16 @@ def _as_2d(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
         y, s = y[:, None], s[:, None]
     if y.ndim != 2:
         raise ValueError(f"expected (N,) or (N, K) arrays, found {y.ndim} dimensions")
+    _check_finite(s)
     return (y > 0).astype(np.float64), s
+
+
+def _check_finite(scores: np.ndarray) -> None:
+    """Scores with NaN or ±inf rank arbitrarily: refused (as scikit-learn refuses them)."""
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        raise ValueError(f"scores: {int(bad.sum())} of {bad.size} are not finite (first at index "
+                         f"{tuple(int(i) for i in np.argwhere(bad)[0])})")
 
 
 def tie_run_ends(sorted_scores: np.ndarray) -> np.ndarray:
@@ -84,6 +93,7 @@ def top1_accuracy(labels, logits) -> float:
     logits = np.asarray(logits)
     if logits.ndim != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(f"expected labels (N,) and logits (N, K), found {labels.shape} and {logits.shape}")
+    _check_finite(logits)
     return float(np.mean(np.argmax(logits, axis=-1) == labels))
 
 
