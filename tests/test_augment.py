@@ -192,18 +192,24 @@ def test_reference_brightness_contrast_math():
                                          (1.9, (70, 41, 2)), (1.9, (5, 4, 3)),
                                          (1.3, (40, 37, 13)), (2.0, (24, 20, 1))])
 def test_gaussian_blur_matches_scipy_gaussian_filter1d(sigma, shape, opencv, monkeypatch):
-    """Both paths (OpenCV's sepFilter2D and the banded matmuls) equal scipy's reflect filter."""
+    """Both paths (OpenCV's sepFilter2D and the banded matmuls) equal scipy's filter in mode
+    "mirror" (cv2.GaussianBlur's BORDER_REFLECT_101: the edge pixel is not repeated)."""
     if opencv and blur.cv2 is None:
         pytest.skip("OpenCV not installed")
     if not opencv:
         monkeypatch.setattr(blur, "cv2", None)
     x = np.random.default_rng(0).random(shape, dtype=np.float32)   # (5, 4): radius 6 > size
-    want = ndimage.gaussian_filter1d(x.astype(np.float64), sigma, axis=0, mode="reflect",
+    want = ndimage.gaussian_filter1d(x.astype(np.float64), sigma, axis=0, mode="mirror",
                                      truncate=3.0)
-    want = ndimage.gaussian_filter1d(want, sigma, axis=1, mode="reflect", truncate=3.0)
+    want = ndimage.gaussian_filter1d(want, sigma, axis=1, mode="mirror", truncate=3.0)
     got = blur.gaussian_blur(x, sigma)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=1e-6)
+    cv2 = pytest.importorskip("cv2")
+    side = 2 * int(3 * sigma + 0.5) + 1     # SSL4EO-S12's cv2.GaussianBlur, at geossl's radius
+    if side // 2 < min(shape[:2]):
+        ref = cv2.GaussianBlur(x, (side, side), sigma).reshape(shape)
+        np.testing.assert_allclose(got, ref, atol=2e-6)
     k = blur.gaussian_kernel(1.0)
     assert len(k) == 7 and abs(k.sum() - 1) < 1e-12
 

@@ -5,7 +5,7 @@ torchvision's ``RandomResizedCrop.get_params``; the resize is the bilinear resiz
 (align_corners=False, no antialiasing). Photometric operations act in each band plan's unit
 domain (``bands.unit_coefficients``: softcon's normalised [0, 1], x / 255 for 8-bit R, G, B, else
 the normalised values) in the SSL4EO-S12 style: one brightness factor, a contrast factor around
-each band's mean, grayscale = the mean over bands, Gaussian blur with reflected borders
+each band's mean, grayscale = the mean over bands, Gaussian blur with mirrored borders
 (``geossl.data.blur``), solarize, and a channel drop (chosen bands set to 0 in the finished view,
 as SSL4EO-S12's ``RandomChannelDrop``). ``Photometric.rgb`` switches the jitter and grayscale of
 R, G, B views to torchvision's ``ColorJitter`` / ``RandomGrayscale`` (``geossl.data.colour``:

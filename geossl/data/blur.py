@@ -1,11 +1,12 @@
-"""Separable Gaussian blur of (H, W, C) float32 images in numpy, with reflected borders.
+"""Separable Gaussian blur of (H, W, C) float32 images in numpy, with mirrored borders.
 
 The taps are scipy's (radius int(truncate·σ + 0.5), normalised weights) and the border rule is
-scipy's ``mode="reflect"`` ("dcba|abcd|dcba"), so ``gaussian_blur`` equals two passes of
-``scipy.ndimage.gaussian_filter1d``. With OpenCV (``cv2``, a core dependency) the two passes are
-one ``cv2.sepFilter2D`` (BORDER_REFLECT is the same rule; about 6x fewer CPU seconds, input
-pipeline benchmark); without it, or when the radius reaches the image size, each pass is a banded
-matrix product run on one BLAS thread. Importing this module sets OpenCV to one thread: views are
+the one of ``cv2.GaussianBlur`` (BORDER_REFLECT_101, "dcb|abcd|cba": the edge pixel is not
+repeated), which SSL4EO-S12's blur calls and torchvision's ``gaussian_blur`` shares; it is scipy's
+``mode="mirror"``, so ``gaussian_blur`` equals two passes of ``scipy.ndimage.gaussian_filter1d``
+in that mode. With OpenCV (``cv2``, a core dependency) the two passes are one ``cv2.sepFilter2D``
+(about 6x fewer CPU seconds, input pipeline benchmark); without it, or when the radius reaches
+the image size, each pass is a banded matrix product run on one BLAS thread. Importing this module sets OpenCV to one thread: views are
 built in parallel by the pipeline's workers, not inside one view.
 """
 
@@ -35,19 +36,22 @@ def gaussian_kernel(sigma: float, truncate: float = 3.0) -> np.ndarray:
     return k / k.sum()
 
 
-def _reflect(index: np.ndarray, n: int) -> np.ndarray:
-    """Indices mirrored into [0, n) with the half-sample symmetric rule "dcba|abcd|dcba"."""
-    q = np.mod(index, 2 * n)
-    return np.where(q >= n, 2 * n - 1 - q, q)
+def mirror_index(index: np.ndarray, n: int) -> np.ndarray:
+    """Indices mirrored into [0, n) about the edge pixels, "dcb|abcd|cba" (OpenCV's
+    BORDER_REFLECT_101, numpy's pad mode "reflect"), reflections of reflections included."""
+    if n == 1:
+        return np.zeros_like(index)
+    q = np.mod(index, 2 * n - 2)
+    return np.where(q >= n, 2 * n - 2 - q, q)
 
 
 def blur_matrix(n: int, kernel: np.ndarray) -> np.ndarray:
-    """(n, n) float32 banded matrix of a symmetric 1-D correlation with reflected borders."""
+    """(n, n) float32 banded matrix of a symmetric 1-D correlation with mirrored borders."""
     r = len(kernel) // 2
     m = np.zeros((n, n), np.float64)
     rows = np.arange(n)
     for j in range(-r, r + 1):
-        m[rows, _reflect(rows + j, n)] += kernel[j + r]   # (row, col) pairs unique for fixed j
+        m[rows, mirror_index(rows + j, n)] += kernel[j + r]   # (row, col) pairs unique for fixed j
     return m.astype(np.float32)
 
 
@@ -76,7 +80,7 @@ def _banded_matmul(m: np.ndarray, x: np.ndarray, radius: int, block: int = 32) -
 
 def gaussian_blur(x: np.ndarray, sigma: float, truncate: float = 3.0,
                   out: np.ndarray | None = None) -> np.ndarray:
-    """(H, W, C) float → float32 blurred over H and W (separable, reflected borders "dcba|abcd",
+    """(H, W, C) float → float32 blurred over H and W (separable, mirrored borders "dcb|abcd",
     radius int(truncate·σ + 0.5) as scipy); channels independent; written into ``out`` (H, W, C)
     float32 when given. OpenCV's ``sepFilter2D``, else each axis a banded matrix product on one
     BLAS thread, W after swapping it to the front."""
@@ -90,7 +94,7 @@ def gaussian_blur(x: np.ndarray, sigma: float, truncate: float = 3.0,
         return write_into(gaussian_blur(x, sigma, truncate), out)
     if cv2 is not None and r < min(h, w) and c <= 512:
         taps = k.astype(np.float32)
-        y = cv2.sepFilter2D(x, -1, taps, taps, dst=out, borderType=cv2.BORDER_REFLECT)
+        y = cv2.sepFilter2D(x, -1, taps, taps, dst=out, borderType=cv2.BORDER_REFLECT_101)
         return y.reshape(h, w, c) if out is None else write_into(y, out)
     with _one_blas_thread():
         y = _banded_matmul(blur_matrix(h, k), x.reshape(h, w * c), r).reshape(h, w, c)

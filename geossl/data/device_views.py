@@ -12,7 +12,7 @@ Device: ``render_views(raw (B,R,R,C), params (B,P), spec) → (B,S,S,C) float32`
 ``augment.render_view`` does on the host: softcon clip in stored units, the crop box and bilinear
 resize (align_corners=False, no antialias) with flips as row / column gathers, the map to the
 photometric unit domain and brightness/contrast as one per-band affine map, clip (bounded
-domains), grayscale, a separable Gaussian blur with reflected borders (fixed taps up to the largest
+domains), grayscale, a separable Gaussian blur with mirrored borders (fixed taps up to the largest
 σ's radius, weights per sample), solarize, the map to the normalised values, the dropped bands set
 to 0 (the coefficients of the host's ``augment.band_plan``); all in float32 elementwise arithmetic
 (no matrix units, so no reduced-precision matmul passes on TPU). Host-side cost drops to decoding plus copying the
@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geossl.data import augment
+from geossl.data import augment, blur
 from geossl.data import bands as bands_lib
 
 #: Fixed fields of a packed view: top, left, h, w, hflip, vflip, jitter, gray, blur σ, solarize;
@@ -147,16 +147,16 @@ def blur_weights(sigma, truncate: float, max_sigma: float) -> jax.Array:
 
 
 def _blur_axis(z: jax.Array, k: jax.Array, axis: int) -> jax.Array:
-    """Correlation of z with the symmetric taps k along ``axis``, reflected borders "dcba|abcd"
-    (a symmetric pad, then one static slice per tap)."""
+    """Correlation of z with the symmetric taps k along ``axis``, mirrored borders "dcb|abcd"
+    (cv2's BORDER_REFLECT_101, as :mod:`geossl.data.blur`): a reflect pad, then one static slice
+    per tap."""
     n, big = z.shape[axis], (k.shape[0] - 1) // 2
     if big >= n:   # reflections of reflections: gather the mirrored indices instead
-        q = np.mod(np.arange(n)[:, None] + np.arange(-big, big + 1)[None, :], 2 * n)
-        idx = np.where(q >= n, 2 * n - 1 - q, q)
+        idx = blur.mirror_index(np.arange(n)[:, None] + np.arange(-big, big + 1)[None, :], n)
         return sum(k[t] * jnp.take(z, idx[:, t], axis=axis) for t in range(2 * big + 1))
     pad = [(0, 0)] * z.ndim
     pad[axis] = (big, big)
-    zp = jnp.pad(z, pad, mode="symmetric")
+    zp = jnp.pad(z, pad, mode="reflect")
     return sum(k[t] * jax.lax.slice_in_dim(zp, t, t + n, axis=axis) for t in range(2 * big + 1))
 
 
