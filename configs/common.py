@@ -37,9 +37,10 @@ def epoch_schedule(c, epochs: float, num_examples: int) -> int:
 
 
 def warmup_cosine(base: float, warmup_steps: int, final: float,
-                  warmup_init: float | None = None) -> ml_collections.ConfigDict:
-    """A ``config.lr`` section: linear warmup (from ``warmup_init``, default 0) then cosine."""
-    lr = dict(name="warmup_cosine", base=base, warmup_steps=warmup_steps, final=final)
+                  warmup_init: float | None = None, **shape) -> ml_collections.ConfigDict:
+    """A ``config.lr`` section: linear warmup (from ``warmup_init``, default 0) then cosine;
+    ``shape``: ``warmup_shape`` / ``cosine_from`` of ``schedules.warmup_cosine``."""
+    lr = dict(name="warmup_cosine", base=base, warmup_steps=warmup_steps, final=final, **shape)
     if warmup_init is not None:
         lr["warmup_init"] = warmup_init
     return ml_collections.ConfigDict(lr)

@@ -22,7 +22,8 @@ config ``simmim_pretrain__swin_base__img192_window6__100ep.yaml`` it cites):
   Linear(1024, 1024) with bias; L_feat = −mean cos(P(f_S), sg(f_T)); L = L_MIM + 1.0·L_feat;
 - AdamW (0.9, 0.999), eps 1e-8, weight decay 0.05 on matrices only (not on 1-D parameters, biases,
   the mask token, position or relative-position tables); lr 2e-4, warmup lr 1e-6, min lr 1e-5, each
-  × batch/512 (computed here for ``global_batch``); 10 warmup epochs of 100, cosine; clip 5.0;
+  × batch/512 (computed here for ``global_batch``); 10 warmup epochs of 100, cosine over the whole
+  run (timm's CosineLRScheduler without warmup_prefix, the warmup over its start); clip 5.0;
   batch 1024 (128 × 8 GPUs); GeoPile ~600k images;
 - RandomResizedCrop(192, scale 0.67–1, ratio 3/4–4/3) + horizontal flip, ImageNet normalisation
   (8-bit R, G, B bands with ``data.norm = "meanstd"``: ImageNet's mean and std).
@@ -110,7 +111,8 @@ def schedule(c, num_examples: int, *, epochs: float, base: float, warmup_init: f
     common.epoch_schedule(c, epochs, num_examples)
     c.lr = common.warmup_cosine(base * scale, common.steps_for(warmup_epochs, num_examples,
                                                                c.global_batch),
-                                final * scale, warmup_init=warmup_init * scale)
+                                final * scale, warmup_init=warmup_init * scale,
+                                cosine_from="step0")   # timm's CosineLRScheduler, as GFM builds it
 
 
 def demo(c) -> None:

@@ -19,7 +19,8 @@ K = 131072), pixel head of the same shape to p²·C; loss 1.0·DINO (same-index 
 last warmup step), centre momentum 0.9; position table resized for the 96 px local crops (6×6
 patches) as DINOv2's ``interpolate_pos_encoding`` (``model.pos_embed_resize="dinov2"``);
 EMA cosine 0.992 → 1; AdamW (0.9, 0.999, eps 2e-5) decaying every parameter, weight decay cosine
-0.04 → 0.2; lr warmup 20 epochs to 1e-3, cosine to 1e-6; clip 3.0; 200 epochs.
+0.04 → 0.2; lr warmup 20 epochs to 1e-3 (numpy linspace, as the teacher temperature), cosine
+to 1e-6; clip 3.0; 200 epochs.
 
 Not confirmed or not faithful:
 - KoLeo is computed over the global batch (the official code: per GPU batch of 16).
@@ -78,7 +79,7 @@ def get_config(arg=None):
     c.global_batch = 128
     steps_per_epoch = common.epoch_schedule(c, 200, common.SSL4EO_LOCATIONS)
     c.objective.teacher_temp_warmup_steps = 30 * steps_per_epoch
-    c.lr = common.warmup_cosine(1e-3, 20 * steps_per_epoch, 1e-6)
+    c.lr = common.warmup_cosine(1e-3, 20 * steps_per_epoch, 1e-6, warmup_shape="linspace")
     c.checkpoint_every = 1000
     c.log_every = 50
     if "ms" in variants:

@@ -28,19 +28,37 @@ def constant(step, *, base) -> jax.Array:
     return jnp.full(jnp.shape(step), base, dtype=jnp.float32)
 
 
+#: ``warmup_cosine``'s warmup ramps: s / W, or numpy's linspace over the W warmup steps.
+WARMUP_SHAPES = ("linear", "linspace")
+#: Where ``warmup_cosine``'s cosine starts: at the end of the warmup, or at step 0.
+COSINE_STARTS = ("warmup_end", "step0")
+
+
 def warmup_cosine(step, *, base, total_steps, warmup_steps=0, final=0.0,
-                  warmup_init=0.0) -> jax.Array:
+                  warmup_init=0.0, warmup_shape="linear", cosine_from="warmup_end") -> jax.Array:
     """Linear warmup then cosine decay.
 
-    For s < W = warmup_steps: warmup_init + (base − warmup_init) · s / W.
-    For W <= s <= T = total_steps: final + (base − final) · ½(1 + cos(π (s − W) / (T − W))).
-    For s > T: final. (Same values as ``optax.warmup_cosine_decay_schedule`` with
-    decay_steps = T.) With T = W the value is base at s = W and final after it.
+    For s < W = warmup_steps: warmup_init + (base − warmup_init) · s / W; with
+    ``warmup_shape="linspace"`` · s / (W − 1), numpy's ``linspace(warmup_init, base, W)`` of
+    DINO's and PerA's ``cosine_scheduler`` (base at the last warmup step).
+    For W <= s <= T = total_steps: final + (base − final) · ½(1 + cos(π (s − W) / (T − W))); with
+    ``cosine_from="step0"`` the cosine runs over the whole run, · ½(1 + cos(π s / T)), as timm's
+    ``CosineLRScheduler`` without ``warmup_prefix`` (SimMIM's and GFM's), the warmup overriding
+    its first W steps. For s > T: final. (The defaults give ``optax.warmup_cosine_decay_schedule``
+    with decay_steps = T.) With T = W the value is base at s = W and final after it.
     """
     _check_steps(total_steps, warmup_steps)
+    if warmup_shape not in WARMUP_SHAPES:
+        raise ValueError(f"warmup_cosine: warmup_shape expected one of {WARMUP_SHAPES}, found "
+                         f"{warmup_shape!r}")
+    if cosine_from not in COSINE_STARTS:
+        raise ValueError(f"warmup_cosine: cosine_from expected one of {COSINE_STARTS}, found "
+                         f"{cosine_from!r}")
     s = _step(step)
-    warm = warmup_init + (base - warmup_init) * s / max(warmup_steps, 1)
-    progress = jnp.clip((s - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
+    ramp = warmup_steps - 1 if warmup_shape == "linspace" else warmup_steps
+    warm = warmup_init + (base - warmup_init) * s / max(ramp, 1)
+    start = 0 if cosine_from == "step0" else warmup_steps
+    progress = jnp.clip((s - start) / max(total_steps - start, 1), 0.0, 1.0)
     # written as a blend so the ends are exact: base at progress 0, final at progress 1
     w = 0.5 * (1.0 + jnp.cos(math.pi * progress))
     decay = base * w + final * (1.0 - w)
@@ -99,13 +117,15 @@ def _check_steps(total_steps, warmup_steps) -> None:
 _SCHEDULES = {
     "constant": (constant, ("base",), ()),
     "warmup_cosine": (warmup_cosine, ("base", "total_steps"),
-                      ("warmup_steps", "final", "warmup_init")),
+                      ("warmup_steps", "final", "warmup_init", "warmup_shape", "cosine_from")),
     "cosine": (cosine, ("base", "final", "total_steps"), ()),
     "linear": (linear, ("start", "end", "steps"), ()),
     "linspace": (linspace, ("start", "end", "steps"), ()),
 }
-# Keys that hold step counts (converted to int); the rest are values (converted to float).
+# Keys that hold step counts (converted to int) or names (kept as str); the rest are values
+# (converted to float).
 _STEP_KEYS = ("total_steps", "warmup_steps", "steps")
+_NAME_KEYS = ("warmup_shape", "cosine_from")
 # The uniform config spelling (name/base/final) is also accepted for "linear" and "linspace".
 _LINEAR_ALIASES = {"base": "start", "final": "end"}
 _RAMPS = ("linear", "linspace")
@@ -117,7 +137,8 @@ def make_schedule(cfg: Mapping) -> Schedule:
     ``cfg["name"]`` picks the schedule, the other keys are its keyword arguments:
 
     - constant: base
-    - warmup_cosine: base, total_steps [, warmup_steps=0, final=0.0, warmup_init=0.0]
+    - warmup_cosine: base, total_steps [, warmup_steps=0, final=0.0, warmup_init=0.0,
+      warmup_shape="linear" | "linspace", cosine_from="warmup_end" | "step0"]
     - cosine: base, final, total_steps
     - linear: start (or base), end (or final) [, steps, defaulting to total_steps]
     - linspace: as linear (the ramp reaches end one step earlier: s / (steps − 1))
@@ -154,9 +175,14 @@ def make_schedule(cfg: Mapping) -> Schedule:
     for k, v in cfg.items():
         if k not in required and k not in optional:
             continue
-        kwargs[k] = _as_int(name, k, v) if k in _STEP_KEYS else float(v)
+        kwargs[k] = (_as_int(name, k, v) if k in _STEP_KEYS else str(v) if k in _NAME_KEYS
+                     else float(v))
     if name == "warmup_cosine":
         _check_steps(kwargs["total_steps"], kwargs.get("warmup_steps", 0))
+        for key, allowed in (("warmup_shape", WARMUP_SHAPES), ("cosine_from", COSINE_STARTS)):
+            if kwargs.get(key, allowed[0]) not in allowed:
+                raise ValueError(f"schedule 'warmup_cosine': {key} expected one of {allowed}, "
+                                 f"found {kwargs[key]!r}")
     if name in _RAMPS and kwargs["steps"] < 0:
         raise ValueError(f"schedule {name!r}: steps must be >= 0, found {kwargs['steps']}")
 

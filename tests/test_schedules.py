@@ -185,3 +185,49 @@ def test_make_schedule_linspace():
         schedules.make_schedule(dict(name="linspace", start=0.0, end=1.0, steps=-1))
     with pytest.raises(ValueError, match="linspace: steps must be an int >= 0, found 2.5"):
         schedules.linspace(0, start=0.0, end=1.0, steps=2.5)
+
+
+def _official_pera_lr(it, base, final, warmup, total, start=0.0):
+    """PerA's / DINO's cosine_scheduler per iteration: np.linspace(start, base, W) for the warmup,
+    then final + ½(base − final)(1 + cos(π i / (T − W))) over i = 0 .. T − W − 1; final after."""
+    warm = np.linspace(start, base, warmup)
+    iters = np.arange(total - warmup)
+    cos = final + 0.5 * (base - final) * (1 + np.cos(np.pi * iters / len(iters)))
+    schedule = np.concatenate([warm, cos])
+    return schedule[it] if it < total else final
+
+
+def test_warmup_cosine_linspace_warmup_is_peras_lr():
+    steps = [0, 1, 9, 10, 11, 40, 99, 100, 150]
+    got = values(lambda s: schedules.warmup_cosine(s, base=1e-3, total_steps=100, warmup_steps=10,
+                                                   final=1e-6, warmup_shape="linspace"), steps)
+    want = [_official_pera_lr(s, 1e-3, 1e-6, 10, 100) for s in steps]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_warmup_cosine_from_step0_is_timm_cosine_lr_scheduler():
+    """GFM's (SimMIM's) scheduler: timm's CosineLRScheduler(t_initial=T, warmup_t=W, cycle_limit=1,
+    t_in_epochs=False), no warmup_prefix: the cosine runs over s / T, the warmup over its start."""
+    torch = pytest.importorskip("torch")
+    scheduler_lib = pytest.importorskip("timm.scheduler.cosine_lr")
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2e-4)
+    timm_sched = scheduler_lib.CosineLRScheduler(optimizer, t_initial=100, lr_min=1e-5,
+                                                 warmup_lr_init=1e-6, warmup_t=10, cycle_limit=1,
+                                                 t_in_epochs=False)
+    steps = [0, 1, 5, 9, 10, 11, 40, 99, 100, 130]
+    want = []
+    for s in steps:
+        timm_sched.step_update(s)
+        want.append(optimizer.param_groups[0]["lr"])
+    got = values(lambda s: schedules.warmup_cosine(s, base=2e-4, total_steps=100, warmup_steps=10,
+                                                   final=1e-5, warmup_init=1e-6,
+                                                   cosine_from="step0"), steps)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    made = schedules.make_schedule(dict(name="warmup_cosine", base=2e-4, total_steps=100,
+                                        warmup_steps=10, final=1e-5, warmup_init=1e-6,
+                                        cosine_from="step0"))
+    np.testing.assert_allclose(values(made, steps), want, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"cosine_from expected one of \('warmup_end', 'step0'\), "
+                                         r"found 'zero'"):
+        schedules.make_schedule(dict(name="warmup_cosine", base=1.0, total_steps=10,
+                                     cosine_from="zero"))
