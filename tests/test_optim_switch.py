@@ -110,3 +110,42 @@ def test_main_py_switches_then_overrides():
     assert done.stderr.strip().splitlines() == [
         "main.py: config.optim.eps: a field of adamw, not of optim.name='sgd', which takes "
         "['momentum']"]
+
+
+def test_lars_is_moco_v3s_with_a_changing_learning_rate():
+    """MoCo v3's LARS, transcribed in torch: matrices get weight decay and the trust ratio, 1-D
+    parameters neither; the momentum trace runs on those steps and the lr multiplies it after
+    (optax.lars multiplies before, which this test fails). Six steps of a warmup lr."""
+    torch = pytest.importorskip("torch")
+    c = softcon_vit_s.get_config("demo")
+    c.optim = common.optim("lars", weight_decay=1e-2, momentum=0.9)
+    c.lr = common.warmup_cosine(0.6, 6, 0.0)
+    c.total_steps = 12
+    rng = np.random.default_rng(0)
+    params = {"w": rng.normal(size=(4, 3)).astype(np.float32),
+              "b": rng.normal(size=(3,)).astype(np.float32)}
+    grads = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()}
+             for _ in range(6)]
+    tx, lr_fn = make_optimizer(c, params)
+    state, ours = tx.init(params), {k: jnp.asarray(v) for k, v in params.items()}
+    for g in grads:
+        updates, state = tx.update({k: jnp.asarray(v) for k, v in g.items()}, state, ours)
+        ours = optax.apply_updates(ours, updates)
+    ref = {k: torch.tensor(v, dtype=torch.float64) for k, v in params.items()}
+    mu = {k: torch.zeros_like(v) for k, v in ref.items()}
+    for step, g in enumerate(grads):
+        lr = float(lr_fn(step))
+        for k, p in ref.items():
+            dp = torch.tensor(g[k], dtype=torch.float64)
+            if p.ndim > 1:   # MoCo v3's optimizer.LARS.step
+                dp = dp.add(p, alpha=1e-2)
+                param_norm, update_norm = torch.norm(p), torch.norm(dp)
+                one = torch.ones_like(param_norm)
+                q = torch.where(param_norm > 0.,
+                                torch.where(update_norm > 0, 0.001 * param_norm / update_norm, one),
+                                one)
+                dp = dp.mul(q)
+            mu[k].mul_(0.9).add_(dp)
+            p.add_(mu[k], alpha=-lr)
+    for k in params:
+        np.testing.assert_allclose(np.asarray(ours[k]), ref[k].numpy(), rtol=1e-5, atol=1e-7)
