@@ -13,7 +13,9 @@ brightness/contrast 0.4 p 0.8, grayscale p 0.2, blur p 1.0 / 0.1, horizontal fli
 seasons drawn independently (``distinct_seasons`` False: the same season twice with probability
 1/4); RandomChannelDrop off (``channel_drop_p`` 0: commented out in that script since its second
 commit; its arguments, 1–6 bands with p 0.5, are the other fields; where it ran, in the first
-commit, it zeroed pixel rows instead of bands).
+commit, it zeroed pixel rows instead of bands). Not faithful: brightness and contrast are clipped
+to [0, 1] (``jitter_clip`` True); that script's float path leaves them unclipped (e.g. −0.21 to
+1.61 at factors 1.4 / 1.3) and its default uint8 path wraps values past 255 to small ones.
 """
 
 from __future__ import annotations
