@@ -26,8 +26,6 @@ Not confirmed or not faithful:
 - KoLeo is computed over the global batch (the official code: per GPU batch of 16).
 - The global batch (official: 16 per GPU, GPU count unconfirmed) and the dataset size (hence the
   step counts) are placeholders here: ``global_batch`` 128, ``num_examples`` 250k.
-- The resize of crops is bilinear without antialiasing (official: torchvision's antialiased
-  bilinear on PIL images); local crops that shrink much see more aliasing.
 - fp16 training (official) is not reproduced: float32 by default (``model.dtype``).
 - ``:ms`` is not in the official code: 13 S2 L1C bands with SSL4EO-S12's per-band mean / std,
   brightness / contrast per band on the standardised values (no [0, 1] clip: that domain is

@@ -28,12 +28,12 @@ def _bilinear_reference(x, out_h, out_w):
     return y
 
 
-def _crop_and_resize(image, box, out_size, hflip=False, vflip=False):
+def _crop_and_resize(image, box, out_size, hflip=False, vflip=False, antialias=False):
     """(H, W, C) → (S_h, S_w, C) float32 through the package's geometry path, no normalisation."""
     names = bl.S2_L1C[:image.shape[-1]]
     plan = aug.band_plan(names, names, "none")
     return aug.render_geometry(image, plan, aug.ViewParams(box=box, hflip=hflip, vflip=vflip),
-                               out_size)
+                               out_size, antialias=antialias)
 
 
 # ----- unfused reference steps (SSL4EO-S12 forms, on normalised (H, W, C) float32) ---------------
@@ -174,6 +174,26 @@ def test_crop_and_resize_matches_torch_interpolate(resize_path):
                                                mode="bilinear", align_corners=False,
                                                antialias=False)[0].permute(1, 2, 0).numpy()
         np.testing.assert_allclose(_crop_and_resize(image, box, out), want, atol=1e-5)
+
+
+def test_antialiased_crop_and_resize_matches_torch_interpolate_antialias():
+    """GFM's and PerA's crops (PIL / torchvision antialias=True): shrinking axes average under a
+    triangle as wide as the scale, growing ones are plain bilinear; flips reverse the output."""
+    torch = pytest.importorskip("torch")
+    image = np.random.default_rng(2).random((70, 60, 13), dtype=np.float32)
+    for box, out in [((4, 7, 60, 50), 24), ((0, 0, 70, 60), (35, 90)), ((3, 1, 50, 41), (49, 7)),
+                     ((5, 5, 9, 8), 20)]:
+        top, left, h, w = box
+        crop = torch.from_numpy(np.ascontiguousarray(image[top:top + h, left:left + w]))
+        want = torch.nn.functional.interpolate(crop.permute(2, 0, 1)[None], size=aug.pair(out),
+                                               mode="bilinear", align_corners=False,
+                                               antialias=True)[0].permute(1, 2, 0).numpy()
+        np.testing.assert_allclose(_crop_and_resize(image, box, out, antialias=True), want,
+                                   atol=5e-6)
+        np.testing.assert_allclose(_crop_and_resize(image, box, out, True, True, antialias=True),
+                                   want[::-1, ::-1], atol=5e-6)
+    shrunk = _crop_and_resize(image, (0, 0, 70, 60), 20)
+    assert np.abs(shrunk - _crop_and_resize(image, (0, 0, 70, 60), 20, antialias=True)).max() > 0.05
 
 
 # ----- photometric ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 from geossl.data import augment as aug
 from geossl.data import bands as bl
 from geossl.data import views
+from geossl.errors import ConfigError
 from geossl.objectives import gfm_views, pera_views, softcon_views
 
 
@@ -182,7 +183,8 @@ def test_multi_crop_sample_pairs_share_geometry():
 
 # ----- GFM --------------------------------------------------------------------------------------
 def test_masked_crop_sample_is_one_plain_crop_of_a_random_acquisition():
-    """rng order: the acquisition, then the crop box and the horizontal flip; no photometry."""
+    """rng order: the acquisition, then the crop box and the horizontal flip; no photometry; the
+    resize antialiased (the official crop of PIL images)."""
     record = _record(t=3, size=40, seed=2)
     cfg = gfm_views.MaskedCropConfig(img_size=24)
     flips, seasons = 0, set()
@@ -193,7 +195,8 @@ def test_masked_crop_sample_is_one_plain_crop_of_a_random_acquisition():
         box = aug.random_resized_crop_box(rng, 40, 40, (0.67, 1.0), (3 / 4, 4 / 3))
         hflip = bool(rng.random() < 0.5)
         plan = aug.band_plan(bl.S2_L1C, bl.S2_L1C, "softcon")
-        want = aug.render_view(record["image"][t], plan, aug.ViewParams(box=box, hflip=hflip), 24)
+        want = aug.render_view(record["image"][t], plan, aug.ViewParams(box=box, hflip=hflip), 24,
+                               antialias=True)
         np.testing.assert_array_equal(s["image"], want)
         flips, seasons = flips + hflip, seasons | {t}
     assert 0 < flips < 16 and seasons == {0, 1, 2}
@@ -222,3 +225,16 @@ def test_records_without_labels_warn_at_1_10_100(monkeypatch):
         assert not hot.any()
     assert [w.split(" has no")[0] for w in warnings] == ["record r0", "record r9", "record r99"]
     assert "100 such record(s)" in warnings[-1]
+
+
+def test_antialiased_resize_where_the_official_crops_have_it():
+    """GFM's and PerA's crops antialias (PIL / torchvision), SoftCon's follow cv2 (none); the
+    device renderer has no antialiased resize and says so."""
+    from configs import gfm_swin_b, pera_vit_b, softcon_vit_s
+    assert gfm_views.view_config(gfm_swin_b.get_config("demo")).antialias
+    assert pera_views.view_config(pera_vit_b.get_config("demo")).antialias
+    softcon = softcon_views.view_config(softcon_vit_s.get_config("demo"))
+    assert not softcon.antialias and softcon.render_spec().img_size == softcon.img_size
+    with pytest.raises(ConfigError, match="config.data.antialias: the device renderer resizes "
+                                          "without antialiasing"):
+        dataclasses.replace(softcon, antialias=True).render_spec()

@@ -2,7 +2,7 @@
 
 Images are (H, W, C), C bands named by a ``bands`` list. ``random_resized_crop_box`` is
 torchvision's ``RandomResizedCrop.get_params``; the resize is the bilinear resize of tensors
-(align_corners=False, no antialiasing). Photometric operations act in each band plan's unit
+(align_corners=False; antialiased as PIL's where asked). Photometric operations act in each band plan's unit
 domain (``bands.unit_coefficients``: softcon's normalised [0, 1], x / 255 for 8-bit R, G, B, else
 the normalised values) in the SSL4EO-S12 style: one brightness factor, a contrast factor around
 each band's mean, grayscale = the mean over bands, Gaussian blur with mirrored borders
@@ -111,14 +111,41 @@ def _lerp_cols(x: np.ndarray, out: int, flip: bool) -> np.ndarray:
     return b.reshape(h, out, c)
 
 
-def resize_bilinear(x: np.ndarray, out_h: int, out_w: int, vflip: bool = False,
-                    hflip: bool = False, out: np.ndarray | None = None) -> np.ndarray:
-    """(h, w, C) float32 → (out_h, out_w, C): bilinear, align_corners=False, no antialiasing, then
-    the flips; written into ``out`` when given (and returned). OpenCV's ``resize`` (INTER_LINEAR:
-    the same taps and border clamp) when installed, else two passes of numpy gathers
-    (``_lerp_rows``, ``_lerp_cols``); they agree to float32 rounding of the weights (tests: both
-    against torch's ``interpolate``)."""
+def antialias_weights(size: int, out: int, flip: bool = False) -> np.ndarray:
+    """(out, size) float32 rows of an antialiased bilinear resize (PIL's BILINEAR, torch's
+    ``interpolate(antialias=True)``): output j averages the samples i under a triangle of
+    half-width s = max(size/out, 1) centred at (j + 0.5)·size/out, weights 1 − |i + 0.5 − c|/s,
+    normalised; the same as plain bilinear where out >= size. ``flip`` reverses the rows."""
+    scale = size / out
+    support = max(scale, 1.0)
+    centre = (np.arange(out, dtype=np.float64)[:, None] + 0.5) * scale
+    taps = np.arange(size, dtype=np.float64)[None, :] + 0.5
+    w = np.maximum(0.0, 1.0 - np.abs(taps - centre) / support)
+    w /= w.sum(axis=1, keepdims=True)
+    return (w[::-1] if flip else w).astype(np.float32)
+
+
+def _resize_antialiased(x: np.ndarray, out_h: int, out_w: int, vflip: bool,
+                        hflip: bool) -> np.ndarray:
+    """(h, w, C) → (out_h, out_w, C): each axis a product with its :func:`antialias_weights`."""
     h, w, c = x.shape
+    y = (antialias_weights(h, out_h, vflip) @ x.reshape(h, w * c)).reshape(out_h, w, c)
+    y = np.tensordot(y, antialias_weights(w, out_w, hflip), axes=([1], [1]))   # (out_h, C, out_w)
+    return np.ascontiguousarray(y.transpose(0, 2, 1))
+
+
+def resize_bilinear(x: np.ndarray, out_h: int, out_w: int, vflip: bool = False,
+                    hflip: bool = False, out: np.ndarray | None = None,
+                    antialias: bool = False) -> np.ndarray:
+    """(h, w, C) float32 → (out_h, out_w, C): bilinear, align_corners=False, then the flips;
+    written into ``out`` when given (and returned). Without ``antialias``: OpenCV's ``resize``
+    (INTER_LINEAR: the same taps and border clamp) when installed, else two passes of numpy
+    gathers (``_lerp_rows``, ``_lerp_cols``); they agree to float32 rounding of the weights
+    (tests: both against torch's ``interpolate``). ``antialias`` (a downscaled axis averages
+    under a wider triangle, as PIL and torchvision's ``antialias=True``): two matrix products."""
+    h, w, c = x.shape
+    if antialias and (h > out_h or w > out_w):
+        return blur.write_into(_resize_antialiased(x, out_h, out_w, vflip, hflip), out)
     if blur.cv2 is None or c > 512 or (h, w) == (out_h, out_w):
         return blur.write_into(_lerp_cols(_lerp_rows(x, out_h, vflip), out_w, hflip), out)
     flipped = vflip or hflip
@@ -304,10 +331,10 @@ def fill_invalid(region: np.ndarray, mask: np.ndarray, plan: BandPlan, fill: str
 
 def render_geometry(image: np.ndarray, plan: BandPlan, params: ViewParams, out_size,
                     nodata: float | None = None, fill: str = "zero",
-                    out: np.ndarray | None = None) -> np.ndarray:
+                    out: np.ndarray | None = None, antialias: bool = False) -> np.ndarray:
     """(H, W, C_in) stored → (S, S, C) float32 in stored units (into ``out`` when given): crop
-    box, band selection, no-data fill, softcon clip, bilinear resize and flips.
-    ``render_photometric`` finishes the view."""
+    box, band selection, no-data fill, softcon clip, bilinear resize (``antialias``: as PIL's)
+    and flips. ``render_photometric`` finishes the view."""
     top, left, h, w = params.box
     region = take_bands(image[top:top + h, left:left + w], plan.index)
     c = region.shape[-1]
@@ -323,7 +350,7 @@ def render_geometry(image: np.ndarray, plan: BandPlan, params: ViewParams, out_s
         np.maximum(region.reshape(h, w * c), np.tile(plan.bounds[0], w), out=flat)
         np.minimum(flat, np.tile(plan.bounds[1], w), out=flat)
     out_h, out_w = pair(out_size)
-    return resize_bilinear(x, out_h, out_w, params.vflip, params.hflip, out)
+    return resize_bilinear(x, out_h, out_w, params.vflip, params.hflip, out, antialias)
 
 
 def render_photometric(x: np.ndarray, plan: BandPlan, params: ViewParams, *,
@@ -389,12 +416,13 @@ def _unit_to_normalised(x: np.ndarray, plan: BandPlan) -> np.ndarray:
 
 def render_view(image: np.ndarray, plan: BandPlan, params: ViewParams, out_size, *,
                 nodata: float | None = None, fill: str = "zero", out: np.ndarray | None = None,
-                **photometric_kw) -> np.ndarray:
+                antialias: bool = False, **photometric_kw) -> np.ndarray:
     """One view (S, S, C) float32 of an (H, W, C_in) stored image, written into ``out`` when
     given: the resize writes there unless a later step makes a new array (blur, grayscale, RGB
     jitter), which then writes there instead."""
     in_place = params.blur_sigma is None and not params.gray and params.jitter_order is None
-    x = render_geometry(image, plan, params, out_size, nodata, fill, out if in_place else None)
+    x = render_geometry(image, plan, params, out_size, nodata, fill, out if in_place else None,
+                        antialias)
     return render_photometric(x, plan, params, out=out, **photometric_kw)
 
 

@@ -94,13 +94,16 @@ class BandSpec(_Checked):
     """The model input. bands: by name, in this order (a 12-band L2A record gets a zero B10 when
     ``zero_fill_b10``). norm: "softcon" (per band (x − (μ − 2σ)) / 4σ clipped to [0, 1]),
     "meanstd" or "none". nodata / nodata_fill: NaN pixels and those equal to ``nodata`` normalise
-    to 0 ("zero") or to the band's mean over the valid pixels ("mean"), ``geossl.data.bands``."""
+    to 0 ("zero") or to the band's mean over the valid pixels ("mean"), ``geossl.data.bands``.
+    antialias: the crop's resize averages under a wider triangle where it shrinks, as PIL and
+    torchvision's ``antialias=True`` (``augment.antialias_weights``); else cv2's INTER_LINEAR."""
 
     bands: tuple[str, ...] = bands_lib.S2_L1C
     norm: str = "softcon"
     nodata: float | None = None
     nodata_fill: str = "zero"
     zero_fill_b10: bool = True
+    antialias: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -121,7 +124,8 @@ class BandSpec(_Checked):
     def render_geometry(self, image: np.ndarray, plan: augment.BandPlan,
                         params: augment.ViewParams, size) -> np.ndarray:
         """(H, W, C_in) stored → (S, S, C) float32 stored units: crop, bands, no-data, resize."""
-        return augment.render_geometry(image, plan, params, size, self.nodata, self.nodata_fill)
+        return augment.render_geometry(image, plan, params, size, self.nodata, self.nodata_fill,
+                                       antialias=self.antialias)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -251,7 +255,7 @@ def render(cfg: BandSpec, image: np.ndarray, plan: augment.BandPlan, params: aug
     s_h, s_w = augment.pair(size)
     out = batch_rows.claim(into, (s_h, s_w, len(plan.bands_out)), np.float32) if into else None
     return augment.render_view(image, plan, params, size, nodata=cfg.nodata,
-                               fill=cfg.nodata_fill, out=out, **kw)
+                               fill=cfg.nodata_fill, out=out, antialias=cfg.antialias, **kw)
 
 
 # ----- acquisitions and labels ------------------------------------------------------------------

@@ -15,8 +15,9 @@ from geossl.data import augment, views
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MaskedCropConfig(views.BandSpec, views.CropSpec):
     """GFM views (the kit's specs, ``geossl.data.views``): RandomResizedCrop(img_size 192,
-    scale 0.67–1) + horizontal flip."""
+    scale 0.67–1) + horizontal flip, antialiased as the official crop of PIL images."""
 
+    antialias: bool = True
     img_size: int = 192
     crop_scale: tuple[float, float] = (0.67, 1.0)
 

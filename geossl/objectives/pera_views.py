@@ -23,9 +23,11 @@ class MultiCropConfig(views.BandSpec, views.CropShape, views.PhotometricSpec):
     photometric fields as (student, teacher)): student jitter p 0.8 with gray instead of jitter
     p 0.1, teacher jitter p 0.1 (brightness 0.4, contrast 0.4; saturation 0.2 and hue 0.1 apply
     with ``rgb_jitter``, torchvision's ColorJitter); vertical flips too; global crops
-    (``global_size``: the model's input) of scale 0.4–1, local crops of 96 px, scale 0.05–0.4.
+    (``global_size``: the model's input) of scale 0.4–1, local crops of 96 px, scale 0.05–0.4;
+    resized with antialiasing (torchvision's RandomResizedCrop, antialias=True).
     """
 
+    antialias: bool = True
     vflip: bool = True
     jitter_p: views.PerView = (0.8, 0.1)
     gray_p: views.PerView = (0.1, 0.0)

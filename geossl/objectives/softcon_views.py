@@ -20,6 +20,7 @@ import dataclasses
 import numpy as np
 
 from geossl.data import augment, device_views, views
+from geossl.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -39,6 +40,10 @@ class ViewConfig(views.BandSpec, views.CropSpec, views.PhotometricSpec):
 
     def render_spec(self) -> device_views.RenderSpec:
         """The static settings of the device-side renderer for these views."""
+        if self.antialias:
+            raise ConfigError("config.data.antialias: the device renderer resizes without "
+                              "antialiasing; render on the host (config.data.views='host') or "
+                              "set antialias False")
         policies = (self.photometric(0), self.photometric(1))
         blurred = max(p.blur_p for p in policies) > 0
         return device_views.RenderSpec(
