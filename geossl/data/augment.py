@@ -125,13 +125,31 @@ def antialias_weights(size: int, out: int, flip: bool = False) -> np.ndarray:
     return (w[::-1] if flip else w).astype(np.float32)
 
 
+def antialias_taps(size: int, out: int, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`antialias_weights` as K taps a row: sample indices (out, K) and weights (out, K)
+    float32, zero-weighted where a row has fewer than K."""
+    w = antialias_weights(size, out, flip)
+    nonzero = w > 0
+    first = nonzero.argmax(axis=1)
+    k = int((size - nonzero[:, ::-1].argmax(axis=1) - first).max())
+    idx = np.minimum(first[:, None] + np.arange(k)[None, :], size - 1)
+    return idx, np.take_along_axis(w, idx, axis=1) * (first[:, None] + np.arange(k) < size)
+
+
 def _resize_antialiased(x: np.ndarray, out_h: int, out_w: int, vflip: bool,
                         hflip: bool) -> np.ndarray:
-    """(h, w, C) → (out_h, out_w, C): each axis a product with its :func:`antialias_weights`."""
+    """(h, w, C) → (out_h, out_w, C): each axis a K-tap weighted sum of gathered rows / columns
+    (:func:`antialias_taps`)."""
     h, w, c = x.shape
-    y = (antialias_weights(h, out_h, vflip) @ x.reshape(h, w * c)).reshape(out_h, w, c)
-    y = np.tensordot(y, antialias_weights(w, out_w, hflip), axes=([1], [1]))   # (out_h, C, out_w)
-    return np.ascontiguousarray(y.transpose(0, 2, 1))
+    idx, wt = antialias_taps(h, out_h, vflip)
+    y = np.take(x, idx[:, 0], axis=0) * wt[:, :1, None]
+    for k in range(1, idx.shape[1]):
+        y += np.take(x, idx[:, k], axis=0) * wt[:, k:k + 1, None]
+    idx, wt = antialias_taps(w, out_w, hflip)
+    z = np.take(y, idx[:, 0], axis=1).reshape(out_h, out_w * c) * np.repeat(wt[:, 0], c)
+    for k in range(1, idx.shape[1]):
+        z += np.take(y, idx[:, k], axis=1).reshape(out_h, out_w * c) * np.repeat(wt[:, k], c)
+    return z.reshape(out_h, out_w, c)
 
 
 def resize_bilinear(x: np.ndarray, out_h: int, out_w: int, vflip: bool = False,
