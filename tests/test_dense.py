@@ -2,15 +2,16 @@
 maps move with their images, and one shared-trainer step whose loss terms equal numpy."""
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
 from configs import dense_rn50, dense_vit_s
-from geossl import objectives
+from geossl import models, objectives
 from geossl.data import augment, synthetic, views
 from geossl.errors import ConfigError
-from geossl.objectives import dense_views
+from geossl.objectives import dense, dense_views
 from geossl.parallel import mesh as mesh_lib
 from geossl.parallel.multihost import global_batch
 from geossl.train.loop import build_trainer
@@ -47,6 +48,7 @@ def test_positive_pairs_see_the_same_ground_point(stride):
     1, the objective's positive (bilinear in view 2) holds the ground point the query cell holds,
     and exactly the cells whose ground point lies outside view 2's crop are invalid."""
     obj = objectives.create(tiny_config())
+    obj.grid_origin, obj.grid_pitch = stride / 2, stride   # an average-pooled map's cells
     samples = coordinate_views()
     flips = {tuple(s["geometry1"][4:]) for s in samples} | {tuple(s["geometry2"][4:]) for s in samples}
     assert flips == {(0, 0), (0, 1), (1, 0), (1, 1)}   # every flip combination is exercised
@@ -79,6 +81,30 @@ def test_positive_pairs_see_the_same_ground_point(stride):
         np.testing.assert_allclose(k[i][deep], q[i][deep], atol=1e-3)
     assert 0.2 < valid.mean() < 0.95   # some cells fall outside the other crop, most do not
     assert any(0 < valid[i].mean() < 1 for i in range(n))   # partial overlaps are exercised
+
+
+def test_feature_grid_is_where_each_cell_looks():
+    """The cell centres the pairing uses. A ResNet's: the centre of the cell's receptive field,
+    measured as the midpoint of the input gradient's support of an interior cell (not clipped by
+    the border): its paddings centre stage s's cell j on pixel 2^(s+1)·j (origin 0.5 in pixel-edge
+    coordinates, not pitch / 2, which put about half the positives a cell off with flips). A
+    transformer's cells attend beyond their pixels: a cell is centred on its own patch."""
+    size = 160
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(1, size, size, 1)), jnp.float32)
+    model = models.create("resnet18", in_chans=1, stage_sizes=(1, 1, 1, 1), width=8)
+    variables = model.init(jax.random.key(0), x)
+    for stage in (1, 2, 3):
+        origin, pitch = dense.feature_grid(model, False, stage)
+        assert pitch == 2 ** (stage + 1)
+        j = int(size / pitch) // 2
+        grad = jax.grad(lambda z: model.apply(variables, z)["features"][stage - 1][0, j, j].sum())
+        rows = np.flatnonzero(np.abs(np.asarray(grad(x)))[0, :, :, 0].sum(1) > 0)
+        assert rows[0] > 0 and rows[-1] < size - 1, stage                # the field is whole
+        assert (rows[0] + rows[-1] + 1) / 2 == origin + pitch * j, (stage, rows[0], rows[-1])
+    swin = models.create("swin_tiny_patch4_window7_224", in_chans=1)
+    assert [dense.feature_grid(swin, False, s) for s in (1, 2, 3, 4)] == [
+        (2.0, 4.0), (4.0, 8.0), (8.0, 16.0), (16.0, 32.0)]
+    assert dense.feature_grid(models.create("vit_small_patch14"), True, 4) == (7.0, 14.0)
 
 
 # ----- class maps -------------------------------------------------------------------------------

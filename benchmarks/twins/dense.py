@@ -50,19 +50,20 @@ def feature_map(torch, net, x, arch, stage):
     return x.permute(0, 2, 3, 1)
 
 
-def correspondences(torch, idx, geo_a, geo_b, grid, size):
-    """geossl.objectives.dense.correspondences: cells idx (B,K) of view a → (cell coordinates
-    (B,K,2) in view b's grid, centres at integers; valid (B,K) bool)."""
+def correspondences(torch, idx, geo_a, geo_b, grid, size, origin, pitch):
+    """geossl.objectives.dense.correspondences: cells idx (B,K) of view a, centred at origin +
+    pitch·(row, column) → (cell coordinates (B,K,2) in view b's grid, centres at integers; valid
+    (B,K) bool)."""
     h, w = grid
     extent = torch.tensor(size, dtype=torch.float32)
-    centres = torch.stack([(idx // w + 0.5) * (size[0] / h), (idx % w + 0.5) * (size[1] / w)], -1)
+    centres = origin + pitch * torch.stack([idx // w, idx % w], -1).float()
     flip_a, flip_b = geo_a[:, None, 4:6] > 0.5, geo_b[:, None, 4:6] > 0.5
     ground = geo_a[:, None, 0:2] + torch.where(flip_a, extent - centres, centres) \
         * geo_a[:, None, 2:4] / extent
     unflipped = (ground - geo_b[:, None, 0:2]) * extent / geo_b[:, None, 2:4]
     valid = ((unflipped >= 0) & (unflipped <= extent)).all(-1)
     uv = torch.where(flip_b, extent - unflipped, unflipped)
-    return uv * torch.tensor([h / size[0], w / size[1]]) - 0.5, valid
+    return (uv - origin) / pitch, valid
 
 
 def bilinear_sample(torch, fmap, coords):
@@ -109,6 +110,11 @@ def torch_side(torch, args, config, host_batch) -> dict:
     views = [common.images(torch, host_batch, f"view{i}") for i in (1, 2)]
     geos = [torch.from_numpy(host_batch[f"geometry{i}"]).float() for i in (1, 2)]
     stage, size = int(o.get("feature_stage", 4)), (args.img, args.img)
+    if args.arch.startswith("vit"):   # cell centres as geossl.objectives.dense.feature_grid's
+        p = float(net.patch_embed.patch_size[0])
+        grid_at = (p / 2, p)
+    else:                             # torchvision's paddings centre cell j on pixel pitch·j
+        grid_at = (0.5, float(4 * 2 ** (stage - 1)))
     k_cells, tau, momentum = int(o.num_locations), float(o.temperature), float(config.ema.base)
     out = {}
 
@@ -120,7 +126,7 @@ def torch_side(torch, args, config, host_batch) -> dict:
     def direction(query, key, geo_q, geo_k):
         b, h, w, p = query.shape
         idx = torch.rand(b, h * w).argsort(dim=1)[:, :k_cells]
-        coords, valid = correspondences(torch, idx, geo_q, geo_k, (h, w), size)
+        coords, valid = correspondences(torch, idx, geo_q, geo_k, (h, w), size, *grid_at)
         q = torch.gather(query.reshape(b, h * w, p), 1, idx[..., None].expand(-1, -1, p))
         return dense_info_nce(torch, q, bilinear_sample(torch, key, coords), valid, tau)
 

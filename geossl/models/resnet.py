@@ -201,6 +201,12 @@ class ResNet(nn.Module):
         """Downsampling of the last stage: 4 in the stem (conv1, max pool), then 2 per stage."""
         return 4 * 2 ** (len(self.stage_sizes) - 1)
 
+    def stage_grid(self, stage: int) -> tuple[float, float]:
+        """(origin, pitch) in input pixels (pixel i spans [i, i + 1)) of stage ``stage``'s map
+        (1-based): cell j's receptive field is centred at origin + pitch·j. The symmetric
+        (k − 1)/2 paddings centre it on input pixel pitch·j, so origin 0.5, not pitch/2."""
+        return 0.5, float(4 * 2 ** (stage - 1))
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False, stochastic: bool = False) -> dict:
         """x (B,H,W,C) → {"embedding" (B,F), "features" [4 stage maps], "feature_map"}.

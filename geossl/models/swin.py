@@ -246,6 +246,12 @@ class SwinTransformer(nn.Module):
         """Downsampling of the last stage: the patch size, then 2 per patch merging."""
         return self.patch_size * 2 ** (len(self.depths) - 1)
 
+    def stage_grid(self, stage: int) -> tuple[float, float]:
+        """(origin, pitch) in input pixels of stage ``stage``'s map (1-based): cell j covers the
+        pixels [pitch·j, pitch·(j + 1)), centred at origin + pitch·j with origin pitch / 2."""
+        pitch = float(self.patch_size * 2 ** (stage - 1))
+        return pitch / 2, pitch
+
     def stage_windows(self, img_size: int | tuple[int, int] | None = None):
         """Per stage: ((h, w) feature size, (wh, ww) window, (sh, sw) shift) for ``img_size``;
         raises if the size is not a multiple of the patch size. A patch merging halves a size

@@ -57,22 +57,33 @@ def ground_to_view(yx: jax.Array, geometry: jax.Array,
     return jnp.where(flips, extent - unflipped, unflipped), inside
 
 
-def cell_centers(idx: jax.Array, grid: tuple[int, int], size: tuple[int, int]) -> jax.Array:
-    """Flat cell indices (B, K) of a (h, w) feature grid → their centres in view pixels (B, K, 2)."""
-    h, w = grid
-    rows, cols = idx // w, idx % w
-    return jnp.stack([(rows + 0.5) * (size[0] / h), (cols + 0.5) * (size[1] / w)],
-                     axis=-1).astype(jnp.float32)
+def cell_centers(idx: jax.Array, grid: tuple[int, int], origin: float,
+                 pitch: float) -> jax.Array:
+    """Flat cell indices (B, K) of a (h, w) feature grid → their centres in view pixels (B, K, 2):
+    origin + pitch·(row, column) (the backbone's :func:`feature_grid`)."""
+    w = grid[1]
+    cells = jnp.stack([idx // w, idx % w], axis=-1).astype(jnp.float32)
+    return origin + pitch * cells
 
 
-def correspondences(idx, geometry_a, geometry_b, grid, size) -> tuple[jax.Array, jax.Array]:
+def correspondences(idx, geometry_a, geometry_b, grid, size, origin: float,
+                    pitch: float) -> tuple[jax.Array, jax.Array]:
     """Where view b sees the ground of cells ``idx`` (B, K) of view a: (continuous cell coordinates
     (B, K, 2) in b's grid, cell centres at integers; valid (B, K) bool, the point inside b's crop).
-    Both views are ``size`` pixels with a ``grid`` feature map."""
-    ground = view_to_ground(cell_centers(idx, grid, size), geometry_a, size)
+    Both views are ``size`` pixels with a ``grid`` feature map centred as ``origin`` + ``pitch``·j."""
+    ground = view_to_ground(cell_centers(idx, grid, origin, pitch), geometry_a, size)
     uv, valid = ground_to_view(ground, geometry_b, size)
-    scale = jnp.asarray([grid[0] / size[0], grid[1] / size[1]], jnp.float32)
-    return uv * scale - 0.5, valid
+    return (uv - origin) / pitch, valid
+
+
+def feature_grid(backbone, tokens: bool, stage: int) -> tuple[float, float]:
+    """(origin, pitch) in input pixels of the dense feature map: patch tokens (p / 2, p) (a patch
+    centred on its pixels), else the backbone's ``stage_grid`` (a ResNet's cell j is centred on
+    pixel pitch·j by its paddings: origin 0.5)."""
+    if tokens:
+        p = float(backbone.patch_size)
+        return p / 2, p
+    return backbone.stage_grid(stage)
 
 
 def gather_cells(fmap: jax.Array, idx: jax.Array) -> jax.Array:
@@ -170,6 +181,7 @@ class Dense(Objective):
             proj_layers=int(o.proj_layers), head_bn=bool(o.head_bn),
             with_image=self.image_weight > 0)
         self.view_config = dense_views.view_config(config)
+        self.grid_origin, self.grid_pitch = feature_grid(self.backbone, self.tokens, stage)
 
     # ----- host ------------------------------------------------------------------------------
     def make_views(self, record, rng: np.random.Generator):
@@ -205,7 +217,8 @@ class Dense(Objective):
         """q (B,K,P) = query map at cells idx; k (B,K,P) = key map bilinearly sampled where the
         key view sees the same ground; valid (B,K)."""
         grid = query.shape[1:3]
-        coords, valid = correspondences(idx, geometry_q, geometry_k, grid, size)
+        coords, valid = correspondences(idx, geometry_q, geometry_k, grid, size,
+                                        self.grid_origin, self.grid_pitch)
         return gather_cells(query, idx), bilinear_sample(key, coords), valid
 
     def loss(self, params, teacher, extra, batch, rng, step):
