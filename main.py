@@ -168,6 +168,7 @@ def main(argv):
     from geossl.errors import ConfigError, DataConfigMismatchError
     from geossl.train.checkpoint import (CheckpointMismatchError, CheckpointWriteError,
                                          NoReadableCheckpointError)
+    from geossl.train.metrics import NonFiniteLossError
     from geossl.train.workdir_lock import WorkdirInUseError
     try:
         hooks = [h for h in (online.make_online_probe(config), monitor.make_monitor(config)) if h]
@@ -183,6 +184,9 @@ def main(argv):
         sys.exit(1)
     except (CheckpointMismatchError, NoReadableCheckpointError,
             DataConfigMismatchError) as e:  # the workdir is untouched
+        print(f"main.py: {e}", file=sys.stderr)
+        sys.exit(1)
+    except NonFiniteLossError as e:  # the checkpoints written before it are kept
         print(f"main.py: {e}", file=sys.stderr)
         sys.exit(1)
     logging.info("done: %s", {k: v for k, v in summary.items() if k != "state"})

@@ -16,6 +16,7 @@ import pytest
 from configs import softcon_vit_s
 from geossl.train import checkpoint as ckpt_lib
 from geossl.train import loop
+from geossl.train import metrics as metrics_lib
 from geossl.train.metrics import NonFiniteLossError
 from xla_env import xla_flags
 
@@ -209,6 +210,22 @@ def test_checkpoint_of_another_optimiser_is_refused(shards, two_steps, tmp_path)
     with pytest.raises(ckpt_lib.CheckpointMismatchError, match="optimiser state") as e:
         loop.run(tiny_config(shards, total_steps=4, **{"optim.clip_norm": 0.0}), workdir)
     assert "\n" not in str(e.value) and re.search(r"; and \d+ more$", str(e.value)), str(e.value)
+
+
+def test_an_error_right_after_a_checkpoint_lets_its_write_finish(shards, tmp_path, monkeypatch):
+    """A run that ends on an error (here a non-finite loss reported at step 3) while step 2's
+    background write is in flight finishes that write: the checkpoint is there to resume from."""
+    real = metrics_lib.check_finite
+
+    def nan_at_3(step, row):
+        real(step, dict(row, loss=float("nan")) if step == 3 else row)
+
+    monkeypatch.setattr(metrics_lib, "check_finite", nan_at_3)
+    workdir = str(tmp_path / "w")
+    with pytest.raises(NonFiniteLossError, match="at step 3"):
+        loop.run(tiny_config(shards, total_steps=8, async_checkpoints=True), workdir)
+    assert ckpt_lib.Checkpointer(workdir, async_save=False).latest_step() == 2
+    assert not [d for d in os.listdir(os.path.join(workdir, "checkpoints")) if "tmp" in d]
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(shards, two_steps, tmp_path):

@@ -271,6 +271,15 @@ def _run(config, workdir: str, devices, hooks, progress_bar, stop) -> dict:
         if hasattr(data_iter, "close"):  # grain worker processes and their shared memory
             data_iter.close()
         raise
+    except BaseException:   # a non-finite loss, a bad record, a second Ctrl-C: the checkpoint
+        try:                # whose background write had started is finished, not lost
+            checkpointer.close()
+        except Exception as e:  # noqa: BLE001 (the run's own error is the one to report)
+            logging.warning("while stopping on an error, the last checkpoint write failed: %s", e)
+        writer.close()
+        if hasattr(data_iter, "close"):
+            data_iter.close()
+        raise
     summary["export"] = _export(config, objective, checkpointer, workdir)
     if jax.process_count() > 1:  # nobody leaves while process 0 still exports
         from jax.experimental import multihost_utils
