@@ -2,6 +2,7 @@
 TensorFlow's Event protobuf (TensorFlow's own reader: tests/test_tfrecord.py's interop job)."""
 
 import glob
+import json
 import math
 import os
 
@@ -77,6 +78,17 @@ def test_a_resumed_run_writes_a_new_file_starting_after_its_checkpoint(tmp_path)
     assert _scalars(a) == {(1, "loss"): 1.0, (2, "loss"): 2.0, (3, "loss"): 3.0,
                            (1, "flag"): 1.0, (2, "flag"): 1.0, (3, "flag"): 1.0}
     assert _scalars(b) == {(3, "loss"): 30.0, (4, "loss"): 40.0}
+
+
+def test_a_row_cut_short_does_not_stop_a_resume(tmp_path):
+    """A line of metrics.jsonl cut short (a full disk, a lost machine) is dropped on resume, not
+    a JSONDecodeError on every later attempt; the rows before the checkpoint stay."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    rows = "".join(json.dumps({"step": s, "loss": float(s)}) + "\n" for s in (1, 2, 3))
+    (workdir / "metrics.jsonl").write_text(rows + '{"step": 4, "loss": 6.7\n' + "\0\0\0")
+    MetricsWriter(str(workdir), total_steps=8).truncate_after(3)
+    assert (workdir / "metrics.jsonl").read_text() == rows
 
 
 def test_event_schema_matches_tensorflows_field_numbers_and_types():

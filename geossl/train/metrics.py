@@ -103,8 +103,19 @@ class MetricsWriter:
         self._first_step = step + 1
         if not self.enabled or not os.path.exists(self.path):
             return
+        lines, torn = [], []
         with open(self.path) as f:
-            lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= step]
+            for number, line in enumerate(f, 1):
+                try:
+                    row = json.loads(line) if line.strip() else None
+                except ValueError:   # a row cut short (a full disk, a lost machine): dropped
+                    torn.append(number)
+                    continue
+                if isinstance(row, dict) and row.get("step", 0) <= step:
+                    lines.append(line if line.endswith("\n") else line + "\n")
+        if torn:
+            logging.warning("%s: dropped %d unreadable line(s) (line %s)", self.path, len(torn),
+                            ", ".join(map(str, torn[:5])))
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(lines)
