@@ -38,3 +38,20 @@ def test_tensorstore_error_codes_are_spelled_out():
     assert str(ckpt_lib.write_failure("/w/checkpoints/4", wrapped)).startswith(
         "No space left on device: checkpoint /w/checkpoints/4 was not written (ValueError: "
         "RESOURCE_EXHAUSTED: ")
+
+
+def test_a_damaged_data_position_record_is_said(tmp_path, caplog):
+    """The stream position comes from the checkpoint's data record; one that cannot be read is
+    a warning naming it (the position is then step × global_batch), not a silent guess."""
+    checkpointer = ckpt_lib.Checkpointer(str(tmp_path), async_save=False)
+    checkpointer.save(2, {"w": jnp.ones((2,))}, {"position": 88, "global_batch": 8}, {"model": "m"})
+    checkpointer.wait()
+    assert checkpointer._data_record(2) == {"position": 88, "global_batch": 8}
+    data = os.path.join(str(tmp_path), "checkpoints", "2", "data")
+    for name in os.listdir(data):
+        with open(os.path.join(data, name), "r+b") as f:
+            f.truncate(5)
+    caplog.set_level("WARNING")
+    assert checkpointer._data_record(2) is None
+    assert any(f"{data}: the data position record is unreadable" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]

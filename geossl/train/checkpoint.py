@@ -194,7 +194,12 @@ class Checkpointer:
         try:
             record = self.manager.restore(step, args=ocp.args.Composite(
                 data=ocp.args.JsonRestore()))["data"]
-        except Exception:  # noqa: BLE001 - a grain iterator state of an earlier version
+        except Exception as e:  # noqa: BLE001 - a grain iterator state of an earlier version,
+            from absl import logging   # or a damaged record: said, the position then guessed
+            logging.warning(
+                "%s: the data position record is unreadable (%s); the input stream continues at "
+                "step × global_batch, as for a checkpoint written without one",
+                os.path.join(self.directory, str(step), "data"), " ".join(str(e).split())[:200])
             return None
         return record if isinstance(record, dict) and "position" in record else None
 
