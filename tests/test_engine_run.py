@@ -205,6 +205,19 @@ def test_unreadable_newest_checkpoint_falls_back_and_none_readable_is_one_error(
     assert "\n" not in str(e.value)    # a command line reports it in one line
 
 
+def test_a_longer_run_resumed_says_its_schedules_stretch(shards, two_steps, tmp_path, caplog):
+    """Resuming a finished 2-step run with total_steps 3 trains step 3 on schedules over 3 steps:
+    said once, with the steps that followed the old ones."""
+    workdir = _copy(two_steps, tmp_path)
+    caplog.set_level("WARNING")
+    loop.run(tiny_config(shards, total_steps=3), workdir)
+    said = [r.getMessage() for r in caplog.records if "config.total_steps 3" in r.getMessage()]
+    assert said == ["config.total_steps 3, the run's was 2: the schedules over the run (lr, weight "
+                    "decay, EMA momentum, teacher temperature) follow 3 steps from step 3 on; "
+                    "steps 1..2 followed 2"], said
+    assert [r["step"] for r in read_metrics(workdir)] == [1, 2, 3]
+
+
 def test_checkpoint_of_another_optimiser_is_refused(shards, two_steps, tmp_path):
     workdir = _copy(two_steps, tmp_path)
     with pytest.raises(ckpt_lib.CheckpointMismatchError, match="optimiser state") as e:

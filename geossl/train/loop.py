@@ -119,6 +119,12 @@ def _resume_position(config, sets, data, start: int) -> int:
                         "global sample %d, steps (and the schedules over them) count batches of "
                         "%s from step %d", config.global_batch, written, position,
                         config.global_batch, start)
+    planned = (data or {}).get("total_steps")   # absent from checkpoints before session 25
+    if planned is not None and int(planned) != int(config.total_steps):
+        logging.warning("config.total_steps %s, the run's was %s: the schedules over the run (lr, "
+                        "weight decay, EMA momentum, teacher temperature) follow %s steps from "
+                        "step %d on; steps 1..%d followed %s", config.total_steps, planned,
+                        config.total_steps, start + 1, start, planned)
     return position
 
 
@@ -260,7 +266,8 @@ def _run(config, workdir: str, devices, hooks, progress_bar, stop) -> dict:
     def save(step, state):
         consumed = position + (step - start) * config.global_batch
         checkpointer.save(step, trainer.saved_part(state),
-                          {"position": consumed, "global_batch": int(config.global_batch)}, meta)
+                          {"position": consumed, "global_batch": int(config.global_batch),
+                           "total_steps": int(config.total_steps)}, meta)
 
     try:
         summary = _loop(config, state, start, trainer.train_step, data_iter, mesh, save,
