@@ -65,8 +65,8 @@ def test_a_resumed_run_writes_a_new_file_starting_after_its_checkpoint(tmp_path)
     first.write([{"step": s, "loss": float(s), "flag": True, "note": "x"} for s in (1, 2, 3)])
     first.close()
     resumed = MetricsWriter(workdir, total_steps=4)
-    resumed.truncate_after(2)
-    assert not resumed.enabled or len(glob.glob(os.path.join(workdir, "tensorboard", "*"))) == 1
+    resumed.truncate_after(2)    # step 3 dropped: the new file starts now, rows or not
+    assert not resumed.enabled or len(glob.glob(os.path.join(workdir, "tensorboard", "*"))) == 2
     resumed.write([{"step": 3, "loss": 30.0}, {"step": 4, "loss": 40.0}])
     resumed.close()
     files = sorted(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*")),
@@ -78,6 +78,28 @@ def test_a_resumed_run_writes_a_new_file_starting_after_its_checkpoint(tmp_path)
     assert _scalars(a) == {(1, "loss"): 1.0, (2, "loss"): 2.0, (3, "loss"): 3.0,
                            (1, "flag"): 1.0, (2, "flag"): 1.0, (3, "flag"): 1.0}
     assert _scalars(b) == {(3, "loss"): 30.0, (4, "loss"): 40.0}
+
+
+def test_a_resume_that_writes_no_row_still_supersedes_the_dropped_steps(tmp_path):
+    """Steps 3 and 4 dropped from metrics.jsonl (a resume from step 2 that then stops before its
+    first row): a new event file starts at step 3, so TensorBoard drops them too."""
+    workdir = str(tmp_path / "run")
+    first = MetricsWriter(workdir, total_steps=4)
+    first.truncate_after(0)
+    first.write([{"step": s, "loss": float(s)} for s in (1, 2, 3, 4)])
+    first.close()
+    resumed = MetricsWriter(workdir, total_steps=4)
+    resumed.truncate_after(2)
+    resumed.close()
+    files = sorted(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*")),
+                   key=lambda f: int(f.split(".")[-1]))
+    assert len(files) == 2
+    assert [(e.step, e.session_log.status) for e in _events(files[1])
+            if e.HasField("session_log")] == [(3, 1)]
+    again = MetricsWriter(workdir, total_steps=4)   # nothing dropped: no new file
+    again.truncate_after(2)
+    again.close()
+    assert len(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))) == 2
 
 
 def test_a_row_cut_short_does_not_stop_a_resume(tmp_path):

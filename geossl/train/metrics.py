@@ -103,7 +103,7 @@ class MetricsWriter:
         self._first_step = step + 1
         if not self.enabled or not os.path.exists(self.path):
             return
-        lines, torn = [], []
+        lines, torn, dropped = [], [], False
         with open(self.path) as f:
             for number, line in enumerate(f, 1):
                 try:
@@ -113,6 +113,8 @@ class MetricsWriter:
                     continue
                 if isinstance(row, dict) and row.get("step", 0) <= step:
                     lines.append(line if line.endswith("\n") else line + "\n")
+                elif isinstance(row, dict):
+                    dropped = True
         if torn:
             logging.warning("%s: dropped %d unreadable line(s) (line %s)", self.path, len(torn),
                             ", ".join(map(str, torn[:5])))
@@ -120,6 +122,9 @@ class MetricsWriter:
         with open(tmp, "w") as f:
             f.writelines(lines)
         os.replace(tmp, self.path)
+        if dropped and self._events is None:   # TensorBoard drops them too, rows or not
+            self._events = events.EventWriter(self._events_dir, self._first_step)
+            self._events.flush()
 
     def write(self, rows: list[dict]) -> None:
         if not self.enabled or not rows:
