@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from geossl.train import checkpoint as ckpt_lib
-from geossl.train import loop
+from geossl.train import loop, signals
 from geossl.train.workdir_lock import WorkdirLock
 from test_engine_run import _env, _flags, read_metrics, tiny_config
 
@@ -26,7 +26,7 @@ from test_engine_run import _env, _flags, read_metrics, tiny_config
 SIGNAL_AT_STEP = """
 import os, runpy, signal, sys, time
 import jax
-from geossl.train import loop
+from geossl.train import loop, signals
 at, signum, who = int(sys.argv[1]), getattr(signal, sys.argv[2]), sys.argv[3]
 
 class SignalAt:
@@ -322,3 +322,13 @@ def test_the_loop_waits_for_each_step_two_steps_later(tmp_path, monkeypatch):
     assert loop.STEPS_IN_FLIGHT == 2
     assert waited == [1, 2, 3, 4, 5]        # after dispatching steps 3..7
     assert saved == [7]
+
+
+def test_the_stop_line_says_what_a_rerun_does():
+    """A fresh run stopped before its first step has no checkpoint to resume from."""
+    assert str(signals.Stopped(15, 0, None)) == (
+        "stopped by SIGTERM after step 0: nothing was trained; the same command starts the run "
+        "(exit status 143)")
+    assert str(signals.Stopped(2, 7, None)) == (
+        "stopped by SIGINT after step 7: no step ran since the last checkpoint; the same command "
+        "resumes from it (exit status 130)")

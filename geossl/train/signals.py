@@ -50,10 +50,14 @@ class Stopped(Exception):
     def __init__(self, signum: int, step: int, checkpoint: str | None):
         self.signum, self.step, self.checkpoint = int(signum), int(step), checkpoint
         self.exit_code = exit_code(signum)
-        where = (f"checkpoint {checkpoint} written" if checkpoint else
-                 "no step ran since the last checkpoint")
-        super().__init__(f"stopped by {signal_name(signum)} after step {step}: {where}; "
-                         f"the same command resumes from it (exit status {self.exit_code})")
+        if checkpoint:
+            where = f"checkpoint {checkpoint} written; the same command resumes from it"
+        elif step:
+            where = "no step ran since the last checkpoint; the same command resumes from it"
+        else:   # a fresh run stopped before its first step: there is no checkpoint
+            where = "nothing was trained; the same command starts the run"
+        super().__init__(f"stopped by {signal_name(signum)} after step {step}: {where} "
+                         f"(exit status {self.exit_code})")
 
 
 #: The signal :func:`raise_interrupted` last handled, until :func:`raise_if_interrupted` takes it.
