@@ -142,4 +142,4 @@ def test_two_processes_then_one_log_the_losses_of_one_process(shards, tmp_path):
     a = [r["loss"] for r in read_metrics(single)]
     b = [r["loss"] for r in read_metrics(elastic)]
     assert len(a) == len(b) == 4
-    np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)   # reduction order

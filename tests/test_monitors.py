@@ -175,23 +175,27 @@ def shards(tmp_path_factory):
     return os.path.join(out, "train-*.tfrecord")
 
 
+LR = 20.0
+
+
 def test_training_run_warns_once_when_forced_to_collapse(shards, tmp_path, caplog):
-    """One run whose lr warms up to 10 in 2 steps (0, 5, 10, ...): healthy after its first step
+    """One run whose lr warms up to 20 in 2 steps (0, 10, 20, ...): healthy after its first step
     (no warning), collapsed from the third (one warning, not one per step)."""
     config = tiny_config(shards, **{"total_steps": 4, "log_every": 1, "checkpoint_every": 4,
-                                    "lr.base": 10.0, "lr.warmup_steps": 2, "export.torch": False})
-    config.monitor.update(dict(every=-1, num_examples=16))  # every log_every (1) steps
+                                    "lr.base": LR, "lr.warmup_steps": 2, "export.torch": False})
+    config.monitor.update(dict(every=-1, num_examples=16,   # every log_every (1) steps
+                               std_ratio_threshold=0.04))
     hook = monitor.make_monitor(config)
     caplog.set_level(logging.INFO)
     loop.run(config, str(tmp_path / "run"), jax.devices()[:1], hooks=[hook])  # 1: compiles faster
     rows = read_metrics(str(tmp_path / "run"))
     assert [r["step"] for r in rows if "monitor/rankme" in r] == [1, 2, 3, 4]
-    assert [r["lr"] for r in rows[:3]] == pytest.approx([0.0, 5.0, 10.0])
+    assert [r["lr"] for r in rows[:3]] == pytest.approx([0.0, LR / 2, LR])
     ratios = [r["monitor/embedding_std_ratio"] for r in rows]
     threshold = config.monitor.std_ratio_threshold
-    assert ratios[0] > 5 * threshold and max(ratios[2:]) < threshold, ratios
+    assert ratios[0] > 3 * threshold and max(ratios[2:]) < threshold, ratios
     assert rows[0]["monitor/mean_cosine"] < 0.99 and rows[-1]["monitor/mean_cosine"] > 0.999
-    assert 1.0 <= rows[-1]["monitor/rankme"] < 1.1 < rows[0]["monitor/rankme"] <= 16
+    assert 1.0 <= rows[-1]["monitor/rankme"] < 1.5 < rows[0]["monitor/rankme"] <= 16
     (events,) = glob.glob(str(tmp_path / "run" / "tensorboard" / "events.*"))
     assert b"monitor/embedding_std_ratio" in open(events, "rb").read()  # a TensorBoard scalar too
     warnings = [r.getMessage() for r in caplog.records if WARNING in r.getMessage()]
