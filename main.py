@@ -182,11 +182,8 @@ def main(argv):
     except CheckpointWriteError as e:  # the reason first; the earlier checkpoints are kept
         print(f"main.py: {e}", file=sys.stderr)
         sys.exit(1)
-    except (CheckpointMismatchError, NoReadableCheckpointError,
-            DataConfigMismatchError) as e:  # the workdir is untouched
-        print(f"main.py: {e}", file=sys.stderr)
-        sys.exit(1)
-    except NonFiniteLossError as e:  # the checkpoints written before it are kept
+    except (CheckpointMismatchError, NoReadableCheckpointError, DataConfigMismatchError,
+            NonFiniteLossError) as e:  # the workdir is untouched / its checkpoints kept
         print(f"main.py: {e}", file=sys.stderr)
         sys.exit(1)
     logging.info("done: %s", {k: v for k, v in summary.items() if k != "state"})

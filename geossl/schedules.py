@@ -48,12 +48,7 @@ def warmup_cosine(step, *, base, total_steps, warmup_steps=0, final=0.0,
     with decay_steps = T.) With T = W the value is base at s = W and final after it.
     """
     _check_steps(total_steps, warmup_steps)
-    if warmup_shape not in WARMUP_SHAPES:
-        raise ValueError(f"warmup_cosine: warmup_shape expected one of {WARMUP_SHAPES}, found "
-                         f"{warmup_shape!r}")
-    if cosine_from not in COSINE_STARTS:
-        raise ValueError(f"warmup_cosine: cosine_from expected one of {COSINE_STARTS}, found "
-                         f"{cosine_from!r}")
+    _check_shape(warmup_shape, cosine_from)
     s = _step(step)
     ramp = warmup_steps - 1 if warmup_shape == "linspace" else warmup_steps
     warm = warmup_init + (base - warmup_init) * s / max(ramp, 1)
@@ -102,6 +97,13 @@ def linspace(step, *, start, end, steps) -> jax.Array:
         return jnp.full(jnp.shape(s), end, dtype=jnp.float32)
     frac = jnp.clip(s / max(steps - 1, 1), 0.0, 1.0)
     return (start + (end - start) * frac).astype(jnp.float32)
+
+
+def _check_shape(warmup_shape, cosine_from) -> None:
+    for name, value, allowed in (("warmup_shape", warmup_shape, WARMUP_SHAPES),
+                                 ("cosine_from", cosine_from, COSINE_STARTS)):
+        if value not in allowed:
+            raise ValueError(f"warmup_cosine: {name} expected one of {allowed}, found {value!r}")
 
 
 def _check_steps(total_steps, warmup_steps) -> None:
@@ -179,10 +181,8 @@ def make_schedule(cfg: Mapping) -> Schedule:
                      else float(v))
     if name == "warmup_cosine":
         _check_steps(kwargs["total_steps"], kwargs.get("warmup_steps", 0))
-        for key, allowed in (("warmup_shape", WARMUP_SHAPES), ("cosine_from", COSINE_STARTS)):
-            if kwargs.get(key, allowed[0]) not in allowed:
-                raise ValueError(f"schedule 'warmup_cosine': {key} expected one of {allowed}, "
-                                 f"found {kwargs[key]!r}")
+        _check_shape(kwargs.get("warmup_shape", WARMUP_SHAPES[0]),
+                     kwargs.get("cosine_from", COSINE_STARTS[0]))
     if name in _RAMPS and kwargs["steps"] < 0:
         raise ValueError(f"schedule {name!r}: steps must be >= 0, found {kwargs['steps']}")
 

@@ -6,8 +6,9 @@ repeated), which SSL4EO-S12's blur calls and torchvision's ``gaussian_blur`` sha
 ``mode="mirror"``, so ``gaussian_blur`` equals two passes of ``scipy.ndimage.gaussian_filter1d``
 in that mode. With OpenCV (``cv2``, a core dependency) the two passes are one ``cv2.sepFilter2D``
 (about 6x fewer CPU seconds, input pipeline benchmark); without it, or when the radius reaches
-the image size, each pass is a banded matrix product run on one BLAS thread. Importing this module sets OpenCV to one thread: views are
-built in parallel by the pipeline's workers, not inside one view.
+the image size, each pass is a banded matrix product run on one BLAS thread. Importing this
+module sets OpenCV to one thread: views are built in parallel by the pipeline's workers, not
+inside one view.
 """
 
 from __future__ import annotations

@@ -272,19 +272,15 @@ def _run(config, workdir: str, devices, hooks, progress_bar, stop) -> dict:
     try:
         summary = _loop(config, state, start, trainer.train_step, data_iter, mesh, save,
                         checkpointer, writer, _backbone_hooks(objective, hooks), stop)
-    except signals.Stopped:
-        checkpointer.close()
-        writer.close()
-        if hasattr(data_iter, "close"):  # grain worker processes and their shared memory
-            data_iter.close()
-        raise
-    except BaseException:   # a non-finite loss, a bad record, a second Ctrl-C: the checkpoint
-        try:                # whose background write had started is finished, not lost
+    except BaseException as error:   # a stop request, a non-finite loss, a bad record, a second
+        try:                          # Ctrl-C: the checkpoint write under way finishes, not lost
             checkpointer.close()
-        except Exception as e:  # noqa: BLE001 (the run's own error is the one to report)
+        except Exception as e:  # noqa: BLE001 (a stop reports its write; an error, its own)
+            if isinstance(error, signals.Stopped):
+                raise
             logging.warning("while stopping on an error, the last checkpoint write failed: %s", e)
         writer.close()
-        if hasattr(data_iter, "close"):
+        if hasattr(data_iter, "close"):  # grain worker processes and their shared memory
             data_iter.close()
         raise
     summary["export"] = _export(config, objective, checkpointer, workdir)

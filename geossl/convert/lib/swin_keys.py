@@ -55,10 +55,16 @@ def _constant(array):
     return lambda: array.copy()
 
 
+def _one_axis_within_window(resolution, window_size: int) -> bool:
+    """A stage no larger than the window on one axis only: timm's rule (this model's) takes that
+    axis whole and shifts the other; the original code's one min(res) window, unshifted."""
+    return min(resolution) <= window_size < max(resolution)
+
+
 def _original_differs(stages, window_size: int) -> str | None:
     """Why the original code computes another function than this model's stages, or None."""
     for i, (resolution, window, _) in enumerate(stages):
-        if min(resolution) <= window_size < max(resolution):
+        if _one_axis_within_window(resolution, window_size):
             return (f"the original code gives a stage no larger than its window on one axis one "
                     f"{min(resolution)}×{min(resolution)} window and no shift (timm's rule, this "
                     f"model's, works per axis), and stage {i}'s {resolution} tokens are smaller "
@@ -181,12 +187,13 @@ def resample_bias_tables(state_dict: dict, torch_shape: dict, model: SwinTransfo
                          adapted: list[str]) -> None:
     """Bias tables ((2W-1)², heads) of another window → the model's, per block; a stage whose
     windows are not the original code's (smaller than the window on one axis only) is noted."""
-    for i, (resolution, window, shift) in enumerate(model.stage_windows()):
-        if min(resolution) <= model.window_size < max(resolution):
+    stages = model.stage_windows()
+    for i, (resolution, window, shift) in enumerate(stages):
+        if _one_axis_within_window(resolution, model.window_size):
             adapted.append(f"stage {i}: {resolution} tokens in timm's {window} windows shifted by "
                            f"{shift} (the original code: one {min(resolution)}×{min(resolution)} "
                            f"window, no shift)")
-    windows = [window for _, window, _ in model.stage_windows()]
+    windows = [window for _, window, _ in stages]
     for key, value in list(state_dict.items()):
         expected = torch_shape.get(key)
         if (not key.endswith("relative_position_bias_table") or expected is None
