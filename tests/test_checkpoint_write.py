@@ -4,6 +4,7 @@ import errno
 import os
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from orbax.checkpoint._src.handlers import json_checkpoint_handler
 
@@ -55,3 +56,25 @@ def test_a_damaged_data_position_record_is_said(tmp_path, caplog):
     assert checkpointer._data_record(2) is None
     assert any(f"{data}: the data position record is unreadable" in r.getMessage()
                for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_unfinished_writes_are_removed_only_when_asked(tmp_path):
+    checkpointer = ckpt_lib.Checkpointer(str(tmp_path), async_save=False)
+    checkpointer.save(2, {"w": jnp.ones((4, 4))}, None, {"model": "m"})
+    checkpointer.close()
+    folder = tmp_path / "checkpoints"
+    # what a run killed while writing steps 4 and 6 leaves: orbax's temporary folders
+    for name in ("4.orbax-checkpoint-tmp-1733500000", "6.orbax-checkpoint-tmp-1733500123"):
+        (folder / name / "state").mkdir(parents=True)
+        (folder / name / "state" / "part").write_bytes(b"\0" * 64)
+    (folder / "3.unreadable").mkdir()              # moved aside by a resume: kept
+    reader = ckpt_lib.Checkpointer(str(tmp_path), async_save=False)  # a probe's: changes nothing
+    assert reader.latest_step() == 2
+    reader.close()
+    assert sorted(os.listdir(folder)) == ["2", "3.unreadable", "4.orbax-checkpoint-tmp-1733500000",
+                                          "6.orbax-checkpoint-tmp-1733500123"]
+    removed = ckpt_lib.Checkpointer(str(tmp_path), async_save=False).remove_unfinished_writes()
+    assert removed == ["4.orbax-checkpoint-tmp-1733500000", "6.orbax-checkpoint-tmp-1733500123"]
+    assert sorted(os.listdir(folder)) == ["2", "3.unreadable"]
+    restored = ckpt_lib.Checkpointer(str(tmp_path), async_save=False).restore_raw(2)
+    np.testing.assert_array_equal(restored["w"], np.ones((4, 4)))

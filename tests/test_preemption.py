@@ -4,6 +4,7 @@ bit-exactly. A workdir in use is refused (exit 2)."""
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -109,8 +110,14 @@ def test_sigint_sigkill_sigterm_then_resume_bit_exactly(shards, tmp_path):
         f"the same command resumes from it (exit status 143)"], done.stderr[-3000:]
     assert 5 in _checkpoint_steps(stopped) and 6 not in _checkpoint_steps(stopped)
 
+    # what a kill during step 4's write would have left: orbax's temporary folder, a partial
+    # state; the resume removes it (a probe's reader would not)
+    leftover = os.path.join(stopped, "checkpoints", "4.orbax-checkpoint-tmp-1733500000")
+    shutil.copytree(os.path.join(stopped, "checkpoints", "3"), leftover)
     done = _main(_flags(shards, stopped))
     assert done.returncode == 0, done.stderr[-3000:]
+    assert not os.path.exists(leftover)
+    assert "removed 1 unfinished checkpoint write(s)" in done.stderr, done.stderr[-3000:]
     a, b = read_metrics(full), read_metrics(stopped)
     assert [r["step"] for r in b] == list(range(1, 7))
     assert [r["loss"] for r in a] == [r["loss"] for r in b]

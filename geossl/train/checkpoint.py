@@ -22,6 +22,7 @@ import json
 import logging as py_logging
 import os
 import re
+import shutil
 import sys
 
 import jax
@@ -245,6 +246,20 @@ class Checkpointer:
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices(f"geossl:checkpoint:aside:{step}")
         return target
+
+    def remove_unfinished_writes(self) -> list[str]:
+        """Deletes the temporary folders of checkpoint writes that never finished (orbax's
+        ``<step>.orbax-checkpoint-tmp-*``, left by a run killed while writing: a partial copy of
+        the state each) and returns their names. Only the run holding the workdir's lock calls it,
+        once its resume is accepted: a reader's Checkpointer could otherwise race a live write."""
+        names = sorted(ocp.path.step.tmp_checkpoints(self.directory))
+        if jax.process_index() == 0:
+            for name in names:
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        if names and jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("geossl:checkpoint:unfinished")
+        return names
 
     def restore_raw(self, step: int | None = None) -> dict:
         """The saved state as nested dicts of numpy arrays (no target needed)."""

@@ -259,6 +259,11 @@ def _run(config, workdir: str, devices, hooks, progress_bar, stop) -> dict:
                                    sets=sets, sources=sources, start_position=position)
     # Only now, with the run checked against the workdir, may the workdir change.
     ckpt_lib.write_config(workdir, config)
+    unfinished = checkpointer.remove_unfinished_writes()
+    if unfinished:
+        logging.warning("removed %d unfinished checkpoint write(s) in %s (a run stopped while "
+                        "writing them): %s", len(unfinished), checkpointer.directory,
+                        ", ".join(unfinished))
     if progress_bar is None:
         progress_bar = metrics_lib.in_notebook()
     writer = metrics_lib.MetricsWriter(workdir, config.total_steps, progress_bar)
