@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from geossl import errors
+from geossl.arg_types import non_negative_int, positive_int  # noqa: F401 - re-exported
 from geossl.data.parallel_writer import BadInputError, write_shards  # noqa: F401 - re-exported
 from geossl.train import signals
 
@@ -105,23 +106,6 @@ def channels_last(array: np.ndarray, channels: int) -> np.ndarray:
     if array.ndim == 3 and array.shape[0] == channels and array.shape[-1] != channels:
         return np.moveaxis(array, 0, -1)
     return array
-
-
-def int_at_least(low: int):
-    """argparse type: an integer >= ``low``."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, found {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, found {value}")
-        return value
-    return parse
-
-
-#: argparse types: an integer >= 1, >= 0.
-positive_int, non_negative_int = int_at_least(1), int_at_least(0)
 
 
 def output_folder(text: str) -> str:

@@ -366,7 +366,8 @@ def test_cli_import_refuses_sizes_below_one_and_kwargs_of_another_type(tmp_path,
     for flag in (["--in_chans", "-1"], ["--img_size", "0"], ["--window_size", "x"]):
         with pytest.raises(SystemExit):
             main(["import", "--arch", "resnet18", "--input", src, "--output", str(out), *flag])
-        assert f"argument {flag[0]}: expected an integer >= 1, found '{flag[1]}'" in (
+        found = flag[1] if flag[1].lstrip("-").isdigit() else repr(flag[1])
+        assert f"argument {flag[0]}: expected an integer >= 1, found {found}" in (
             capsys.readouterr().err)
     for kwargs, message in [('{"width": "x"}', "width expects a value like 64 (int), found 'x'"),
                             ('{"stage_sizes": 2}', "stage_sizes expects a value like (2, 2, 2, 2) "

@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 
+from geossl.arg_types import positive_int
 from geossl.convert import FIRST_LAYER_MODES
 
 
@@ -46,10 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "export records (its model arguments are used too)")
     imp.add_argument("--input", required=True, help="state dict: .pth/.pt or .safetensors")
     imp.add_argument("--output", required=True, help="directory to write (new or empty)")
-    imp.add_argument("--in_chans", type=_positive_int, default=None, help="default: the checkpoint's")
-    imp.add_argument("--img_size", type=_positive_int, default=None,
+    imp.add_argument("--in_chans", type=positive_int, default=None, help="default: the checkpoint's")
+    imp.add_argument("--img_size", type=positive_int, default=None,
                      help="ViT and Swin; default: the checkpoint's (Swin timm layout: 224)")
-    imp.add_argument("--window_size", type=_positive_int, default=None,
+    imp.add_argument("--window_size", type=positive_int, default=None,
                      help="Swin only; default: the checkpoint's (bias tables are resampled to another)")
     imp.add_argument("--model_kwargs", type=_json_object, default=None,
                      help="other architecture arguments as a JSON object, e.g. a ViT of another "
@@ -63,17 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--drop_prefixes", nargs="*", default=["head.", "fc."])
     imp.add_argument("--non_strict", action="store_true", help="keep what matches, log the rest")
     return parser
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {text!r}")
-    return value
 
 
 def _check_kwarg_types(module, extra: dict) -> None:
