@@ -51,8 +51,8 @@ def demo_run(c, *, batch: int, steps: int | None = None, lr: float | None = None
              ema_base: float | None = 0.98, checkpoint_every: int = 100, log_every: int = 10,
              probe_every: int = 0) -> None:
     """The CPU-sized tail of a ``:demo`` variant on the 32 px synthetic scenes: batch, steps, a
-    warmup-cosine lr (when ``lr`` is given), AdamW (β2 0.95, weight decay 0.05, clip 1; MoCo v3's
-    ViT setting: a short run adapts faster than with 0.999) unless ``adamw=False``, the EMA base
+    warmup-cosine lr (when ``lr`` is given), AdamW (β2 0.95, weight decay 0.05 on matrices, clip 1:
+    a short run adapts faster than with 0.999) unless ``adamw=False``, the EMA base
     and the checkpoint / log / probe cadences."""
     c.global_batch = batch
     if steps is not None:
@@ -78,8 +78,9 @@ OPTIMIZER_FIELDS = {
 def optim(name: str, *, weight_decay, decay: str = "matrices", clip_norm: float = 0.0,
           **fields) -> ml_collections.ConfigDict:
     """A ``config.optim`` section. weight_decay: a number or a schedule dict (name, base, final);
-    decay: which parameters decay ("matrices": 2+-D and not token tables; "all";
-    "regex:PATTERN": those whose path does not match); clip_norm 0 = no clipping."""
+    decay: which parameters decay ("matrices": 2+-D and not token tables; "matrices+tokens": and
+    the class / mask / register tokens; "all"; "regex:PATTERN": those whose path does not match);
+    clip_norm 0 = no clipping."""
     if name not in OPTIMIZER_FIELDS:
         raise ValueError(f"optimiser: expected one of {sorted(OPTIMIZER_FIELDS)}, found {name!r}")
     unknown = set(fields) - set(OPTIMIZER_FIELDS[name])
@@ -153,13 +154,15 @@ def s2_backbone(model: str) -> ml_collections.ConfigDict:
 
 def ssl4eo_recipe(c, *, optim_name: str, lr: float) -> None:
     """SSL4EO-S12's MoCo-v3 schedule on ``c.global_batch``: 100 epochs of its locations, 10 of
-    linear warmup to ``lr`` then cosine to 0; LARS (ResNet: wd 1e-6, momentum 0.9) or AdamW (ViT:
-    wd 0.1, betas (0.9, 0.999)). Sets ``epochs``, ``total_steps``, ``optim`` and ``lr``."""
+    linear warmup to ``lr`` then cosine to 0; LARS (ResNet: wd 1e-6, momentum 0.9; MoCo v3's LARS
+    neither decays nor adapts 1-D parameters) or AdamW (ViT: wd 0.1, betas (0.9, 0.999), on every
+    parameter as MoCo v3's and SSL4EO-S12's ``AdamW(model.parameters())``). ``lr`` is the peak
+    itself: a config states its batch rule. Sets ``epochs``, ``total_steps``, ``optim``, ``lr``."""
     epoch_schedule(c, 100, SSL4EO_LOCATIONS)
     if optim_name == "lars":
         c.optim = optim("lars", weight_decay=1e-6, momentum=0.9)
     else:
-        c.optim = optim("adamw", weight_decay=0.1, b1=0.9, b2=0.999)
+        c.optim = optim("adamw", weight_decay=0.1, decay="all", b1=0.9, b2=0.999)
     c.lr = warmup_cosine(lr, steps_for(10, SSL4EO_LOCATIONS, c.global_batch), 0.0)
 
 

@@ -26,7 +26,11 @@ Not confirmed or not faithful:
 - KoLeo is computed over the global batch (the official code: per GPU batch of 16).
 - The global batch (official: 16 per GPU, GPU count unconfirmed) and the dataset size (hence the
   step counts) are placeholders here: ``global_batch`` 128, ``num_examples`` 250k.
-- fp16 training (official) is not reproduced: float32 by default (``model.dtype``).
+- 16-bit training (official: ``--dtype`` bf16 by default, fp16 in its config file) is not
+  reproduced: float32 by default (``model.dtype``).
+- Stochastic depth: each sample keeps a block's residual with probability 1 − 0.3, scaled by
+  1 / 0.7; the official DINOv2 blocks (ratio > 0.1) add it to exactly int(0.7 · B) random
+  samples of the batch, scaled by B / int(0.7 · B).
 - ``:ms`` is not in the official code: 13 S2 L1C bands with SSL4EO-S12's per-band mean / std,
   brightness / contrast per band on the standardised values (no [0, 1] clip: that domain is
   unbounded), grayscale = band mean, no saturation / hue.

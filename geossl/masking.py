@@ -56,10 +56,11 @@ def kept_count(mask_ratio: float, total: int) -> int:
 
 
 def ceil_count(fraction: float, total: int) -> int:
-    """ceil(fraction · total) as a Python int (SimMIM's ``MaskGenerator``), float noise rounded
-    away first (0.6·10 is 6, not 7)."""
+    """ceil(total · fraction) as a Python int, in float64 as SimMIM's and GFM's ``MaskGenerator``
+    (``int(np.ceil(token_count * mask_ratio))``): 0.6·10 is 6, and 25·0.28 (7.000000000000001
+    in float64) is 8 there, so here too."""
     _check_fraction(fraction)
-    return int(math.ceil(round(fraction * total, 9)))
+    return int(math.ceil(total * fraction))
 
 
 def _check_static(name: str, value, minimum: int = 0) -> int:

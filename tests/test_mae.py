@@ -176,3 +176,33 @@ def test_export_loads_strictly_into_timm(tmp_path):
     with torch.no_grad():
         theirs = net(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * np.abs(theirs).max())
+
+
+def test_the_recipes_weight_decay_takes_the_tokens_and_leaves_the_fixed_positions():
+    """MAE's AdamW decays every trained parameter of 2+ dimensions (timm's add_weight_decay): the
+    class and mask tokens decay; the sine-cosine table (a parameter held by stop_gradient here,
+    fixed in MAE) and the 1-D biases and norms do not."""
+    from geossl.train.optim import make_optimizer
+    _, _, v = _setup()
+    c = _config()
+    c.optim = mae_vit_b.get_config().optim            # the full recipe's, not the demo's
+    c.total_steps, c.lr = 10, ml_collections.ConfigDict(dict(name="constant", base=0.5))
+    tx, _ = make_optimizer(c, v.params)
+    params, state = v.params, tx.init(v.params)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    for _ in range(3):
+        updates, state = tx.update(zeros, state, params)
+        params = jax.tree_util.tree_map(jnp.add, params, updates)
+    shrink = (1 - 0.5 * 0.05) ** 3
+    for path in (("backbone", "cls_token"), ("decoder", "mask_token"),
+                 ("backbone", "blocks_0", "attn", "qkv", "kernel")):
+        before, after = v.params, params
+        for key in path:
+            before, after = before[key], after[key]
+        np.testing.assert_allclose(np.asarray(after), shrink * np.asarray(before), rtol=1e-6)
+    for path in (("backbone", "pos_embed"), ("backbone", "norm", "scale"),
+                 ("backbone", "blocks_0", "attn", "qkv", "bias")):
+        before, after = v.params, params
+        for key in path:
+            before, after = before[key], after[key]
+        np.testing.assert_array_equal(np.asarray(after), np.asarray(before))

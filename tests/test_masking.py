@@ -115,6 +115,12 @@ def test_simmim_mask_exact_units_and_upsampling():
     assert (units.all(axis=(2, 4)).sum(axis=(1, 2)) == 8).all()
     assert (m.sum(axis=(1, 2)) == 8 * unit * unit).all()
     assert masking.ceil_count(0.6, 36) == 22 and masking.ceil_count(0.6, 10) == 6
+    # GFM's float64 ceil(U · r) at every square unit count and ratio of two digits
+    for side in range(1, 16):
+        for hundredths in range(1, 100):
+            units, ratio = side * side, hundredths / 100
+            assert masking.ceil_count(ratio, units) == int(np.ceil(units * ratio)), (units, ratio)
+    assert masking.ceil_count(0.28, 25) == 8     # 25 · 0.28 = 7.000000000000001 in float64
     px = np.asarray(masking.upsample_mask(m, 4))
     assert px.shape == (5, 24, 32)
     np.testing.assert_array_equal(px, np.repeat(np.repeat(m, 4, axis=1), 4, axis=2))
