@@ -269,3 +269,19 @@ def test_third_party_info_lines_are_dropped_by_default():
     assert not own.filter(record("/venv/site-packages/orbax/checkpoint/manager.py", logging.INFO))
     assert not own.filter(record("/work/cli/.venv/lib/site-packages/grain/x.py", logging.INFO))
     assert own.filter(record("/venv/site-packages/orbax/checkpoint/manager.py", logging.WARNING))
+
+
+def test_softcon_vit_recipe_decays_what_its_forward_uses_and_the_resnet_recipe_matrices():
+    from configs import softcon_rn50, softcon_vit_s
+    params = {"pos_embed": jnp.zeros((1, 5, 8)), "cls_token": jnp.zeros((1, 1, 8)),
+              "mask_token": jnp.zeros((1, 8)),
+              "blocks_0": {"norm1": {"scale": jnp.ones(8), "bias": jnp.zeros(8)},
+                           "ls1": {"gamma": jnp.ones(8)},
+                           "attn": {"qkv": {"kernel": jnp.zeros((8, 24)), "bias": jnp.zeros(24)}}}}
+    vit = softcon_vit_s.get_config().optim
+    assert vit.name == "adamw"
+    mask = decay_mask(params, vit.decay)
+    assert mask.pop("mask_token") is False       # never in the sparse forward: no update at all
+    assert all(jax.tree_util.tree_leaves(mask))  # MoCo v3: AdamW(model.parameters())
+    rn = softcon_rn50.get_config().optim
+    assert rn.name == "lars" and rn.decay == "matrices"   # MoCo v3's LARS skips 1-D parameters
