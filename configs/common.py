@@ -78,9 +78,8 @@ OPTIMIZER_FIELDS = {
 def optim(name: str, *, weight_decay, decay: str = "matrices", clip_norm: float = 0.0,
           **fields) -> ml_collections.ConfigDict:
     """A ``config.optim`` section. weight_decay: a number or a schedule dict (name, base, final);
-    decay: which parameters decay ("matrices": 2+-D and not token tables; "matrices+tokens": and
-    the class / mask / register tokens; "all"; "regex:PATTERN": those whose path does not match);
-    clip_norm 0 = no clipping."""
+    decay: which parameters decay ("matrices": 2+-D and not token tables; "all";
+    "regex:PATTERN": those whose path does not match); clip_norm 0 = no clipping."""
     if name not in OPTIMIZER_FIELDS:
         raise ValueError(f"optimiser: expected one of {sorted(OPTIMIZER_FIELDS)}, found {name!r}")
     unknown = set(fields) - set(OPTIMIZER_FIELDS[name])

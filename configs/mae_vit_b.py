@@ -44,7 +44,10 @@ def get_config(arg=None):
     c.data.update(mae.config_fields())   # every view field, at its default
     c.global_batch = 4096
     common.epoch_schedule(c, 100, common.SSL4EO_LOCATIONS)
-    c.optim = common.optim("adamw", weight_decay=0.05, decay="matrices+tokens", b1=0.9, b2=0.95)
+    # timm's add_weight_decay over the trained parameters: all but the 1-D ones (biases, norms),
+    # the fixed position table and the encoder's mask token (MAE drops the masked patches)
+    c.optim = common.optim("adamw", weight_decay=0.05, b1=0.9, b2=0.95,
+                           decay=r"regex:(bias|scale)$|^backbone/(pos_embed|mask_token)$")
     c.lr = common.warmup_cosine(1.5e-4 * c.global_batch / 256,
                                 common.steps_for(10, common.SSL4EO_LOCATIONS, c.global_batch), 0.0)
     c.checkpoint_every = 1000

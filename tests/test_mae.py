@@ -180,9 +180,10 @@ def test_export_loads_strictly_into_timm(tmp_path):
 
 def test_the_recipes_weight_decay_takes_the_tokens_and_leaves_the_fixed_positions():
     """MAE's AdamW decays every trained parameter of 2+ dimensions (timm's add_weight_decay): the
-    class and mask tokens decay; the sine-cosine table (a parameter held by stop_gradient here,
-    fixed in MAE) and the 1-D biases and norms do not."""
-    from geossl.train.optim import make_optimizer
+    class token and the decoder's mask token decay; the sine-cosine table (a parameter held by
+    stop_gradient here, fixed in MAE), the encoder's unused mask token and the 1-D biases and
+    norms do not. Every 1-D parameter of the model is one the rule names."""
+    from geossl.train.optim import decay_mask, make_optimizer, path_str
     _, _, v = _setup()
     c = _config()
     c.optim = mae_vit_b.get_config().optim            # the full recipe's, not the demo's
@@ -200,9 +201,15 @@ def test_the_recipes_weight_decay_takes_the_tokens_and_leaves_the_fixed_position
         for key in path:
             before, after = before[key], after[key]
         np.testing.assert_allclose(np.asarray(after), shrink * np.asarray(before), rtol=1e-6)
-    for path in (("backbone", "pos_embed"), ("backbone", "norm", "scale"),
-                 ("backbone", "blocks_0", "attn", "qkv", "bias")):
+    for path in (("backbone", "pos_embed"), ("backbone", "mask_token"),
+                 ("backbone", "norm", "scale"), ("backbone", "blocks_0", "attn", "qkv", "bias")):
         before, after = v.params, params
         for key in path:
             before, after = before[key], after[key]
         np.testing.assert_array_equal(np.asarray(after), np.asarray(before))
+    mask = decay_mask(v.params, c.optim.decay)
+    flat_mask = {path_str(p): m for p, m in jax.tree_util.tree_flatten_with_path(mask)[0]}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(v.params)[0]:
+        name = path_str(path)
+        expected = leaf.ndim > 1 and name not in ("backbone/pos_embed", "backbone/mask_token")
+        assert flat_mask[name] is expected, name

@@ -18,8 +18,6 @@ OPTIMIZER_FIELDS = {"adamw": ("b1", "b2", "eps"), "lars": ("momentum", "trust_co
 
 #: Token and position tables, never decayed under the "matrices" rule.
 TOKEN_TABLES = r"(pos_embed|cls_token|mask_token|register_tokens|relative_position_bias_table)$"
-#: Position tables, never decayed under the "matrices+tokens" rule.
-POSITION_TABLES = r"(pos_embed|relative_position_bias_table)$"
 
 
 def decay_mask(params, rule: str = "matrices"):
@@ -27,9 +25,6 @@ def decay_mask(params, rule: str = "matrices"):
 
     - "matrices": parameters with 2+ dimensions that are not token / position tables (biases,
       norms and LayerScale, 1-D, are left alone; MoCo-v3, SimMIM, GFM);
-    - "matrices+tokens": the same with the class, mask and register tokens (MAE: timm's
-      ``add_weight_decay`` decays every trained parameter of 2+ dimensions; MAE's position table
-      is fixed, and geossl's is a parameter held by ``stop_gradient``);
     - "all": every parameter (DINO / PerA; MoCo v3's and SSL4EO-S12's AdamW over
       ``model.parameters()``);
     - "regex:PATTERN": every parameter whose path (``blocks_0/attn/qkv/kernel``) does *not*
@@ -37,8 +32,8 @@ def decay_mask(params, rule: str = "matrices"):
     """
     if rule == "all":
         return jax.tree_util.tree_map(lambda p: True, params)
-    if rule in ("matrices", "matrices+tokens"):
-        tables = re.compile(TOKEN_TABLES if rule == "matrices" else POSITION_TABLES)
+    if rule == "matrices":
+        tables = re.compile(TOKEN_TABLES)
         return jax.tree_util.tree_map_with_path(
             lambda path, p: p.ndim > 1 and not tables.search(path_str(path)), params)
     if isinstance(rule, str) and rule.startswith("regex:"):
@@ -48,8 +43,8 @@ def decay_mask(params, rule: str = "matrices"):
             raise ValueError(f"config.optim.decay: bad regular expression in {rule!r}: {e}") from None
         return jax.tree_util.tree_map_with_path(lambda path, p: not skip.search(path_str(path)),
                                                 params)
-    raise ValueError(f"config.optim.decay: expected 'matrices', 'matrices+tokens', 'all' "
-                     f"or 'regex:PATTERN', found {rule!r}")
+    raise ValueError(f"config.optim.decay: expected 'matrices', 'all' or 'regex:PATTERN', "
+                     f"found {rule!r}")
 
 
 def weight_decay_schedule(config):
