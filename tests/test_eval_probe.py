@@ -179,6 +179,14 @@ def test_knn_matches_dino_weighted_vote():
                                        rtol=1e-4, atol=1e-6)
 
 
+def test_knn_similarities_are_full_float32_products():
+    """DINO's similarity matmul is float32; jax's default precision lets a GPU take TF32, which
+    moves the 20 nearest neighbours of ~1% of queries."""
+    lowered = knn._vote.lower(jnp.ones((2, 4)), jnp.ones((5, 4)), jnp.ones((5, 3)), 0.07, k=2)
+    dots = [line for line in lowered.as_text().splitlines() if "dot_general" in line]
+    assert dots and all("HIGHEST" in line for line in dots), dots
+
+
 def test_knn_on_clustered_features():
     rng = np.random.default_rng(4)
     centres = rng.normal(size=(4, 16)) * 3

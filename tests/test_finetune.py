@@ -101,6 +101,12 @@ def _cross_entropy(logits, labels):
     return float(-log_p[np.arange(len(labels)), labels].mean())
 
 
+def test_an_epoch_is_the_full_batches_as_maes_loader_drops_the_last():
+    config = finetune.FinetuneConfig(epochs=10, batch_size=256, warmup_epochs=5)
+    assert finetune.steps_of(config, 2700) == (10 * 10, 5 * 10)   # 2700 // 256, not 11
+    assert finetune.steps_of(config, 100) == (10, 5)              # batch cut to the example count
+
+
 def test_a_few_steps_reduce_the_loss(vit):
     model, variables = vit
     images, labels = _scenes(24, 0)
@@ -109,7 +115,7 @@ def test_a_few_steps_reduce_the_loss(vit):
     classifier, losses = finetune.train_classifier(
         model, variables, images, labels, num_classes=CLASSES, multilabel=False,
         img_size=SIZE, config=config)
-    assert len(losses) == 12  # 4 epochs of ceil(24 / 8) steps
+    assert len(losses) == 12  # 4 epochs of 24 // 8 steps
     before = finetune.Classifier(model, variables, finetune.init_head(model, CLASSES, config),
                                  SIZE)
     start = _cross_entropy(before.logits(images), labels)

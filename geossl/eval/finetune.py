@@ -15,7 +15,8 @@ fine-tuning scripts: 64 per GPU on 4 GPUs). Multi-label data: sigmoid binary cro
 over classes (torch ``MultiLabelSoftMarginLoss``). Evaluation: resize + centre crop as the linear
 probe (``features.resize_center_crop``), BatchNorm on running averages, no drop path.
 Batches are consecutive seeded permutations of the training examples cut into full batches of
-``batch_size`` (at most the example count); steps = epochs · ⌈N / batch⌉. The training examples
+``batch_size`` (at most the example count); steps = epochs · ⌊N / batch⌋ (MAE's loader drops
+the last partial batch). The training examples
 are held in host memory. A wavelength-conditioned encoder (DOFA) gets the images' band
 wavelengths (C,) (``wavelengths=``) as an argument of every jitted step and forward.
 
@@ -25,7 +26,6 @@ Command line: ``python -m geossl.eval.finetune`` (:mod:`geossl.cli.finetune`).
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -62,8 +62,9 @@ class FinetuneConfig:
 
 
 def steps_of(config: FinetuneConfig, n: int) -> tuple[int, int]:
-    """(total steps, warmup steps) for ``n`` training examples."""
-    per_epoch = math.ceil(n / min(config.batch_size, n))
+    """(total steps, warmup steps) for ``n`` training examples: ⌊n / batch⌋ steps an epoch, as
+    MAE's training loader, which drops the last partial batch (``drop_last=True``)."""
+    per_epoch = n // min(config.batch_size, n)
     return config.epochs * per_epoch, int(round(config.warmup_epochs * per_epoch))
 
 

@@ -27,12 +27,15 @@ def l2_normalize(x, eps: float = 1e-12):
 
 @functools.partial(jax.jit, static_argnames=("k",))
 def _vote(test, train, train_onehot, temperature, *, k):
-    sim = l2_normalize(test) @ l2_normalize(train).T                  # (B, N)
+    # full float32 products, as DINO's torch matmul (a GPU's default TF32 moves neighbours)
+    sim = jnp.matmul(l2_normalize(test), l2_normalize(train).T,
+                     precision=jax.lax.Precision.HIGHEST)              # (B, N)
     top_sim, top_idx = jax.lax.top_k(sim, k)                         # (B, k), decreasing
     # exp(s/T) relative to the row's largest (the ratio below is unchanged): finite for any T,
     # where exp(s/T) itself overflows float32 from T < 1/88.7
     weights = jnp.exp((top_sim - top_sim[:, :1]) / temperature)
-    votes = jnp.einsum("bk,bkc->bc", weights, train_onehot[top_idx])
+    votes = jnp.einsum("bk,bkc->bc", weights, train_onehot[top_idx],
+                       precision=jax.lax.Precision.HIGHEST)
     return votes / jnp.sum(weights, axis=-1, keepdims=True)
 
 
