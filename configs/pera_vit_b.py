@@ -7,7 +7,8 @@
 
 Faithful to the official code (SathShen/PerA, Configs/pera_vitb.yaml): ViT-B/16 without
 LayerScale (timm ``vit_base_patch16_224`` layout; the export loads into it), 448 px, student drop
-path 0.3 in every block; 2 global pairs (scale 0.4–1) + 8 local pairs of 96 px (scale
+path 0.3 in every block as DINOv2's blocks apply it above 0.1 (each residual branch computed on
+int(0.7·B) random samples of a crop batch, added scaled by B / int(0.7·B)); 2 global pairs (scale 0.4–1) + 8 local pairs of 96 px (scale
 0.05–0.4), one geometry per pair, student / teacher photometry as in
 ``pera_views.MultiCropConfig`` (RGB: torchvision's ColorJitter, brightness 0.4 / contrast 0.4 /
 saturation 0.2 / hue 0.1 in random order on x / 255, luma grayscale, then ImageNet's mean and std:
@@ -28,9 +29,6 @@ Not confirmed or not faithful:
   step counts) are placeholders here: ``global_batch`` 128, ``num_examples`` 250k.
 - 16-bit training (official: ``--dtype`` bf16 by default, fp16 in its config file) is not
   reproduced: float32 by default (``model.dtype``).
-- Stochastic depth: each sample keeps a block's residual with probability 1 − 0.3, scaled by
-  1 / 0.7; the official DINOv2 blocks (ratio > 0.1) add it to exactly int(0.7 · B) random
-  samples of the batch, scaled by B / int(0.7 · B).
 - ``:ms`` is not in the official code: 13 S2 L1C bands with SSL4EO-S12's per-band mean / std,
   brightness / contrast per band on the standardised values (no [0, 1] clip: that domain is
   unbounded), grayscale = band mean, no saturation / hue.
@@ -53,6 +51,7 @@ def get_config(arg=None):
     c.model = ml_collections.ConfigDict(dict(
         name="vit_base_patch16", img_size=448, in_chans=3,
         drop_path_rate=0.3, drop_path_uniform=True,  # the student's; the teacher has none
+        drop_path_subset=True,  # DINOv2's blocks above 0.1: the branch on int(0.7·B) samples only
         pos_embed_resize="dinov2",  # local crops: DINOv2's interpolate_pos_encoding (28 → 6)
         dtype="float32", remat=False))
     c.objective = ml_collections.ConfigDict(dict(

@@ -261,3 +261,68 @@ def test_drop_path_linear_or_uniform():
     linear, uniform = changed_rows(params)
     assert not np.asarray(linear).any()
     assert np.asarray(uniform).all()  # each branch is dropped or rescaled by 1 / (1 - 0.5)
+
+
+def _block_branches(params, hidden):
+    """The two residual branches of a layers.Block (LayerScale included) as plain functions."""
+    from geossl.models.layers import LN_EPS, Attention, Mlp
+    from flax import linen as nn
+
+    def attn(z):
+        y = nn.LayerNorm(LN_EPS).apply({"params": params["norm1"]}, z)
+        return Attention(2, True).apply({"params": params["attn"]}, y) * params["ls1"]["gamma"]
+
+    def mlp(z):
+        y = nn.LayerNorm(LN_EPS).apply({"params": params["norm2"]}, z)
+        return Mlp(hidden).apply({"params": params["mlp"]}, y) * params["ls2"]["gamma"]
+    return attn, mlp
+
+
+@pytest.mark.parametrize("batch,rate", [(10, 0.3), (16, 0.3), (3, 0.5), (2, 0.9)])
+def test_subset_drop_path_is_dinov2s_drop_add_residual(batch, rate):
+    """drop_path_subset above 0.1 (DINOv2's drop_add_residual_stochastic_depth, PerA's blocks):
+    each branch adds its value to exactly max(int(B·(1−r)), 1) samples, scaled by B / that count;
+    every output row is one of the four outcomes of its own sample alone."""
+    from geossl.models.layers import Block
+    rng = np.random.default_rng(batch)
+    x = jnp.asarray(rng.normal(size=(batch, 5, 8)), jnp.float32)
+    block = Block(num_heads=2, layerscale_init=0.7, drop_path=rate, stochastic=True,
+                  drop_path_subset=True)
+    params = block.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x)["params"]
+    attn, mlp = _block_branches(params, 32)
+    count = max(int(batch * (1 - rate)), 1)
+    scale = batch / count
+    chosen = []
+    for seed in range(3):
+        out = np.asarray(block.apply({"params": params}, x, rngs={"dropout": jax.random.key(seed)}))
+        picks = []
+        for i in range(batch):
+            xi = x[i:i + 1]
+            found = [(a, m) for a in (0, 1) for m in (0, 1)
+                     if np.allclose(out[i:i + 1], (h := xi + a * scale * attn(xi))
+                                    + m * scale * mlp(h), atol=1e-5)]
+            assert len(found) == 1, (i, found)
+            picks.append(found[0])
+        attn_rows, mlp_rows = (sum(p[j] for p in picks) for j in (0, 1))
+        assert attn_rows == count and mlp_rows == count, picks
+        chosen.append(tuple(picks))
+    assert count == batch or len(set(chosen)) > 1   # drawn afresh with each key
+
+
+def test_subset_drop_path_saves_its_share_of_the_blocks_work():
+    """A ViT with drop_path_subset runs each block on 70% of a batch of 20 at rate 0.3 (XLA's
+    FLOP count), and at rate 0.1 (DINOv2: per sample there) on all of it."""
+    x = _images(20, 16, 3)
+
+    def flops(**kw):
+        model = VisionTransformer(**TINY, drop_path_uniform=True, **kw)
+        params = _init(model)["params"]
+        f = jax.jit(lambda p: model.apply({"params": p}, x, stochastic=True,
+                                          rngs={"dropout": jax.random.key(0)})["embedding"])
+        return f.lower(params).compile().cost_analysis()["flops"]
+
+    full = flops(drop_path_rate=0.3)
+    subset = flops(drop_path_rate=0.3, drop_path_subset=True)
+    assert 0.65 < subset / full < 0.8, (subset, full)
+    assert flops(drop_path_rate=0.1, drop_path_subset=True) == pytest.approx(
+        flops(drop_path_rate=0.1), rel=1e-3)

@@ -1,5 +1,6 @@
 """PerA's step in PyTorch: a timm ViT/16 (no LayerScale, student drop path config.model's rate in
-every block) run through geossl's token options (``common.vit_tokens``), the class and pixel DINO
+every block, as DINOv2's blocks apply it above 0.1 with ``drop_path_subset``: each branch on a
+random int(0.7·B) of the crops) run through geossl's token options (``common.vit_tokens``), the class and pixel DINO
 heads (MLP → L2 → weight-normalised prototypes with trained g, sizes from config.objective), an EMA
 teacher (backbone + class head, no drop path, no grad, updated after the optimiser step), PerA's
 disjoint masks drawn per step with geossl's counts (student round(0.2·N), learn round(0.4·N) − that,
@@ -19,6 +20,7 @@ global crops at --img (224: 196 patches, student 39, learn 39, teacher 118), the
 from __future__ import annotations
 
 import copy
+import types
 
 from geossl.masking import count_for
 from twins import common
@@ -35,6 +37,27 @@ def configure(config, arch, args) -> None:
     """The ViT/16 of ``arch`` (no LayerScale, geossl's names in ``common.VIT16``)."""
     with config.unlocked():
         config.model.update(common.VIT16[arch])
+
+
+def subset_forward(torch, rate):
+    """A timm Block's forward with DINOv2's stochastic depth above 0.1 while training
+    (``drop_add_residual_stochastic_depth``): each branch on int(B·(1−rate)) random samples,
+    index-added to them scaled by B / that count."""
+    def add(x, branch):
+        b = x.shape[0]
+        count = max(int(b * (1 - rate)), 1)
+        rows = torch.randperm(b, device=x.device)[:count]
+        residual = branch(x[rows])
+        return torch.index_add(x.flatten(1), 0, rows, residual.flatten(1).to(x.dtype),
+                               alpha=b / count).view_as(x)
+
+    def forward(self, x):
+        if not self.training:
+            x = x + self.ls1(self.attn(self.norm1(x)))
+            return x + self.ls2(self.mlp(self.norm2(x)))
+        x = add(x, lambda z: self.ls1(self.attn(self.norm1(z))))
+        return add(x, lambda z: self.ls2(self.mlp(self.norm2(z))))
+    return forward
 
 
 def dino_head(torch, in_dim, out_dim, o):
@@ -83,6 +106,9 @@ def torch_side(torch, args, config, host_batch) -> dict:
         for block in net.blocks:
             rate = float(m.drop_path_rate)
             block.drop_path1, block.drop_path2 = DropPath(rate), DropPath(rate)
+    if m.get("drop_path_subset", False) and float(m.drop_path_rate) > 0.1:
+        for block in net.blocks:   # bound methods: the teacher's deep copy binds its own blocks
+            block.forward = types.MethodType(subset_forward(torch, float(m.drop_path_rate)), block)
     p = net.patch_embed.patch_size[0]
     student = torch.nn.ModuleDict(dict(backbone=net, class_head=dino_head(
         torch, dim, int(o.num_prototypes), o)))

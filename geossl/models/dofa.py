@@ -160,6 +160,7 @@ class DOFA(PatchGrid, nn.Module):
     mlp_ratio: float = 4.0
     drop_path_rate: float = 0.0
     drop_path_uniform: bool = False  # True: drop_path_rate in every block; False: linear from 0
+    drop_path_subset: bool = False  # True: DINOv2's batch-subset stochastic depth above 0.1
     dtype: Any = jnp.float32
     remat: bool = False
     pos_embed_resize: str = "timm"  # another patch grid: "timm" | "dinov2" (resize_pos_table)
@@ -222,7 +223,7 @@ class DOFA(PatchGrid, nn.Module):
             if insert_idx is not None and i == insert_at_block:
                 x = append_inserted_tokens(x, patch_pos, mask_token, insert_idx)
             x = block(self.num_heads, self.mlp_ratio, True, None, float(rates[i]), stochastic,
-                      self.dtype, name=f"blocks_{i}")(x)
+                      self.dtype, self.drop_path_subset, name=f"blocks_{i}")(x)
             if i in layers:
                 kept[i] = fc_norm(x)
         out = {"embedding": fc_norm(x[:, 1:].mean(axis=1)), "cls_token": fc_norm(x[:, 0]),

@@ -18,7 +18,7 @@ def model_kwargs(model_cfg) -> dict:
 
 
 #: config.model fields that set how a model computes, not what it is (kept out of conversions).
-COMPUTE_OPTIONS = ("dtype", "remat", "drop_path_rate", "drop_path_uniform")
+COMPUTE_OPTIONS = ("dtype", "remat", "drop_path_rate", "drop_path_uniform", "drop_path_subset")
 
 
 def architecture_kwargs(model_cfg) -> dict:

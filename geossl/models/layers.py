@@ -302,7 +302,10 @@ class Block(nn.Module):
 
     ``stochastic`` is a field (not a call argument) so ``nn.remat(Block)`` needs no static
     argnums. When it is set, drop path (stochastic depth) drops a whole residual branch per sample,
-    rescaling the kept ones by 1/(1-rate), using the ``"dropout"`` rng.
+    rescaling the kept ones by 1/(1-rate), using the ``"dropout"`` rng. With ``drop_path_subset``
+    and a rate above 0.1 it is DINOv2's ``drop_add_residual_stochastic_depth`` instead: each branch
+    runs on ``max(int(B·(1−rate)), 1)`` random samples only and is added to them scaled by
+    B / that count (fewer FLOPs; PerA's official blocks).
     """
 
     num_heads: int
@@ -312,25 +315,38 @@ class Block(nn.Module):
     drop_path: float = 0.0
     stochastic: bool = False
     dtype: Any = jnp.float32
+    drop_path_subset: bool = False
 
-    def _branch(self, y, name):
-        if self.layerscale_init is not None:
-            y = LayerScale(self.layerscale_init, name=name)(y)
-        if self.stochastic and self.drop_path > 0.0:
-            keep = 1.0 - self.drop_path
-            alive = jax.random.bernoulli(self.make_rng("dropout"), keep, (y.shape[0],) + (1,) * (y.ndim - 1))
-            y = jnp.where(alive, y / jnp.asarray(keep, y.dtype), jnp.zeros((), y.dtype))
-        return y
+    def _residual(self, x, branch, name):
+        """x + drop-path(LayerScale(branch(x))): per sample, or on a random subset of the batch."""
+        def scaled(y):
+            if self.layerscale_init is None:
+                return y
+            return LayerScale(self.layerscale_init, name=name)(y)
+
+        if not self.stochastic or self.drop_path <= 0.0:
+            return x + scaled(branch(x))
+        rng = self.make_rng("dropout")
+        b = x.shape[0]
+        if self.drop_path_subset and self.drop_path > 0.1:
+            count = max(int(b * (1.0 - self.drop_path)), 1)
+            rows = jax.random.permutation(rng, b)[:count]
+            y = scaled(branch(x[rows]))
+            return x.at[rows].add(y * jnp.asarray(b / count, y.dtype))
+        keep = 1.0 - self.drop_path
+        alive = jax.random.bernoulli(rng, keep, (b,) + (1,) * (x.ndim - 1))
+        y = scaled(branch(x))
+        return x + jnp.where(alive, y / jnp.asarray(keep, y.dtype), jnp.zeros((), y.dtype))
 
     @nn.compact
     def __call__(self, x):
         d = x.shape[-1]
-        y = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm1")(x)
-        y = Attention(self.num_heads, self.qkv_bias, self.dtype, name="attn")(y)
-        x = x + self._branch(y, "ls1")
-        y = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm2")(x)
-        y = Mlp(int(d * self.mlp_ratio), self.dtype, name="mlp")(y)
-        return x + self._branch(y, "ls2")
+        norm1 = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm1")
+        attn = Attention(self.num_heads, self.qkv_bias, self.dtype, name="attn")
+        x = self._residual(x, lambda z: attn(norm1(z)), "ls1")
+        norm2 = nn.LayerNorm(LN_EPS, dtype=self.dtype, name="norm2")
+        mlp = Mlp(int(d * self.mlp_ratio), self.dtype, name="mlp")
+        return self._residual(x, lambda z: mlp(norm2(z)), "ls2")
 
 
 def check_token_options(b: int, n: int, depth: int, keep_idx=None, mask=None,

@@ -55,6 +55,7 @@ class VisionTransformer(PatchGrid, nn.Module):
     num_register_tokens: int = 0
     drop_path_rate: float = 0.0
     drop_path_uniform: bool = False  # True: drop_path_rate in every block (PerA); False: linear
+    drop_path_subset: bool = False  # True: DINOv2's batch-subset stochastic depth above 0.1 (PerA)
     dtype: Any = jnp.float32
     remat: bool = False
     pos_embed_resize: str = "timm"  # another patch grid: "timm" | "dinov2" (resize_pos_table)
@@ -118,7 +119,8 @@ class VisionTransformer(PatchGrid, nn.Module):
             if insert_idx is not None and i == insert_at_block:
                 x = append_inserted_tokens(x, patch_pos, mask_token, insert_idx)
             x = block(self.num_heads, self.mlp_ratio, self.qkv_bias, self.layerscale_init,
-                      float(rates[i]), stochastic, self.dtype, name=f"blocks_{i}")(x)
+                      float(rates[i]), stochastic, self.dtype, self.drop_path_subset,
+                      name=f"blocks_{i}")(x)
             if i in layers:
                 kept[i] = norm(x)
         x = norm(x)
