@@ -465,3 +465,22 @@ def test_a_folder_with_one_shard_set_is_probed_without_naming_its_split(tmp_path
     _write_split(str(tmp_path), "other", _records(4, 1))
     with pytest.raises(FileNotFoundError, match=r"no labelled split 'heldout' .*shard sets there: \['bigearthnet', 'other'\]; pass --eval_split"):
         datasets.probe_splits(str(tmp_path))
+
+
+def test_probe_preprocessing_reads_the_runs_no_data_setting():
+    """A run with config.data.nodata normalises no-data pixels to 0 (or the band's valid mean);
+    its probes, online probe and monitor read the same pixels the same way."""
+    from geossl.data import bands as bands_lib
+    rng = np.random.default_rng(0)
+    image = rng.uniform(1, 3000, (6, 6, 13)).astype(np.float32)
+    image[:2, :3] = 0.0                                   # no-data rows
+    for fill in ("zero", "mean"):
+        config = ml_collections.ConfigDict({"data": {"bands": bands_lib.S2_L1C, "norm": "softcon",
+                                                     "nodata": 0.0, "nodata_fill": fill}})
+        pre = datasets.Preprocess.from_config(config)
+        got = pre(image, bands_lib.S2_L1C)
+        want = bands_lib.normalize(image, bands_lib.S2_L1C, "softcon", nodata=0.0, fill=fill)
+        np.testing.assert_array_equal(got, want)
+        if fill == "zero":
+            assert not got[:2, :3].any()   # without the setting B1's zeros were 0.0 → ~0.4 there
+        np.testing.assert_array_equal(got[2:], bands_lib.normalize(image[2:], bands_lib.S2_L1C))

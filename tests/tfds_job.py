@@ -1,5 +1,5 @@
-"""Runs in an interpreter with tensorflow + tensorflow-datasets (GEOSSL_TF_PYTHON): prepares two
-tiny TFDS datasets laid out like eurosat/all and bigearthnet/all, reads them with geossl's
+"""Runs in an interpreter with tensorflow + tensorflow-datasets (GEOSSL_TF_PYTHON): prepares three
+tiny TFDS datasets laid out like eurosat/all, bigearthnet/all and the rgb configs, reads them with geossl's
 TfdsSplit and checks band order, resampling, labels and example order. Prints a JSON summary."""
 
 import json
@@ -66,6 +66,24 @@ class GeosslFakeBigearthnet(tfds.core.GeneratorBasedBuilder):
             yield i, example
 
 
+class GeosslFakeRgb(tfds.core.GeneratorBasedBuilder):
+    """Laid out like eurosat/rgb and bigearthnet/rgb: an 8-bit picture under "image"."""
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(8, 8, 3)),
+            "label": tfds.features.ClassLabel(num_classes=10)}))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        for i in range(N):
+            pixels = np.random.default_rng(i).integers(0, 256, (8, 8, 3)).astype(np.uint8)
+            yield i, {"image": pixels, "label": i % 10}
+
+
 def stored(split) -> list:
     """The prepared examples in dataset order (TFDS shuffles them when preparing)."""
     ds = split.builder.as_dataset(split="train", shuffle_files=False)
@@ -73,7 +91,7 @@ def stored(split) -> list:
 
 
 def main(data_dir):
-    for cls in (GeosslFakeEurosat, GeosslFakeBigearthnet):
+    for cls in (GeosslFakeEurosat, GeosslFakeBigearthnet, GeosslFakeRgb):
         cls(data_dir=data_dir).download_and_prepare()
     pre = Preprocess(bands=B.S2_L1C, norm="none")
     out = {}
@@ -105,6 +123,19 @@ def main(data_dir):
         assert not img[..., 10].any(), "B10 zero-filled"
         assert np.flatnonzero(labels[row]).tolist() == sorted({i % 19, (i + 3) % 19})
     out["bigearthnet_order"] = order
+
+    # an rgb config's pictures are 8-bit R, G, B, not raw B4, B3, B2: an RGB model reads them, a
+    # raw-band model is told what the data holds
+    split = TfdsSplit("geossl_fake_rgb", "train", data_dir=data_dir)
+    assert split.band_names() == B.RGB, split.band_names()
+    images, _ = next(split.read([0, 3], Preprocess(bands=B.RGB, norm="none")))
+    assert images.shape == (2, 8, 8, 3) and images.max() <= 255
+    try:
+        next(split.read([0], Preprocess(bands=("B4", "B3", "B2"), norm="softcon")))
+    except ValueError as e:
+        assert "B4" in str(e) and "'R'" in str(e), e
+    else:
+        raise AssertionError("raw S2 bands read from an 8-bit picture")
     print(json.dumps(out))
 
 

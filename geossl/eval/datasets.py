@@ -79,6 +79,10 @@ class Preprocess:
     # input bands a dataset may lack, then 0 after normalisation (So2Sat's S2 has no B1, B9, B10:
     # SSL4EO-S12's evaluation feeds a 13-band encoder zeros there)
     absent_bands: tuple[str, ...] = ()
+    # no-data pixels (NaN, or equal to ``nodata``) normalise as training's (config.data.nodata,
+    # nodata_fill: "zero" or the band's valid mean)
+    nodata: float | None = None
+    nodata_fill: str = "zero"
 
     @classmethod
     def from_config(cls, config, **overrides) -> "Preprocess":
@@ -89,6 +93,10 @@ class Preprocess:
                 kw["bands"] = tuple(data.get("bands"))
             if data.get("norm", None):
                 kw["norm"] = str(data.get("norm"))
+            if data.get("nodata", None) is not None:
+                kw["nodata"] = float(data.get("nodata"))
+            if data.get("nodata_fill", None):
+                kw["nodata_fill"] = str(data.get("nodata_fill"))
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kw)
 
@@ -105,7 +113,8 @@ class Preprocess:
                              bands_lib.ZERO_FILL + tuple(self.absent_bands))
         names = list(self.bands) if self.bands is not None else list(bands)
         if self.norm and self.norm != "none":
-            image = bands_lib.normalize(image, names, mode=self.norm)
+            image = bands_lib.normalize(image, names, mode=self.norm, nodata=self.nodata,
+                                        fill=self.nodata_fill)
         image = np.asarray(image, np.float32)
         if self.absent_bands and self.bands is not None:
             have = {bands_lib.canonical(b) for b in bands}
@@ -285,8 +294,8 @@ class TfdsSplit(LabelledSplit):
                 factor = size // array.shape[0]
                 bands.append(np.repeat(np.repeat(array, factor, 0), factor, 1))
             return np.stack(bands, -1), _BIGEARTHNET_BANDS
-        if "image" in example:  # rgb configs
-            return np.asarray(example["image"]), ("B4", "B3", "B2")
+        if "image" in example:  # rgb configs: 8-bit pictures (bigearthnet/rgb: DN / 2000 · 255,
+            return np.asarray(example["image"]), bands_lib.RGB   # clipped), not raw B4, B3, B2
         raise ValueError(f"{self.name}: no image feature in {sorted(example)}")
 
     def band_names(self):
