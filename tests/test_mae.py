@@ -189,11 +189,17 @@ def test_the_recipes_weight_decay_takes_the_tokens_and_leaves_the_fixed_position
     c.optim = mae_vit_b.get_config().optim            # the full recipe's, not the demo's
     c.total_steps, c.lr = 10, ml_collections.ConfigDict(dict(name="constant", base=0.5))
     tx, _ = make_optimizer(c, v.params)
-    params, state = v.params, tx.init(v.params)
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    for _ in range(3):
-        updates, state = tx.update(zeros, state, params)
-        params = jax.tree_util.tree_map(jnp.add, params, updates)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, v.params)
+
+    @jax.jit
+    def three_steps(params):
+        state = tx.init(params)
+        for _ in range(3):
+            updates, state = tx.update(zeros, state, params)
+            params = jax.tree_util.tree_map(jnp.add, params, updates)
+        return params
+
+    params = three_steps(v.params)
     shrink = (1 - 0.5 * 0.05) ** 3
     for path in (("backbone", "cls_token"), ("decoder", "mask_token"),
                  ("backbone", "blocks_0", "attn", "qkv", "kernel")):
