@@ -155,15 +155,14 @@ def ssl4eo_recipe(c, *, optim_name: str, lr: float) -> None:
     """SSL4EO-S12's MoCo-v3 schedule on ``c.global_batch``: 100 epochs of its locations, 10 of
     linear warmup to ``lr`` then cosine to 0; LARS (ResNet: wd 1e-6, momentum 0.9; MoCo v3's LARS
     neither decays nor adapts 1-D parameters) or AdamW (ViT: wd 0.1, betas (0.9, 0.999), on every
-    parameter but the unused mask token, as MoCo v3's and SSL4EO-S12's
-    ``AdamW(model.parameters())``). ``lr`` is the peak
-    itself: a config states its batch rule. Sets ``epochs``, ``total_steps``, ``optim``, ``lr``."""
+    parameter its forward uses, as MoCo v3's and SSL4EO-S12's ``AdamW(model.parameters())``: torch
+    leaves a parameter without a gradient alone, and the Siamese-masked sparse forward never uses a
+    DINOv2 mask token). ``lr`` is the peak itself: a config states its batch rule. Sets
+    ``epochs``, ``total_steps``, ``optim``, ``lr``."""
     epoch_schedule(c, 100, SSL4EO_LOCATIONS)
     if optim_name == "lars":
         c.optim = optim("lars", weight_decay=1e-6, momentum=0.9)
     else:
-        # every parameter the forward uses: torch's AdamW leaves one without a gradient alone, and
-        # the sparse (Siamese-masked) forward never uses a DINOv2 mask_token
         c.optim = optim("adamw", weight_decay=0.1, decay="regex:mask_token$", b1=0.9, b2=0.999)
     c.lr = warmup_cosine(lr, steps_for(10, SSL4EO_LOCATIONS, c.global_batch), 0.0)
 

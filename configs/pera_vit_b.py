@@ -8,20 +8,20 @@
 Faithful to the official code (SathShen/PerA, Configs/pera_vitb.yaml): ViT-B/16 without
 LayerScale (timm ``vit_base_patch16_224`` layout; the export loads into it), 448 px, student drop
 path 0.3 in every block as DINOv2's blocks apply it above 0.1 (each residual branch computed on
-int(0.7·B) random samples of a crop batch, added scaled by B / int(0.7·B)); 2 global pairs (scale 0.4–1) + 8 local pairs of 96 px (scale
-0.05–0.4), one geometry per pair, student / teacher photometry as in
-``pera_views.MultiCropConfig`` (RGB: torchvision's ColorJitter, brightness 0.4 / contrast 0.4 /
-saturation 0.2 / hue 0.1 in random order on x / 255, luma grayscale, then ImageNet's mean and std:
-8-bit R, G, B bands as ``data_prep.images`` writes them, ``data.rgb_jitter``); masks student
-round(0.2·L), learn round(0.4·L) − round(0.2·L), teacher the rest (local crops: no learn
-positions); the student's mask token enters before block depth//2; class head 768→2048→2048→384 → L2 → weight-normalised prototypes (g trained from 1,
-K = 131072), pixel head of the same shape to p²·C; loss 1.0·DINO (same-index pairs) + 0.1·KoLeo
-+ 0.01·MSE; student τ 0.1, teacher τ 0.03 → 0.05 over 30 epochs (numpy linspace: 0.05 at the
-last warmup step), centre momentum 0.9; position table resized for the 96 px local crops (6×6
-patches) as DINOv2's ``interpolate_pos_encoding`` (``model.pos_embed_resize="dinov2"``);
-EMA cosine 0.992 → 1; AdamW (0.9, 0.999, eps 2e-5) decaying every parameter, weight decay cosine
-0.04 → 0.2; lr warmup 20 epochs to 1e-3 (numpy linspace, as the teacher temperature), cosine
-to 1e-6; clip 3.0; 200 epochs.
+int(0.7·B) random samples of a crop batch, added scaled by B / int(0.7·B)); 2 global pairs
+(scale 0.4–1) + 8 local pairs of 96 px (scale 0.05–0.4), one geometry per pair, student / teacher
+photometry as in ``pera_views.MultiCropConfig`` (RGB: torchvision's ColorJitter, brightness 0.4 /
+contrast 0.4 / saturation 0.2 / hue 0.1 in random order on x / 255, luma grayscale, then ImageNet's
+mean and std: 8-bit R, G, B bands as ``data_prep.images`` writes them, ``data.rgb_jitter``); masks
+student round(0.2·L), learn round(0.4·L) − round(0.2·L), teacher the rest (local crops: no learn
+positions); the student's mask token enters before block depth//2; class head 768→2048→2048→384 → L2
+→ weight-normalised prototypes (g trained from 1, K = 131072), pixel head of the same shape to p²·C;
+loss 1.0·DINO (same-index pairs) + 0.1·KoLeo + 0.01·MSE; student τ 0.1, teacher τ 0.03 → 0.05 over
+30 epochs (numpy linspace: 0.05 at the last warmup step), centre momentum 0.9; position table
+resized for the 96 px local crops (6×6 patches) as DINOv2's ``interpolate_pos_encoding``
+(``model.pos_embed_resize="dinov2"``); EMA cosine 0.992 → 1; AdamW (0.9, 0.999, eps 2e-5) decaying
+every parameter, weight decay cosine 0.04 → 0.2; lr warmup 20 epochs to 1e-3 (numpy linspace, as the
+teacher temperature), cosine to 1e-6; clip 3.0; 200 epochs.
 
 Not confirmed or not faithful:
 - KoLeo is computed over the global batch (the official code: per GPU batch of 16).

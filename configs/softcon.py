@@ -17,15 +17,16 @@ commit, it zeroed pixel rows instead of bands). Not faithful: brightness and con
 to [0, 1] (``jitter_clip`` True); that script's float path leaves them unclipped (e.g. −0.21 to
 1.61 at factors 1.4 / 1.3) and its default uint8 path wraps values past 255 to small ones.
 
-Optimisation (``common.ssl4eo_recipe``): the ViTs' peak lr is MoCo v3's linear rule, 1.5e-4 ×
-4096 / 256, with AdamW decaying every parameter the forward uses (MoCo v3's and SSL4EO-S12's
-``AdamW(model.parameters())``; the sparse forward leaves DINOv2's mask token unused); the ResNet's 0.6 at batch 4096 is SSL4EO-S12's LARS value as
-given (its script leaves the batch scaling commented out). The lr is set when the config is
-built: ``--config.global_batch`` alone does not rescale it. Not from that code: the patch
-embedding is trained (SSL4EO-S12's from-scratch ViT script freezes its random patch projection,
-``--stop-grad-conv1``; SoftCon re-initialises it for the new bands and continues from DINOv2);
-the instance term is the mean of the two directions, where MoCo v3 scales their sum by 2τ (its
-loss is 4τ = 0.8 × geossl's at τ 0.2: the same direction, gradients 1.25× smaller).
+Optimisation (``common.ssl4eo_recipe``): the ViTs' peak lr is MoCo v3's linear rule, 1.5e-4 × 4096 /
+256, with AdamW decaying every parameter the forward uses (MoCo v3's and SSL4EO-S12's
+``AdamW(model.parameters())``; the sparse forward leaves DINOv2's mask token unused); the ResNet's
+0.6 at batch 4096 is SSL4EO-S12's LARS value as given (its script leaves the batch scaling commented
+out). The lr is set when the config is built: ``--config.global_batch`` alone does not rescale it.
+Not from that code: the patch embedding is trained (SSL4EO-S12's from-scratch ViT script freezes its
+random patch projection, ``--stop-grad-conv1``; SoftCon re-initialises it for the new bands and
+continues from DINOv2); the instance term is the mean of the two directions, where MoCo v3 scales
+their sum by 2τ (its loss is 4τ = 0.8 × geossl's at τ 0.2: the same direction, gradients 1.25×
+smaller).
 """
 
 from __future__ import annotations

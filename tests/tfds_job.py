@@ -1,6 +1,7 @@
 """Runs in an interpreter with tensorflow + tensorflow-datasets (GEOSSL_TF_PYTHON): prepares three
-tiny TFDS datasets laid out like eurosat/all, bigearthnet/all and the rgb configs, reads them with geossl's
-TfdsSplit and checks band order, resampling, labels and example order. Prints a JSON summary."""
+tiny TFDS datasets laid out like eurosat/all, bigearthnet/all and the rgb configs, reads them with
+geossl's TfdsSplit and checks band order, resampling, labels and example order. Prints a JSON
+summary."""
 
 import json
 import os

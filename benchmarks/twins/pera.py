@@ -1,15 +1,16 @@
 """PerA's step in PyTorch: a timm ViT/16 (no LayerScale, student drop path config.model's rate in
 every block, as DINOv2's blocks apply it above 0.1 with ``drop_path_subset``: each branch on a
-random int(0.7·B) of the crops) run through geossl's token options (``common.vit_tokens``), the class and pixel DINO
-heads (MLP → L2 → weight-normalised prototypes with trained g, sizes from config.objective), an EMA
-teacher (backbone + class head, no drop path, no grad, updated after the optimiser step), PerA's
-disjoint masks drawn per step with geossl's counts (student round(0.2·N), learn round(0.4·N) − that,
-teacher the rest; local crops: student and teacher only), the student's own mask token with the
-position table at the learn positions from block insert_at_block on, local crops' position table
-resized by config.model.pos_embed_resize ("dinov2": bicubic by scale factor (g + 0.1) / g0, no
-antialias, as geossl does; timm's dynamic_img_size path would resample with antialiasing), and
-loss = w·DINO (same-index pairs, centred teacher) + w·KoLeo (per global crop) + w·pixel MSE at the
-learn positions; AdamW decaying every parameter (decay "all"), eps and clipping of the config.
+random int(0.7·B) of the crops) run through geossl's token options (``common.vit_tokens``), the
+class and pixel DINO heads (MLP → L2 → weight-normalised prototypes with trained g, sizes from
+config.objective), an EMA teacher (backbone + class head, no drop path, no grad, updated after the
+optimiser step), PerA's disjoint masks drawn per step with geossl's counts (student round(0.2·N),
+learn round(0.4·N) − that, teacher the rest; local crops: student and teacher only), the student's
+own mask token with the position table at the learn positions from block insert_at_block on, local
+crops' position table resized by config.model.pos_embed_resize ("dinov2": bicubic by scale factor
+(g + 0.1) / g0, no antialias, as geossl does; timm's dynamic_img_size path would resample with
+antialiasing), and loss = w·DINO (same-index pairs, centred teacher) + w·KoLeo (per global crop) +
+w·pixel MSE at the learn positions; AdamW decaying every parameter (decay "all"), eps and clipping
+of the config.
 
 Sizes (both sides, ``configure``): the 13-band ``:ms`` config with ViT-S/16 instead of ViT-B/16
 (``vit_base_patch16_224``: the config's own; ``vit_tiny_patch16_224``: the tests' tiny twin),
