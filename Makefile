@@ -51,7 +51,7 @@ demo: $(VENV)/.core
 test: $(VENV)/.test $(TF_VENV)/.tf-tfds $(TT_STAMP)
 	$(VENV)/bin/lint-imports
 	GEOSSL_TF_PYTHON=$(abspath $(TF_VENV))/bin/python \
-	GEOSSL_TERRATORCH_PYTHON=$(abspath $(TT_VENV))/bin/python $(PY) -m pytest -n 2 -q -rs
+	GEOSSL_TERRATORCH_PYTHON=$(abspath $(TT_VENV))/bin/python $(PY) -m pytest -n 2 --dist worksteal -q -rs
 
 clean:
 	rm -rf $(VENV) $(TF_VENV) $(TT_VENV) workdirs

@@ -1,12 +1,18 @@
 """Test setup: 8 simulated CPU devices so every run exercises sharding (set before jax imports)."""
 
 import os
+import sys
 
 from xla_env import xla_flags
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags(8)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Hosts that set PYTHONDONTWRITEBYTECODE made each of the suite's ~150 Python processes compile
+# geossl's sources again (0.2–0.3 s a process) and each pytest worker rewrite every test module's
+# asserts (4.5 s): the suite writes its bytecode (docs/DESIGN.md "Test suite", session 27).
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 # The persistent compilation cache (main.py's default) of the tests' own, outside the user's home.
 # With 8 simulated devices it stays off (compile_cache.supported); one-device test processes use it.
 os.environ.setdefault("GEOSSL_CACHE", os.path.join("/tmp", f"geossl-test-cache-{os.getuid()}"))
@@ -58,3 +64,15 @@ def resize_path(request, monkeypatch):
     if request.param == "numpy":
         monkeypatch.setattr(blur, "cv2", None)
     return request.param
+
+
+#: Modules whose tests start whole training runs, interpreters or notebooks (10–40 s each): run
+#: first, so that the two workers end on short tests instead of one idling while the other finishes
+#: a long one (docs/DESIGN.md "Test suite", session 27).
+LONG_FIRST = ("test_readme", "test_notebook", "test_elastic", "test_terratorch", "test_preemption",
+              "test_anysensor", "test_softcon", "test_engine_run", "test_frozen_teacher")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: file order kept
