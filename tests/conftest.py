@@ -8,7 +8,7 @@ from xla_env import xla_flags
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags(8)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# Hosts that set PYTHONDONTWRITEBYTECODE made each of the suite's ~150 Python processes compile
+# Hosts that set PYTHONDONTWRITEBYTECODE made each of the suite's ~115 subprocesses compile
 # geossl's sources again (0.2–0.3 s a process) and each pytest worker rewrite every test module's
 # asserts (4.5 s): the suite writes its bytecode (docs/DESIGN.md "Test suite", session 27).
 sys.dont_write_bytecode = False

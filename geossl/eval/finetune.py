@@ -16,9 +16,9 @@ over classes (torch ``MultiLabelSoftMarginLoss``). Evaluation: resize + centre c
 probe (``features.resize_center_crop``), BatchNorm on running averages, no drop path.
 Batches are consecutive seeded permutations of the training examples cut into full batches of
 ``batch_size`` (at most the example count); steps = epochs · ⌊N / batch⌋ (MAE's loader drops
-the last partial batch). The training examples
-are held in host memory. A wavelength-conditioned encoder (DOFA) gets the images' band
-wavelengths (C,) (``wavelengths=``) as an argument of every jitted step and forward.
+the last partial batch). The training examples are held in host memory. A wavelength-conditioned
+encoder (DOFA) gets the images' band wavelengths (C,) (``wavelengths=``) as an argument of every
+jitted step and forward.
 
 Command line: ``python -m geossl.eval.finetune`` (:mod:`geossl.cli.finetune`).
 """
