@@ -5,6 +5,7 @@ writes their own training loop gets.
     python benchmarks/backbone_step.py --arch resnet50
     python benchmarks/backbone_step.py --arch resnet50 --step_options_in_xla_flags
     python benchmarks/backbone_step.py --arch swin_tiny_patch4_window7_224
+    python benchmarks/backbone_step.py --arch vit_small_patch14 --dtype bfloat16 --step_options_in_xla_flags
     python benchmarks/backbone_step.py --xla_options "xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED" --xla_options ""
 
 geossl: ``geossl.models.create(arch, in_chans=C, img_size=S)``, its pooled embedding of two views
@@ -14,7 +15,9 @@ ViT-S/14 DINOv2 / Swin-T or torchvision ResNet-50 (stem for C bands, no fc), the
 in torch, ``torch.optim.AdamW``; BatchNorm in training mode on both sides. Each ``--xla_options``
 ("name=value;name=value", XLA debug options) adds a geossl row compiled with them (one process:
 the lever is measured against the default build on the same host). float32, all cores; the sides
-take turns, median (min–max) of --steps rounds.
+take turns, median (min–max) of --steps rounds. ``--dtype bfloat16``: geossl's model ``dtype``
+and ``torch.autocast("cpu", torch.bfloat16)`` around the twin's forward (parameters, loss and
+optimiser float32 on both sides; "% peak" stays a share of the float32 matmul peak).
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ def geossl_side(args, options: dict) -> dict:
     """One jitted step of models.create(arch) + InfoNCE + optax.adamw, compiled with ``options``."""
     import optax
     from geossl import losses, models
-    kw = dict(in_chans=args.bands, img_size=args.img)
+    kw = dict(in_chans=args.bands, img_size=args.img, dtype=jnp.dtype(args.dtype))
     if args.arch.startswith("swin"):
         kw["window_size"] = common.swin_window(args.img)
     model = models.create(args.arch, **kw)
@@ -72,7 +75,7 @@ def geossl_side(args, options: dict) -> dict:
     def embed(params, rest, x):
         out, updates = model.apply({"params": params, **rest}, x, train=True,
                                    mutable=list(rest))
-        return out["embedding"], updates
+        return out["embedding"].astype(jnp.float32), updates
 
     def loss_fn(params, rest):
         z1, rest = embed(params, rest, x1)
@@ -117,8 +120,12 @@ def torch_side(args) -> dict:
         logits = F.normalize(q, dim=1) @ F.normalize(k, dim=1).T / TAU
         return F.cross_entropy(logits, torch.arange(len(q)))
 
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+
     def run():
-        z1, z2 = net(x1), net(x2)
+        with autocast:
+            z1, z2 = net(x1), net(x2)
+        z1, z2 = z1.float(), z2.float()
         loss = 0.5 * (info_nce(z1, z2) + info_nce(z2, z1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -142,6 +149,9 @@ def main(argv=None):
     p.add_argument("--peak_size", type=int, default=2048)
     p.add_argument("--xla_options", action="append", default=None,
                    help="XLA options of one geossl row, 'name=value;...' ('' = default; repeatable)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="compute dtype: geossl's model dtype (parameters stay float32) and "
+                        "torch.autocast('cpu', bfloat16) around the twin's forward")
     p.add_argument("--step_options_in_xla_flags", action="store_true",
                    help="cpu_options.set_step_options_in_xla_flags() first: every row's plain "
                         "jax.jit compiles with the train step's XLA:CPU options, as a user's own "

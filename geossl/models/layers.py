@@ -163,17 +163,39 @@ def attention(q, k, v, implementation: str | None = None):
     return jnp.swapaxes(weights @ v, 1, 2)                           # (B,N,H,d)
 
 
+#: Compute dtypes whose products :func:`_dot` asks in float32 on the CPU.
+HALF_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def _dot(x: jax.Array, y: jax.Array, dims) -> jax.Array:
+    """``lax.dot_general(x, y, dims)`` in x's dtype. On the CPU, 16-bit operands ask XLA for a
+    float32 result, then round it: the values of a 16-bit result (XLA accumulates in float32 either
+    way), but XLA:CPU computes a bfloat16 × bfloat16 → bfloat16 product as a float32 one on
+    converted operands, and → float32 with its bfloat16 kernels, 2.3x as fast on a CPU with
+    AVX512-BF16 (docs/DESIGN.md "Performance", session 28). GPUs and TPUs keep the 16-bit result
+    (their kernels accumulate in float32 and round on the way out)."""
+    if x.dtype in HALF_DTYPES and jax.default_backend() == "cpu":
+        return jax.lax.dot_general(x, y, dims, preferred_element_type=jnp.float32).astype(x.dtype)
+    return jax.lax.dot_general(x, y, dims)
+
+
+def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x (..., Cin) · w (Cin, Cout) by :func:`_dot`."""
+    return _dot(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+
+
 @jax.custom_vjp
 def channel_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     """x (..., Cin) @ w (Cin, Cout) → (..., Cout): a dense layer or a 1×1 convolution. Its weight
     gradient Σ x ⊗ dy over every position is a matmul whose operands both contract their long major
     axis; XLA's CPU backend then transposes one of them in memory, the second, so the narrower of x
-    and dy goes second (4x fewer elements moved in an MLP's fc1 or a bottleneck's expanding conv)."""
-    return jnp.dot(x, w)
+    and dy goes second (4x fewer elements moved in an MLP's fc1 or a bottleneck's expanding conv).
+    16-bit operands accumulate in float32 in the forward and in both gradients (:func:`_dot`)."""
+    return _matmul(x, w)
 
 
 def _channel_matmul_fwd(x, w):
-    return jnp.dot(x, w), (x, w)
+    return _matmul(x, w), (x, w)
 
 
 def _channel_matmul_bwd(res, dy):
@@ -182,10 +204,10 @@ def _channel_matmul_bwd(res, dy):
     x2, dy2 = x.reshape(-1, cin), dy.reshape(-1, cout)
     contract = (((0,), (0,)), ((), ()))
     if cout <= cin:
-        dw = jax.lax.dot_general(x2, dy2, contract)
+        dw = _dot(x2, dy2, contract)
     else:
-        dw = jax.lax.dot_general(dy2, x2, contract).T
-    return jnp.dot(dy, w.T), dw.astype(w.dtype)
+        dw = _dot(dy2, x2, contract).T
+    return _matmul(dy, w.T), dw.astype(w.dtype)
 
 
 channel_matmul.defvjp(_channel_matmul_fwd, _channel_matmul_bwd)
@@ -197,7 +219,7 @@ def channel_affine(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
     gradients. The bias gradient sums dy as (rows, Cout): left to autodiff, the sum keeps dy's shape
     where a reshape made it, e.g. Swin's (B, nW, N, 3, heads, d) from the q, k, v gradients, and
     XLA's CPU backend rewrites that sum into reduce-windows (~3% of a Swin-T step)."""
-    return jnp.dot(x, w) + b
+    return _matmul(x, w) + b
 
 
 def _channel_affine_fwd(x, w, b):
