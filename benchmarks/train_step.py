@@ -263,8 +263,9 @@ def apply_malloc(args) -> None:
 def table(args, rows, peak, peak_lib, title: str) -> list[str]:
     """The printed table: one line per row, then each geossl row's ratio to the PyTorch row (the
     last) in images/s, with the min–max of the per-round ratios."""
+    dtype = getattr(args, "dtype", "float32")          # backbone_step.py's --dtype
     lines = [f"{title}: {args.arch}, {args.bands} bands, {args.img} px, batch {args.batch}, "
-             f"{getattr(args, 'dtype', 'float32')}, {os.cpu_count()} CPU cores (PyTorch threads {args.torch_threads}), jax "
+             f"{dtype}, {os.cpu_count()} CPU cores (PyTorch threads {args.torch_threads}), jax "
              f"{jax.__version__} {jax.default_backend()}, malloc {args.malloc}",
              f"peak: {peak / 1e9:.1f} GFLOP/s ({peak_lib} fp32 matmul {args.peak_size}³, best of 3)",
              f"step time: median (min–max) of {args.steps} rounds (per side one untimed + one timed "

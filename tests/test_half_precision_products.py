@@ -1,8 +1,8 @@
-"""16-bit dense layers accumulate in float32 on the CPU (the suite's backend): layers.channel_matmul
-(every Dense layer and ResNet 1×1 convolution) with bfloat16 operands asks XLA for float32 results
-in the forward and in both gradients (XLA:CPU's bfloat16 kernels run only then; a bfloat16 result
-makes it convert the operands to float32), and its values are the float64 products of the bfloat16
-operands rounded once to bfloat16."""
+"""bfloat16 dense layers accumulate in float32 on the CPU (the suite's backend):
+layers.channel_matmul (every Dense layer and ResNet 1×1 convolution) with bfloat16 operands asks
+XLA for float32 results in the forward and in both gradients (XLA:CPU's bfloat16 kernels run only
+then; a bfloat16 result makes it convert the operands to float32), and its values are the float64
+products of the bfloat16 operands rounded once to bfloat16."""
 
 import re
 from collections import Counter
@@ -80,7 +80,8 @@ def test_bfloat16_resnet_asks_for_float32_products_only():
     found = _model_products("resnet18", dict(stage_sizes=(1, 1, 1, 1), width=16))
     dots = {k: n for k, n in found.items() if k[0] == "dot_general"}
     assert set(dots) == {F32_RESULT} and dots[F32_RESULT] >= 3, dots
-    assert {k for k in found if k[0] == "convolution"} == {("convolution", ("bf16", "bf16"), "bf16")}
+    convolutions = {k for k in found if k[0] == "convolution"}
+    assert convolutions == {("convolution", ("bf16", "bf16"), "bf16")}
 
 
 @pytest.mark.parametrize("name,kw,dense_layers", [

@@ -163,18 +163,14 @@ def attention(q, k, v, implementation: str | None = None):
     return jnp.swapaxes(weights @ v, 1, 2)                           # (B,N,H,d)
 
 
-#: Compute dtypes whose products :func:`_dot` asks in float32 on the CPU.
-HALF_DTYPES = (jnp.bfloat16, jnp.float16)
-
-
 def _dot(x: jax.Array, y: jax.Array, dims) -> jax.Array:
-    """``lax.dot_general(x, y, dims)`` in x's dtype. On the CPU, 16-bit operands ask XLA for a
-    float32 result, then round it: the values of a 16-bit result (XLA accumulates in float32 either
-    way), but XLA:CPU computes a bfloat16 × bfloat16 → bfloat16 product as a float32 one on
+    """``lax.dot_general(x, y, dims)`` in x's dtype. On the CPU, bfloat16 operands ask XLA for a
+    float32 result, then round it: the values of a bfloat16 result (XLA accumulates in float32
+    either way), but XLA:CPU computes a bfloat16 × bfloat16 → bfloat16 product as a float32 one on
     converted operands, and → float32 with its bfloat16 kernels, 2.3x as fast on a CPU with
-    AVX512-BF16 (docs/DESIGN.md "Performance", session 28). GPUs and TPUs keep the 16-bit result
-    (their kernels accumulate in float32 and round on the way out)."""
-    if x.dtype in HALF_DTYPES and jax.default_backend() == "cpu":
+    AVX512-BF16 (docs/DESIGN.md "Performance", session 28). GPUs and TPUs keep the bfloat16 result
+    (their kernels accumulate in float32 and round on the way out); float16 is left as it was."""
+    if x.dtype == jnp.bfloat16 and jax.default_backend() == "cpu":
         return jax.lax.dot_general(x, y, dims, preferred_element_type=jnp.float32).astype(x.dtype)
     return jax.lax.dot_general(x, y, dims)
 
@@ -190,7 +186,7 @@ def channel_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     gradient Σ x ⊗ dy over every position is a matmul whose operands both contract their long major
     axis; XLA's CPU backend then transposes one of them in memory, the second, so the narrower of x
     and dy goes second (4x fewer elements moved in an MLP's fc1 or a bottleneck's expanding conv).
-    16-bit operands accumulate in float32 in the forward and in both gradients (:func:`_dot`)."""
+    bfloat16 operands accumulate in float32 in the forward and in both gradients (:func:`_dot`)."""
     return _matmul(x, w)
 
 
