@@ -167,7 +167,7 @@ def _dot(x: jax.Array, y: jax.Array, dims) -> jax.Array:
     """``lax.dot_general(x, y, dims)`` in x's dtype. On the CPU, bfloat16 operands ask XLA for a
     float32 result, then round it: the values of a bfloat16 result (XLA accumulates in float32
     either way), but XLA:CPU computes a bfloat16 × bfloat16 → bfloat16 product as a float32 one on
-    converted operands, and → float32 with its bfloat16 kernels, 2.3x as fast on a CPU with
+    converted operands, and → float32 with its bfloat16 kernels, about twice as fast on a CPU with
     AVX512-BF16 (docs/DESIGN.md "Performance", session 28). GPUs and TPUs keep the bfloat16 result
     (their kernels accumulate in float32 and round on the way out); float16 is left as it was."""
     if x.dtype == jnp.bfloat16 and jax.default_backend() == "cpu":
